@@ -1,0 +1,54 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+# Each creates .venv if missing and (re)installs the project when pyproject.toml changes.
+PYTHON ?= python3
+VENV := .venv
+DEVICE_VENV := .venv-device
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck unit slow bench protos clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
+	touch $(STAMP)
+
+# A second environment with only the device extra: proves the SDK runs without torch.
+$(DEVICE_VENV)/.installed: pyproject.toml
+	test -x $(DEVICE_VENV)/bin/python || $(PYTHON) -m venv $(DEVICE_VENV)
+	$(DEVICE_VENV)/bin/python -m pip install --quiet -e '.[device]'
+	touch $(DEVICE_VENV)/.installed
+
+demo: $(STAMP)
+	$(BIN)/edgerec demo --workdir demo-out
+
+test: $(STAMP) $(DEVICE_VENV)/.installed lint typecheck unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy cannot follow setuptools' package-dir mapping, so it checks a tree of links shaped
+# like the installed package: .typecheck/edgerec/{server,device,tools} -> the real folders.
+typecheck: $(STAMP)
+	rm -rf .typecheck && mkdir -p .typecheck/edgerec
+	for entry in edgerec/*; do ln -s ../../$$entry .typecheck/edgerec/; done
+	ln -s ../../server .typecheck/edgerec/server
+	ln -s ../../device .typecheck/edgerec/device
+	ln -s ../../tools .typecheck/edgerec/tools
+	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p edgerec
+	$(BIN)/mypy tests
+
+unit: $(STAMP)
+	EDGEREC_DEVICE_PYTHON=$(DEVICE_VENV)/bin/python $(BIN)/python -m pytest -q -m "not slow"
+
+# Long fault and fuzz runs (not part of `make test`).
+slow: $(STAMP)
+	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -m slow
+
+protos: $(STAMP)
+	$(BIN)/python -m edgerec.tools.gen_protos
+
+clean:
+	rm -rf $(VENV) $(DEVICE_VENV) .typecheck .mypy_cache .ruff_cache .pytest_cache demo-out

@@ -1,0 +1,186 @@
+"""EdgeClient: the device SDK's one object. Sync updates, predict locally, fall back to the server."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgerec import tensors
+from edgerec.device.cache import PredictionCache, request_key
+from edgerec.device.storage import InstalledVersion, ModelStore
+from edgerec.device.sync import FileProgress, Syncer, SyncResult
+from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.errors import EdgerecError, InvalidInputError, NoModelAvailableError
+from edgerec.runtimes import OnnxRunner
+from edgerec.units import parse_rate
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores for a request and where they came from."""
+
+    scores: np.ndarray
+    source: str  # "local", "cache" or "server"
+    version: int
+    latency_s: float
+    fallback_reason: str | None = None
+
+
+class _LocalModel:
+    """The active version, loaded and verified."""
+
+    def __init__(self, installed: InstalledVersion, threads: int) -> None:
+        self.installed = installed
+        self.runner = OnnxRunner(installed.entrypoint, threads=threads)
+        self.input_specs = [(s.name, s.dtype, list(s.shape)) for s in installed.manifest.inputs]
+
+
+class EdgeClient:
+    """A device's handle on one model.
+
+    >>> client = EdgeClient(server="127.0.0.1:50051", model="ctr", data_dir="/var/lib/edgerec")
+    >>> client.sync()
+    >>> client.predict({"dense_features": dense, "sparse_ids": ids}).scores
+    """
+
+    def __init__(
+        self,
+        server: str | None,
+        model: str,
+        data_dir: Path | str,
+        *,
+        rate: str | float | None = None,
+        cache_entries: int = 1024,
+        recipes: tuple[str, ...] = ("int8", "fp32"),
+        threads: int = 1,
+        device_id: str = "",
+        transport: TransportConfig | None = None,
+    ) -> None:
+        self.model = model
+        self.store = ModelStore(data_dir, model)
+        self.recipes = recipes
+        self.threads = threads
+        self.device_id = device_id
+        config = transport or TransportConfig()
+        if rate is not None:
+            rate_bytes = parse_rate(rate) if isinstance(rate, str) else float(rate)
+            config = TransportConfig(**{**config.__dict__, "rate_bytes_per_s": rate_bytes})
+        self._connection = ServerConnection(server, config) if server else None
+        self.cache = PredictionCache(cache_entries)
+        self._local: _LocalModel | None = None
+        self._local_failure: str | None = None
+        self._state_stamp: tuple[int, int] | None = None
+        self._last_server_version = 0
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- updates ----------------------------------------------------------------
+
+    def sync(self, target_version: int = 0, progress: FileProgress | None = None) -> SyncResult:
+        """Install the server's latest (or ``target_version``) if newer; the old version is kept."""
+        if self._connection is None:
+            raise NoModelAvailableError("no server configured; cannot sync")
+        syncer = Syncer(self.store, self._connection, recipes=self.recipes, device_id=self.device_id)
+        result = syncer.sync(target_version, progress)
+        if result.updated:
+            self.reload()
+            self.cache.clear()
+        return result
+
+    @property
+    def active_version(self) -> int | None:
+        current = self.store.current()
+        return current.version if current else None
+
+    # --- predictions ------------------------------------------------------------
+
+    def predict(self, inputs: Mapping[str, np.ndarray]) -> Prediction:
+        """Scores from the cache, the local model, or (when that is unusable) the server."""
+        started = time.perf_counter()
+        local, reason = self._local_model()
+        if local is not None:
+            arrays = tensors.check_inputs(inputs, local.input_specs)
+            key = request_key(local.installed.version, arrays)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return Prediction(cached, "cache", key[0], time.perf_counter() - started)
+            try:
+                outputs = local.runner.run(arrays)
+                scores = np.asarray(outputs[local.runner.output_names[0]], dtype=np.float32).ravel()
+                if not np.all(np.isfinite(scores)):
+                    raise EdgerecError("local model returned non-finite scores")
+                self.cache.put(key, scores)
+                return Prediction(scores, "local", key[0], time.perf_counter() - started)
+            except EdgerecError as exc:
+                reason = f"local inference failed: {exc}"
+                log.warning("%s; falling back to the server", reason)
+        return self._predict_on_server(inputs, local, reason or "no local model", started)
+
+    def _predict_on_server(
+        self, inputs: Mapping[str, np.ndarray], local: _LocalModel | None, reason: str, started: float
+    ) -> Prediction:
+        if self._connection is None:
+            raise NoModelAvailableError(f"cannot predict: {reason}, and no server is configured")
+        arrays = {name: np.asarray(a) for name, a in inputs.items()}
+        wanted = local.installed.version if local else (self.active_version or 0)
+        key = request_key(wanted or self._last_server_version, arrays)
+        cached = self.cache.get(key) if key[0] else None
+        if cached is not None:
+            return Prediction(cached, "cache", key[0], time.perf_counter() - started, reason)
+        try:
+            response = self._connection.predict(self.model, arrays, version=wanted)
+        except InvalidInputError:
+            raise
+        except EdgerecError as exc:
+            raise NoModelAvailableError(f"cannot predict: {reason}; server failed too: {exc}") from exc
+        scores = np.asarray(response.scores, dtype=np.float32)
+        self._last_server_version = response.version
+        self.cache.put(request_key(response.version, arrays), scores)
+        return Prediction(scores, "server", response.version, time.perf_counter() - started, reason)
+
+    def _local_model(self) -> tuple[_LocalModel | None, str | None]:
+        """The loaded active version, loading and verifying it on first use; else why not.
+
+        The store's state file is only re-read when it changed on disk (another process may sync).
+        """
+        with self._lock:
+            stamp = self.store.state_stamp()
+            if stamp == self._state_stamp and (self._local is not None or self._local_failure is not None):
+                return self._local, self._local_failure
+            self._state_stamp = stamp
+            self._local, self._local_failure = None, None
+            try:
+                installed = self.store.current()
+                if installed is None:
+                    self._local_failure = "no local model installed"
+                    return None, self._local_failure
+                self.store.verify(installed)
+                self._local = _LocalModel(installed, self.threads)
+                log.info("loaded %s version %d (%s)", self.model, installed.version, installed.recipe)
+                return self._local, None
+            except EdgerecError as exc:
+                self._local_failure = f"local model unusable: {exc}"
+                log.warning("%s", self._local_failure)
+                return None, self._local_failure
+
+    def reload(self) -> None:
+        """Forget the loaded model so the next predict loads and verifies it again."""
+        with self._lock:
+            self._local, self._local_failure, self._state_stamp = None, None, None

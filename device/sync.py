@@ -1,0 +1,211 @@
+"""Sync: check for a new version, fetch and apply its payloads, verify, health-check, switch."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgerec.codecs import apply_patch
+from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
+from edgerec.device.transport import ServerConnection
+from edgerec.errors import EdgerecError, IntegrityError, ManifestError, PatchError, UnknownBaseVersionError
+from edgerec.manifest import Manifest, find_artifact, parse_manifest
+from edgerec.runtimes import OnnxRunner
+from edgerec.v1 import update_pb2
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_CODECS = ("full", "bsdiff4")
+SUPPORTED_RUNTIMES = ("onnxruntime",)
+
+# (file path, bytes received for it, its payload size)
+FileProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class SyncResult:
+    """What a sync did. ``codec`` names the payload codecs used ("none" when already current)."""
+
+    version: int
+    previous_version: int | None
+    updated: bool
+    codec: str
+    payload_bytes: int
+    full_bytes: int
+    seconds: float
+    recipe: str
+    payloads: list[dict[str, object]] = field(default_factory=list)
+
+
+class Syncer:
+    """Brings a ModelStore to the server's target version, keeping the old one until the new one works."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        connection: ServerConnection,
+        *,
+        recipes: tuple[str, ...] = ("int8", "fp32"),
+        device_id: str = "",
+    ) -> None:
+        self.store = store
+        self.connection = connection
+        self.recipes = recipes
+        self.device_id = device_id
+
+    def sync(self, target_version: int = 0, progress: FileProgress | None = None) -> SyncResult:
+        started = time.perf_counter()
+        self.store.clean_stale()
+        current = self._usable_current()
+        try:
+            response = self.connection.check_update(self._request(current, target_version))
+        except UnknownBaseVersionError as exc:
+            log.warning("server cannot diff from what this device runs (%s); asking for full files", exc)
+            current = None
+            response = self.connection.check_update(self._request(None, target_version))
+        active = self.store.current()
+        if not response.update_available:
+            assert active is not None
+            return SyncResult(
+                version=active.version,
+                previous_version=self._previous_version(),
+                updated=False,
+                codec="none",
+                payload_bytes=0,
+                full_bytes=response.full_bytes,
+                seconds=time.perf_counter() - started,
+                recipe=active.recipe,
+            )
+        manifest = self._check_manifest(response, current)
+        staged = self.store.begin_staging(manifest.version)
+        received_before = self.connection.bytes_received
+        try:
+            for payload in response.payloads:
+                self._build_file(payload, current, staged, progress)
+            artifact = find_artifact(manifest, response.recipe)
+            assert artifact is not None  # checked in _check_manifest
+            verify_files(staged, artifact)
+            health_check(staged / artifact.entrypoint, manifest)
+            installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        for payload in response.payloads:
+            self.store.download_path(payload.payload_id).with_suffix(".payload").unlink(missing_ok=True)
+        codecs = sorted({p.codec for p in response.payloads if p.codec != "copy"}) or ["copy"]
+        return SyncResult(
+            version=installed.version,
+            previous_version=active.version if active else None,
+            updated=True,
+            codec="+".join(codecs),
+            payload_bytes=self.connection.bytes_received - received_before,
+            full_bytes=response.full_bytes,
+            seconds=time.perf_counter() - started,
+            recipe=installed.recipe,
+            payloads=[
+                {"path": p.path, "codec": p.codec, "size": p.size, "target_size": p.target_size}
+                for p in response.payloads
+            ],
+        )
+
+    def _previous_version(self) -> int | None:
+        previous = self.store.previous()
+        return previous.version if previous else None
+
+    def _usable_current(self) -> InstalledVersion | None:
+        """The active version if its files are intact; a damaged one is reported as none."""
+        try:
+            current = self.store.current()
+            if current is not None:
+                self.store.verify(current)
+            return current
+        except EdgerecError as exc:
+            log.warning("active version is damaged (%s); syncing from scratch", exc)
+            return None
+
+    def _request(self, current: InstalledVersion | None, target_version: int) -> update_pb2.CheckUpdateRequest:
+        return update_pb2.CheckUpdateRequest(
+            model=self.store.model,
+            current_version=current.version if current else 0,
+            current_sha256=current.artifact.digest if current else "",
+            current_recipe=current.recipe if current else "",
+            runtimes=list(SUPPORTED_RUNTIMES),
+            codecs=list(SUPPORTED_CODECS),
+            recipes=list(self.recipes),
+            target_version=target_version,
+            device_id=self.device_id,
+        )
+
+    def _check_manifest(
+        self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None
+    ) -> Manifest:
+        manifest = parse_manifest(response.manifest)
+        if manifest.model != self.store.model:
+            raise ManifestError(f"server sent a manifest for {manifest.model!r}, not {self.store.model!r}")
+        if current is not None and manifest.version <= current.version:
+            raise ManifestError(
+                f"server offered version {manifest.version}, not newer than the active {current.version}"
+            )
+        artifact = find_artifact(manifest, response.recipe)
+        if artifact is None:
+            raise ManifestError(f"manifest has no {response.recipe!r} artifact")
+        planned = {p.path: p for p in response.payloads}
+        for f in artifact.files:
+            p = planned.get(f.path)
+            if p is None or p.target_sha256 != f.sha256 or p.target_size != f.size:
+                raise ManifestError(f"payload plan does not match the manifest for {f.path}")
+        if len(planned) != len(artifact.files):
+            raise ManifestError("payload plan lists files the manifest does not")
+        return manifest
+
+    def _build_file(
+        self,
+        payload: update_pb2.Payload,
+        current: InstalledVersion | None,
+        staged: Path,
+        progress: FileProgress | None,
+    ) -> None:
+        out = staged / payload.path
+        out.parent.mkdir(parents=True, exist_ok=True)
+        base = current.file(payload.base_path) if current is not None and payload.base_path else None
+        if payload.codec != "full" and base is None:
+            raise ManifestError(f"plan for {payload.path} needs a base file this device does not have")
+        if payload.codec == "copy":
+            assert base is not None
+            shutil.copyfile(base, out)
+            return
+        part = self.store.download_path(payload.payload_id)
+
+        def report(done: int, total: int) -> None:
+            if progress is not None:
+                progress(payload.path, done, total)
+
+        finished = self.connection.download(self.store.model, payload, part, report)
+        try:
+            apply_patch(base if payload.codec != "full" else None, finished, out)
+        except (IntegrityError, PatchError):
+            finished.unlink(missing_ok=True)  # a bad payload must be fetched again, not reused
+            raise
+
+
+def health_check(model_path: Path, manifest: Manifest) -> None:
+    """Load a staged model and run it once on a neutral batch; raise if it cannot run or gives NaN."""
+    runner = OnnxRunner(model_path)
+    outputs = runner.run(neutral_inputs(manifest))
+    for name, value in outputs.items():
+        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
+            raise IntegrityError(f"staged model gives non-finite {name!r} on a neutral input")
+
+
+def neutral_inputs(manifest: Manifest, batch: int = 1) -> dict[str, np.ndarray]:
+    """Zeros of the right dtype and shape for every input (dynamic dimensions set to ``batch``)."""
+    return {
+        spec.name: np.zeros([d if d >= 0 else batch for d in spec.shape], dtype=spec.dtype)
+        for spec in manifest.inputs
+    }

@@ -1,0 +1,179 @@
+"""Talks to the model-push server: update checks, resumable payload downloads, fallback predictions."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from edgerec import tensors
+from edgerec.errors import IntegrityError, TransportError
+from edgerec.grpc_status import error_from_rpc
+from edgerec.hashing import sha256_file
+from edgerec.ratelimit import TokenBucket
+from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+# Status codes after which a download is retried from where it stopped.
+_RETRYABLE = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.CANCELLED,
+}
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    """Limits and timeouts of the device's calls."""
+
+    check_timeout_s: float = 30.0
+    predict_timeout_s: float = 2.0
+    max_attempts: int = 8
+    backoff_initial_s: float = 0.2
+    backoff_max_s: float = 10.0
+    max_chunk_bytes: int = 1024 * 1024
+    rate_bytes_per_s: float | None = None
+
+
+ProgressCallback = Callable[[int, int], None]  # (bytes so far, total bytes)
+
+
+class ServerConnection:
+    """One channel to the server, shared by update and inference calls."""
+
+    def __init__(self, target: str, config: TransportConfig | None = None) -> None:
+        self.target = target
+        self.config = config or TransportConfig()
+        self._channel = grpc.insecure_channel(
+            target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        )
+        self._update = update_pb2_grpc.ModelUpdateStub(self._channel)
+        self._inference = inference_pb2_grpc.InferenceStub(self._channel)
+        self.bytes_received = 0
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def check_update(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
+        try:
+            response: update_pb2.CheckUpdateResponse = self._update.CheckUpdate(
+                request, timeout=self.config.check_timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"CheckUpdate {request.model}") from exc
+        return response
+
+    def predict(
+        self, model: str, inputs: Mapping[str, np.ndarray], version: int = 0, timeout_s: float | None = None
+    ) -> inference_pb2.PredictResponse:
+        request = inference_pb2.PredictRequest(
+            model=model, version=version, inputs={name: tensors.to_proto(a) for name, a in inputs.items()}
+        )
+        try:
+            response: inference_pb2.PredictResponse = self._inference.Predict(
+                request, timeout=timeout_s or self.config.predict_timeout_s
+            )
+        except grpc.RpcError as exc:
+            raise error_from_rpc(exc, f"Predict {model}") from exc
+        return response
+
+    def download(
+        self, model: str, payload: update_pb2.Payload, part_file: Path, progress: ProgressCallback | None = None
+    ) -> Path:
+        """Fetch a payload into ``part_file``, resuming from its current length; return the finished file.
+
+        Each chunk's offset and CRC-32 are checked, nothing past ``payload.size`` is read,
+        and the finished file's sha256 must equal ``payload.sha256``.
+        """
+        finished = part_file.with_suffix(".payload")
+        if finished.exists() and sha256_file(finished) == payload.sha256:
+            return finished
+        part_file.parent.mkdir(parents=True, exist_ok=True)
+        if part_file.exists() and part_file.stat().st_size > payload.size:
+            part_file.unlink()
+        bucket = TokenBucket(self.config.rate_bytes_per_s) if self.config.rate_bytes_per_s else None
+        failures = 0
+        while True:
+            offset = part_file.stat().st_size if part_file.exists() else 0
+            if offset == payload.size:
+                break
+            try:
+                self._receive(model, payload, part_file, offset, bucket, progress)
+                reason = "stream ended early"
+            except grpc.RpcError as exc:
+                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+                if code not in _RETRYABLE:
+                    raise error_from_rpc(exc, f"FetchPayload {payload.payload_id[:12]}") from exc
+                reason = code.name
+            received = part_file.stat().st_size if part_file.exists() else 0
+            if received == payload.size:
+                break
+            failures = 0 if received > offset else failures + 1
+            if failures >= self.config.max_attempts:
+                raise TransportError(
+                    f"download of {payload.path} made no progress in {failures} attempts; last: {reason}"
+                )
+            delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** failures)
+            delay *= random.uniform(0.5, 1.0)
+            log.warning(
+                "download of %s interrupted at %d of %d bytes (%s); resuming in %.2fs",
+                payload.path, received, payload.size, reason, delay,
+            )
+            time.sleep(delay)
+        digest = sha256_file(part_file)
+        if digest != payload.sha256:
+            part_file.unlink()
+            raise IntegrityError(f"payload for {payload.path} has sha256 {digest[:16]}…, plan says {payload.sha256[:16]}…")
+        part_file.replace(finished)
+        return finished
+
+    def _receive(
+        self,
+        model: str,
+        payload: update_pb2.Payload,
+        part_file: Path,
+        offset: int,
+        bucket: TokenBucket | None,
+        progress: ProgressCallback | None,
+    ) -> None:
+        chunk_limit = self.config.max_chunk_bytes
+        if self.config.rate_bytes_per_s:  # small chunks keep a slow link's pacing smooth
+            chunk_limit = max(4096, min(chunk_limit, int(self.config.rate_bytes_per_s / 8)))
+        request = update_pb2.FetchPayloadRequest(
+            model=model, payload_id=payload.payload_id, offset=offset, max_chunk_bytes=chunk_limit
+        )
+        stream = self._update.FetchPayload(request, timeout=None)
+        try:
+            with part_file.open("ab") as out:
+                for chunk in stream:
+                    if chunk.offset != offset or chunk.total_size != payload.size:
+                        raise TransportError(
+                            f"server sent bytes at {chunk.offset} of {chunk.total_size}, "
+                            f"expected {offset} of {payload.size}"
+                        )
+                    if len(chunk.data) > payload.size - offset:
+                        raise TransportError("server sent more bytes than the payload holds")
+                    if zlib.crc32(chunk.data) != chunk.crc32:
+                        raise IntegrityError(f"chunk at {offset} failed its CRC-32 check")
+                    if bucket is not None:
+                        bucket.consume(len(chunk.data))
+                    out.write(chunk.data)
+                    out.flush()
+                    offset += len(chunk.data)
+                    self.bytes_received += len(chunk.data)
+                    if progress is not None:
+                        progress(offset, payload.size)
+        finally:
+            stream.cancel()

@@ -1,0 +1,25 @@
+"""``edgerec serve``: run the model-push gRPC server."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import click
+
+
+@click.command()
+@click.option("--registry", "registry_dir", required=True, type=click.Path(path_type=Path), help="Registry folder.")
+@click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to listen on.")
+@click.option("--workers", default=16, show_default=True, help="RPC worker threads.")
+def serve(registry_dir: Path, listen: str, workers: int) -> None:
+    """Serve updates and fallback inference from a registry until interrupted."""
+    from edgerec.server.app import ServerConfig, start_server
+
+    running = start_server(ServerConfig(registry=registry_dir, listen=listen, workers=workers))
+    click.echo(f"serving {registry_dir} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
+    signal.signal(signal.SIGTERM, lambda *_: running.stop())
+    try:
+        running.wait()
+    except KeyboardInterrupt:
+        running.stop()

@@ -1,0 +1,36 @@
+"""``edgerec sync``: bring a device's model up to date."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import click
+
+from edgerec.cli.output import emit_json, print_table, transfer_progress
+from edgerec.units import format_bytes
+
+
+@click.command()
+@click.option("--server", required=True, help="HOST:PORT of the model-push server.")
+@click.option("--model", required=True, help="Model name.")
+@click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="Device data folder.")
+@click.option("--rate", default=None, help="Cap the download rate, e.g. 2mbit or 250kB/s.")
+@click.option("--version", "target_version", default=0, help="Version to install (default: latest).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def sync(server: str, model: str, data_dir: Path, rate: str | None, target_version: int, as_json: bool) -> None:
+    """Check for a newer version, download the smallest payload, verify and switch."""
+    from edgerec.device import EdgeClient
+
+    with EdgeClient(server=server, model=model, data_dir=data_dir, rate=rate) as client, \
+            transfer_progress(not as_json) as progress:
+        result = client.sync(target_version, progress=progress)
+    if as_json:
+        emit_json(dataclasses.asdict(result))
+        return
+    print_table(
+        f"{model} sync",
+        ["version", "previous", "codec", "shipped", "full size", "seconds"],
+        [(result.version, result.previous_version, result.codec, format_bytes(result.payload_bytes),
+          format_bytes(result.full_bytes), f"{result.seconds:.2f}")],
+    )

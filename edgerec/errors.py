@@ -1,0 +1,79 @@
+"""Every error edgerec raises on purpose, in one hierarchy.
+
+Catch :class:`EdgerecError` for "edgerec refused or failed", or a precise subclass
+to act on one cause. Each error maps to one gRPC status code (see ``edgerec.grpc_status``).
+"""
+
+from __future__ import annotations
+
+
+class EdgerecError(Exception):
+    """Base class of every error edgerec raises on purpose."""
+
+
+# --- what was asked for does not exist ---------------------------------------------
+
+
+class NotFoundError(EdgerecError):
+    """A model, version, artifact or payload that is not there."""
+
+
+class ModelNotFoundError(NotFoundError):
+    """No model of that name is published."""
+
+
+class VersionNotFoundError(NotFoundError):
+    """The model exists but not that version (or not that recipe of it)."""
+
+
+class PayloadNotFoundError(NotFoundError):
+    """No payload with that id."""
+
+
+class UnknownBaseVersionError(EdgerecError):
+    """The device's current version or digest is not one the server can diff from."""
+
+
+# --- bytes that are not what they claim to be ----------------------------------------
+
+
+class IntegrityError(EdgerecError):
+    """Bytes whose size or sha256 differs from what a manifest or header promised."""
+
+
+class PatchError(EdgerecError):
+    """A patch that cannot be read or applied: corrupt, truncated or of an unknown format."""
+
+
+class WrongBaseError(PatchError):
+    """A patch applied to a different file than the one it was made from."""
+
+
+class ManifestError(EdgerecError):
+    """A manifest that cannot be parsed or breaks the format's rules."""
+
+
+# --- requests ------------------------------------------------------------------------
+
+
+class InvalidInputError(EdgerecError):
+    """Tensors that do not match the model's signature (names, dtypes, ranks, sizes)."""
+
+
+class PublishError(EdgerecError):
+    """Publishing refused a model (unreadable source, unsupported graph, failed gate)."""
+
+
+# --- the device ----------------------------------------------------------------------
+
+
+class TransportError(EdgerecError):
+    """The server could not be reached or the transfer failed after retries."""
+
+
+class ModelRuntimeError(EdgerecError):
+    """A local model that cannot be loaded or run (missing, damaged, runtime failure)."""
+
+
+class NoModelAvailableError(EdgerecError):
+    """Neither a local model nor the server could answer a prediction."""

@@ -1,0 +1,122 @@
+"""The manifest: what a published model version is, and how to read one safely.
+
+A manifest is an ``edgerec.v1.Manifest`` protobuf. It travels as a ``SignedManifest``
+whose ``manifest`` field holds the serialized bytes exactly as published, so a
+signature (added by later work) covers bytes, not a re-serialization.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import PurePosixPath
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+
+from edgerec.errors import ManifestError
+from edgerec.v1 import manifest_pb2, tensor_pb2
+
+FORMAT_VERSION = 1
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+Manifest = manifest_pb2.Manifest
+Artifact = manifest_pb2.Artifact
+ArtifactFile = manifest_pb2.ArtifactFile
+SignedManifest = manifest_pb2.SignedManifest
+TensorSpec = tensor_pb2.TensorSpec
+
+
+def validate_model_name(name: str) -> str:
+    """Return ``name`` if it is a usable model name (it becomes a folder name), else raise."""
+    if not _MODEL_NAME.match(name):
+        raise ManifestError(
+            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting alphanumeric"
+        )
+    return name
+
+
+def validate_relative_path(path: str) -> str:
+    """Return ``path`` if it is a safe relative '/'-separated path (no '..', not absolute)."""
+    parts = PurePosixPath(path).parts
+    if not path or path.startswith("/") or "\\" in path or any(p in ("..", ".", "") for p in parts):
+        raise ManifestError(f"unsafe artifact path {path!r}")
+    return path
+
+
+def artifact_digest(files: Iterable[ArtifactFile]) -> str:
+    """One sha256 naming an artifact: over ``path\\tsize\\tsha256\\n`` lines sorted by path."""
+    lines = sorted(f"{f.path}\t{f.size}\t{f.sha256}\n" for f in files)
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def make_artifact(recipe: str, runtime: str, entrypoint: str, files: Sequence[ArtifactFile]) -> Artifact:
+    """An Artifact with its digest filled in."""
+    artifact = Artifact(recipe=recipe, runtime=runtime, entrypoint=entrypoint, files=files)
+    artifact.digest = artifact_digest(files)
+    return artifact
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def sign_nothing(manifest: Manifest) -> SignedManifest:
+    """Wrap a manifest without signatures (signing is layered on by edgerec.signing)."""
+    return SignedManifest(manifest=manifest.SerializeToString(deterministic=True))
+
+
+def parse_manifest(signed: SignedManifest, *, max_bytes: int = MAX_MANIFEST_BYTES) -> Manifest:
+    """Parse and check a manifest's own rules. Raises ManifestError on anything off."""
+    if len(signed.manifest) > max_bytes:
+        raise ManifestError(f"manifest of {len(signed.manifest)} bytes exceeds the {max_bytes}-byte limit")
+    manifest = Manifest()
+    try:
+        manifest.ParseFromString(signed.manifest)
+    except DecodeError as exc:
+        raise ManifestError(f"manifest bytes do not parse: {exc}") from exc
+    check_manifest(manifest)
+    return manifest
+
+
+def check_manifest(manifest: Manifest) -> None:
+    """Raise ManifestError unless the manifest is well formed."""
+    if manifest.format_version != FORMAT_VERSION:
+        raise ManifestError(f"unsupported manifest format_version {manifest.format_version}")
+    validate_model_name(manifest.model)
+    if manifest.version < 1:
+        raise ManifestError("manifest version must be >= 1")
+    if not manifest.artifacts:
+        raise ManifestError("manifest lists no artifacts")
+    recipes: set[str] = set()
+    for artifact in manifest.artifacts:
+        if artifact.recipe in recipes:
+            raise ManifestError(f"recipe {artifact.recipe!r} listed twice")
+        recipes.add(artifact.recipe)
+        paths = [validate_relative_path(f.path) for f in artifact.files]
+        if len(set(paths)) != len(paths):
+            raise ManifestError(f"artifact {artifact.recipe!r} lists a file twice")
+        if artifact.entrypoint not in paths:
+            raise ManifestError(f"artifact {artifact.recipe!r} entrypoint {artifact.entrypoint!r} not in files")
+        for f in artifact.files:
+            if not _SHA256_HEX.match(f.sha256):
+                raise ManifestError(f"file {f.path!r} has a malformed sha256")
+        if artifact.digest != artifact_digest(artifact.files):
+            raise ManifestError(f"artifact {artifact.recipe!r} digest does not match its files")
+
+
+def find_artifact(manifest: Manifest, recipe: str) -> Artifact | None:
+    for artifact in manifest.artifacts:
+        if artifact.recipe == recipe:
+            return artifact
+    return None
+
+
+def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
+    """A JSON-ready view of a manifest (for CLIs and humans; never signed)."""
+    return json_format.MessageToDict(manifest, preserving_proto_field_name=True)

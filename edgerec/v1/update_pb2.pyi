@@ -1,0 +1,94 @@
+from edgerec.v1 import manifest_pb2 as _manifest_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class CheckUpdateRequest(_message.Message):
+    __slots__ = ("model", "current_version", "current_sha256", "current_recipe", "runtimes", "codecs", "recipes", "target_version", "device_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_RECIPE_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    CODECS_FIELD_NUMBER: _ClassVar[int]
+    RECIPES_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    current_version: int
+    current_sha256: str
+    current_recipe: str
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    codecs: _containers.RepeatedScalarFieldContainer[str]
+    recipes: _containers.RepeatedScalarFieldContainer[str]
+    target_version: int
+    device_id: str
+    def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ...) -> None: ...
+
+class Payload(_message.Message):
+    __slots__ = ("path", "codec", "payload_id", "size", "sha256", "base_path", "base_sha256", "target_sha256", "target_size")
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    CODEC_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    BASE_PATH_FIELD_NUMBER: _ClassVar[int]
+    BASE_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SHA256_FIELD_NUMBER: _ClassVar[int]
+    TARGET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    path: str
+    codec: str
+    payload_id: str
+    size: int
+    sha256: str
+    base_path: str
+    base_sha256: str
+    target_sha256: str
+    target_size: int
+    def __init__(self, path: _Optional[str] = ..., codec: _Optional[str] = ..., payload_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., base_path: _Optional[str] = ..., base_sha256: _Optional[str] = ..., target_sha256: _Optional[str] = ..., target_size: _Optional[int] = ...) -> None: ...
+
+class CheckUpdateResponse(_message.Message):
+    __slots__ = ("update_available", "manifest", "recipe", "payloads", "full_bytes", "payload_bytes")
+    UPDATE_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOADS_FIELD_NUMBER: _ClassVar[int]
+    FULL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    update_available: bool
+    manifest: _manifest_pb2.SignedManifest
+    recipe: str
+    payloads: _containers.RepeatedCompositeFieldContainer[Payload]
+    full_bytes: int
+    payload_bytes: int
+    def __init__(self, update_available: _Optional[bool] = ..., manifest: _Optional[_Union[_manifest_pb2.SignedManifest, _Mapping]] = ..., recipe: _Optional[str] = ..., payloads: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., full_bytes: _Optional[int] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+
+class FetchPayloadRequest(_message.Message):
+    __slots__ = ("model", "payload_id", "offset", "max_chunk_bytes", "device_id")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_ID_FIELD_NUMBER: _ClassVar[int]
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    payload_id: str
+    offset: int
+    max_chunk_bytes: int
+    device_id: str
+    def __init__(self, model: _Optional[str] = ..., payload_id: _Optional[str] = ..., offset: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., device_id: _Optional[str] = ...) -> None: ...
+
+class PayloadChunk(_message.Message):
+    __slots__ = ("offset", "data", "total_size", "crc32")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CRC32_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    total_size: int
+    crc32: int
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., total_size: _Optional[int] = ..., crc32: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,90 @@
+"""The Inference gRPC service: fallback predictions from published artifacts."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+
+import grpc
+import numpy as np
+
+from edgerec import tensors
+from edgerec.errors import EdgerecError, InvalidInputError, ModelRuntimeError
+from edgerec.manifest import Manifest, find_artifact
+from edgerec.registry import Registry
+from edgerec.runtimes import OnnxRunner
+from edgerec.server.planner import DEFAULT_RECIPES
+from edgerec.grpc_status import status_for
+from edgerec.v1 import inference_pb2, inference_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+class LoadedModel:
+    """A runner with the signature it must be fed."""
+
+    def __init__(self, manifest: Manifest, recipe: str, runner: OnnxRunner) -> None:
+        self.version = manifest.version
+        self.recipe = recipe
+        self.runner = runner
+        self.input_specs = [(s.name, s.dtype, list(s.shape)) for s in manifest.inputs]
+
+
+class InferenceService(inference_pb2_grpc.InferenceServicer):
+    """Runs the version a device asks for when the registry has it, else the latest."""
+
+    def __init__(self, registry: Registry, *, max_loaded: int = 4, threads: int = 1) -> None:
+        self.registry = registry
+        self.max_loaded = max_loaded
+        self.threads = threads
+        self._loaded: OrderedDict[tuple[str, int, str], LoadedModel] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def Predict(  # noqa: N802 - gRPC method name
+        self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+    ) -> inference_pb2.PredictResponse:
+        try:
+            loaded = self._model_for(request)
+            arrays = {name: tensors.from_proto(t, name=name) for name, t in request.inputs.items()}
+            outputs = loaded.runner.run(tensors.check_inputs(arrays, loaded.input_specs))
+        except EdgerecError as exc:
+            log.info("Predict %s refused: %s", request.model, exc)
+            context.abort(status_for(exc), str(exc))
+            raise AssertionError("unreachable") from exc
+        first = outputs[loaded.runner.output_names[0]]
+        return inference_pb2.PredictResponse(
+            version=loaded.version,
+            recipe=loaded.recipe,
+            scores=np.asarray(first, dtype=np.float32).ravel().tolist(),
+            outputs={name: tensors.to_proto(np.asarray(value)) for name, value in outputs.items()},
+        )
+
+    def _model_for(self, request: inference_pb2.PredictRequest) -> LoadedModel:
+        versions = self.registry.versions(request.model)
+        version = request.version if request.version in versions else 0
+        version = self.registry.resolve_version(request.model, version)
+        _, manifest = self.registry.load_manifest(request.model, version)
+        recipes = [request.recipe] if request.recipe else list(DEFAULT_RECIPES)
+        for recipe in recipes:
+            artifact = find_artifact(manifest, recipe)
+            if artifact is not None:
+                break
+        else:
+            raise InvalidInputError(f"{request.model} version {version} has no artifact with recipe {recipes}")
+        key = (request.model, version, artifact.recipe)
+        with self._lock:
+            if key in self._loaded:
+                self._loaded.move_to_end(key)
+                return self._loaded[key]
+        path = self.registry.file_path(request.model, version, artifact.entrypoint)
+        try:
+            loaded = LoadedModel(manifest, artifact.recipe, OnnxRunner(path, threads=self.threads))
+        except ModelRuntimeError:
+            log.exception("cannot load %s", path)
+            raise
+        with self._lock:
+            self._loaded[key] = loaded
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+        return loaded

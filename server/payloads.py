@@ -1,0 +1,83 @@
+"""Payloads: full files and deltas, each made once, stored in the registry, shared by all devices."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from edgerec.codecs import make_patch
+from edgerec.hashing import sha256_file
+from edgerec.registry import PayloadRecord, Registry
+
+log = logging.getLogger(__name__)
+
+FULL = "full"
+DELTA_CODECS = ("bsdiff4",)
+# bsdiff4 holds both files and a suffix array in memory (about 17x the file size).
+DEFAULT_BSDIFF4_MAX_BYTES = 128 * 1024 * 1024
+
+
+class PayloadStore:
+    """Makes and finds payloads; concurrent requests for one payload compute it once."""
+
+    def __init__(self, registry: Registry, *, bsdiff4_max_bytes: int = DEFAULT_BSDIFF4_MAX_BYTES) -> None:
+        self.registry = registry
+        self.bsdiff4_max_bytes = bsdiff4_max_bytes
+        self._locks: dict[tuple[str, str, str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    def can_make(self, codec: str, base_size: int, target_size: int) -> bool:
+        """Whether this store is willing to make a ``codec`` delta between files of these sizes."""
+        if codec == "bsdiff4":
+            return max(base_size, target_size) <= self.bsdiff4_max_bytes
+        return codec in DELTA_CODECS
+
+    def ensure(
+        self, model: str, codec: str, target: Path, target_sha256: str, base: Path | None = None, base_sha256: str = ""
+    ) -> PayloadRecord:
+        """The payload turning ``base`` (None for a full payload) into ``target``, made if missing."""
+        key = (model, codec, base_sha256, target_sha256)
+        found = self.registry.find_payload(*key)
+        if found is not None:
+            return found
+        with self._lock_for(key):
+            found = self.registry.find_payload(*key)
+            if found is not None:
+                return found
+            return self._make(model, codec, target, target_sha256, base, base_sha256)
+
+    def _lock_for(self, key: tuple[str, str, str, str]) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def _make(
+        self, model: str, codec: str, target: Path, target_sha256: str, base: Path | None, base_sha256: str
+    ) -> PayloadRecord:
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory(dir=self.registry.scratch_dir()) as tmp:
+            staged = Path(tmp) / "payload"
+            make_patch(codec, base, target, staged)
+            payload_id = sha256_file(staged)
+            record = PayloadRecord(
+                payload_id=payload_id,
+                model=model,
+                codec=codec,
+                base_sha256=base_sha256,
+                target_sha256=target_sha256,
+                size=staged.stat().st_size,
+                make_seconds=time.perf_counter() - started,
+            )
+            self.registry.add_payload(record, staged)
+        log.info(
+            "made %s payload for %s (%s -> %s): %d bytes in %.2fs",
+            codec,
+            model,
+            base_sha256[:12] or "none",
+            target_sha256[:12],
+            record.size,
+            record.make_seconds,
+        )
+        return record

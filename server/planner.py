@@ -1,0 +1,121 @@
+"""Plans an update: which artifact a device gets and the smallest payload for each of its files."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
+from edgerec.manifest import Artifact, ArtifactFile, Manifest, find_artifact
+from edgerec.registry import Registry
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.v1 import update_pb2
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECIPES = ("int8", "fp32")
+DEFAULT_RUNTIMES = ("onnxruntime",)
+
+
+@dataclass(frozen=True)
+class Base:
+    """What the device runs now."""
+
+    version: int
+    artifact: Artifact
+
+
+def choose_artifact(manifest: Manifest, recipes: Sequence[str], runtimes: Sequence[str]) -> Artifact:
+    """The first artifact in the device's recipe preference that runs on one of its runtimes."""
+    for recipe in recipes or DEFAULT_RECIPES:
+        artifact = find_artifact(manifest, recipe)
+        if artifact is not None and artifact.runtime in (runtimes or DEFAULT_RUNTIMES):
+            return artifact
+    raise VersionNotFoundError(
+        f"{manifest.model} version {manifest.version} has no artifact for recipes "
+        f"{list(recipes or DEFAULT_RECIPES)} on runtimes {list(runtimes or DEFAULT_RUNTIMES)}"
+    )
+
+
+class UpdatePlanner:
+    """Answers CheckUpdate from the registry, making missing payloads once."""
+
+    def __init__(self, registry: Registry, payloads: PayloadStore) -> None:
+        self.registry = registry
+        self.payloads = payloads
+
+    def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
+        target_version = self.registry.resolve_version(request.model, request.target_version)
+        signed, manifest = self.registry.load_manifest(request.model, target_version)
+        artifact = choose_artifact(manifest, list(request.recipes), list(request.runtimes))
+        base = self._base(request)
+        response = update_pb2.CheckUpdateResponse(
+            manifest=signed, recipe=artifact.recipe, full_bytes=sum(f.size for f in artifact.files)
+        )
+        if base is not None and base.version == target_version and base.artifact.digest == artifact.digest:
+            response.update_available = False
+            return response
+        response.update_available = True
+        codecs = set(request.codecs) & set(DELTA_CODECS)
+        for target_file in artifact.files:
+            payload = self._plan_file(request.model, target_version, target_file, base, codecs)
+            response.payloads.append(payload)
+        response.payload_bytes = sum(p.size for p in response.payloads)
+        log.info(
+            "plan %s %s -> %d (%s): %d payload bytes for %d full bytes",
+            request.model,
+            base.version if base else "none",
+            target_version,
+            artifact.recipe,
+            response.payload_bytes,
+            response.full_bytes,
+        )
+        return response
+
+    def _base(self, request: update_pb2.CheckUpdateRequest) -> Base | None:
+        if request.current_version == 0:
+            return None
+        try:
+            _, manifest = self.registry.load_manifest(request.model, request.current_version)
+        except VersionNotFoundError as exc:
+            raise UnknownBaseVersionError(
+                f"{request.model} version {request.current_version} is not in the registry; ask for full files"
+            ) from exc
+        artifact = find_artifact(manifest, request.current_recipe)
+        if artifact is None or artifact.digest != request.current_sha256:
+            raise UnknownBaseVersionError(
+                f"{request.model} version {request.current_version} recipe {request.current_recipe!r} with digest "
+                f"{request.current_sha256[:16]!r} does not match the registry; ask for full files"
+            )
+        return Base(request.current_version, artifact)
+
+    def _plan_file(
+        self, model: str, version: int, target_file: ArtifactFile, base: Base | None, codecs: set[str]
+    ) -> update_pb2.Payload:
+        plan = update_pb2.Payload(
+            path=target_file.path, target_sha256=target_file.sha256, target_size=target_file.size
+        )
+        if base is not None:
+            same = next((f for f in base.artifact.files if f.sha256 == target_file.sha256), None)
+            if same is not None:
+                plan.codec, plan.base_path, plan.base_sha256 = "copy", same.path, same.sha256
+                return plan
+        target_path = self.registry.file_path(model, version, target_file.path)
+        best = self.payloads.ensure(model, FULL, target_path, target_file.sha256)
+        best_base = None
+        base_file = next((f for f in base.artifact.files if f.path == target_file.path), None) if base else None
+        if base is not None and base_file is not None:
+            base_path = self.registry.file_path(model, base.version, base_file.path)
+            for codec in sorted(codecs):
+                if not self.payloads.can_make(codec, base_file.size, target_file.size):
+                    continue
+                candidate = self.payloads.ensure(
+                    model, codec, target_path, target_file.sha256, base_path, base_file.sha256
+                )
+                if candidate.size < best.size:
+                    best, best_base = candidate, base_file
+        plan.codec, plan.payload_id, plan.size, plan.sha256 = best.codec, best.payload_id, best.size, best.payload_id
+        if best_base is not None:
+            plan.base_path, plan.base_sha256 = best_base.path, best_base.sha256
+        return plan

@@ -1,0 +1,115 @@
+"""Publishing: source model -> fp32 and int8 ONNX artifacts -> manifest -> registry -> payloads."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edgerec.errors import PublishError
+from edgerec.hashing import sha256_file
+from edgerec.manifest import (
+    FORMAT_VERSION,
+    Artifact,
+    ArtifactFile,
+    Manifest,
+    make_artifact,
+    now_rfc3339,
+    sign_nothing,
+    validate_model_name,
+)
+from edgerec.registry import Registry
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.publish.signature import read_signature
+
+log = logging.getLogger(__name__)
+
+RECIPES = ("fp32", "int8")
+MODEL_FILE = "model.onnx"
+
+
+@dataclass(frozen=True)
+class PublishOptions:
+    """How to publish; the defaults suit the reference model."""
+
+    recipes: Sequence[str] = RECIPES
+    # Deltas from this many earlier versions are made now, so the first devices wait for nothing.
+    delta_depth: int = 1
+    delta_codecs: Sequence[str] = DELTA_CODECS
+    annotations: dict[str, str] = field(default_factory=dict)
+
+
+def publish(
+    source: Path, name: str, registry: Registry, options: PublishOptions | None = None
+) -> Manifest:
+    """Publish ``source`` (a ``.pt2`` torch.export program or an ``.onnx`` file) as the next version."""
+    options = options or PublishOptions()
+    validate_model_name(name)
+    if not source.exists():
+        raise PublishError(f"source {source} does not exist")
+    unknown = set(options.recipes) - set(RECIPES)
+    if unknown or not options.recipes:
+        raise PublishError(f"unknown recipes {sorted(unknown)}; choose from {list(RECIPES)}")
+    from edgerec.server.publish.export import to_onnx  # deferred: pulls in torch and onnx
+    from edgerec.server.publish.quantize import quantize_int8
+
+    with tempfile.TemporaryDirectory(prefix="publish-", dir=registry.scratch_dir()) as tmp:
+        staged = Path(tmp) / "version"
+        fp32_model = to_onnx(source, staged / "fp32" / MODEL_FILE)
+        if "int8" in options.recipes:
+            quantize_int8(fp32_model, staged / "int8" / MODEL_FILE)
+        inputs, outputs = read_signature(fp32_model)
+        if "fp32" not in options.recipes:
+            _remove_artifact(staged / "fp32")
+        artifacts = [_describe_artifact(staged, recipe) for recipe in options.recipes]
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            model=name,
+            version=registry.next_version(name),
+            created_at=now_rfc3339(),
+            inputs=inputs,
+            outputs=outputs,
+            artifacts=artifacts,
+            annotations={"source": source.name, **options.annotations},
+        )
+        registry.add_version(manifest, sign_nothing(manifest), staged)
+    prepare_payloads(registry, manifest, options)
+    return manifest
+
+
+def _remove_artifact(folder: Path) -> None:
+    for path in sorted(folder.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    folder.rmdir()
+
+
+def _describe_artifact(staged: Path, recipe: str) -> Artifact:
+    folder = staged / recipe
+    files = [
+        ArtifactFile(path=p.relative_to(staged).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    ]
+    return make_artifact(recipe, "onnxruntime", f"{recipe}/{MODEL_FILE}", files)
+
+
+def prepare_payloads(registry: Registry, manifest: Manifest, options: PublishOptions) -> None:
+    """Make the full payloads of a new version and its deltas from the last ``delta_depth`` versions."""
+    store = PayloadStore(registry)
+    earlier = [v for v in registry.versions(manifest.model) if v < manifest.version][-options.delta_depth :]
+    for artifact in manifest.artifacts:
+        for target in artifact.files:
+            target_path = registry.file_path(manifest.model, manifest.version, target.path)
+            store.ensure(manifest.model, FULL, target_path, target.sha256)
+            for base_version in earlier if options.delta_depth > 0 else []:
+                base = next(
+                    (f for f in registry.files(manifest.model, base_version) if f.path == target.path), None
+                )
+                if base is None or base.sha256 == target.sha256:
+                    continue
+                for codec in options.delta_codecs:
+                    if store.can_make(codec, base.size, target.size):
+                        base_path = registry.file_path(manifest.model, base_version, base.path)
+                        store.ensure(manifest.model, codec, target_path, target.sha256, base_path, base.sha256)

@@ -1,0 +1,69 @@
+"""The ModelUpdate gRPC service: CheckUpdate plans, FetchPayload streams payload bytes."""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from collections.abc import Iterator
+
+import grpc
+
+from edgerec.errors import EdgerecError, InvalidInputError
+from edgerec.grpc_status import status_for
+from edgerec.registry import Registry
+from edgerec.server.planner import UpdatePlanner
+from edgerec.v1 import update_pb2, update_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+MAX_CHUNK_BYTES = 1024 * 1024
+
+
+class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
+    """Serves update plans and resumable payload streams from a registry."""
+
+    def __init__(self, registry: Registry, planner: UpdatePlanner) -> None:
+        self.registry = registry
+        self.planner = planner
+
+    def CheckUpdate(  # noqa: N802 - gRPC method name
+        self, request: update_pb2.CheckUpdateRequest, context: grpc.ServicerContext
+    ) -> update_pb2.CheckUpdateResponse:
+        try:
+            return self.planner.plan(request)
+        except EdgerecError as exc:
+            log.info("CheckUpdate %s refused: %s", request.model, exc)
+            context.abort(status_for(exc), str(exc))
+            raise AssertionError("unreachable") from exc
+
+    def FetchPayload(  # noqa: N802 - gRPC method name
+        self, request: update_pb2.FetchPayloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[update_pb2.PayloadChunk]:
+        try:
+            record = self.registry.payload(request.model, _payload_id(request.payload_id))
+            if request.offset > record.size:
+                context.abort(
+                    grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is past the payload's {record.size} bytes"
+                )
+            path = self.registry.payload_path(request.model, record.payload_id)
+        except EdgerecError as exc:
+            context.abort(status_for(exc), str(exc))
+            raise AssertionError("unreachable") from exc
+        chunk_size = request.max_chunk_bytes if 0 < request.max_chunk_bytes <= MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
+        offset = request.offset
+        with path.open("rb") as f:
+            f.seek(offset)
+            while context.is_active():
+                data = f.read(chunk_size)
+                if not data:
+                    break
+                yield update_pb2.PayloadChunk(
+                    offset=offset, data=data, total_size=record.size, crc32=zlib.crc32(data)
+                )
+                offset += len(data)
+
+
+def _payload_id(value: str) -> str:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
+        raise InvalidInputError(f"payload_id must be 64 lowercase hex digits, got {value[:80]!r}")
+    return value
