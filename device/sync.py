@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-
-from edgerec.codecs import apply_patch
 from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
 from edgerec.device.transport import ServerConnection
+
+from edgerec.codecs import apply_patch
 from edgerec.errors import EdgerecError, IntegrityError, ManifestError, PatchError, UnknownBaseVersionError
 from edgerec.manifest import Manifest, find_artifact, parse_manifest
 from edgerec.runtimes import OnnxRunner
@@ -142,9 +142,7 @@ class Syncer:
             device_id=self.device_id,
         )
 
-    def _check_manifest(
-        self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None
-    ) -> Manifest:
+    def _check_manifest(self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None) -> Manifest:
         manifest = parse_manifest(response.manifest)
         if manifest.model != self.store.model:
             raise ManifestError(f"server sent a manifest for {manifest.model!r}, not {self.store.model!r}")
@@ -206,6 +204,5 @@ def health_check(model_path: Path, manifest: Manifest) -> None:
 def neutral_inputs(manifest: Manifest, batch: int = 1) -> dict[str, np.ndarray]:
     """Zeros of the right dtype and shape for every input (dynamic dimensions set to ``batch``)."""
     return {
-        spec.name: np.zeros([d if d >= 0 else batch for d in spec.shape], dtype=spec.dtype)
-        for spec in manifest.inputs
+        spec.name: np.zeros([d if d >= 0 else batch for d in spec.shape], dtype=spec.dtype) for spec in manifest.inputs
     }

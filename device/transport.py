@@ -56,11 +56,9 @@ class ServerConnection:
     def __init__(self, target: str, config: TransportConfig | None = None) -> None:
         self.target = target
         self.config = config or TransportConfig()
-        self._channel = grpc.insecure_channel(
-            target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        )
-        self._update = update_pb2_grpc.ModelUpdateStub(self._channel)
-        self._inference = inference_pb2_grpc.InferenceStub(self._channel)
+        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        self._update = update_pb2_grpc.ModelUpdateStub(self._channel)  # type: ignore[no-untyped-call]
+        self._inference = inference_pb2_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self.bytes_received = 0
 
     def close(self) -> None:
@@ -90,7 +88,11 @@ class ServerConnection:
         return response
 
     def download(
-        self, model: str, payload: update_pb2.Payload, part_file: Path, progress: ProgressCallback | None = None
+        self,
+        model: str,
+        payload: update_pb2.Payload,
+        part_file: Path,
+        progress: ProgressCallback | None = None,
     ) -> Path:
         """Fetch a payload into ``part_file``, resuming from its current length; return the finished file.
 
@@ -125,17 +127,23 @@ class ServerConnection:
                 raise TransportError(
                     f"download of {payload.path} made no progress in {failures} attempts; last: {reason}"
                 )
-            delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2 ** failures)
+            delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2**failures)
             delay *= random.uniform(0.5, 1.0)
             log.warning(
                 "download of %s interrupted at %d of %d bytes (%s); resuming in %.2fs",
-                payload.path, received, payload.size, reason, delay,
+                payload.path,
+                received,
+                payload.size,
+                reason,
+                delay,
             )
             time.sleep(delay)
         digest = sha256_file(part_file)
         if digest != payload.sha256:
             part_file.unlink()
-            raise IntegrityError(f"payload for {payload.path} has sha256 {digest[:16]}…, plan says {payload.sha256[:16]}…")
+            raise IntegrityError(
+                f"payload for {payload.path} has sha256 {digest[:16]}…, plan says {payload.sha256[:16]}…"
+            )
         part_file.replace(finished)
         return finished
 

@@ -1,10 +1,17 @@
-"""One mapping between edgerec's typed errors and gRPC status codes, used by both ends."""
+"""One mapping between edgerec's typed errors and gRPC status codes, used by both ends.
+
+The server also names the precise error class in the trailing metadata key
+``edgerec-error``, so a client can raise ModelNotFoundError rather than a bare
+NotFoundError; clients that do not know the key still get a meaningful status code.
+"""
 
 from __future__ import annotations
 
 import grpc
 
 from edgerec import errors
+
+ERROR_METADATA_KEY = "edgerec-error"
 
 _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -32,9 +39,20 @@ def status_for(error: errors.EdgerecError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
+def abort(context: grpc.ServicerContext, error: errors.EdgerecError) -> None:
+    """End the call with the status for ``error``, naming its class in the trailing metadata."""
+    context.set_trailing_metadata(((ERROR_METADATA_KEY, type(error).__name__),))
+    context.abort(status_for(error), str(error))
+
+
 def error_from_rpc(exc: grpc.RpcError, what: str) -> errors.EdgerecError:
     """The typed error a client raises for a failed call (``what`` names the call)."""
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    details = exc.details() if isinstance(exc, grpc.Call) else str(exc)
+    if not isinstance(exc, grpc.Call):
+        return errors.TransportError(f"{what}: {exc}")
+    code = exc.code()
     error_type = _ERROR_BY_CODE.get(code, errors.TransportError)
-    return error_type(f"{what}: {code.name}: {details}")
+    named = dict(exc.trailing_metadata() or ()).get(ERROR_METADATA_KEY)
+    precise = getattr(errors, str(named), None) if named else None
+    if isinstance(precise, type) and issubclass(precise, error_type):
+        error_type = precise
+    return error_type(f"{what}: {code.name}: {exc.details()}")

@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
-from edgerec.registry import Registry
 from edgerec.server.inference_service import InferenceService
 from edgerec.server.payloads import DEFAULT_BSDIFF4_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.update_service import ModelUpdateService
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from edgerec.registry import Registry
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -62,10 +62,10 @@ def start_server(config: ServerConfig) -> RunningServer:
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
-    update_pb2_grpc.add_ModelUpdateServicer_to_server(
+    update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(registry, UpdatePlanner(registry, payloads)), server
     )
-    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(registry), server)
+    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(registry), server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

@@ -8,14 +8,13 @@ from collections import OrderedDict
 
 import grpc
 import numpy as np
+from edgerec.server.planner import DEFAULT_RECIPES
 
-from edgerec import tensors
+from edgerec import grpc_status, tensors
 from edgerec.errors import EdgerecError, InvalidInputError, ModelRuntimeError
 from edgerec.manifest import Manifest, find_artifact
 from edgerec.registry import Registry
 from edgerec.runtimes import OnnxRunner
-from edgerec.server.planner import DEFAULT_RECIPES
-from edgerec.grpc_status import status_for
 from edgerec.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -41,7 +40,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self._loaded: OrderedDict[tuple[str, int, str], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
 
-    def Predict(  # noqa: N802 - gRPC method name
+    def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
         try:
@@ -50,7 +49,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             outputs = loaded.runner.run(tensors.check_inputs(arrays, loaded.input_specs))
         except EdgerecError as exc:
             log.info("Predict %s refused: %s", request.model, exc)
-            context.abort(status_for(exc), str(exc))
+            grpc_status.abort(context, exc)
             raise AssertionError("unreachable") from exc
         first = outputs[loaded.runner.output_names[0]]
         return inference_pb2.PredictResponse(

@@ -36,7 +36,13 @@ class PayloadStore:
         return codec in DELTA_CODECS
 
     def ensure(
-        self, model: str, codec: str, target: Path, target_sha256: str, base: Path | None = None, base_sha256: str = ""
+        self,
+        model: str,
+        codec: str,
+        target: Path,
+        target_sha256: str,
+        base: Path | None = None,
+        base_sha256: str = "",
     ) -> PayloadRecord:
         """The payload turning ``base`` (None for a full payload) into ``target``, made if missing."""
         key = (model, codec, base_sha256, target_sha256)

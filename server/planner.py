@@ -6,10 +6,11 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+
 from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
 from edgerec.manifest import Artifact, ArtifactFile, Manifest, find_artifact
 from edgerec.registry import Registry
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
@@ -93,9 +94,7 @@ class UpdatePlanner:
     def _plan_file(
         self, model: str, version: int, target_file: ArtifactFile, base: Base | None, codecs: set[str]
     ) -> update_pb2.Payload:
-        plan = update_pb2.Payload(
-            path=target_file.path, target_sha256=target_file.sha256, target_size=target_file.size
-        )
+        plan = update_pb2.Payload(path=target_file.path, target_sha256=target_file.sha256, target_size=target_file.size)
         if base is not None:
             same = next((f for f in base.artifact.files if f.sha256 == target_file.sha256), None)
             if same is not None:
@@ -115,7 +114,12 @@ class UpdatePlanner:
                 )
                 if candidate.size < best.size:
                     best, best_base = candidate, base_file
-        plan.codec, plan.payload_id, plan.size, plan.sha256 = best.codec, best.payload_id, best.size, best.payload_id
+        plan.codec, plan.payload_id, plan.size, plan.sha256 = (
+            best.codec,
+            best.payload_id,
+            best.size,
+            best.payload_id,
+        )
         if best_base is not None:
             plan.base_path, plan.base_sha256 = best_base.path, best_base.sha256
         return plan

@@ -7,11 +7,11 @@ import zlib
 from collections.abc import Iterator
 
 import grpc
-
-from edgerec.errors import EdgerecError, InvalidInputError
-from edgerec.grpc_status import status_for
-from edgerec.registry import Registry
 from edgerec.server.planner import UpdatePlanner
+
+from edgerec import grpc_status
+from edgerec.errors import EdgerecError, InvalidInputError
+from edgerec.registry import Registry
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -26,28 +26,29 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
         self.registry = registry
         self.planner = planner
 
-    def CheckUpdate(  # noqa: N802 - gRPC method name
+    def CheckUpdate(
         self, request: update_pb2.CheckUpdateRequest, context: grpc.ServicerContext
     ) -> update_pb2.CheckUpdateResponse:
         try:
             return self.planner.plan(request)
         except EdgerecError as exc:
             log.info("CheckUpdate %s refused: %s", request.model, exc)
-            context.abort(status_for(exc), str(exc))
+            grpc_status.abort(context, exc)
             raise AssertionError("unreachable") from exc
 
-    def FetchPayload(  # noqa: N802 - gRPC method name
+    def FetchPayload(
         self, request: update_pb2.FetchPayloadRequest, context: grpc.ServicerContext
     ) -> Iterator[update_pb2.PayloadChunk]:
         try:
             record = self.registry.payload(request.model, _payload_id(request.payload_id))
             if request.offset > record.size:
                 context.abort(
-                    grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} is past the payload's {record.size} bytes"
+                    grpc.StatusCode.OUT_OF_RANGE,
+                    f"offset {request.offset} is past the payload's {record.size} bytes",
                 )
             path = self.registry.payload_path(request.model, record.payload_id)
         except EdgerecError as exc:
-            context.abort(status_for(exc), str(exc))
+            grpc_status.abort(context, exc)
             raise AssertionError("unreachable") from exc
         chunk_size = request.max_chunk_bytes if 0 < request.max_chunk_bytes <= MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
         offset = request.offset
@@ -57,9 +58,7 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
                 data = f.read(chunk_size)
                 if not data:
                     break
-                yield update_pb2.PayloadChunk(
-                    offset=offset, data=data, total_size=record.size, crc32=zlib.crc32(data)
-                )
+                yield update_pb2.PayloadChunk(offset=offset, data=data, total_size=record.size, crc32=zlib.crc32(data))
                 offset += len(data)
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgerec.device import EdgeClient, Prediction, SyncResult
+
 from edgerec.metrics import roc_auc
 from edgerec.reference.data import ClickGenerator, ReferenceConfig
 from edgerec.registry import Registry
@@ -48,9 +49,10 @@ def run_demo(
     on_step: Callable[[str], None] = lambda _: None,
 ) -> DemoReport:
     """Run the whole path once in ``workdir`` (emptied first) and return the measurements."""
-    from edgerec.reference.train import build_and_train, export_program
     from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import publish
+
+    from edgerec.reference.train import build_and_train, export_program
 
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -154,4 +156,3 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
     rows.append(("AUC of the local model (20k validation)", f"{report.local_auc:.4f}"))
     rows.append(("AUC of the true click probability", f"{report.oracle_auc:.4f}"))
     return rows
-

@@ -38,7 +38,9 @@ def generate(out_root: Path) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed: {' '.join(args)}")
-    return sorted(p.relative_to(out_root) for p in (out_root / PROTO_PACKAGE).iterdir() if p.name.endswith(GENERATED_SUFFIXES))
+    return sorted(
+        p.relative_to(out_root) for p in (out_root / PROTO_PACKAGE).iterdir() if p.name.endswith(GENERATED_SUFFIXES)
+    )
 
 
 def main() -> int:
@@ -47,7 +49,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for rel in generate(Path(tmp)):
             shutil.copyfile(Path(tmp) / rel, REPO_ROOT / rel)
-            print(rel)  # noqa: T201 - a developer command
+            print(rel)
     return 0
 
 

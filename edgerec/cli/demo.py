@@ -11,10 +11,20 @@ from edgerec.cli.output import console, emit_json, print_table
 
 
 @click.command()
-@click.option("--workdir", default="demo-out", show_default=True, type=click.Path(path_type=Path),
-              help="Folder for the registry, models and device data (emptied first).")
-@click.option("--size", type=click.Choice(["tiny", "small", "large"]), default="small", show_default=True,
-              help="Reference model size (large: >= 100 MB of fp32 embeddings).")
+@click.option(
+    "--workdir",
+    default="demo-out",
+    show_default=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the registry, models and device data (emptied first).",
+)
+@click.option(
+    "--size",
+    type=click.Choice(["tiny", "small", "large"]),
+    default="small",
+    show_default=True,
+    help="Reference model size (large: >= 100 MB of fp32 embeddings).",
+)
 @click.option("--rate", default="2mbit", show_default=True, help="Device link rate.")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -27,5 +37,8 @@ def demo(workdir: Path, size: str, rate: str, seed: int, as_json: bool) -> None:
     if as_json:
         emit_json(dataclasses.asdict(report))
         return
-    print_table(f"edgerec demo: reference model '{size}', device link {rate}", ["what", "result"],
-                summary_rows(report))
+    print_table(
+        f"edgerec demo: reference model '{size}', device link {rate}",
+        ["what", "result"],
+        summary_rows(report),
+    )

@@ -36,4 +36,3 @@ def cli(verbose: int) -> None:
 
 for command in (publish.publish, registry.registry, serve.serve, sync.sync, predict.predict, demo.demo):
     cli.add_command(command)
-

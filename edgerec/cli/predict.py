@@ -14,8 +14,13 @@ from edgerec.cli.output import emit_json, print_table
 @click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="Device data folder.")
 @click.option("--model", required=True, help="Model name.")
 @click.option("--server", default=None, help="HOST:PORT for fallback inference.")
-@click.option("--input", "input_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="An .npz with one array per model input, by input name.")
+@click.option(
+    "--input",
+    "input_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="An .npz with one array per model input, by input name.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def predict(data_dir: Path, model: str, server: str | None, input_file: Path, as_json: bool) -> None:
     """Predict with the local model, falling back to the server."""
@@ -26,14 +31,25 @@ def predict(data_dir: Path, model: str, server: str | None, input_file: Path, as
     with EdgeClient(server=server, model=model, data_dir=data_dir) as client:
         result = client.predict(inputs)
     if as_json:
-        emit_json({
-            "scores": result.scores.tolist(),
-            "source": result.source,
-            "version": result.version,
-            "latency_s": result.latency_s,
-            "fallback_reason": result.fallback_reason,
-        })
+        emit_json(
+            {
+                "scores": result.scores.tolist(),
+                "source": result.source,
+                "version": result.version,
+                "latency_s": result.latency_s,
+                "fallback_reason": result.fallback_reason,
+            }
+        )
         return
-    print_table(f"{model} prediction", ["source", "version", "latency ms", "scores"],
-                [(result.source, result.version, f"{result.latency_s * 1e3:.2f}",
-                  np.array2string(result.scores[:8], precision=4))])
+    print_table(
+        f"{model} prediction",
+        ["source", "version", "latency ms", "scores"],
+        [
+            (
+                result.source,
+                result.version,
+                f"{result.latency_s * 1e3:.2f}",
+                np.array2string(result.scores[:8], precision=4),
+            )
+        ],
+    )

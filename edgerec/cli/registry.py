@@ -12,7 +12,10 @@ from edgerec.manifest import manifest_to_dict
 from edgerec.registry import Registry
 
 _registry_option = click.option(
-    "--registry", "registry_dir", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+    "--registry",
+    "registry_dir",
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Registry folder.",
 )
 
@@ -32,8 +35,10 @@ def version_entry(reg: Registry, model: str, version: int) -> dict[str, Any]:
         "version": version,
         "created_at": manifest.created_at,
         # The sha256 of the artifact devices run by default: int8 when published.
-        "sha256": next((a.digest for r in ("int8", "fp32") for a in manifest.artifacts if a.recipe == r),
-                       manifest.artifacts[0].digest),
+        "sha256": next(
+            (a.digest for r in ("int8", "fp32") for a in manifest.artifacts if a.recipe == r),
+            manifest.artifacts[0].digest,
+        ),
         "files": [
             {"path": f"{prefix}/{f.path}", "size": f.size, "sha256": f.sha256, "recipe": f.recipe} for f in files
         ],
@@ -55,8 +60,17 @@ def ls(registry_dir: Path, model: str | None, as_json: bool) -> None:
     print_table(
         f"registry {registry_dir}",
         ["model", "version", "created", "files", "bytes", "sha256"],
-        [(e["model"], e["version"], e["created_at"], len(e["files"]), sum(f["size"] for f in e["files"]),
-          e["sha256"][:16]) for e in entries],
+        [
+            (
+                e["model"],
+                e["version"],
+                e["created_at"],
+                len(e["files"]),
+                sum(f["size"] for f in e["files"]),
+                e["sha256"][:16],
+            )
+            for e in entries
+        ],
     )
 
 
@@ -79,6 +93,9 @@ def show(registry_dir: Path, model: str, version: int, as_json: bool) -> None:
         ["path", "recipe", "size", "sha256"],
         [(f["path"], f["recipe"], f["size"], f["sha256"][:16]) for f in entry["files"]],
     )
-    print_table("signature", ["kind", "name", "dtype", "shape"],
-                [("input", s.name, s.dtype, list(s.shape)) for s in manifest.inputs]
-                + [("output", s.name, s.dtype, list(s.shape)) for s in manifest.outputs])
+    print_table(
+        "signature",
+        ["kind", "name", "dtype", "shape"],
+        [("input", s.name, s.dtype, list(s.shape)) for s in manifest.inputs]
+        + [("output", s.name, s.dtype, list(s.shape)) for s in manifest.outputs],
+    )

@@ -22,8 +22,10 @@ def sync(server: str, model: str, data_dir: Path, rate: str | None, target_versi
     """Check for a newer version, download the smallest payload, verify and switch."""
     from edgerec.device import EdgeClient
 
-    with EdgeClient(server=server, model=model, data_dir=data_dir, rate=rate) as client, \
-            transfer_progress(not as_json) as progress:
+    with (
+        EdgeClient(server=server, model=model, data_dir=data_dir, rate=rate) as client,
+        transfer_progress(not as_json) as progress,
+    ):
         result = client.sync(target_version, progress=progress)
     if as_json:
         emit_json(dataclasses.asdict(result))
@@ -31,6 +33,14 @@ def sync(server: str, model: str, data_dir: Path, rate: str | None, target_versi
     print_table(
         f"{model} sync",
         ["version", "previous", "codec", "shipped", "full size", "seconds"],
-        [(result.version, result.previous_version, result.codec, format_bytes(result.payload_bytes),
-          format_bytes(result.full_bytes), f"{result.seconds:.2f}")],
+        [
+            (
+                result.version,
+                result.previous_version,
+                result.codec,
+                format_bytes(result.payload_bytes),
+                format_bytes(result.full_bytes),
+                f"{result.seconds:.2f}",
+            )
+        ],
     )

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edgerec.errors import ModelNotFoundError, PayloadNotFoundError, VersionNotFoundError
-from edgerec.manifest import Manifest, SignedManifest, parse_manifest, validate_model_name
 from edgerec.fsutil import fsync_dir
+from edgerec.manifest import Manifest, SignedManifest, parse_manifest, validate_model_name
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,8 @@ class Registry:
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        with self._connect() as db:
+        with closing(sqlite3.connect(self.root / "index.sqlite", timeout=30.0)) as db:
+            db.execute("PRAGMA journal_mode=WAL")
             db.executescript(_SCHEMA)
 
     # --- plumbing ---------------------------------------------------------------
@@ -100,7 +101,6 @@ class Registry:
     def _connect(self) -> Iterator[sqlite3.Connection]:
         """A short-lived connection in a transaction (commit on success, rollback on error)."""
         with closing(sqlite3.connect(self.root / "index.sqlite", timeout=30.0, isolation_level=None)) as db:
-            db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA busy_timeout=30000")
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -134,9 +134,7 @@ class Registry:
         target = self.version_dir(manifest.model, manifest.version)
         (staged_dir / "manifest.pb").write_bytes(signed.SerializeToString())
         with self._connect() as db:
-            latest = db.execute(
-                "SELECT MAX(version) FROM versions WHERE model = ?", (manifest.model,)
-            ).fetchone()[0]
+            latest = db.execute("SELECT MAX(version) FROM versions WHERE model = ?", (manifest.model,)).fetchone()[0]
             if manifest.version != (latest or 0) + 1:
                 raise VersionNotFoundError(
                     f"{manifest.model} version {manifest.version} is not next after {latest or 0}"

@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.publish.signature import read_signature
+
 from edgerec.errors import PublishError
 from edgerec.hashing import sha256_file
 from edgerec.manifest import (
@@ -21,8 +24,6 @@ from edgerec.manifest import (
     validate_model_name,
 )
 from edgerec.registry import Registry
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
-from edgerec.server.publish.signature import read_signature
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,7 @@ class PublishOptions:
     annotations: dict[str, str] = field(default_factory=dict)
 
 
-def publish(
-    source: Path, name: str, registry: Registry, options: PublishOptions | None = None
-) -> Manifest:
+def publish(source: Path, name: str, registry: Registry, options: PublishOptions | None = None) -> Manifest:
     """Publish ``source`` (a ``.pt2`` torch.export program or an ``.onnx`` file) as the next version."""
     options = options or PublishOptions()
     validate_model_name(name)
@@ -104,9 +103,7 @@ def prepare_payloads(registry: Registry, manifest: Manifest, options: PublishOpt
             target_path = registry.file_path(manifest.model, manifest.version, target.path)
             store.ensure(manifest.model, FULL, target_path, target.sha256)
             for base_version in earlier if options.delta_depth > 0 else []:
-                base = next(
-                    (f for f in registry.files(manifest.model, base_version) if f.path == target.path), None
-                )
+                base = next((f for f in registry.files(manifest.model, base_version) if f.path == target.path), None)
                 if base is None or base.sha256 == target.sha256:
                     continue
                 for codec in options.delta_codecs:

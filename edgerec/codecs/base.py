@@ -1,0 +1,63 @@
+"""What every codec shares: the :class:`Codec` interface and the safe way to write a file.
+
+A codec's ``apply`` follows one discipline, which :func:`verified_output` enforces: the
+container is checked before anything is written; the result goes to a temporary file in the
+destination's directory; its size and sha256 are checked against the header, then it is
+fsynced and renamed over the destination. On any failure the temporary file is removed and an
+existing destination is left as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Protocol
+
+from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, PatchHeader
+from edgerec.errors import IntegrityError, PatchError
+from edgerec.fsutil import atomic_output
+from edgerec.hashing import HashingWriter
+
+logger = logging.getLogger(__name__)
+
+
+class Codec(Protocol):
+    """Turns a file of one version into the file of another through a patch container."""
+
+    name: str
+    needs_base: bool
+
+    def make(self, old: Path | None, new: Path, out: Path) -> None:
+        """Write at ``out`` a complete container that rebuilds ``new`` (from ``old`` if needed)."""
+        ...
+
+    def apply(
+        self, old: Path | None, patch: Path, out: Path, *, max_target_size: int = DEFAULT_MAX_TARGET_SIZE
+    ) -> None:
+        """Rebuild the patch's target at ``out`` atomically, or raise and leave ``out`` untouched."""
+        ...
+
+
+@contextmanager
+def verified_output(out: Path, header: PatchHeader) -> Iterator[HashingWriter]:
+    """Like :func:`edgerec.fsutil.atomic_output`; the bytes written must match the header's size and sha256."""
+    with atomic_output(out) as f:
+        writer = HashingWriter(f)
+        yield writer
+        if writer.size != header.target_size:
+            raise IntegrityError(f"patch produced {writer.size} bytes, header promises {header.target_size}")
+        if writer.hexdigest != header.target_sha256:
+            raise IntegrityError(f"patch produced sha256 {writer.hexdigest}, header promises {header.target_sha256}")
+    logger.debug("wrote %s (%d bytes, sha256 %s)", out, writer.size, writer.hexdigest)
+
+
+def check_codec(header: PatchHeader, codec: Codec) -> None:
+    """Raise PatchError unless the header names ``codec`` and has a base digest exactly when it needs one."""
+    if header.codec != codec.name:
+        raise PatchError(f"patch was made by codec {header.codec!r}, not {codec.name!r}")
+    if codec.needs_base and header.base_sha256 is None:
+        raise PatchError(f"{codec.name!r} patch has no base sha256")
+    if not codec.needs_base and header.base_sha256 is not None:
+        raise PatchError(f"{codec.name!r} patch must not name a base file")

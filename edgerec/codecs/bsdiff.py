@@ -1,0 +1,125 @@
+"""The "bsdiff4" codec: the body is a BSDIFF40 patch from the base file to the target.
+
+bsdiff4 holds both files in memory to diff and to patch, and diffing takes minutes and GBs
+on files of several hundred MB: use it for small and medium files.
+
+The body is bsdiff4's own output, not zstd of it: BSDIFF40 already bz2-compresses its three
+blocks, and zstd over it measured 12-51 bytes larger on 1%, 5% and 20% row updates of a
+10 MB float32 table (92 KB, 460 KB, 1.8 MB patches).
+
+bsdiff4's reader trusts the patch's lengths and decompresses its bz2 blocks without limit,
+so this module parses the 32-byte BSDIFF40 header and decompresses the blocks itself, each
+bounded by what a patch for the header's target size can hold, then hands them to
+``bsdiff4.core.patch``, which checks every control entry against the buffers.
+"""
+
+from __future__ import annotations
+
+import bz2
+import hashlib
+import logging
+import struct
+from pathlib import Path
+
+import bsdiff4
+from bsdiff4 import core as bsdiff4_core
+
+from edgerec.codecs.base import check_codec, verified_output
+from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, PatchHeader, open_patch, write_container
+from edgerec.errors import PatchError, WrongBaseError
+from edgerec.fsutil import atomic_output
+
+logger = logging.getLogger(__name__)
+
+_BSDIFF_MAGIC = b"BSDIFF40"
+_BSDIFF_HEADER = struct.Struct("<8sqqq")  # magic, control length, diff length, new size
+_CONTROL_ENTRY = 24  # three signed 64-bit integers per control entry
+
+
+class BsdiffCodec:
+    """Ship a bsdiff4 patch against the device's current file."""
+
+    name = "bsdiff4"
+    needs_base = True
+
+    def make(self, old: Path | None, new: Path, out: Path) -> None:
+        """Write a container at ``out`` that turns ``old`` into ``new``."""
+        if old is None:
+            raise ValueError("the bsdiff4 codec needs a base file")
+        old_bytes = old.read_bytes()
+        new_bytes = new.read_bytes()
+        body = bsdiff4.diff(old_bytes, new_bytes)
+        with atomic_output(out) as f:
+            write_container(
+                f,
+                codec=self.name,
+                base_sha256=hashlib.sha256(old_bytes).hexdigest(),
+                target_sha256=hashlib.sha256(new_bytes).hexdigest(),
+                target_size=len(new_bytes),
+                body=[body],
+            )
+        logger.info("bsdiff4 patch %s: %d -> %d bytes", out, len(new_bytes), len(body))
+
+    def apply(
+        self, old: Path | None, patch: Path, out: Path, *, max_target_size: int = DEFAULT_MAX_TARGET_SIZE
+    ) -> None:
+        """Patch ``old`` into ``out``; WrongBaseError unless ``old`` is the file the patch was made from."""
+        with open_patch(patch, max_target_size) as (header, body_reader):
+            check_codec(header, self)
+            if old is None:
+                raise WrongBaseError(f"patch needs a base file with sha256 {header.base_sha256}, got none")
+            old_bytes = old.read_bytes()
+            actual = hashlib.sha256(old_bytes).hexdigest()
+            if actual != header.base_sha256:
+                raise WrongBaseError(f"patch applies to a file with sha256 {header.base_sha256}, {old} has {actual}")
+            control, diff, extra = _read_blocks(body_reader.read(), header)
+            try:
+                new_bytes = bsdiff4_core.patch(old_bytes, header.target_size, control, diff, extra)
+            except (ValueError, MemoryError, OverflowError) as e:
+                raise PatchError(f"bsdiff4 body is corrupt: {e}") from e
+            with verified_output(out, header) as writer:
+                writer.write(new_bytes)
+
+
+def _read_blocks(body: bytes, header: PatchHeader) -> tuple[bytes, bytes, bytes]:
+    """Split and decompress a BSDIFF40 body into its control, diff and extra blocks, all bounded."""
+    if len(body) < _BSDIFF_HEADER.size:
+        raise PatchError(f"bsdiff4 body is {len(body)} bytes, shorter than its {_BSDIFF_HEADER.size}-byte header")
+    magic, control_length, diff_length, new_size = _BSDIFF_HEADER.unpack_from(body)
+    if magic != _BSDIFF_MAGIC:
+        raise PatchError(f"bsdiff4 body has magic {magic!r}, expected {_BSDIFF_MAGIC!r}")
+    if new_size != header.target_size:
+        raise PatchError(f"bsdiff4 body builds {new_size} bytes, the header promises {header.target_size}")
+    space = len(body) - _BSDIFF_HEADER.size
+    if not (0 <= control_length <= space and 0 <= diff_length <= space - control_length):
+        raise PatchError(f"bsdiff4 block lengths {control_length} + {diff_length} do not fit in {space} bytes")
+    start = _BSDIFF_HEADER.size
+    blocks = (
+        body[start : start + control_length],
+        body[start + control_length : start + control_length + diff_length],
+        body[start + control_length + diff_length :],
+    )
+    # bsdiff4 writes at most one control entry per target byte, plus one; every diff and
+    # extra byte lands in the target once.
+    limits = (_CONTROL_ENTRY * (new_size + 1), new_size, new_size)
+    control, diff, extra = (
+        _bz2_bounded(block, limit, name)
+        for block, limit, name in zip(blocks, limits, ("control", "diff", "extra"), strict=True)
+    )
+    if len(control) % _CONTROL_ENTRY:
+        raise PatchError(f"bsdiff4 control block is {len(control)} bytes, not a multiple of {_CONTROL_ENTRY}")
+    return control, diff, extra
+
+
+def _bz2_bounded(data: bytes, limit: int, name: str) -> bytes:
+    """Decompress one complete bz2 stream of at most ``limit`` bytes, or raise PatchError."""
+    decompressor = bz2.BZ2Decompressor()
+    try:
+        out = decompressor.decompress(data, max_length=limit + 1)
+    except (OSError, ValueError, EOFError) as e:
+        raise PatchError(f"bsdiff4 {name} block is corrupt: {e}") from e
+    if len(out) > limit:
+        raise PatchError(f"bsdiff4 {name} block decompresses past {limit} bytes")
+    if not decompressor.eof or decompressor.unused_data:
+        raise PatchError(f"bsdiff4 {name} block is not exactly one bz2 stream")
+    return out
