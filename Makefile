@@ -38,7 +38,7 @@ typecheck: $(STAMP)
 	ln -s ../../device .typecheck/edgerec/device
 	ln -s ../../tools .typecheck/edgerec/tools
 	cd .typecheck && ../$(BIN)/mypy --config-file ../pyproject.toml -p edgerec
-	$(BIN)/mypy tests
+	MYPYPATH=.typecheck:tests $(BIN)/mypy --config-file pyproject.toml tests
 
 unit: $(STAMP)
 	EDGEREC_DEVICE_PYTHON=$(DEVICE_VENV)/bin/python $(BIN)/python -m pytest -q -m "not slow"

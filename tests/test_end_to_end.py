@@ -20,6 +20,7 @@ from edgerec.errors import (
 )
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
+from edgerec.tensors import to_proto
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
@@ -120,7 +121,7 @@ def test_wrong_base_version_is_refused_and_device_falls_back_to_full(
 ) -> None:
     registry, address = served
     with grpc.insecure_channel(address) as channel:
-        stub = update_pb2_grpc.ModelUpdateStub(channel)
+        stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
         for version, digest in ((1, "0" * 64), (99, "")):
             with pytest.raises(grpc.RpcError) as info:
                 stub.CheckUpdate(
@@ -162,19 +163,19 @@ def test_malformed_tensors_are_invalid_argument(
 ) -> None:
     _, address = served
     with grpc.insecure_channel(address) as channel:
-        stub = inference_pb2_grpc.InferenceStub(channel)
+        stub = inference_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
         bad_requests = [
             inference_pb2.PredictRequest(model=MODEL),  # no inputs
             inference_pb2.PredictRequest(
                 model=MODEL,
-                inputs={name: _tensor(a) for name, a in request_inputs.items()} | {"extra": _tensor(np.zeros(1))},
+                inputs={name: to_proto(a) for name, a in request_inputs.items()} | {"extra": to_proto(np.zeros(1))},
             ),
             inference_pb2.PredictRequest(
                 model=MODEL,
-                inputs={name: _tensor(a.astype(np.float64)) for name, a in request_inputs.items()},
+                inputs={name: to_proto(a.astype(np.float64)) for name, a in request_inputs.items()},
             ),
         ]
-        truncated = {name: _tensor(a) for name, a in request_inputs.items()}
+        truncated = {name: to_proto(a) for name, a in request_inputs.items()}
         first = next(iter(truncated))
         truncated[first].data = truncated[first].data[:-3]
         bad_requests.append(inference_pb2.PredictRequest(model=MODEL, inputs=truncated))
@@ -200,9 +201,3 @@ def test_no_model_and_no_server_is_a_typed_error(tmp_path: Path, request_inputs:
         pytest.raises(NoModelAvailableError),
     ):
         client.predict(request_inputs)
-
-
-def _tensor(array: np.ndarray) -> object:
-    from edgerec.tensors import to_proto
-
-    return to_proto(array)
