@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from edgerec import tensors
 from edgerec.device.cache import PredictionCache, request_key
 from edgerec.device.storage import InstalledVersion, ModelStore
 from edgerec.device.sync import FileProgress, Syncer, SyncResult
 from edgerec.device.transport import ServerConnection, TransportConfig
-
-from edgerec import tensors
 from edgerec.errors import EdgerecError, InvalidInputError, NoModelAvailableError
 from edgerec.runtimes import OnnxRunner
 from edgerec.units import parse_rate

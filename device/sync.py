@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
-from edgerec.device.transport import ServerConnection
 
 from edgerec.codecs import apply_patch
+from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
+from edgerec.device.transport import ServerConnection
 from edgerec.errors import EdgerecError, IntegrityError, ManifestError, PatchError, UnknownBaseVersionError
 from edgerec.manifest import Manifest, find_artifact, parse_manifest
 from edgerec.runtimes import OnnxRunner

@@ -9,9 +9,7 @@ import numpy as np
 from edgerec.errors import InvalidInputError
 from edgerec.v1 import tensor_pb2
 
-ALLOWED_DTYPES = frozenset(
-    ["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"]
-)
+ALLOWED_DTYPES = frozenset(["float32", "float64", "float16", "int64", "int32", "int16", "int8", "uint8", "bool"])
 MAX_TENSOR_BYTES = 64 * 1024 * 1024
 MAX_RANK = 8
 

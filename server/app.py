@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from edgerec.server.inference_service import InferenceService
-from edgerec.server.payloads import DEFAULT_BSDIFF4_MAX_BYTES, PayloadStore
-from edgerec.server.planner import UpdatePlanner
-from edgerec.server.update_service import ModelUpdateService
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgerec.registry import Registry
+from edgerec.server.inference_service import InferenceService
+from edgerec.server.payloads import DEFAULT_BSDIFF4_MAX_BYTES, PayloadStore
+from edgerec.server.planner import UpdatePlanner
+from edgerec.server.update_service import ModelUpdateService
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,13 @@ from collections import OrderedDict
 
 import grpc
 import numpy as np
-from edgerec.server.planner import DEFAULT_RECIPES
 
 from edgerec import grpc_status, tensors
 from edgerec.errors import EdgerecError, InvalidInputError, ModelRuntimeError
 from edgerec.manifest import Manifest, find_artifact
 from edgerec.registry import Registry
 from edgerec.runtimes import OnnxRunner
+from edgerec.server.planner import DEFAULT_RECIPES
 from edgerec.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -6,11 +6,10 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
-
 from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
 from edgerec.manifest import Artifact, ArtifactFile, Manifest, find_artifact
 from edgerec.registry import Registry
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)

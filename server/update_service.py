@@ -7,11 +7,11 @@ import zlib
 from collections.abc import Iterator
 
 import grpc
-from edgerec.server.planner import UpdatePlanner
 
 from edgerec import grpc_status
 from edgerec.errors import EdgerecError, InvalidInputError
 from edgerec.registry import Registry
+from edgerec.server.planner import UpdatePlanner
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)

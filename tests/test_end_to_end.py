@@ -8,10 +8,10 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from edgerec.device import EdgeClient
-from edgerec.device.transport import TransportConfig
 from netproxy import CuttingProxy
 
+from edgerec.device import EdgeClient
+from edgerec.device.transport import TransportConfig
 from edgerec.errors import (
     IntegrityError,
     InvalidInputError,

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgerec.device import EdgeClient, Prediction, SyncResult
-
 from edgerec.metrics import roc_auc
 from edgerec.reference.data import ClickGenerator, ReferenceConfig
 from edgerec.registry import Registry
@@ -49,10 +48,9 @@ def run_demo(
     on_step: Callable[[str], None] = lambda _: None,
 ) -> DemoReport:
     """Run the whole path once in ``workdir`` (emptied first) and return the measurements."""
+    from edgerec.reference.train import build_and_train, export_program
     from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import publish
-
-    from edgerec.reference.train import build_and_train, export_program
 
     if workdir.exists():
         shutil.rmtree(workdir)

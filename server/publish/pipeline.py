@@ -8,9 +8,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
-from edgerec.server.publish.signature import read_signature
-
 from edgerec.errors import PublishError
 from edgerec.hashing import sha256_file
 from edgerec.manifest import (
@@ -24,6 +21,8 @@ from edgerec.manifest import (
     validate_model_name,
 )
 from edgerec.registry import Registry
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.publish.signature import read_signature
 
 log = logging.getLogger(__name__)
 

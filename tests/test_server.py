@@ -1,0 +1,78 @@
+"""Server behaviour beyond a single sync: health, reflection, live publishing, shared payloads."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from edgerec.device import EdgeClient
+from edgerec.registry import PayloadRecord, Registry
+from edgerec.server.payloads import PayloadStore
+
+pytestmark = pytest.mark.torch
+
+
+def test_health_and_reflection(served: tuple[Registry, str]) -> None:
+    _, address = served
+    with grpc.insecure_channel(address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "edgerec.v1.ModelUpdate", "edgerec.v1.Inference"):
+            status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
+            assert status == health_pb2.HealthCheckResponse.SERVING, service
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"edgerec.v1.ModelUpdate", "edgerec.v1.Inference", "grpc.health.v1.Health"} <= names
+
+
+def test_versions_published_while_serving_are_seen(
+    served_copy: tuple[Registry, str], model_pair: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from edgerec.server.publish import publish
+
+    registry, address = served_copy
+    with EdgeClient(server=address, model="ctr", data_dir=tmp_path) as client:
+        assert client.sync().version == 2
+        publish(model_pair[1], "ctr", registry)  # the same weights again, as version 3
+        result = client.sync()
+    assert result.version == 3 and result.previous_version == 2
+    # Export is deterministic, so every file is already on the device: nothing to download.
+    assert result.codec == "copy" and result.payload_bytes == 0
+
+
+def test_a_missing_delta_is_made_once_for_many_devices(
+    served_copy: tuple[Registry, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    registry, _ = served_copy
+    store = PayloadStore(registry)
+    base = next(f for f in registry.files("ctr", 2) if f.path == "int8/model.onnx.data")
+    target = next(f for f in registry.files("ctr", 1) if f.path == "int8/model.onnx.data")
+    results: list[PayloadRecord] = []
+
+    def ask() -> None:  # a downgrade delta: never precomputed at publish time
+        results.append(
+            store.ensure(
+                "ctr",
+                "bsdiff4",
+                registry.file_path("ctr", 1, target.path),
+                target.sha256,
+                registry.file_path("ctr", 2, base.path),
+                base.sha256,
+            )
+        )
+
+    with caplog.at_level(logging.INFO, logger="edgerec.server.payloads"):
+        threads = [threading.Thread(target=ask) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    assert len(results) == 8 and len({r.payload_id for r in results}) == 1
+    made = [r for r in caplog.records if r.getMessage().startswith("made bsdiff4 payload")]
+    assert len(made) == 1, f"the delta was computed {len(made)} times"
