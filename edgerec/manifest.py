@@ -11,7 +11,6 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from pathlib import PurePosixPath
 from typing import Any
 
 from google.protobuf import json_format
@@ -43,8 +42,8 @@ def validate_model_name(name: str) -> str:
 
 def validate_relative_path(path: str) -> str:
     """Return ``path`` if it is a safe relative '/'-separated path (no '..', not absolute)."""
-    parts = PurePosixPath(path).parts
-    if not path or path.startswith("/") or "\\" in path or any(p in ("..", ".", "") for p in parts):
+    parts = path.split("/")
+    if not path or "\\" in path or "\0" in path or any(p in ("..", ".", "") for p in parts):
         raise ManifestError(f"unsafe artifact path {path!r}")
     return path
 

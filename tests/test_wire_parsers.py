@@ -1,0 +1,105 @@
+"""Bytes from the network: manifests and tensors parse or fail with a typed error, never anything else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgerec.errors import InvalidInputError, ManifestError
+from edgerec.manifest import (
+    FORMAT_VERSION,
+    ArtifactFile,
+    Manifest,
+    SignedManifest,
+    make_artifact,
+    parse_manifest,
+    sign_nothing,
+)
+from edgerec.tensors import ALLOWED_DTYPES, check_inputs, from_proto, to_proto
+from edgerec.v1 import tensor_pb2
+
+
+def _manifest() -> Manifest:
+    files = [ArtifactFile(path="int8/model.onnx", size=10, sha256="a" * 64)]
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        model="ctr",
+        version=3,
+        created_at="2026-01-01T00:00:00Z",
+        artifacts=[make_artifact("int8", "onnxruntime", "int8/model.onnx", files)],
+    )
+
+
+def test_a_valid_manifest_round_trips() -> None:
+    assert parse_manifest(sign_nothing(_manifest())) == _manifest()
+
+
+@given(st.binary(max_size=2048))
+def test_arbitrary_manifest_bytes_give_manifest_error_or_a_checked_manifest(data: bytes) -> None:
+    try:
+        manifest = parse_manifest(SignedManifest(manifest=data))
+    except ManifestError:
+        return
+    assert manifest.version >= 1 and manifest.artifacts
+
+
+@given(st.integers(0, 2000), st.integers(0, 255))
+def test_mutated_manifest_bytes_never_escape_as_other_errors(position: int, flip: int) -> None:
+    data = bytearray(sign_nothing(_manifest()).manifest)
+    data[position % len(data)] ^= flip
+    try:
+        parse_manifest(SignedManifest(manifest=bytes(data)))
+    except ManifestError:
+        pass
+
+
+@pytest.mark.parametrize(
+    ("path", "ok"),
+    [("int8/model.onnx", True), ("../etc/passwd", False), ("/abs", False), ("a//b", False), ("a\\b", False)],
+)
+def test_artifact_paths_cannot_escape_the_version_folder(path: str, ok: bool) -> None:
+    manifest = _manifest()
+    del manifest.artifacts[:]
+    files = [ArtifactFile(path=path, size=1, sha256="b" * 64)]
+    manifest.artifacts.append(make_artifact("int8", "onnxruntime", path, files))
+    if ok:
+        parse_manifest(sign_nothing(manifest))
+    else:
+        with pytest.raises(ManifestError):
+            parse_manifest(sign_nothing(manifest))
+
+
+@given(
+    st.sampled_from(sorted(ALLOWED_DTYPES) + ["object", "complex64", ""]),
+    st.lists(st.integers(-3, 1 << 40), max_size=9),
+    st.binary(max_size=256),
+)
+def test_arbitrary_tensors_decode_exactly_or_raise_invalid_input(dtype: str, shape: list[int], data: bytes) -> None:
+    tensor = tensor_pb2.Tensor(dtype=dtype, shape=shape, data=data)
+    try:
+        array = from_proto(tensor)
+    except InvalidInputError:
+        return
+    assert list(array.shape) == shape and array.dtype.name == dtype and array.tobytes() == data
+
+
+@given(st.sampled_from(sorted(ALLOWED_DTYPES)), st.lists(st.integers(0, 5), max_size=4))
+def test_tensor_round_trip(dtype: str, shape: list[int]) -> None:
+    array = np.arange(int(np.prod(shape)) if shape else 1).astype(dtype).reshape(shape)
+    np.testing.assert_array_equal(from_proto(to_proto(array)), array)
+
+
+def test_check_inputs_names_what_is_wrong() -> None:
+    specs = [("dense", "float32", [-1, 4]), ("ids", "int64", [-1, 3])]
+    good = {"dense": np.zeros((2, 4), np.float32), "ids": np.zeros((2, 3), np.int64)}
+    assert list(check_inputs(good, specs)) == ["dense", "ids"]
+    with pytest.raises(InvalidInputError, match="missing"):
+        check_inputs({"dense": good["dense"]}, specs)
+    with pytest.raises(InvalidInputError, match="dtype"):
+        check_inputs({**good, "ids": good["ids"].astype(np.int32)}, specs)
+    with pytest.raises(InvalidInputError, match="shape"):
+        check_inputs({**good, "dense": np.zeros((2, 5), np.float32)}, specs)
+    with pytest.raises(InvalidInputError, match="batch"):
+        check_inputs({**good, "ids": np.zeros((3, 3), np.int64)}, specs)
