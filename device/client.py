@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -72,7 +73,7 @@ class EdgeClient:
         config = transport or TransportConfig()
         if rate is not None:
             rate_bytes = parse_rate(rate) if isinstance(rate, str) else float(rate)
-            config = TransportConfig(**{**config.__dict__, "rate_bytes_per_s": rate_bytes})
+            config = dataclasses.replace(config, rate_bytes_per_s=rate_bytes)
         self._connection = ServerConnection(server, config) if server else None
         self.cache = PredictionCache(cache_entries)
         self._local: _LocalModel | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,7 +61,7 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
             quantize_int8(fp32_model, staged / "int8" / MODEL_FILE)
         inputs, outputs = read_signature(fp32_model)
         if "fp32" not in options.recipes:
-            _remove_artifact(staged / "fp32")
+            shutil.rmtree(staged / "fp32")
         artifacts = [_describe_artifact(staged, recipe) for recipe in options.recipes]
         manifest = Manifest(
             format_version=FORMAT_VERSION,
@@ -75,12 +76,6 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
         registry.add_version(manifest, sign_nothing(manifest), staged)
     prepare_payloads(registry, manifest, options)
     return manifest
-
-
-def _remove_artifact(folder: Path) -> None:
-    for path in sorted(folder.rglob("*"), reverse=True):
-        path.rmdir() if path.is_dir() else path.unlink()
-    folder.rmdir()
 
 
 def _describe_artifact(staged: Path, recipe: str) -> Artifact:
