@@ -63,6 +63,7 @@ class EdgeClient:
         recipes: tuple[str, ...] = ("int8", "fp32"),
         threads: int = 1,
         device_id: str = "",
+        max_payload_bytes: int = 0,
         transport: TransportConfig | None = None,
     ) -> None:
         self.model = model
@@ -70,6 +71,7 @@ class EdgeClient:
         self.recipes = recipes
         self.threads = threads
         self.device_id = device_id
+        self.max_payload_bytes = max_payload_bytes
         config = transport or TransportConfig()
         if rate is not None:
             rate_bytes = parse_rate(rate) if isinstance(rate, str) else float(rate)
@@ -98,7 +100,13 @@ class EdgeClient:
         """Install the server's latest (or ``target_version``) if newer; the old version is kept."""
         if self._connection is None:
             raise NoModelAvailableError("no server configured; cannot sync")
-        syncer = Syncer(self.store, self._connection, recipes=self.recipes, device_id=self.device_id)
+        syncer = Syncer(
+            self.store,
+            self._connection,
+            recipes=self.recipes,
+            device_id=self.device_id,
+            max_payload_bytes=self.max_payload_bytes,
+        )
         result = syncer.sync(target_version, progress)
         if result.updated:
             self.reload()

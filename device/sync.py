@@ -14,7 +14,14 @@ import numpy as np
 from edgerec.codecs import apply_patch
 from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
 from edgerec.device.transport import ServerConnection
-from edgerec.errors import EdgerecError, IntegrityError, ManifestError, PatchError, UnknownBaseVersionError
+from edgerec.errors import (
+    EdgerecError,
+    IntegrityError,
+    ManifestError,
+    PatchError,
+    PayloadBudgetError,
+    UnknownBaseVersionError,
+)
 from edgerec.manifest import Manifest, find_artifact, parse_manifest
 from edgerec.runtimes import OnnxRunner
 from edgerec.v1 import update_pb2
@@ -53,11 +60,13 @@ class Syncer:
         *,
         recipes: tuple[str, ...] = ("int8", "fp32"),
         device_id: str = "",
+        max_payload_bytes: int = 0,
     ) -> None:
         self.store = store
         self.connection = connection
         self.recipes = recipes
         self.device_id = device_id
+        self.max_payload_bytes = max_payload_bytes
 
     def sync(self, target_version: int = 0, progress: FileProgress | None = None) -> SyncResult:
         started = time.perf_counter()
@@ -83,6 +92,11 @@ class Syncer:
                 recipe=active.recipe,
             )
         manifest = self._check_manifest(response, current)
+        if self.max_payload_bytes and response.payload_bytes > self.max_payload_bytes:
+            raise PayloadBudgetError(
+                f"version {manifest.version} costs {response.payload_bytes} payload bytes, "
+                f"over this device's budget of {self.max_payload_bytes}"
+            )
         staged = self.store.begin_staging(manifest.version)
         received_before = self.connection.bytes_received
         try:
@@ -140,6 +154,7 @@ class Syncer:
             recipes=list(self.recipes),
             target_version=target_version,
             device_id=self.device_id,
+            max_payload_bytes=self.max_payload_bytes,
         )
 
     def _check_manifest(self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None) -> Manifest:

@@ -75,5 +75,9 @@ class ModelRuntimeError(EdgerecError):
     """A local model that cannot be loaded or run (missing, damaged, runtime failure)."""
 
 
+class PayloadBudgetError(EdgerecError):
+    """The cheapest update the server offers costs more than the device's payload budget."""
+
+
 class NoModelAvailableError(EdgerecError):
     """Neither a local model nor the server could answer a prediction."""

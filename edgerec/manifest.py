@@ -20,6 +20,10 @@ from edgerec.errors import ManifestError
 from edgerec.v1 import manifest_pb2, tensor_pb2
 
 FORMAT_VERSION = 1
+# Annotations of a partial version (a budgeted update): the full version it approximates
+# and the version it was built for.
+PARTIAL_OF = "edgerec.partial_of"
+PARTIAL_BASE = "edgerec.partial_base"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 _MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

@@ -47,9 +47,25 @@ class UpdatePlanner:
 
     def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
         target_version = self.registry.resolve_version(request.model, request.target_version)
+        base = self._base(request)
+        if base is not None and request.target_version == 0 and target_version < base.version:
+            # The device runs a partial version newer than the latest full one: nothing newer yet.
+            target_version = base.version
+        response = self._plan_to(request, target_version, base)
+        budget = request.max_payload_bytes
+        if budget and base is not None and response.payload_bytes > budget and request.target_version == 0:
+            for partial in self.registry.partial_versions(request.model, base.version, target_version):
+                candidate = self._plan_to(request, partial, base)
+                if candidate.payload_bytes <= budget:
+                    log.info("offering partial version %d: the full plan exceeds the device's budget", partial)
+                    return candidate
+        return response
+
+    def _plan_to(
+        self, request: update_pb2.CheckUpdateRequest, target_version: int, base: Base | None
+    ) -> update_pb2.CheckUpdateResponse:
         signed, manifest = self.registry.load_manifest(request.model, target_version)
         artifact = choose_artifact(manifest, list(request.recipes), list(request.runtimes))
-        base = self._base(request)
         response = update_pb2.CheckUpdateResponse(
             manifest=signed, recipe=artifact.recipe, full_bytes=sum(f.size for f in artifact.files)
         )
@@ -59,8 +75,7 @@ class UpdatePlanner:
         response.update_available = True
         codecs = set(request.codecs) & set(DELTA_CODECS)
         for target_file in artifact.files:
-            payload = self._plan_file(request.model, target_version, target_file, base, codecs)
-            response.payloads.append(payload)
+            response.payloads.append(self._plan_file(request.model, target_version, target_file, base, codecs))
         response.payload_bytes = sum(p.size for p in response.payloads)
         log.info(
             "plan %s %s -> %d (%s): %d payload bytes for %d full bytes",

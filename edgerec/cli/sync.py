@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from edgerec.cli.output import emit_json, print_table, transfer_progress
-from edgerec.units import format_bytes
+from edgerec.units import format_bytes, parse_size
 
 
 @click.command()
@@ -17,13 +17,21 @@ from edgerec.units import format_bytes
 @click.option("--data-dir", required=True, type=click.Path(path_type=Path), help="Device data folder.")
 @click.option("--rate", default=None, help="Cap the download rate, e.g. 2mbit or 250kB/s.")
 @click.option("--version", "target_version", default=0, help="Version to install (default: latest).")
+@click.option(
+    "--budget", default=None, help="Most payload bytes to take, e.g. 200KB (a partial update may be offered)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def sync(server: str, model: str, data_dir: Path, rate: str | None, target_version: int, as_json: bool) -> None:
+def sync(
+    server: str, model: str, data_dir: Path, rate: str | None, target_version: int, budget: str | None, as_json: bool
+) -> None:
     """Check for a newer version, download the smallest payload, verify and switch."""
     from edgerec.device import EdgeClient
 
+    max_payload_bytes = parse_size(budget) if budget else 0
     with (
-        EdgeClient(server=server, model=model, data_dir=data_dir, rate=rate) as client,
+        EdgeClient(
+            server=server, model=model, data_dir=data_dir, rate=rate, max_payload_bytes=max_payload_bytes
+        ) as client,
         transfer_progress(not as_json) as progress,
     ):
         result = client.sync(target_version, progress=progress)

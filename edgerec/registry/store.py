@@ -26,7 +26,7 @@ from pathlib import Path
 
 from edgerec.errors import ModelNotFoundError, PayloadNotFoundError, VersionNotFoundError
 from edgerec.fsutil import fsync_dir
-from edgerec.manifest import Manifest, SignedManifest, parse_manifest, validate_model_name
+from edgerec.manifest import PARTIAL_BASE, PARTIAL_OF, Manifest, SignedManifest, parse_manifest, validate_model_name
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ CREATE TABLE IF NOT EXISTS versions (
     model TEXT NOT NULL,
     version INTEGER NOT NULL,
     created_at TEXT NOT NULL,
+    -- For a partial version (budgeted update): the full version it approximates and its base.
+    partial_of INTEGER,
+    partial_base INTEGER,
     PRIMARY KEY (model, version)
 );
 CREATE TABLE IF NOT EXISTS files (
@@ -144,9 +147,17 @@ class Registry:
                 shutil.rmtree(target)
             os.replace(staged_dir, target)
             fsync_dir(target.parent)
+            partial_of = manifest.annotations.get(PARTIAL_OF)
+            partial_base = manifest.annotations.get(PARTIAL_BASE)
             db.execute(
-                "INSERT INTO versions (model, version, created_at) VALUES (?, ?, ?)",
-                (manifest.model, manifest.version, manifest.created_at),
+                "INSERT INTO versions (model, version, created_at, partial_of, partial_base) VALUES (?, ?, ?, ?, ?)",
+                (
+                    manifest.model,
+                    manifest.version,
+                    manifest.created_at,
+                    int(partial_of) if partial_of else None,
+                    int(partial_base) if partial_base else None,
+                ),
             )
             for artifact in manifest.artifacts:
                 db.executemany(
@@ -159,29 +170,43 @@ class Registry:
         log.info("published %s version %d", manifest.model, manifest.version)
 
     def next_version(self, model: str) -> int:
-        return (self.latest_version(model) or 0) + 1
+        """The number the next published version gets (partial versions count too)."""
+        versions = self.versions(model)
+        return (versions[-1] if versions else 0) + 1
 
     def models(self) -> list[str]:
         with self._connect() as db:
             return [row[0] for row in db.execute("SELECT DISTINCT model FROM versions ORDER BY model")]
 
-    def versions(self, model: str) -> list[int]:
+    def versions(self, model: str, *, include_partial: bool = True) -> list[int]:
         """Published versions of ``model``, oldest first (empty if the model is unknown)."""
+        where = "" if include_partial else " AND partial_of IS NULL"
         with self._connect() as db:
-            rows = db.execute("SELECT version FROM versions WHERE model = ? ORDER BY version", (model,))
+            rows = db.execute(f"SELECT version FROM versions WHERE model = ?{where} ORDER BY version", (model,))
             return [row[0] for row in rows]
 
     def latest_version(self, model: str) -> int | None:
-        versions = self.versions(model)
+        """The newest full (not partial) version."""
+        versions = self.versions(model, include_partial=False)
         return versions[-1] if versions else None
 
+    def partial_versions(self, model: str, base_version: int, partial_of: int) -> list[int]:
+        """Partial versions built for devices on ``base_version`` toward ``partial_of``, newest first."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT version FROM versions WHERE model = ? AND partial_base = ? AND partial_of = ? "
+                "ORDER BY version DESC",
+                (model, base_version, partial_of),
+            )
+            return [row[0] for row in rows]
+
     def resolve_version(self, model: str, version: int = 0) -> int:
-        """``version``, or the latest when 0; raises NotFound errors."""
+        """``version``, or the latest full version when 0; raises NotFound errors."""
         versions = self.versions(model)
         if not versions:
             raise ModelNotFoundError(f"no model named {model!r} is published")
         if version == 0:
-            return versions[-1]
+            return self.latest_version(model) or versions[-1]
         if version not in versions:
             raise VersionNotFoundError(f"{model} has no version {version} (published: {versions})")
         return version

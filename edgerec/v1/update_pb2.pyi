@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CheckUpdateRequest(_message.Message):
-    __slots__ = ("model", "current_version", "current_sha256", "current_recipe", "runtimes", "codecs", "recipes", "target_version", "device_id")
+    __slots__ = ("model", "current_version", "current_sha256", "current_recipe", "runtimes", "codecs", "recipes", "target_version", "device_id", "max_payload_bytes")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -18,6 +18,7 @@ class CheckUpdateRequest(_message.Message):
     RECIPES_FIELD_NUMBER: _ClassVar[int]
     TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     model: str
     current_version: int
     current_sha256: str
@@ -27,7 +28,8 @@ class CheckUpdateRequest(_message.Message):
     recipes: _containers.RepeatedScalarFieldContainer[str]
     target_version: int
     device_id: str
-    def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ...) -> None: ...
+    max_payload_bytes: int
+    def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ...) -> None: ...
 
 class Payload(_message.Message):
     __slots__ = ("path", "codec", "payload_id", "size", "sha256", "base_path", "base_sha256", "target_sha256", "target_size")

@@ -39,6 +39,8 @@ class PublishOptions:
     # Deltas from this many earlier versions are made now, so the first devices wait for nothing.
     delta_depth: int = 1
     delta_codecs: Sequence[str] = DELTA_CODECS
+    # Make deltas from exactly these versions instead (a partial update names its base).
+    delta_bases: Sequence[int] | None = None
     annotations: dict[str, str] = field(default_factory=dict)
 
 
@@ -89,14 +91,18 @@ def _describe_artifact(staged: Path, recipe: str) -> Artifact:
 
 
 def prepare_payloads(registry: Registry, manifest: Manifest, options: PublishOptions) -> None:
-    """Make the full payloads of a new version and its deltas from the last ``delta_depth`` versions."""
+    """Make the full payloads of a new version and its deltas from earlier versions (see PublishOptions)."""
     store = PayloadStore(registry)
-    earlier = [v for v in registry.versions(manifest.model) if v < manifest.version][-options.delta_depth :]
+    earlier: list[int] = []
+    if options.delta_bases is not None:
+        earlier = list(options.delta_bases)
+    elif options.delta_depth > 0:
+        earlier = [v for v in registry.versions(manifest.model) if v < manifest.version][-options.delta_depth :]
     for artifact in manifest.artifacts:
         for target in artifact.files:
             target_path = registry.file_path(manifest.model, manifest.version, target.path)
             store.ensure(manifest.model, FULL, target_path, target.sha256)
-            for base_version in earlier if options.delta_depth > 0 else []:
+            for base_version in earlier:
                 base = next((f for f in registry.files(manifest.model, base_version) if f.path == target.path), None)
                 if base is None or base.sha256 == target.sha256:
                     continue

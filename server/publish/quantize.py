@@ -86,19 +86,7 @@ def quantize_embeddings(model: onnx.ModelProto) -> list[str]:
     """
     graph = model.graph
     initializers = {tensor.name: tensor for tensor in graph.initializer}
-    graph_inputs = {value.name for value in graph.input}
-    candidates = {
-        node.input[0]
-        for node in graph.node
-        if _is_lookup(node)
-        and node.input[0] in initializers
-        and node.input[0] not in graph_inputs
-        and _is_float_matrix(initializers[node.input[0]])
-    }
-    other_readers = _names_read_outside_lookups(model)
-    for name in sorted(candidates & other_readers):
-        logger.info("embedding table %s is also read by other nodes: left float32", name)
-    chosen = sorted(candidates - other_readers)
+    chosen = find_embedding_tables(model)
     if not chosen:
         return []
 
@@ -125,6 +113,25 @@ def quantize_embeddings(model: onnx.ModelProto) -> list[str]:
     del graph.node[:]
     graph.node.extend(rewritten)
     return chosen
+
+
+def find_embedding_tables(model: onnx.ModelProto) -> list[str]:
+    """Names of the 2-D float32 initializers read only by axis-0 ``Gather`` lookups of the main graph."""
+    graph = model.graph
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    graph_inputs = {value.name for value in graph.input}
+    candidates = {
+        node.input[0]
+        for node in graph.node
+        if _is_lookup(node)
+        and node.input[0] in initializers
+        and node.input[0] not in graph_inputs
+        and _is_float_matrix(initializers[node.input[0]])
+    }
+    other_readers = _names_read_outside_lookups(model)
+    for name in sorted(candidates & other_readers):
+        logger.info("embedding table %s is also read by other nodes: left float32", name)
+    return sorted(candidates - other_readers)
 
 
 def _dequantizing_lookup(node: onnx.NodeProto, table: _Table, used: set[str]) -> list[onnx.NodeProto]:
