@@ -81,3 +81,34 @@ class PayloadBudgetError(EdgerecError):
 
 class NoModelAvailableError(EdgerecError):
     """Neither a local model nor the server could answer a prediction."""
+
+
+# --- updates that fail verification (edgerec.trust) and signing keys (edgerec.signing) ---
+
+
+class TrustError(EdgerecError):
+    """The update failed verification: it must not be installed."""
+
+
+class SignatureError(TrustError):
+    """Missing or invalid signatures by trusted keys, or fewer valid ones than the threshold."""
+
+
+class UnknownKeyError(TrustError):
+    """The manifest is signed, but by none of the keys the device trusts."""
+
+
+class WrongModelError(TrustError):
+    """A correctly signed manifest of another model than the one asked for."""
+
+
+class RollbackError(TrustError):
+    """A manifest whose version is not newer than the activated one: a replay or a rollback."""
+
+
+class ExpiredError(TrustError):
+    """A manifest past its expires_at."""
+
+
+class SigningKeyError(EdgerecError):
+    """A key file that cannot be read, holds no Ed25519 key, or would be overwritten."""

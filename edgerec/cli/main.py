@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgerec.cli import delta, demo, predict, publish, registry, serve, sync
+from edgerec.cli import delta, demo, keys, predict, publish, registry, serve, sync
 from edgerec.errors import EdgerecError
 
 
@@ -34,5 +34,14 @@ def cli(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for command in (publish.publish, registry.registry, serve.serve, sync.sync, predict.predict, delta.delta, demo.demo):
+for command in (
+    publish.publish,
+    registry.registry,
+    serve.serve,
+    sync.sync,
+    predict.predict,
+    delta.delta,
+    keys.keys,
+    demo.demo,
+):
     cli.add_command(command)

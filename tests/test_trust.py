@@ -1,0 +1,663 @@
+"""Attacks on the update channel, each a short in-memory test of edgerec.trust; key files; the keys CLI.
+
+Every attack a hostile or broken server could mount on a manifest (forged, replayed,
+expired, mixed up, oversized, signed by the wrong keys) must end in its own typed error.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import stat
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed448, rsa
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from google.protobuf.message import DecodeError
+from hypothesis import given
+from hypothesis import strategies as st
+
+from edgerec.cli.keys import keys
+from edgerec.errors import (
+    EdgerecError,
+    ExpiredError,
+    ManifestError,
+    RollbackError,
+    SignatureError,
+    SigningKeyError,
+    TrustError,
+    UnknownKeyError,
+    WrongModelError,
+)
+from edgerec.manifest import (
+    FORMAT_VERSION,
+    MAX_MANIFEST_BYTES,
+    ArtifactFile,
+    Manifest,
+    SignedManifest,
+    make_artifact,
+    sign_nothing,
+)
+from edgerec.signing import (
+    add_signature,
+    generate_keypair,
+    key_id,
+    load_private_key,
+    load_public_key,
+    sign_manifest,
+)
+from edgerec.trust import TrustedKeys, UpdateVerifier, parse_rfc3339, verify_manifest
+from edgerec.v1 import manifest_pb2
+
+OLD = Ed25519PrivateKey.generate()
+NEW = Ed25519PrivateKey.generate()
+STRANGER = Ed25519PrivateKey.generate()
+NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
+ACTIVATED = 2
+
+
+def _manifest(*, model: str = "ctr", version: int = 3, expires_at: str = "") -> Manifest:
+    files = [ArtifactFile(path="int8/model.onnx", size=10, sha256="a" * 64)]
+    return Manifest(
+        format_version=FORMAT_VERSION,
+        model=model,
+        version=version,
+        created_at="2026-06-01T00:00:00Z",
+        expires_at=expires_at,
+        artifacts=[make_artifact("int8", "onnxruntime", "int8/model.onnx", files)],
+    )
+
+
+def _signed(manifest: Manifest, *signers: Ed25519PrivateKey) -> SignedManifest:
+    signed = sign_manifest(manifest, signers[0])
+    for signer in signers[1:]:
+        signed = add_signature(signed, signer)
+    return signed
+
+
+def _sign_bytes(data: bytes, *signers: Ed25519PrivateKey) -> SignedManifest:
+    """Signs any bytes, well-formed manifest or not: a trusted but careless (or compromised) signer."""
+    signatures = [manifest_pb2.Signature(key_id=key_id(k.public_key()), signature=k.sign(data)) for k in signers]
+    return SignedManifest(manifest=data, signatures=signatures)
+
+
+def _trusting(*signers: Ed25519PrivateKey, threshold: int = 1) -> TrustedKeys:
+    return TrustedKeys.from_public_keys([k.public_key() for k in signers], threshold=threshold)
+
+
+def _verify(
+    signed: SignedManifest,
+    trusted: TrustedKeys | None = None,
+    *,
+    model: str = "ctr",
+    activated: int = ACTIVATED,
+    now: datetime = NOW,
+    max_bytes: int = MAX_MANIFEST_BYTES,
+) -> Manifest:
+    return verify_manifest(
+        signed,
+        model=model,
+        trusted=_trusting(OLD) if trusted is None else trusted,
+        activated_version=activated,
+        now=now,
+        max_bytes=max_bytes,
+    )
+
+
+def _flip(data: bytes, position: int, mask: int = 0x01) -> bytes:
+    mutated = bytearray(data)
+    mutated[position % len(mutated)] ^= mask
+    return bytes(mutated)
+
+
+# --- the happy path --------------------------------------------------------------------
+
+
+def test_a_signed_manifest_verifies_to_exactly_the_signed_bytes() -> None:
+    signed = _signed(_manifest(), OLD)
+    manifest = _verify(signed)
+    assert manifest == _manifest()
+    assert manifest.SerializeToString(deterministic=True) == signed.manifest
+
+
+def test_the_verifier_object_and_the_function_agree() -> None:
+    signed = _signed(_manifest(), OLD)
+    verifier = UpdateVerifier("ctr", _trusting(OLD))
+    assert verifier.verify(signed, activated_version=ACTIVATED, now=NOW) == _verify(signed)
+
+
+# --- forged and misplaced signatures ---------------------------------------------------
+
+
+@pytest.mark.parametrize("position", [0, 17, 31, 32, 63])
+def test_a_signature_with_a_flipped_bit_is_rejected(position: int) -> None:
+    signed = _signed(_manifest(), OLD)
+    signed.signatures[0].signature = _flip(signed.signatures[0].signature, position)
+    with pytest.raises(SignatureError, match="invalid signature"):
+        _verify(signed)
+
+
+@pytest.mark.parametrize("signature", [b"", b"\x00" * 64, b"\x00" * 63, b"\xff" * 65])
+def test_a_malformed_signature_by_a_trusted_key_is_rejected(signature: bytes) -> None:
+    signed = _signed(_manifest(), OLD)
+    signed.signatures[0].signature = signature
+    with pytest.raises(SignatureError):
+        _verify(signed)
+
+
+def test_manifest_bytes_changed_after_signing_are_rejected() -> None:
+    signed = _signed(_manifest(), OLD)
+    signed.manifest = _flip(signed.manifest, 5)
+    with pytest.raises(SignatureError):
+        _verify(signed)
+
+
+def test_a_valid_signature_over_different_bytes_is_rejected() -> None:
+    # A genuine signature of version 4, replayed onto (otherwise well-formed) version 5 bytes.
+    genuine = _signed(_manifest(version=4), OLD)
+    forged = SignedManifest(manifest=sign_nothing(_manifest(version=5)).manifest, signatures=genuine.signatures)
+    with pytest.raises(SignatureError):
+        _verify(forged)
+
+
+def test_a_signature_claiming_a_trusted_key_id_but_made_by_another_key_is_rejected() -> None:
+    signed = _signed(_manifest(), STRANGER)
+    signed.signatures[0].key_id = key_id(OLD.public_key())
+    with pytest.raises(SignatureError):
+        _verify(signed)
+
+
+def test_a_signature_by_an_unknown_key_is_rejected_and_named() -> None:
+    with pytest.raises(UnknownKeyError, match=key_id(STRANGER.public_key())[:16]):
+        _verify(_signed(_manifest(), STRANGER))
+
+
+def test_signatures_by_unknown_keys_beside_a_trusted_one_are_ignored() -> None:
+    signed = _signed(_manifest(), STRANGER, OLD)
+    signed.signatures.append(manifest_pb2.Signature(key_id="not-a-key", signature=b"junk"))
+    assert _verify(signed) == _manifest()
+
+
+def test_an_unsigned_manifest_is_rejected() -> None:
+    with pytest.raises(SignatureError, match="unsigned"):
+        _verify(sign_nothing(_manifest()))
+
+
+def test_threshold_two_with_one_signature_is_rejected() -> None:
+    with pytest.raises(SignatureError, match="1 valid signature"):
+        _verify(_signed(_manifest(), OLD), _trusting(OLD, NEW, threshold=2))
+
+
+def test_threshold_two_with_two_distinct_trusted_signatures_is_accepted() -> None:
+    assert _verify(_signed(_manifest(), OLD, NEW), _trusting(OLD, NEW, threshold=2)) == _manifest()
+
+
+def test_threshold_two_cannot_be_met_by_one_key_signing_twice() -> None:
+    signed = _signed(_manifest(), OLD)
+    signed.signatures.append(signed.signatures[0])
+    with pytest.raises(SignatureError, match="more than one signature"):
+        _verify(signed, _trusting(OLD, NEW, threshold=2))
+
+
+def test_threshold_two_is_not_met_by_a_trusted_key_and_a_stranger() -> None:
+    with pytest.raises(SignatureError, match="2 required"):
+        _verify(_signed(_manifest(), OLD, STRANGER), _trusting(OLD, NEW, threshold=2))
+
+
+# --- key rotation ----------------------------------------------------------------------
+
+
+def test_rotation_a_device_trusting_the_old_key_accepts_old_signed() -> None:
+    assert _verify(_signed(_manifest(), OLD), _trusting(OLD)) == _manifest()
+
+
+def test_rotation_a_device_trusting_the_old_key_rejects_new_signed() -> None:
+    with pytest.raises(UnknownKeyError):
+        _verify(_signed(_manifest(), NEW), _trusting(OLD))
+
+
+def test_rotation_adding_the_new_key_to_the_trusted_set_accepts_new_signed() -> None:
+    assert _verify(_signed(_manifest(), NEW), _trusting(OLD, NEW)) == _manifest()
+
+
+@pytest.mark.parametrize("device_keys", [(OLD,), (NEW,), (OLD, NEW)], ids=["old", "new", "both"])
+def test_rotation_a_co_signed_manifest_is_accepted_by_devices_trusting_either_key(
+    device_keys: tuple[Ed25519PrivateKey, ...],
+) -> None:
+    assert _verify(_signed(_manifest(), OLD, NEW), _trusting(*device_keys)) == _manifest()
+
+
+def test_rotation_after_the_old_key_is_dropped_old_signed_is_rejected() -> None:
+    with pytest.raises(UnknownKeyError):
+        _verify(_signed(_manifest(), OLD), _trusting(NEW))
+
+
+def test_co_signing_keeps_the_bytes_and_replaces_a_signature_by_the_same_key() -> None:
+    signed = _signed(_manifest(), OLD)
+    co_signed = add_signature(add_signature(signed, NEW), NEW)
+    assert co_signed.manifest == signed.manifest
+    assert [s.key_id for s in co_signed.signatures] == [key_id(OLD.public_key()), key_id(NEW.public_key())]
+    assert len(signed.signatures) == 1  # the input is not modified
+
+
+def test_co_signing_refuses_bytes_that_are_not_a_manifest() -> None:
+    with pytest.raises(ManifestError):
+        add_signature(SignedManifest(manifest=b"\xff\xff"), NEW)
+
+
+# --- replay, mix-up and freshness ------------------------------------------------------
+
+
+@pytest.mark.parametrize("activated", [3, 7])
+def test_a_replayed_equal_or_older_version_is_rejected_naming_both_versions(activated: int) -> None:
+    with pytest.raises(RollbackError) as caught:
+        _verify(_signed(_manifest(version=3), OLD), activated=activated)
+    assert "version 3" in str(caught.value)
+    assert f"activated version {activated}" in str(caught.value)
+
+
+def test_the_first_version_is_accepted_by_a_device_with_none_activated() -> None:
+    assert _verify(_signed(_manifest(version=1), OLD), activated=0).version == 1
+
+
+def test_a_manifest_of_another_model_is_rejected() -> None:
+    with pytest.raises(WrongModelError, match="'news'"):
+        _verify(_signed(_manifest(model="news"), OLD))
+
+
+def test_an_expired_manifest_is_rejected() -> None:
+    signed = sign_manifest(_manifest(), OLD, expires_in=timedelta(hours=1), now=NOW - timedelta(hours=2))
+    with pytest.raises(ExpiredError):
+        _verify(signed)
+
+
+def test_a_manifest_is_expired_at_its_expiry_instant_and_valid_just_before() -> None:
+    signed = sign_manifest(_manifest(), OLD, expires_in=timedelta(days=7), now=NOW)
+    expires_at = NOW + timedelta(days=7)
+    assert _verify(signed, now=expires_at - timedelta(microseconds=1)).expires_at
+    with pytest.raises(ExpiredError):
+        _verify(signed, now=expires_at)
+
+
+def test_an_empty_expires_at_never_expires() -> None:
+    assert _verify(_signed(_manifest(), OLD), now=datetime(9999, 1, 1, tzinfo=UTC)) == _manifest()
+
+
+@pytest.mark.parametrize("expires_at", ["tomorrow", "2026-13-01T00:00:00Z", "2027-01-01T00:00:00", "2027-01-01"])
+def test_an_unparseable_expires_at_is_a_manifest_error(expires_at: str) -> None:
+    with pytest.raises(ManifestError, match="RFC 3339"):
+        _verify(_signed(_manifest(expires_at=expires_at), OLD))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["2026-06-01T14:00:00+02:00", "2026-06-01t12:00:00z", "2026-06-01T12:00:00.000000000Z", "2026-06-01T12:00:00Z"],
+)
+def test_rfc3339_forms_parse_to_the_same_instant(text: str) -> None:
+    assert parse_rfc3339(text) == NOW
+
+
+# --- bounds and order ------------------------------------------------------------------
+
+
+def test_an_oversized_manifest_is_rejected_before_its_signatures_are_read() -> None:
+    big = _manifest()
+    big.annotations["padding"] = "x" * MAX_MANIFEST_BYTES
+    with pytest.raises(ManifestError, match="exceeds"):
+        _verify(sign_nothing(big))  # unsigned, yet the size is what is reported
+
+
+def test_the_bound_covers_the_signatures_too() -> None:
+    signed = _signed(_manifest(), OLD)
+    limit = signed.ByteSize()
+    assert _verify(signed, max_bytes=limit) == _manifest()
+    signed.signatures.append(manifest_pb2.Signature(key_id="junk", signature=b"s" * 64))
+    with pytest.raises(ManifestError, match="exceeds"):
+        _verify(signed, max_bytes=limit)
+
+
+def test_signatures_are_checked_before_the_bytes_are_parsed() -> None:
+    signed = _sign_bytes(b"\xff\xff not a manifest", STRANGER)
+    with pytest.raises(UnknownKeyError):
+        _verify(signed)
+    with pytest.raises(ManifestError, match="do not parse"):
+        _verify(_sign_bytes(signed.manifest, OLD))
+
+
+def test_a_trusted_signer_cannot_make_a_malformed_manifest_acceptable() -> None:
+    malformed = _manifest()
+    malformed.artifacts[0].digest = "0" * 64
+    with pytest.raises(ManifestError, match="digest"):
+        _verify(_sign_bytes(malformed.SerializeToString(deterministic=True), OLD))
+
+
+def test_checks_run_in_the_documented_order() -> None:
+    # Every later rule is broken too; the earliest one is reported.
+    stale_foreign_expired = _manifest(model="news", version=1, expires_at="2000-01-01T00:00:00Z")
+    signed = _signed(stale_foreign_expired, OLD)
+    forged = SignedManifest()
+    forged.CopyFrom(signed)
+    forged.signatures[0].signature = _flip(forged.signatures[0].signature, 0)
+    with pytest.raises(ManifestError, match="exceeds"):
+        _verify(forged, max_bytes=10)
+    with pytest.raises(SignatureError):
+        _verify(forged)
+    with pytest.raises(WrongModelError):
+        _verify(signed)
+    with pytest.raises(RollbackError):
+        _verify(signed, model="news")
+    with pytest.raises(ExpiredError):
+        _verify(signed, model="news", activated=0)
+
+
+def test_now_must_be_timezone_aware() -> None:
+    with pytest.raises(ValueError, match="timezone"):
+        _verify(_signed(_manifest(), OLD), now=NOW.replace(tzinfo=None))
+
+
+# --- the trusted set -------------------------------------------------------------------
+
+
+def test_trusted_keys_compute_ids_from_the_keys_and_copy_the_mapping() -> None:
+    keys = {key_id(OLD.public_key()): OLD.public_key()}
+    trusted = TrustedKeys(keys)
+    keys[key_id(NEW.public_key())] = NEW.public_key()
+    assert list(trusted.keys) == [key_id(OLD.public_key())]
+    assert key_id(OLD.public_key())[:8] in repr(trusted)
+
+
+def test_trusted_keys_refuse_a_key_listed_under_another_id() -> None:
+    with pytest.raises(SigningKeyError, match="has the id"):
+        TrustedKeys({key_id(OLD.public_key()): NEW.public_key()})
+
+
+def test_trusted_keys_refuse_a_key_of_another_type() -> None:
+    with pytest.raises(SigningKeyError, match="not an Ed25519"):
+        TrustedKeys({"x": ed448.Ed448PrivateKey.generate().public_key()})  # type: ignore[dict-item]
+
+
+@pytest.mark.parametrize("threshold", [0, 3])
+def test_trusted_keys_refuse_an_unreachable_threshold(threshold: int) -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        _trusting(OLD, NEW, threshold=threshold)
+
+
+def test_the_same_key_twice_counts_once() -> None:
+    with pytest.raises(ValueError, match="threshold"):
+        _trusting(OLD, OLD, threshold=2)
+
+
+# --- signing ---------------------------------------------------------------------------
+
+
+def test_signing_sets_expires_at_on_a_copy() -> None:
+    manifest = _manifest()
+    signed = sign_manifest(manifest, OLD, expires_in=timedelta(days=1), now=NOW)
+    assert manifest.expires_at == ""
+    assert _verify(signed).expires_at == "2026-06-02T12:00:00.000000Z"
+
+
+def test_signing_is_deterministic() -> None:
+    assert sign_manifest(_manifest(), OLD) == sign_manifest(_manifest(), OLD)
+
+
+def test_signing_refuses_a_malformed_manifest() -> None:
+    with pytest.raises(ManifestError):
+        sign_manifest(_manifest(model="../x"), OLD)
+
+
+@pytest.mark.parametrize("expires_in", [timedelta(0), timedelta(seconds=-1)])
+def test_signing_refuses_a_non_positive_lifetime(expires_in: timedelta) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        sign_manifest(_manifest(), OLD, expires_in=expires_in)
+
+
+def test_signing_with_a_key_of_another_type_is_a_signing_key_error() -> None:
+    with pytest.raises(SigningKeyError):
+        sign_manifest(_manifest(), ed448.Ed448PrivateKey.generate())  # type: ignore[arg-type]
+
+
+def test_key_id_is_the_sha256_of_the_raw_public_key() -> None:
+    raw = OLD.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    assert len(raw) == 32
+    assert key_id(OLD.public_key()) == hashlib.sha256(raw).hexdigest()
+
+
+# --- hypothesis: whatever the bytes, only typed errors -------------------------------------
+
+_TRUSTED_IDS = [key_id(OLD.public_key()), key_id(NEW.public_key())]
+_signatures = st.lists(
+    st.builds(
+        manifest_pb2.Signature,
+        key_id=st.one_of(st.sampled_from(_TRUSTED_IDS), st.text(max_size=70)),
+        signature=st.binary(max_size=80),
+    ),
+    max_size=4,
+)
+
+
+@given(st.binary(max_size=1024), _signatures, st.integers(0, 2**64 - 1), st.sampled_from([1, 2]))
+def test_arbitrary_signed_manifest_fields_give_only_typed_errors(
+    data: bytes, signatures: list[manifest_pb2.Signature], activated: int, threshold: int
+) -> None:
+    signed = SignedManifest(manifest=data, signatures=signatures)
+    with pytest.raises((TrustError, ManifestError)):
+        _verify(signed, _trusting(OLD, NEW, threshold=threshold), activated=activated)
+
+
+@given(st.binary(max_size=1024), st.integers(0, 10), st.sampled_from(["ctr", "news"]))
+def test_arbitrary_bytes_signed_by_a_trusted_key_give_a_checked_manifest_or_a_typed_error(
+    data: bytes, activated: int, model: str
+) -> None:
+    try:
+        manifest = _verify(_sign_bytes(data, OLD), activated=activated, model=model)
+    except (TrustError, ManifestError):
+        return
+    assert manifest.model == model and manifest.version > activated and manifest.artifacts
+
+
+_CO_SIGNED = add_signature(add_signature(_signed(_manifest(expires_at="2030-01-01T00:00:00Z"), OLD), STRANGER), NEW)
+_CO_SIGNED_WIRE = _CO_SIGNED.SerializeToString()
+
+
+@given(st.integers(0, len(_CO_SIGNED_WIRE) - 1), st.integers(1, 255), st.booleans())
+def test_a_mutated_signed_manifest_is_rejected_with_a_typed_error_or_is_the_original(
+    position: int, mask: int, truncate: bool
+) -> None:
+    wire = _CO_SIGNED_WIRE[:position] if truncate else _flip(_CO_SIGNED_WIRE, position, mask)
+    signed = SignedManifest()
+    try:
+        signed.ParseFromString(wire)
+    except DecodeError:
+        return  # the transport's parser refuses it before the verifier sees it
+    try:
+        manifest = _verify(signed, _trusting(OLD, NEW, threshold=2))
+    except (TrustError, ManifestError):
+        return
+    assert manifest.SerializeToString(deterministic=True) == _CO_SIGNED.manifest
+
+
+@given(st.text(max_size=40))
+def test_arbitrary_expires_at_gives_an_aware_time_or_a_manifest_error(text: str) -> None:
+    try:
+        when = parse_rfc3339(text)
+    except ManifestError:
+        return
+    assert when.tzinfo is not None
+
+
+# --- key files -------------------------------------------------------------------------
+
+
+def test_key_files_round_trip(tmp_path: Path) -> None:
+    private_path, public_path = tmp_path / "signing.pem", tmp_path / "signing.pub"
+    kid = generate_keypair(private_path, public_path)
+    private_key, public_key = load_private_key(private_path), load_public_key(public_path)
+    assert key_id(public_key) == key_id(private_key.public_key()) == kid
+    assert stat.S_IMODE(private_path.stat().st_mode) == 0o600
+    assert b"PRIVATE" not in public_path.read_bytes()
+    assert _verify(sign_manifest(_manifest(), private_key), TrustedKeys.from_public_keys([public_key])) == _manifest()
+
+
+@pytest.mark.parametrize("existing", ["private", "public"])
+def test_generating_refuses_to_overwrite_either_file(tmp_path: Path, existing: str) -> None:
+    paths = {"private": tmp_path / "k.pem", "public": tmp_path / "k.pub"}
+    paths[existing].write_bytes(b"precious")
+    with pytest.raises(SigningKeyError, match="overwrite"):
+        generate_keypair(paths["private"], paths["public"])
+    assert paths[existing].read_bytes() == b"precious"
+    assert [p.name for p in tmp_path.iterdir()] == [paths[existing].name]
+
+
+def test_generating_refuses_the_same_path_twice(tmp_path: Path) -> None:
+    with pytest.raises(SigningKeyError, match="differ"):
+        generate_keypair(tmp_path / "k", tmp_path / "k")
+    assert not (tmp_path / "k").exists()
+
+
+_OtherPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed448.Ed448PrivateKey
+_AnyPublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey | ed448.Ed448PublicKey | Ed25519PublicKey
+
+
+def _pem_private(key: _OtherPrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _pem_public(key: _AnyPublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+_OTHER_PRIVATE_KEYS: dict[str, _OtherPrivateKey] = {
+    "rsa": rsa.generate_private_key(public_exponent=65537, key_size=2048),
+    "ec": ec.generate_private_key(ec.SECP256R1()),
+    "ed448": ed448.Ed448PrivateKey.generate(),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(_OTHER_PRIVATE_KEYS))
+def test_keys_of_another_type_are_signing_key_errors(tmp_path: Path, kind: str) -> None:
+    other = _OTHER_PRIVATE_KEYS[kind]
+    (tmp_path / "private.pem").write_bytes(_pem_private(other))
+    (tmp_path / "public.pem").write_bytes(_pem_public(other.public_key()))
+    with pytest.raises(SigningKeyError, match="not an Ed25519"):
+        load_private_key(tmp_path / "private.pem")
+    with pytest.raises(SigningKeyError, match="not an Ed25519"):
+        load_public_key(tmp_path / "public.pem")
+
+
+def _encrypted_pem() -> bytes:
+    return OLD.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "loader"),
+    [
+        (b"garbage", load_private_key),
+        (b"garbage", load_public_key),
+        (b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", load_private_key),
+        (_pem_public(OLD.public_key()), load_private_key),
+        (_pem_private(ed448.Ed448PrivateKey.generate()), load_public_key),
+        (_encrypted_pem(), load_private_key),
+        (b"-" * 70_000, load_public_key),
+    ],
+    ids=["garbage-private", "garbage-public", "bad-der", "public-as-private", "private-as-public", "encrypted", "huge"],
+)
+def test_unusable_key_files_are_signing_key_errors(
+    tmp_path: Path, content: bytes, loader: Callable[[Path], object]
+) -> None:
+    path = tmp_path / "key.pem"
+    path.write_bytes(content)
+    with pytest.raises(SigningKeyError):
+        loader(path)
+
+
+@pytest.mark.parametrize("loader", [load_private_key, load_public_key])
+def test_missing_or_unreadable_key_files_are_signing_key_errors(
+    tmp_path: Path, loader: Callable[[Path], object]
+) -> None:
+    for path in (tmp_path / "missing.pem", tmp_path):
+        with pytest.raises(SigningKeyError, match="cannot read"):
+            loader(path)
+
+
+def _pem_of(der: bytes, label: bytes) -> bytes:
+    return b"-----BEGIN " + label + b"-----\n" + base64.encodebytes(der) + b"-----END " + label + b"-----\n"
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=300),
+        st.builds(_pem_of, st.binary(max_size=120), st.sampled_from([b"PRIVATE KEY", b"PUBLIC KEY"])),
+    )
+)
+def test_arbitrary_key_file_bytes_give_a_key_or_a_signing_key_error(
+    tmp_path_factory: pytest.TempPathFactory, content: bytes
+) -> None:
+    path = tmp_path_factory.mktemp("keyfuzz") / "key.pem"
+    path.write_bytes(content)
+    for loader in (load_private_key, load_public_key):
+        with contextlib.suppress(SigningKeyError):
+            loader(path)
+
+
+@given(st.integers(0, 200), st.integers(1, 255))
+def test_a_mutated_public_key_file_gives_an_ed25519_key_or_a_signing_key_error(
+    tmp_path_factory: pytest.TempPathFactory, position: int, mask: int
+) -> None:
+    path = tmp_path_factory.mktemp("keyflip") / "key.pub"
+    path.write_bytes(_flip(_pem_public(OLD.public_key()), position, mask))
+    with contextlib.suppress(SigningKeyError):
+        assert isinstance(load_public_key(path), Ed25519PublicKey)
+
+
+# --- the keys command group ------------------------------------------------------------
+
+
+def test_cli_generate_prints_the_key_id(tmp_path: Path) -> None:
+    private_path, public_path = tmp_path / "k.pem", tmp_path / "k.pub"
+    result = CliRunner().invoke(keys, ["generate", "--private", str(private_path), "--public", str(public_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == key_id(load_public_key(public_path))
+
+
+def test_cli_generate_json_and_id_agree(tmp_path: Path) -> None:
+    private_path, public_path = tmp_path / "k.pem", tmp_path / "k.pub"
+    runner = CliRunner()
+    made = runner.invoke(keys, ["generate", "--private", str(private_path), "--public", str(public_path), "--json"])
+    assert made.exit_code == 0, made.output
+    entry = json.loads(made.output)
+    assert entry == {"key_id": entry["key_id"], "private": str(private_path), "public": str(public_path)}
+    shown = runner.invoke(keys, ["id", str(public_path)])
+    assert shown.exit_code == 0 and shown.output.strip() == entry["key_id"]
+    shown_json = runner.invoke(keys, ["id", str(public_path), "--json"])
+    assert json.loads(shown_json.output)["key_id"] == entry["key_id"]
+
+
+def test_cli_generate_refuses_to_overwrite(tmp_path: Path) -> None:
+    (tmp_path / "k.pem").write_bytes(b"precious")
+    result = CliRunner().invoke(
+        keys, ["generate", "--private", str(tmp_path / "k.pem"), "--public", str(tmp_path / "k.pub")]
+    )
+    assert result.exit_code != 0
+    assert isinstance(result.exception, SigningKeyError)
+    assert (tmp_path / "k.pem").read_bytes() == b"precious"
+
+
+def test_cli_id_of_a_key_of_another_type_is_a_typed_error(tmp_path: Path) -> None:
+    (tmp_path / "rsa.pub").write_bytes(_pem_public(_OTHER_PRIVATE_KEYS["rsa"].public_key()))
+    result = CliRunner().invoke(keys, ["id", str(tmp_path / "rsa.pub")])
+    assert isinstance(result.exception, SigningKeyError)
+    assert isinstance(result.exception, EdgerecError)
