@@ -6,7 +6,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +19,8 @@ from edgerec.device.sync import FileProgress, Syncer, SyncResult
 from edgerec.device.transport import ServerConnection, TransportConfig
 from edgerec.errors import EdgerecError, InvalidInputError, NoModelAvailableError
 from edgerec.runtimes import OnnxRunner
+from edgerec.signing import load_public_key
+from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.units import parse_rate
 
 log = logging.getLogger(__name__)
@@ -64,6 +66,7 @@ class EdgeClient:
         threads: int = 1,
         device_id: str = "",
         max_payload_bytes: int = 0,
+        trusted_keys: Sequence[Path | str] | TrustedKeys | None = None,
         transport: TransportConfig | None = None,
     ) -> None:
         self.model = model
@@ -72,6 +75,7 @@ class EdgeClient:
         self.threads = threads
         self.device_id = device_id
         self.max_payload_bytes = max_payload_bytes
+        self.verifier = UpdateVerifier(model, _trusted(trusted_keys)) if trusted_keys is not None else None
         config = transport or TransportConfig()
         if rate is not None:
             rate_bytes = parse_rate(rate) if isinstance(rate, str) else float(rate)
@@ -106,6 +110,7 @@ class EdgeClient:
             recipes=self.recipes,
             device_id=self.device_id,
             max_payload_bytes=self.max_payload_bytes,
+            verifier=self.verifier,
         )
         result = syncer.sync(target_version, progress)
         if result.updated:
@@ -193,3 +198,10 @@ class EdgeClient:
         """Forget the loaded model so the next predict loads and verifies it again."""
         with self._lock:
             self._local, self._local_failure, self._state_stamp = None, None, None
+
+
+def _trusted(keys: Sequence[Path | str] | TrustedKeys) -> TrustedKeys:
+    """Trusted keys from public key files (or as given)."""
+    if isinstance(keys, TrustedKeys):
+        return keys
+    return TrustedKeys.from_public_keys([load_public_key(Path(path)) for path in keys])

@@ -2,7 +2,9 @@
 
 Layout under ``<data_dir>/<model>/``::
 
-    state.json            {"current": N, "previous": M}; replaced atomically: the switch
+    state.json            {"current": N, "previous": M, "highest": H}; replaced atomically: the switch
+                          (H, the highest version ever activated, survives rollbacks and restarts,
+                          so an older manifest can never be replayed)
     versions/<N>/         an installed version: manifest.pb, install.json, artifact files
     staging/<N>/          a version being built; removed at start if a sync died
     downloads/<id>.part   a payload being received (resumable), <id>.payload when complete
@@ -71,12 +73,21 @@ class ModelStore:
     def _state(self) -> dict[str, int | None]:
         path = self.root / "state.json"
         if not path.exists():
-            return {"current": None, "previous": None}
+            return {"current": None, "previous": None, "highest": None}
         try:
             state = json.loads(path.read_text())
-            return {"current": state.get("current"), "previous": state.get("previous")}
+            return {key: state.get(key) for key in ("current", "previous", "highest")}
         except (ValueError, AttributeError) as exc:
             raise ManifestError(f"{path} is unreadable: {exc}") from exc
+
+    def _write_state(self, current: int | None, previous: int | None, highest: int | None) -> None:
+        state = {"current": current, "previous": previous, "highest": highest}
+        atomic_write_bytes(self.root / "state.json", json.dumps(state).encode())
+
+    def highest_activated(self) -> int:
+        """The highest version this device ever activated (0 if none); rollbacks do not lower it."""
+        state = self._state()
+        return int(state["highest"] or state["current"] or 0)
 
     def state_stamp(self) -> tuple[int, int] | None:
         """Changes whenever the active version changes (mtime and inode of the state file)."""
@@ -143,9 +154,7 @@ class ModelStore:
         fsync_dir(self.versions_dir)
         state = self._state()
         previous = state["current"] if state["current"] != manifest.version else state["previous"]
-        atomic_write_bytes(
-            self.root / "state.json", json.dumps({"current": manifest.version, "previous": previous}).encode()
-        )
+        self._write_state(manifest.version, previous, max(manifest.version, self.highest_activated()))
         log.info("%s: activated version %d (%s), previous %s", self.model, manifest.version, recipe, previous)
         self._prune(keep={manifest.version, previous})
         return InstalledVersion(manifest.version, recipe, manifest, artifact, final)
@@ -155,9 +164,7 @@ class ModelStore:
         state = self._state()
         if not state["previous"]:
             raise ManifestError(f"{self.model}: no previous version to roll back to")
-        atomic_write_bytes(
-            self.root / "state.json", json.dumps({"current": state["previous"], "previous": None}).encode()
-        )
+        self._write_state(state["previous"], None, self.highest_activated())
         log.warning("%s: rolled back from %s to %s", self.model, state["current"], state["previous"])
         return self.installed(int(state["previous"]))
 

@@ -7,6 +7,7 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -20,10 +21,13 @@ from edgerec.errors import (
     ManifestError,
     PatchError,
     PayloadBudgetError,
+    RollbackError,
     UnknownBaseVersionError,
+    WrongModelError,
 )
 from edgerec.manifest import Manifest, find_artifact, parse_manifest
 from edgerec.runtimes import OnnxRunner
+from edgerec.trust import UpdateVerifier
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
@@ -61,7 +65,9 @@ class Syncer:
         recipes: tuple[str, ...] = ("int8", "fp32"),
         device_id: str = "",
         max_payload_bytes: int = 0,
+        verifier: UpdateVerifier | None = None,
     ) -> None:
+        self.verifier = verifier
         self.store = store
         self.connection = connection
         self.recipes = recipes
@@ -158,13 +164,19 @@ class Syncer:
         )
 
     def _check_manifest(self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None) -> Manifest:
-        manifest = parse_manifest(response.manifest)
-        if manifest.model != self.store.model:
-            raise ManifestError(f"server sent a manifest for {manifest.model!r}, not {self.store.model!r}")
-        if current is not None and manifest.version <= current.version:
-            raise ManifestError(
-                f"server offered version {manifest.version}, not newer than the active {current.version}"
-            )
+        """The verified manifest of the offered version, checked against the payload plan."""
+        highest = self.store.highest_activated()
+        # Re-installing the version this device already trusted is no rollback (its copy is damaged).
+        floor = highest if current is not None else max(highest - 1, 0)
+        if self.verifier is not None:
+            manifest = self.verifier.verify(response.manifest, activated_version=floor, now=datetime.now(UTC))
+        else:
+            log.warning("no trusted keys configured: version offered by the server is not signature-checked")
+            manifest = parse_manifest(response.manifest)
+            if manifest.model != self.store.model:
+                raise WrongModelError(f"server sent a manifest for {manifest.model!r}, not {self.store.model!r}")
+            if manifest.version <= floor:
+                raise RollbackError(f"server offered version {manifest.version}; this device has activated {highest}")
         artifact = find_artifact(manifest, response.recipe)
         if artifact is None:
             raise ManifestError(f"manifest has no {response.recipe!r} artifact")

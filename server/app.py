@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from concurrent import futures
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -15,7 +16,9 @@ from edgerec.registry import Registry
 from edgerec.server.inference_service import InferenceService
 from edgerec.server.payloads import DEFAULT_BSDIFF4_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
+from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
 from edgerec.server.update_service import ModelUpdateService
+from edgerec.signing import load_private_key
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -36,6 +39,9 @@ class ServerConfig:
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
     bsdiff4_max_bytes: int = DEFAULT_BSDIFF4_MAX_BYTES
+    # Ed25519 private key (PEM) to sign manifests with; None serves them unsigned.
+    signing_key: Path | None = None
+    manifest_ttl: timedelta = DEFAULT_TTL
 
 
 class RunningServer:
@@ -58,12 +64,15 @@ def start_server(config: ServerConfig) -> RunningServer:
     """Start serving ``config.registry`` on ``config.listen`` and return at once."""
     registry = Registry(config.registry)
     payloads = PayloadStore(registry, bsdiff4_max_bytes=config.bsdiff4_max_bytes)
+    signer = ManifestSigner(load_private_key(config.signing_key), config.manifest_ttl) if config.signing_key else None
+    if signer is None:
+        log.warning("no signing key: manifests are served unsigned; devices that trust keys will refuse them")
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelUpdateService(registry, UpdatePlanner(registry, payloads)), server
+        ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer)), server
     )
     inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(registry), server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()

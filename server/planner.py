@@ -10,6 +10,7 @@ from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
 from edgerec.manifest import Artifact, ArtifactFile, Manifest, find_artifact
 from edgerec.registry import Registry
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.signer import ManifestSigner
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
@@ -41,9 +42,10 @@ def choose_artifact(manifest: Manifest, recipes: Sequence[str], runtimes: Sequen
 class UpdatePlanner:
     """Answers CheckUpdate from the registry, making missing payloads once."""
 
-    def __init__(self, registry: Registry, payloads: PayloadStore) -> None:
+    def __init__(self, registry: Registry, payloads: PayloadStore, signer: ManifestSigner | None = None) -> None:
         self.registry = registry
         self.payloads = payloads
+        self.signer = signer
 
     def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
         target_version = self.registry.resolve_version(request.model, request.target_version)
@@ -65,6 +67,8 @@ class UpdatePlanner:
         self, request: update_pb2.CheckUpdateRequest, target_version: int, base: Base | None
     ) -> update_pb2.CheckUpdateResponse:
         signed, manifest = self.registry.load_manifest(request.model, target_version)
+        if self.signer is not None:
+            signed = self.signer.sign(manifest)
         artifact = choose_artifact(manifest, list(request.recipes), list(request.runtimes))
         response = update_pb2.CheckUpdateResponse(
             manifest=signed, recipe=artifact.recipe, full_bytes=sum(f.size for f in artifact.files)

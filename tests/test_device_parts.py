@@ -48,7 +48,9 @@ def test_activate_keeps_current_and_previous_and_prunes_older(tmp_path: Path) ->
     assert (current.version, previous.version) == (3, 2)
     assert sorted(p.name for p in store.versions_dir.iterdir()) == ["2", "3"]
     assert current.entrypoint.read_bytes() == b"model 3"
-    assert json.loads((store.root / "state.json").read_text()) == {"current": 3, "previous": 2}
+    assert json.loads((store.root / "state.json").read_text()) == {"current": 3, "previous": 2, "highest": 3}
+    store.rollback()
+    assert store.highest_activated() == 3, "a rollback must not let version 3 be replayed"
 
 
 def test_activate_refuses_staged_files_that_do_not_match(tmp_path: Path) -> None:

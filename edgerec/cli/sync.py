@@ -20,9 +20,23 @@ from edgerec.units import format_bytes, parse_size
 @click.option(
     "--budget", default=None, help="Most payload bytes to take, e.g. 200KB (a partial update may be offered)."
 )
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Public key (PEM) whose signature makes a manifest acceptable; repeat for several.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def sync(
-    server: str, model: str, data_dir: Path, rate: str | None, target_version: int, budget: str | None, as_json: bool
+    server: str,
+    model: str,
+    data_dir: Path,
+    rate: str | None,
+    target_version: int,
+    budget: str | None,
+    trusted_keys: tuple[Path, ...],
+    as_json: bool,
 ) -> None:
     """Check for a newer version, download the smallest payload, verify and switch."""
     from edgerec.device import EdgeClient
@@ -30,7 +44,12 @@ def sync(
     max_payload_bytes = parse_size(budget) if budget else 0
     with (
         EdgeClient(
-            server=server, model=model, data_dir=data_dir, rate=rate, max_payload_bytes=max_payload_bytes
+            server=server,
+            model=model,
+            data_dir=data_dir,
+            rate=rate,
+            max_payload_bytes=max_payload_bytes,
+            trusted_keys=list(trusted_keys) or None,
         ) as client,
         transfer_progress(not as_json) as progress,
     ):
