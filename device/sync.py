@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgerec.codecs import apply_patch
+from edgerec.codecs import CODEC_NAMES, apply_patch
 from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
 from edgerec.device.transport import ServerConnection
 from edgerec.errors import (
@@ -32,7 +32,7 @@ from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_CODECS = ("full", "bsdiff4")
+SUPPORTED_CODECS = CODEC_NAMES
 SUPPORTED_RUNTIMES = ("onnxruntime",)
 
 # (file path, bytes received for it, its payload size)

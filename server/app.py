@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgerec.registry import Registry
 from edgerec.server.inference_service import InferenceService
-from edgerec.server.payloads import DEFAULT_BSDIFF4_MAX_BYTES, PayloadStore
+from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
 from edgerec.server.update_service import ModelUpdateService
@@ -38,7 +38,7 @@ class ServerConfig:
     workers: int = 16
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
-    bsdiff4_max_bytes: int = DEFAULT_BSDIFF4_MAX_BYTES
+    generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES
     # Ed25519 private key (PEM) to sign manifests with; None serves them unsigned.
     signing_key: Path | None = None
     manifest_ttl: timedelta = DEFAULT_TTL
@@ -63,7 +63,7 @@ class RunningServer:
 def start_server(config: ServerConfig) -> RunningServer:
     """Start serving ``config.registry`` on ``config.listen`` and return at once."""
     registry = Registry(config.registry)
-    payloads = PayloadStore(registry, bsdiff4_max_bytes=config.bsdiff4_max_bytes)
+    payloads = PayloadStore(registry, generic_diff_max_bytes=config.generic_diff_max_bytes)
     signer = ManifestSigner(load_private_key(config.signing_key), config.manifest_ttl) if config.signing_key else None
     if signer is None:
         log.warning("no signing key: manifests are served unsigned; devices that trust keys will refuse them")

@@ -145,7 +145,7 @@ def test_round_trip_float32_tensors(codec: str, tensors: tuple[bytes, bytes], tm
     assert (info.codec, info.target_size) == (codec, len(new))
     assert info.target_sha256 == hashlib.sha256(new).hexdigest()
     assert info.body_length == len(patch) - HEADER_SIZE - TRAILER_SIZE
-    if codec == "bsdiff4":
+    if get_codec(codec).needs_base:
         assert info.base_sha256 == hashlib.sha256(old).hexdigest()
         assert len(patch) < len(new) // 20, "2% of rows changed: the delta should be small"
     else:
@@ -367,7 +367,7 @@ def test_bsdiff_blocks_larger_than_the_body_are_refused(
     ("offset", "fmt", "value", "message"),
     [
         (8, "<H", 2, "unsupported patch format version 2"),
-        (10, "<B", 3, "unknown patch codec id 3"),
+        (10, "<B", 5, "unknown patch codec id 5"),
         (10, "<B", 0, "unknown patch codec id 0"),
         (11, "<B", 1, "reserved header byte"),
     ],
@@ -457,7 +457,7 @@ def test_unknown_codec_names_raise_patch_error(tmp_path: Path) -> None:
         get_codec("xdelta")
     with pytest.raises(PatchError):
         make_patch("xdelta", None, write(tmp_path / "new.bin", b"x"), tmp_path / "p")
-    assert set(CODEC_NAMES) == {"full", "bsdiff4"}
+    assert set(CODEC_NAMES) == {"full", "bsdiff4", "zstd-patch-from", "tensor"}
     assert all(get_codec(name).name == name for name in CODEC_NAMES)
 
 

@@ -15,9 +15,13 @@ from edgerec.codecs.base import Codec
 from edgerec.codecs.bsdiff import BsdiffCodec
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, PatchHeader, read_patch_info
 from edgerec.codecs.full import FullCodec
+from edgerec.codecs.patch_from import PatchFromCodec
+from edgerec.codecs.tensor import TensorCodec
 from edgerec.errors import PatchError
 
-_CODECS: dict[str, Codec] = {codec.name: codec for codec in (FullCodec(), BsdiffCodec())}
+_CODECS: dict[str, Codec] = {
+    codec.name: codec for codec in (FullCodec(), BsdiffCodec(), PatchFromCodec(), TensorCodec())
+}
 
 CODEC_NAMES: tuple[str, ...] = tuple(_CODECS)
 """Names of the codecs this version can make and apply."""

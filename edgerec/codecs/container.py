@@ -5,8 +5,7 @@ Layout, format version 1 (all integers little-endian)::
     offset  size  field
          0     8  magic b"ERPATCH\\0"
          8     2  format version, u16 (= 1)
-        10     1  codec id, u8 (1 = "full", 2 = "bsdiff4"; 3 and 4 are reserved
-                  for "zstd-patch-from" and "tensor")
+        10     1  codec id, u8 (1 = "full", 2 = "bsdiff4", 3 = "zstd-patch-from", 4 = "tensor")
         11     1  reserved, u8 (= 0)
         12    32  base sha256, raw bytes; all zero when the codec needs no base file
         44    32  target sha256, raw bytes: the file the payload produces
@@ -47,8 +46,8 @@ if TYPE_CHECKING:
 
 MAGIC = b"ERPATCH\0"
 FORMAT_VERSION = 1
-CODEC_IDS: dict[str, int] = {"full": 1, "bsdiff4": 2}
-"""Wire id of each codec name. Reserved for later: 3 = "zstd-patch-from", 4 = "tensor"."""
+CODEC_IDS: dict[str, int] = {"full": 1, "bsdiff4": 2, "zstd-patch-from": 3, "tensor": 4}
+"""Wire id of each codec name."""
 
 DEFAULT_MAX_TARGET_SIZE = 64 << 30
 """Largest target size a reader accepts unless told otherwise (64 GiB)."""
