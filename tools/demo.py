@@ -37,6 +37,7 @@ class DemoReport:
     local_auc: float = 0.0
     oracle_auc: float = 0.0
     changed_rows_fraction: float = 0.0
+    signing_key_id: str = ""
 
 
 def run_demo(
@@ -51,6 +52,7 @@ def run_demo(
     from edgerec.reference.train import build_and_train, export_program
     from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import publish
+    from edgerec.signing import generate_keypair
 
     if workdir.exists():
         shutil.rmtree(workdir)
@@ -67,10 +69,15 @@ def run_demo(
     on_step("publishing v1")
     publish(export_program(v1, workdir / "models" / "v1.pt2", sample), MODEL, registry)
 
-    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
+    keys = workdir / "keys"
+    keys.mkdir()
+    report.signing_key_id = generate_keypair(keys / "server.pem", keys / "server.pub")
+    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0", signing_key=keys / "server.pem"))
     address = f"127.0.0.1:{server.port}"
     try:
-        with EdgeClient(server=address, model=MODEL, data_dir=workdir / "device", rate=rate) as device:
+        with EdgeClient(
+            server=address, model=MODEL, data_dir=workdir / "device", rate=rate, trusted_keys=[keys / "server.pub"]
+        ) as device:
             on_step(f"device syncs v1 over a {rate} link")
             report.syncs.append(device.sync())
 
@@ -137,21 +144,34 @@ def _changed_rows(v1: DLRM, v2: DLRM) -> float:
     return changed / total if total else 0.0
 
 
-def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
-    """The demo's results as (what, value) rows for a table."""
-    rows: list[tuple[str, str]] = []
-    for sync in report.syncs:
-        ratio = sync.payload_bytes / sync.full_bytes if sync.full_bytes else 0.0
-        rows.append(
-            (
-                f"sync {sync.previous_version or '-'} -> {sync.version} ({sync.recipe})",
-                f"{sync.codec}: {sync.payload_bytes:,} B shipped of {sync.full_bytes:,} B full "
-                f"({ratio:.1%}) in {sync.seconds:.2f} s",
-            )
+def sync_rows(report: DemoReport) -> list[tuple[str, ...]]:
+    """One row per sync: versions, codec, bytes shipped against the full artifact, time."""
+    return [
+        (
+            f"{sync.previous_version or '-'} -> {sync.version}",
+            sync.recipe,
+            sync.codec,
+            f"{sync.payload_bytes:,}",
+            f"{sync.full_bytes:,}",
+            f"{sync.payload_bytes / sync.full_bytes:.1%}" if sync.full_bytes else "-",
+            f"{sync.seconds:.2f}",
         )
-    rows.append(("embedding rows changed v1 -> v2", f"{report.changed_rows_fraction:.1%}"))
-    for p in report.predictions:
-        rows.append((f"predict: {p['request']}", f"source={p['source']} version={p['version']} {p['latency_ms']} ms"))
-    rows.append(("AUC of the local model (20k validation)", f"{report.local_auc:.4f}"))
-    rows.append(("AUC of the true click probability", f"{report.oracle_auc:.4f}"))
-    return rows
+        for sync in report.syncs
+    ]
+
+
+def prediction_rows(report: DemoReport) -> list[tuple[str, ...]]:
+    """One row per prediction: which request, where the answer came from, version, latency."""
+    return [
+        (str(p["request"]), str(p["source"]), str(p["version"]), f"{p['latency_ms']:.3f}") for p in report.predictions
+    ]
+
+
+def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
+    """Facts about the run as (what, value) rows."""
+    return [
+        ("embedding rows changed v1 -> v2", f"{report.changed_rows_fraction:.1%}"),
+        ("manifests signed by key", report.signing_key_id[:16]),
+        ("AUC of the local model (20k validation rows)", f"{report.local_auc:.4f}"),
+        ("AUC of the true click probability", f"{report.oracle_auc:.4f}"),
+    ]

@@ -30,7 +30,7 @@ from edgerec.cli.output import console, emit_json, print_table
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def demo(workdir: Path, size: str, rate: str, seed: int, as_json: bool) -> None:
     """Train v1, publish, serve, sync a device, train and publish v2, sync the delta, predict, break, fall back."""
-    from edgerec.tools.demo import run_demo, summary_rows
+    from edgerec.tools.demo import prediction_rows, run_demo, summary_rows, sync_rows
 
     with console.status("starting") as status:
         report = run_demo(workdir, size=size, rate=rate, seed=seed, on_step=lambda step: status.update(step))
@@ -38,7 +38,9 @@ def demo(workdir: Path, size: str, rate: str, seed: int, as_json: bool) -> None:
         emit_json(dataclasses.asdict(report))
         return
     print_table(
-        f"edgerec demo: reference model '{size}', device link {rate}",
-        ["what", "result"],
-        summary_rows(report),
+        f"edgerec demo: syncs over a {rate} link (reference model '{size}')",
+        ["versions", "recipe", "codec", "bytes shipped", "full size", "shipped/full", "seconds"],
+        sync_rows(report),
     )
+    print_table("predictions", ["request", "source", "version", "latency ms"], prediction_rows(report))
+    print_table("facts", ["what", "value"], summary_rows(report))
