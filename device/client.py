@@ -66,6 +66,7 @@ class EdgeClient:
         threads: int = 1,
         device_id: str = "",
         max_payload_bytes: int = 0,
+        max_local_failures: int = 3,
         trusted_keys: Sequence[Path | str] | TrustedKeys | None = None,
         transport: TransportConfig | None = None,
     ) -> None:
@@ -75,6 +76,10 @@ class EdgeClient:
         self.threads = threads
         self.device_id = device_id
         self.max_payload_bytes = max_payload_bytes
+        self.max_local_failures = max_local_failures
+        self._consecutive_failures = 0
+        # (from version, to version) of every rollback this client made, oldest first.
+        self.rollbacks: list[tuple[int, int]] = []
         self.verifier = UpdateVerifier(model, _trusted(trusted_keys)) if trusted_keys is not None else None
         config = transport or TransportConfig()
         if rate is not None:
@@ -141,11 +146,30 @@ class EdgeClient:
                 if not np.all(np.isfinite(scores)):
                     raise EdgerecError("local model returned non-finite scores")
                 self.cache.put(key, scores)
+                self._consecutive_failures = 0
                 return Prediction(scores, "local", key[0], time.perf_counter() - started)
             except EdgerecError as exc:
                 reason = f"local inference failed: {exc}"
                 log.warning("%s; falling back to the server", reason)
+                self._count_local_failure(local.installed.version)
         return self._predict_on_server(inputs, local, reason or "no local model", started)
+
+    def _count_local_failure(self, version: int) -> None:
+        """After ``max_local_failures`` failures in a row, roll back to the previous version."""
+        self._consecutive_failures += 1
+        if self._consecutive_failures < self.max_local_failures or self.store.previous() is None:
+            return
+        restored = self.store.rollback()
+        self._consecutive_failures = 0
+        self.rollbacks.append((version, restored.version))
+        log.error(
+            "%s version %d failed %d predictions in a row: rolled back to version %d",
+            self.model,
+            version,
+            self.max_local_failures,
+            restored.version,
+        )
+        self.reload()
 
     def _predict_on_server(
         self, inputs: Mapping[str, np.ndarray], local: _LocalModel | None, reason: str, started: float
@@ -166,7 +190,8 @@ class EdgeClient:
             raise NoModelAvailableError(f"cannot predict: {reason}; server failed too: {exc}") from exc
         scores = np.asarray(response.scores, dtype=np.float32)
         self._last_server_version = response.version
-        self.cache.put(request_key(response.version, arrays), scores)
+        if np.all(np.isfinite(scores)):
+            self.cache.put(request_key(response.version, arrays), scores)
         return Prediction(scores, "server", response.version, time.perf_counter() - started, reason)
 
     def _local_model(self) -> tuple[_LocalModel | None, str | None]:

@@ -5,18 +5,20 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
+from edgerec import tensors
 from edgerec.codecs import CODEC_NAMES, apply_patch
 from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
 from edgerec.device.transport import ServerConnection
 from edgerec.errors import (
     EdgerecError,
+    HealthCheckError,
     IntegrityError,
     ManifestError,
     PatchError,
@@ -111,7 +113,7 @@ class Syncer:
             artifact = find_artifact(manifest, response.recipe)
             assert artifact is not None  # checked in _check_manifest
             verify_files(staged, artifact)
-            health_check(staged / artifact.entrypoint, manifest)
+            health_check(staged / artifact.entrypoint, manifest, response.recipe)
             installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
@@ -219,13 +221,34 @@ class Syncer:
             raise
 
 
-def health_check(model_path: Path, manifest: Manifest) -> None:
-    """Load a staged model and run it once on a neutral batch; raise if it cannot run or gives NaN."""
+def health_check(model_path: Path, manifest: Manifest, recipe: str) -> None:
+    """Load a staged model and run the manifest's golden cases for its recipe; raise if any is off.
+
+    A manifest without golden cases gets a smoke test: a neutral batch must give finite outputs.
+    """
     runner = OnnxRunner(model_path)
-    outputs = runner.run(neutral_inputs(manifest))
+    cases = [case for case in manifest.golden if case.recipe == recipe]
+    if not cases:
+        _check_finite(runner.run(neutral_inputs(manifest)))
+        return
+    for case in cases:
+        inputs = {name: tensors.from_proto(t, name=name) for name, t in case.inputs.items()}
+        outputs = runner.run(inputs)
+        _check_finite(outputs)
+        for name, expected_proto in case.outputs.items():
+            expected = tensors.from_proto(expected_proto, name=name)
+            got = np.asarray(outputs.get(name))
+            if got.shape != expected.shape:
+                raise HealthCheckError(f"golden output {name!r} has shape {got.shape}, expected {expected.shape}")
+            error = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
+            if error > case.tolerance:
+                raise HealthCheckError(f"golden output {name!r} is off by {error:.3g} (tolerance {case.tolerance:.3g})")
+
+
+def _check_finite(outputs: Mapping[str, np.ndarray]) -> None:
     for name, value in outputs.items():
         if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
-            raise IntegrityError(f"staged model gives non-finite {name!r} on a neutral input")
+            raise HealthCheckError(f"staged model gives non-finite {name!r}")
 
 
 def neutral_inputs(manifest: Manifest, batch: int = 1) -> dict[str, np.ndarray]:

@@ -75,6 +75,14 @@ class ModelRuntimeError(EdgerecError):
     """A local model that cannot be loaded or run (missing, damaged, runtime failure)."""
 
 
+class DiskFullError(EdgerecError):
+    """The device ran out of disk space while staging an update; the active model is untouched."""
+
+
+class HealthCheckError(EdgerecError):
+    """A staged model that loads but does not reproduce its manifest's golden outputs."""
+
+
 class PayloadBudgetError(EdgerecError):
     """The cheapest update the server offers costs more than the device's payload budget."""
 

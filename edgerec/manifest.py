@@ -33,6 +33,7 @@ Artifact = manifest_pb2.Artifact
 ArtifactFile = manifest_pb2.ArtifactFile
 SignedManifest = manifest_pb2.SignedManifest
 TensorSpec = tensor_pb2.TensorSpec
+GoldenCase = manifest_pb2.GoldenCase
 
 
 def validate_model_name(name: str) -> str:

@@ -32,7 +32,7 @@ class Artifact(_message.Message):
     def __init__(self, recipe: _Optional[str] = ..., runtime: _Optional[str] = ..., entrypoint: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., digest: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
-    __slots__ = ("format_version", "model", "version", "created_at", "inputs", "outputs", "artifacts", "expires_at", "annotations")
+    __slots__ = ("format_version", "model", "version", "created_at", "inputs", "outputs", "artifacts", "expires_at", "annotations", "golden")
     class AnnotationsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class Manifest(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
     ANNOTATIONS_FIELD_NUMBER: _ClassVar[int]
+    GOLDEN_FIELD_NUMBER: _ClassVar[int]
     format_version: int
     model: str
     version: int
@@ -58,7 +59,34 @@ class Manifest(_message.Message):
     artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
     expires_at: str
     annotations: _containers.ScalarMap[str, str]
-    def __init__(self, format_version: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., created_at: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., expires_at: _Optional[str] = ..., annotations: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    golden: _containers.RepeatedCompositeFieldContainer[GoldenCase]
+    def __init__(self, format_version: _Optional[int] = ..., model: _Optional[str] = ..., version: _Optional[int] = ..., created_at: _Optional[str] = ..., inputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., outputs: _Optional[_Iterable[_Union[_tensor_pb2.TensorSpec, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., expires_at: _Optional[str] = ..., annotations: _Optional[_Mapping[str, str]] = ..., golden: _Optional[_Iterable[_Union[GoldenCase, _Mapping]]] = ...) -> None: ...
+
+class GoldenCase(_message.Message):
+    __slots__ = ("recipe", "inputs", "outputs", "tolerance")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: _tensor_pb2.Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    RECIPE_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    recipe: str
+    inputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    outputs: _containers.MessageMap[str, _tensor_pb2.Tensor]
+    tolerance: float
+    def __init__(self, recipe: _Optional[str] = ..., inputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., outputs: _Optional[_Mapping[str, _tensor_pb2.Tensor]] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class Signature(_message.Message):
     __slots__ = ("key_id", "signature")

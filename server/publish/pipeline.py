@@ -5,9 +5,11 @@ from __future__ import annotations
 import logging
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from edgerec.errors import PublishError
 from edgerec.hashing import sha256_file
@@ -23,6 +25,7 @@ from edgerec.manifest import (
 )
 from edgerec.registry import Registry
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.publish.golden import golden_cases, golden_inputs
 from edgerec.server.publish.signature import read_signature
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,8 @@ class PublishOptions:
     # Make deltas from exactly these versions instead (a partial update names its base).
     delta_bases: Sequence[int] | None = None
     annotations: dict[str, str] = field(default_factory=dict)
+    # The publisher's validation data: one array per model input plus "labels" (optional).
+    validation: Mapping[str, np.ndarray] | None = None
 
 
 def publish(source: Path, name: str, registry: Registry, options: PublishOptions | None = None) -> Manifest:
@@ -65,6 +70,10 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
         if "fp32" not in options.recipes:
             shutil.rmtree(staged / "fp32")
         artifacts = [_describe_artifact(staged, recipe) for recipe in options.recipes]
+        golden = golden_cases(
+            golden_inputs(inputs, options.validation),
+            {a.recipe: staged / a.entrypoint for a in artifacts},
+        )
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             model=name,
@@ -74,6 +83,7 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
             outputs=outputs,
             artifacts=artifacts,
             annotations={"source": source.name, **options.annotations},
+            golden=golden,
         )
         registry.add_version(manifest, sign_nothing(manifest), staged)
     prepare_payloads(registry, manifest, options)
