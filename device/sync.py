@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import shutil
 import time
@@ -17,6 +18,7 @@ from edgerec.codecs import CODEC_NAMES, apply_patch
 from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
 from edgerec.device.transport import ServerConnection
 from edgerec.errors import (
+    DiskFullError,
     EdgerecError,
     HealthCheckError,
     IntegrityError,
@@ -54,6 +56,8 @@ class SyncResult:
     seconds: float
     recipe: str
     payloads: list[dict[str, object]] = field(default_factory=list)
+    # True when a delta failed to apply and the full files were downloaded instead.
+    fell_back_to_full: bool = False
 
 
 class Syncer:
@@ -77,7 +81,9 @@ class Syncer:
         self.max_payload_bytes = max_payload_bytes
 
     def sync(self, target_version: int = 0, progress: FileProgress | None = None) -> SyncResult:
+        """Install the target version if it is newer; on a patch that fails, retry once with full files."""
         started = time.perf_counter()
+        received_before = self.connection.bytes_received
         self.store.clean_stale()
         current = self._usable_current()
         try:
@@ -99,27 +105,15 @@ class Syncer:
                 seconds=time.perf_counter() - started,
                 recipe=active.recipe,
             )
-        manifest = self._check_manifest(response, current)
-        if self.max_payload_bytes and response.payload_bytes > self.max_payload_bytes:
-            raise PayloadBudgetError(
-                f"version {manifest.version} costs {response.payload_bytes} payload bytes, "
-                f"over this device's budget of {self.max_payload_bytes}"
-            )
-        staged = self.store.begin_staging(manifest.version)
-        received_before = self.connection.bytes_received
+        fell_back = False
         try:
-            for payload in response.payloads:
-                self._build_file(payload, current, staged, progress)
-            artifact = find_artifact(manifest, response.recipe)
-            assert artifact is not None  # checked in _check_manifest
-            verify_files(staged, artifact)
-            health_check(staged / artifact.entrypoint, manifest, response.recipe)
-            installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
-        except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
-            raise
-        for payload in response.payloads:
-            self.store.download_path(payload.payload_id).with_suffix(".payload").unlink(missing_ok=True)
+            installed = self._install(response, current, progress)
+        except (PatchError, IntegrityError) as exc:
+            if current is None or all(p.codec == "full" for p in response.payloads):
+                raise
+            log.warning("applying the delta failed (%s); downloading the full files once instead", exc)
+            response = self.connection.check_update(self._request(None, target_version))
+            installed, fell_back = self._install(response, None, progress), True
         codecs = sorted({p.codec for p in response.payloads if p.codec != "copy"}) or ["copy"]
         return SyncResult(
             version=installed.version,
@@ -134,7 +128,42 @@ class Syncer:
                 {"path": p.path, "codec": p.codec, "size": p.size, "target_size": p.target_size}
                 for p in response.payloads
             ],
+            fell_back_to_full=fell_back,
         )
+
+    def _install(
+        self,
+        response: update_pb2.CheckUpdateResponse,
+        current: InstalledVersion | None,
+        progress: FileProgress | None,
+    ) -> InstalledVersion:
+        """Verify, fetch, build, check and activate the offered version; on failure nothing changes."""
+        manifest = self._check_manifest(response, current)
+        if self.max_payload_bytes and response.payload_bytes > self.max_payload_bytes:
+            raise PayloadBudgetError(
+                f"version {manifest.version} costs {response.payload_bytes} payload bytes, "
+                f"over this device's budget of {self.max_payload_bytes}"
+            )
+        staged = self.store.begin_staging(manifest.version)
+        try:
+            for payload in response.payloads:
+                self._build_file(payload, current, staged, progress)
+            artifact = find_artifact(manifest, response.recipe)
+            assert artifact is not None  # checked in _check_manifest
+            verify_files(staged, artifact)
+            health_check(staged / artifact.entrypoint, manifest, response.recipe)
+            installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
+        except OSError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            if exc.errno == errno.ENOSPC:
+                raise DiskFullError(f"no space left for version {manifest.version} in {self.store.root}") from exc
+            raise
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        for payload in response.payloads:
+            self.store.download_path(payload.payload_id).with_suffix(".payload").unlink(missing_ok=True)
+        return installed
 
     def _previous_version(self) -> int | None:
         previous = self.store.previous()

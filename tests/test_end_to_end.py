@@ -19,7 +19,7 @@ from edgerec.errors import (
     NoModelAvailableError,
 )
 from edgerec.hashing import sha256_file
-from edgerec.registry import Registry
+from edgerec.registry import PayloadRecord, Registry
 from edgerec.tensors import to_proto
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
@@ -201,3 +201,34 @@ def test_no_model_and_no_server_is_a_typed_error(tmp_path: Path, request_inputs:
         pytest.raises(NoModelAvailableError),
     ):
         client.predict(request_inputs)
+
+
+def test_a_delta_that_fails_falls_back_to_the_full_files_once(
+    served_copy: tuple[Registry, str], tmp_path: Path
+) -> None:
+    registry, address = served_copy
+    deltas = [
+        registry.payload_path(MODEL, record.payload_id)
+        for f in registry.files(MODEL, 2)
+        for codec in ("tensor", "bsdiff4", "zstd-patch-from")
+        if (record := _delta_record(registry, codec, f.sha256)) is not None
+    ]
+    assert deltas, "the registry should hold deltas from v1 to v2"
+    for path in deltas:  # every delta goes bad; the full payloads stay intact
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path) as client:
+        client.sync(target_version=1)
+        result = client.sync()
+        assert result.fell_back_to_full and result.codec == "full" and result.version == 2
+        _assert_matches_registry(client, registry, 2)
+
+
+def _delta_record(registry: Registry, codec: str, target_sha256: str) -> PayloadRecord | None:
+    base_files = {f.path: f.sha256 for f in registry.files(MODEL, 1)}
+    for base_sha in base_files.values():
+        record = registry.find_payload(MODEL, codec, base_sha, target_sha256)
+        if record is not None:
+            return record
+    return None
