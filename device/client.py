@@ -17,7 +17,7 @@ from edgerec.device.cache import PredictionCache, request_key
 from edgerec.device.storage import InstalledVersion, ModelStore
 from edgerec.device.sync import FileProgress, Syncer, SyncResult
 from edgerec.device.transport import ServerConnection, TransportConfig
-from edgerec.errors import EdgerecError, InvalidInputError, NoModelAvailableError
+from edgerec.errors import AuthenticationError, EdgerecError, InvalidInputError, NoModelAvailableError
 from edgerec.runtimes import OnnxRunner
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
@@ -68,13 +68,16 @@ class EdgeClient:
         max_payload_bytes: int = 0,
         max_local_failures: int = 3,
         trusted_keys: Sequence[Path | str] | TrustedKeys | None = None,
+        tls_ca: Path | str | None = None,
+        token: str | None = None,
         transport: TransportConfig | None = None,
     ) -> None:
         self.model = model
         self.store = ModelStore(data_dir, model)
         self.recipes = recipes
         self.threads = threads
-        self.device_id = device_id
+        # A token is "<device_id>.<secret>": the id in front names the device when none is given.
+        self.device_id = device_id or (token.rpartition(".")[0] if token else "")
         self.max_payload_bytes = max_payload_bytes
         self.max_local_failures = max_local_failures
         self._consecutive_failures = 0
@@ -85,7 +88,9 @@ class EdgeClient:
         if rate is not None:
             rate_bytes = parse_rate(rate) if isinstance(rate, str) else float(rate)
             config = dataclasses.replace(config, rate_bytes_per_s=rate_bytes)
-        self._connection = ServerConnection(server, config) if server else None
+        self._connection = (
+            ServerConnection(server, config, tls_ca=Path(tls_ca) if tls_ca else None, token=token) if server else None
+        )
         self.cache = PredictionCache(cache_entries)
         self._local: _LocalModel | None = None
         self._local_failure: str | None = None
@@ -184,7 +189,7 @@ class EdgeClient:
             return Prediction(cached, "cache", key[0], time.perf_counter() - started, reason)
         try:
             response = self._connection.predict(self.model, arrays, version=wanted)
-        except InvalidInputError:
+        except (InvalidInputError, AuthenticationError):
             raise
         except EdgerecError as exc:
             raise NoModelAvailableError(f"cannot predict: {reason}; server failed too: {exc}") from exc

@@ -14,6 +14,7 @@ import grpc
 import numpy as np
 
 from edgerec import tensors
+from edgerec.device.channel import make_channel
 from edgerec.errors import IntegrityError, TransportError
 from edgerec.grpc_status import error_from_rpc
 from edgerec.hashing import sha256_file
@@ -45,6 +46,9 @@ class TransportConfig:
     backoff_max_s: float = 10.0
     max_chunk_bytes: int = 1024 * 1024
     rate_bytes_per_s: float | None = None
+    # A payload not complete after this long fails with TransportError (None: no deadline). It bounds
+    # a server that trickles bytes forever or stops sending without closing the stream.
+    download_deadline_s: float | None = None
 
 
 ProgressCallback = Callable[[int, int], None]  # (bytes so far, total bytes)
@@ -53,10 +57,19 @@ ProgressCallback = Callable[[int, int], None]  # (bytes so far, total bytes)
 class ServerConnection:
     """One channel to the server, shared by update and inference calls."""
 
-    def __init__(self, target: str, config: TransportConfig | None = None) -> None:
+    def __init__(
+        self,
+        target: str,
+        config: TransportConfig | None = None,
+        *,
+        tls_ca: Path | None = None,
+        token: str | None = None,
+    ) -> None:
         self.target = target
         self.config = config or TransportConfig()
-        self._channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)])
+        self._channel = make_channel(
+            target, tls_ca=tls_ca, token=token, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        )
         self._update = update_pb2_grpc.ModelUpdateStub(self._channel)  # type: ignore[no-untyped-call]
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self.bytes_received = 0
@@ -106,13 +119,22 @@ class ServerConnection:
         if part_file.exists() and part_file.stat().st_size > payload.size:
             part_file.unlink()
         bucket = TokenBucket(self.config.rate_bytes_per_s) if self.config.rate_bytes_per_s else None
+        deadline = (
+            time.monotonic() + self.config.download_deadline_s if self.config.download_deadline_s is not None else None
+        )
         failures = 0
         while True:
             offset = part_file.stat().st_size if part_file.exists() else 0
             if offset == payload.size:
                 break
+            remaining = deadline - time.monotonic() if deadline is not None else None
+            if remaining is not None and remaining <= 0:
+                raise TransportError(
+                    f"download of {payload.path} missed its {self.config.download_deadline_s:.0f} s deadline "
+                    f"at {offset} of {payload.size} bytes"
+                )
             try:
-                self._receive(model, payload, part_file, offset, bucket, progress)
+                self._receive(model, payload, part_file, offset, bucket, progress, remaining)
                 reason = "stream ended early"
             except grpc.RpcError as exc:
                 code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
@@ -155,6 +177,7 @@ class ServerConnection:
         offset: int,
         bucket: TokenBucket | None,
         progress: ProgressCallback | None,
+        timeout_s: float | None,
     ) -> None:
         chunk_limit = self.config.max_chunk_bytes
         if self.config.rate_bytes_per_s:  # small chunks keep a slow link's pacing smooth
@@ -162,7 +185,7 @@ class ServerConnection:
         request = update_pb2.FetchPayloadRequest(
             model=model, payload_id=payload.payload_id, offset=offset, max_chunk_bytes=chunk_limit
         )
-        stream = self._update.FetchPayload(request, timeout=None)
+        stream = self._update.FetchPayload(request, timeout=timeout_s)
         try:
             with part_file.open("ab") as out:
                 for chunk in stream:

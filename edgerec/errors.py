@@ -120,3 +120,10 @@ class ExpiredError(TrustError):
 
 class SigningKeyError(EdgerecError):
     """A key file that cannot be read, holds no Ed25519 key, or would be overwritten."""
+
+
+# --- who may talk to the server (edgerec.server.security) ------------------------------
+
+
+class AuthenticationError(EdgerecError):
+    """The server refused the call's credentials: no bearer token, or an unknown or revoked one."""

@@ -13,9 +13,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgerec.registry import Registry
+from edgerec.server.auth import TokenTable
 from edgerec.server.inference_service import InferenceService
+from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
+from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
 from edgerec.server.update_service import ModelUpdateService
 from edgerec.signing import load_private_key
@@ -31,17 +34,57 @@ SERVICE_NAMES = (
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Server settings, with their defaults."""
+    """Server settings, with their defaults. The bounds beside each field are checked at construction."""
 
     registry: Path
     listen: str = "127.0.0.1:50051"
-    workers: int = 16
+    workers: int = 16  # >= 2: payload streams may hold at most half of them (see max_streams)
+    # Largest request message (grpc.max_receive_message_length), >= 64 KiB; larger ones get RESOURCE_EXHAUSTED.
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
     generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES
     # Ed25519 private key (PEM) to sign manifests with; None serves them unsigned.
     signing_key: Path | None = None
     manifest_ttl: timedelta = DEFAULT_TTL
+    # --- who may talk to the server, and how much (edgerec.server.security) ---
+    # PEM certificate chain and private key: both set serves TLS only; both None serves plain text.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    # JSON of device id -> sha256 of its bearer token (edgerec.server.auth); None lets every caller in.
+    tokens_file: Path | None = None
+    # FetchPayload streams one device may hold open, >= 1 (without tokens a device is an IP address); None: no limit.
+    max_streams_per_device: int | None = 4
+    # FetchPayload streams of all devices together, 1..workers-1; None: half the workers, so that
+    # CheckUpdate and Predict always find a free thread however slowly capped streams flow.
+    max_streams: int | None = None
+    # Payload bytes per second, > 0, for each device and for the whole server; None: unlimited.
+    per_device_rate: float | None = None
+    global_rate: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers < 2:
+            raise ValueError(f"workers must be >= 2, got {self.workers}")
+        if self.max_receive_bytes < 64 * 1024:
+            raise ValueError(f"max_receive_bytes must be >= 64 KiB, got {self.max_receive_bytes}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        if self.max_streams_per_device is not None and self.max_streams_per_device < 1:
+            raise ValueError(f"max_streams_per_device must be >= 1 or None, got {self.max_streams_per_device}")
+        if self.max_streams is not None and not 1 <= self.max_streams < self.workers:
+            raise ValueError(f"max_streams must be in 1..{self.workers - 1} (workers - 1), got {self.max_streams}")
+        for name in ("per_device_rate", "global_rate"):
+            rate = getattr(self, name)
+            if rate is not None and rate <= 0:
+                raise ValueError(f"{name} must be > 0 bytes/s or None, got {rate}")
+
+    def stream_limits(self) -> StreamLimits:
+        """The FetchPayload limits, with max_streams' default filled in."""
+        return StreamLimits(
+            max_streams_per_device=self.max_streams_per_device,
+            max_streams=self.max_streams if self.max_streams is not None else max(1, self.workers // 2),
+            per_device_rate=self.per_device_rate,
+            global_rate=self.global_rate,
+        )
 
 
 class RunningServer:
@@ -67,8 +110,16 @@ def start_server(config: ServerConfig) -> RunningServer:
     signer = ManifestSigner(load_private_key(config.signing_key), config.manifest_ttl) if config.signing_key else None
     if signer is None:
         log.warning("no signing key: manifests are served unsigned; devices that trust keys will refuse them")
+    open_services = (health.SERVICE_NAME, reflection.SERVICE_NAME)
+    tokens = TokenTable(config.tokens_file) if config.tokens_file else None
+    if tokens is None:
+        log.warning("no tokens file: any caller may fetch models and predict")
+    elif config.tls_cert is None:
+        log.warning("device tokens without TLS: they cross the network in plain text")
+    interceptor = SecurityInterceptor(tokens, StreamLimiter(config.stream_limits()), open_services)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
+        interceptors=[interceptor],
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
@@ -79,10 +130,26 @@ def start_server(config: ServerConfig) -> RunningServer:
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection((*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    port = server.add_insecure_port(config.listen)
+    reflection.enable_server_reflection((*SERVICE_NAMES, *open_services), server)
+    port = _bind(server, config)
+    server.start()
+    log.info(
+        "serving registry %s on port %d (%s, %s)",
+        config.registry,
+        port,
+        "TLS" if config.tls_cert else "plain text",
+        f"{len(tokens)} device tokens" if tokens is not None else "no tokens",
+    )
+    return RunningServer(server, port, health_servicer)
+
+
+def _bind(server: grpc.Server, config: ServerConfig) -> int:
+    """Listen on ``config.listen``, over TLS when a certificate is configured; return the port."""
+    if config.tls_cert is not None and config.tls_key is not None:
+        credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
     if port == 0:
         raise OSError(f"cannot listen on {config.listen}")
-    server.start()
-    log.info("serving registry %s on port %d", config.registry, port)
-    return RunningServer(server, port, health_servicer)
+    return port

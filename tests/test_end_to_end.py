@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import grpc
@@ -17,6 +18,7 @@ from edgerec.errors import (
     InvalidInputError,
     ModelNotFoundError,
     NoModelAvailableError,
+    TransportError,
 )
 from edgerec.hashing import sha256_file
 from edgerec.registry import PayloadRecord, Registry
@@ -232,3 +234,17 @@ def _delta_record(registry: Registry, codec: str, target_sha256: str) -> Payload
         if record is not None:
             return record
     return None
+
+
+def test_a_download_slower_than_its_deadline_fails_without_installing(
+    served: tuple[Registry, str], tmp_path: Path
+) -> None:
+    _, address = served
+    # The full int8 payloads are ~75 kB: at 2 kB/s after a 16 kB burst they take far longer than 0.5 s.
+    slow = TransportConfig(rate_bytes_per_s=2_000, max_chunk_bytes=4096, download_deadline_s=0.5)
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, transport=slow) as client:
+        started = time.monotonic()
+        with pytest.raises(TransportError, match="deadline"):
+            client.sync()
+        assert time.monotonic() - started < 5, "the deadline must bound the sync"
+        assert client.active_version is None

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgerec.cli import delta, demo, keys, predict, publish, registry, serve, sync
+from edgerec.cli import delta, demo, keys, predict, publish, registry, serve, sync, tokens
 from edgerec.errors import EdgerecError
 
 
@@ -42,6 +42,7 @@ for command in (
     predict.predict,
     delta.delta,
     keys.keys,
+    tokens.tokens,
     demo.demo,
 ):
     cli.add_command(command)

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import numpy as np
 
+from edgerec.cli.connection import connection_options, read_token
 from edgerec.cli.output import emit_json, print_table
 
 
@@ -21,14 +22,25 @@ from edgerec.cli.output import emit_json, print_table
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="An .npz with one array per model input, by input name.",
 )
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def predict(data_dir: Path, model: str, server: str | None, input_file: Path, as_json: bool) -> None:
+def predict(
+    data_dir: Path,
+    model: str,
+    server: str | None,
+    input_file: Path,
+    tls_ca: Path | None,
+    token_file: Path | None,
+    as_json: bool,
+) -> None:
     """Predict with the local model, falling back to the server."""
     from edgerec.device import EdgeClient
 
     with np.load(input_file) as npz:
         inputs = {name: npz[name] for name in npz.files if name != "labels"}
-    with EdgeClient(server=server, model=model, data_dir=data_dir) as client:
+    with EdgeClient(
+        server=server, model=model, data_dir=data_dir, tls_ca=tls_ca, token=read_token(token_file)
+    ) as client:
         result = client.predict(inputs)
     if as_json:
         emit_json(

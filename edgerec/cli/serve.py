@@ -8,6 +8,10 @@ from pathlib import Path
 
 import click
 
+from edgerec.units import parse_rate
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
 
 @click.command()
 @click.option("--registry", "registry_dir", required=True, type=click.Path(path_type=Path), help="Registry folder.")
@@ -20,17 +24,54 @@ import click
     help="Ed25519 private key (PEM, from `edgerec keys generate`) to sign manifests with.",
 )
 @click.option("--manifest-ttl-hours", default=168, show_default=True, help="How long a signed manifest stays valid.")
-def serve(registry_dir: Path, listen: str, workers: int, signing_key: Path | None, manifest_ttl_hours: int) -> None:
+@click.option("--tls-cert", type=_FILE, default=None, help="PEM certificate chain; with --tls-key, serve TLS only.")
+@click.option("--tls-key", type=_FILE, default=None, help="PEM private key of --tls-cert.")
+@click.option(
+    "--tokens-file",
+    type=_FILE,
+    default=None,
+    help="JSON of device id -> token sha256; calls need 'authorization: Bearer <token>'. Re-read when it changes.",
+)
+@click.option(
+    "--max-streams-per-device", default=4, show_default=True, help="Payload streams one device may hold open (>= 1)."
+)
+@click.option("--max-streams", type=int, default=None, help="Payload streams of all devices.  [default: workers / 2]")
+@click.option("--per-device-rate", default=None, help="Payload bandwidth per device, e.g. '2mbit' or '250kB/s'.")
+@click.option("--global-rate", default=None, help="Payload bandwidth of the whole server, e.g. '100mbit'.")
+def serve(
+    registry_dir: Path,
+    listen: str,
+    workers: int,
+    signing_key: Path | None,
+    manifest_ttl_hours: int,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tokens_file: Path | None,
+    max_streams_per_device: int,
+    max_streams: int | None,
+    per_device_rate: str | None,
+    global_rate: str | None,
+) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
     from edgerec.server.app import ServerConfig, start_server
 
-    config = ServerConfig(
-        registry=registry_dir,
-        listen=listen,
-        workers=workers,
-        signing_key=signing_key,
-        manifest_ttl=timedelta(hours=manifest_ttl_hours),
-    )
+    try:
+        config = ServerConfig(
+            registry=registry_dir,
+            listen=listen,
+            workers=workers,
+            signing_key=signing_key,
+            manifest_ttl=timedelta(hours=manifest_ttl_hours),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tokens_file=tokens_file,
+            max_streams_per_device=max_streams_per_device,
+            max_streams=max_streams,
+            per_device_rate=parse_rate(per_device_rate) if per_device_rate else None,
+            global_rate=parse_rate(global_rate) if global_rate else None,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
     running = start_server(config)
     click.echo(f"serving {registry_dir} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
     signal.signal(signal.SIGTERM, lambda *_: running.stop())

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from edgerec.cli.connection import connection_options, read_token
 from edgerec.cli.output import emit_json, print_table, transfer_progress
 from edgerec.units import format_bytes, parse_size
 
@@ -27,6 +28,7 @@ from edgerec.units import format_bytes, parse_size
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Public key (PEM) whose signature makes a manifest acceptable; repeat for several.",
 )
+@connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def sync(
     server: str,
@@ -36,6 +38,8 @@ def sync(
     target_version: int,
     budget: str | None,
     trusted_keys: tuple[Path, ...],
+    tls_ca: Path | None,
+    token_file: Path | None,
     as_json: bool,
 ) -> None:
     """Check for a newer version, download the smallest payload, verify and switch."""
@@ -50,6 +54,8 @@ def sync(
             rate=rate,
             max_payload_bytes=max_payload_bytes,
             trusted_keys=list(trusted_keys) or None,
+            tls_ca=tls_ca,
+            token=read_token(token_file),
         ) as client,
         transfer_progress(not as_json) as progress,
     ):

@@ -1,0 +1,33 @@
+"""Options every device command shares to reach a secured server: TLS root and device token."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def read_token(token_file: Path | None) -> str | None:
+    """The token in ``token_file`` (a file, not an argument: a command line shows in the process list)."""
+    return token_file.read_text().strip() if token_file else None
+
+
+def connection_options(command: F) -> F:
+    """Add --tls-ca and --token-file; the command receives ``tls_ca`` and ``token_file``."""
+    command = click.option(
+        "--token-file",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="File holding this device's token (from `edgerec tokens add`).",
+    )(command)
+    command = click.option(
+        "--tls-ca",
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None,
+        help="CA certificate (PEM) to verify the server's TLS certificate with.",
+    )(command)
+    return command

@@ -1,0 +1,129 @@
+"""Who may talk to the server: a bearer-token check on every call, and limits on payload streams.
+
+Health and reflection stay open. Without a token file every caller is let in and "device"
+means the caller's IP address for the stream limits; with one, it means the token's device.
+Issue tokens with :func:`add_device_token`; revoke with :func:`revoke_device_token`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
+
+import grpc
+
+from edgerec import grpc_status
+from edgerec.errors import AuthenticationError
+from edgerec.server.auth import TokenTable, add_device_token, revoke_device_token
+from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamSlot
+from edgerec.server.update_service import MAX_CHUNK_BYTES
+from edgerec.v1 import update_pb2
+
+__all__ = ["SecurityInterceptor", "add_device_token", "revoke_device_token"]
+
+log = logging.getLogger(__name__)
+
+FETCH_PAYLOAD = f"/{update_pb2.DESCRIPTOR.services_by_name['ModelUpdate'].full_name}/FetchPayload"
+BEARER = "bearer "
+
+# grpc's classes are generic only in grpc-stubs, not at run time.
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+if TYPE_CHECKING:
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class SecurityInterceptor(_ServerInterceptor):
+    """Authenticates calls (when given tokens) and holds FetchPayload streams to ``limiter``."""
+
+    def __init__(self, tokens: TokenTable | None, limiter: StreamLimiter, open_services: Collection[str]) -> None:
+        self.tokens = tokens
+        self.limiter = limiter
+        self._open_prefixes = tuple(f"/{name}/" for name in open_services)
+        self._chunk_limit = limiter.limits.chunk_limit(MAX_CHUNK_BYTES)
+
+    def intercept_service(
+        self, continuation: Callable[[grpc.HandlerCallDetails], Handler | None], details: grpc.HandlerCallDetails
+    ) -> Handler | None:
+        handler = continuation(details)
+        if handler is None or details.method.startswith(self._open_prefixes):
+            return handler
+        if details.method == FETCH_PAYLOAD and handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._limited(handler.unary_stream), handler.request_deserializer, handler.response_serializer
+            )
+        return handler if self.tokens is None else _guarded(handler, self.authenticate)
+
+    def authenticate(self, context: grpc.ServicerContext) -> str:
+        """The calling device's id (its peer address when there are no tokens); aborts UNAUTHENTICATED."""
+        if self.tokens is None:
+            return "peer " + context.peer().rsplit(":", 1)[0]
+        values = [str(v) for k, v in context.invocation_metadata() if k == "authorization"]
+        if not values:
+            _refuse(context, "no bearer token: send metadata 'authorization: Bearer <device token>'")
+        if len(values) > 1 or values[0][: len(BEARER)].lower() != BEARER:
+            _refuse(context, "malformed authorization metadata: expected one 'Bearer <device token>'")
+        device = self.tokens.device_for(values[0][len(BEARER) :].strip())
+        if device is None:
+            log.warning("refused an unknown or revoked token from %s", context.peer())
+            _refuse(context, "unknown or revoked device token")
+        return device
+
+    def _limited(
+        self, fetch: Callable[[update_pb2.FetchPayloadRequest, grpc.ServicerContext], Iterator[update_pb2.PayloadChunk]]
+    ) -> Callable[[update_pb2.FetchPayloadRequest, grpc.ServicerContext], Iterator[update_pb2.PayloadChunk]]:
+        def behavior(
+            request: update_pb2.FetchPayloadRequest, context: grpc.ServicerContext
+        ) -> Iterator[update_pb2.PayloadChunk]:
+            device = self.authenticate(context)
+            try:
+                slot = self.limiter.open(device)
+            except StreamLimitError as exc:
+                log.info("FetchPayload refused: %s", exc)
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry when one finishes")
+            if not context.add_callback(slot.close):  # the call ended already
+                slot.close()
+                return iter(())
+            if self._chunk_limit is not None and not 0 < request.max_chunk_bytes <= self._chunk_limit:
+                request.max_chunk_bytes = self._chunk_limit  # small chunks keep a capped stream's pauses short
+            return _paced(fetch(request, context), slot)
+
+        return behavior
+
+
+def _paced(chunks: Iterator[update_pb2.PayloadChunk], slot: StreamSlot) -> Iterator[update_pb2.PayloadChunk]:
+    try:
+        for chunk in chunks:
+            slot.pace(len(chunk.data))
+            yield chunk
+    finally:
+        slot.close()
+
+
+def _refuse(context: grpc.ServicerContext, message: str) -> NoReturn:
+    grpc_status.abort(context, AuthenticationError(message))
+    raise AssertionError("unreachable: abort raises")
+
+
+def _guarded(handler: Handler, check: Callable[[grpc.ServicerContext], object]) -> Handler:
+    """``handler`` with ``check(context)`` run before its behaviour (which aborts the call to refuse it)."""
+    kinds = (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+    )
+    for inner, make in kinds:
+        if inner is not None:
+            return make(_checked(inner, check), handler.request_deserializer, handler.response_serializer)
+    return handler
+
+
+def _checked(inner: Callable[[Any, grpc.ServicerContext], Any], check: Callable[[grpc.ServicerContext], object]) -> Any:
+    def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+        check(context)
+        return inner(request, context)
+
+    return behavior
