@@ -16,6 +16,7 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
+from patchtools import body_of, reseal
 
 from edgerec.codecs import (
     CODEC_NAMES,
@@ -75,25 +76,6 @@ def assert_refused(codec: str, patch: bytes, d: Path, match: str | None = None) 
         apply_patch(base_for(codec, d), bad, out)
     assert out.read_bytes() == PREVIOUS
     assert sorted(p.name for p in d.iterdir()) == before, "a temporary file was left behind"
-
-
-def reseal(patch: bytes, body: bytes) -> bytes:
-    """``patch`` with another body, and a valid CRC and trailer again."""
-    header = read_header(io.BytesIO(patch))
-    f = io.BytesIO()
-    write_container(
-        f,
-        codec=header.codec,
-        base_sha256=header.base_sha256,
-        target_sha256=header.target_sha256,
-        target_size=header.target_size,
-        body=[body],
-    )
-    return f.getvalue()
-
-
-def body_of(patch: bytes) -> bytes:
-    return patch[HEADER_SIZE:-TRAILER_SIZE]
 
 
 def rewrite_header(patch: bytes, offset: int, fmt: str, value: int) -> bytes:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import itertools
 import tempfile
 import tracemalloc
@@ -23,9 +22,9 @@ pytest.importorskip("onnx")
 import onnx  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 from onnx.external_data_helper import set_external_data  # noqa: E402
+from patchtools import body_of, reseal  # noqa: E402
 
 from edgerec.codecs import apply_patch, get_codec, make_patch  # noqa: E402
-from edgerec.codecs.container import HEADER_SIZE, TRAILER_SIZE, read_header, write_container  # noqa: E402
 from edgerec.codecs.patch_from import PatchFromCodec  # noqa: E402
 from edgerec.codecs.tensor import TensorCodec  # noqa: E402
 from edgerec.codecs.tensor import format as fmt  # noqa: E402
@@ -97,25 +96,6 @@ def refused_or_exact(patch: bytes, old: bytes, new: bytes) -> None:
         else:
             assert out.read_bytes() == new
         assert sorted(p.name for p in d.iterdir()) == ["bad.patch", "old.bin", "out.bin"]
-
-
-def body_of(patch: bytes) -> bytes:
-    return patch[HEADER_SIZE:-TRAILER_SIZE]
-
-
-def reseal(patch: bytes, body: bytes) -> bytes:
-    """``patch`` with another body and a valid container around it."""
-    header = read_header(io.BytesIO(patch))
-    f = io.BytesIO()
-    write_container(
-        f,
-        codec=header.codec,
-        base_sha256=header.base_sha256,
-        target_sha256=header.target_sha256,
-        target_size=header.target_size,
-        body=[body],
-    )
-    return f.getvalue()
 
 
 def split_tensor_body(body: bytes) -> tuple[bytes, bytes]:

@@ -13,12 +13,14 @@ import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Protocol
+from typing import BinaryIO, Protocol
+
+import zstandard
 
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, PatchHeader
-from edgerec.errors import IntegrityError, PatchError
+from edgerec.errors import IntegrityError, PatchError, WrongBaseError
 from edgerec.fsutil import atomic_output
-from edgerec.hashing import HashingWriter
+from edgerec.hashing import BLOCK_SIZE, HashingWriter, sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +63,31 @@ def check_codec(header: PatchHeader, codec: Codec) -> None:
         raise PatchError(f"{codec.name!r} patch has no base sha256")
     if not codec.needs_base and header.base_sha256 is not None:
         raise PatchError(f"{codec.name!r} patch must not name a base file")
+
+
+def check_base(header: PatchHeader, old: Path | None, digest: str | None = None) -> None:
+    """Raise WrongBaseError unless ``old`` is the file the patch was made from.
+
+    ``digest`` is ``old``'s sha256 when the caller already has it (saves reading the file again).
+    """
+    if old is None:
+        raise WrongBaseError(f"patch needs a base file with sha256 {header.base_sha256}, got none")
+    actual = digest if digest is not None else sha256_file(old)
+    if actual != header.base_sha256:
+        raise WrongBaseError(f"patch applies to a file with sha256 {header.base_sha256}, {old} has {actual}")
+
+
+def decompress_into(
+    decompressor: zstandard.ZstdDecompressor, body: BinaryIO, writer: HashingWriter, header: PatchHeader, what: str
+) -> None:
+    """Stream a zstd body into ``writer``; PatchError if it is corrupt or decodes to more or less than the target."""
+    try:
+        reader = decompressor.stream_reader(body, read_size=BLOCK_SIZE, read_across_frames=True)
+        while chunk := reader.read(BLOCK_SIZE):
+            if writer.size + len(chunk) > header.target_size:
+                raise PatchError(f"{what} decompresses past {header.target_size} bytes")
+            writer.write(chunk)
+    except zstandard.ZstdError as e:
+        raise PatchError(f"{what} is corrupt: {e}") from e
+    if writer.size != header.target_size:
+        raise PatchError(f"{what} is truncated: {writer.size} of {header.target_size} bytes decompressed")

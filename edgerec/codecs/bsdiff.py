@@ -24,9 +24,9 @@ from pathlib import Path
 import bsdiff4
 from bsdiff4 import core as bsdiff4_core
 
-from edgerec.codecs.base import check_codec, verified_output
+from edgerec.codecs.base import check_base, check_codec, verified_output
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, PatchHeader, open_patch, write_container
-from edgerec.errors import PatchError, WrongBaseError
+from edgerec.errors import PatchError
 from edgerec.fsutil import atomic_output
 
 logger = logging.getLogger(__name__)
@@ -66,12 +66,8 @@ class BsdiffCodec:
         """Patch ``old`` into ``out``; WrongBaseError unless ``old`` is the file the patch was made from."""
         with open_patch(patch, max_target_size) as (header, body_reader):
             check_codec(header, self)
-            if old is None:
-                raise WrongBaseError(f"patch needs a base file with sha256 {header.base_sha256}, got none")
-            old_bytes = old.read_bytes()
-            actual = hashlib.sha256(old_bytes).hexdigest()
-            if actual != header.base_sha256:
-                raise WrongBaseError(f"patch applies to a file with sha256 {header.base_sha256}, {old} has {actual}")
+            old_bytes = old.read_bytes() if old is not None else b""
+            check_base(header, old, hashlib.sha256(old_bytes).hexdigest())
             control, diff, extra = _read_blocks(body_reader.read(), header)
             try:
                 new_bytes = bsdiff4_core.patch(old_bytes, header.target_size, control, diff, extra)

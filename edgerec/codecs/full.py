@@ -17,9 +17,8 @@ from pathlib import Path
 
 import zstandard
 
-from edgerec.codecs.base import check_codec, verified_output
+from edgerec.codecs.base import check_codec, decompress_into, verified_output
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, open_patch, write_container
-from edgerec.errors import PatchError
 from edgerec.fsutil import atomic_output
 from edgerec.hashing import BLOCK_SIZE, sha256_file
 
@@ -79,15 +78,4 @@ class FullCodec:
             check_codec(header, self)
             decompressor = zstandard.ZstdDecompressor(max_window_size=1 << LONG_WINDOW_LOG)
             with verified_output(out, header) as writer:
-                try:
-                    reader = decompressor.stream_reader(body, read_size=BLOCK_SIZE, read_across_frames=True)
-                    while chunk := reader.read(BLOCK_SIZE):
-                        if writer.size + len(chunk) > header.target_size:
-                            raise PatchError(f"zstd body decompresses past {header.target_size} bytes")
-                        writer.write(chunk)
-                except zstandard.ZstdError as e:
-                    raise PatchError(f"zstd body is corrupt: {e}") from e
-                if writer.size != header.target_size:
-                    raise PatchError(
-                        f"zstd body is truncated: {writer.size} of {header.target_size} bytes decompressed"
-                    )
+                decompress_into(decompressor, body, writer, header, "zstd body")

@@ -31,9 +31,9 @@ from typing import Any
 
 import zstandard
 
-from edgerec.codecs.base import check_codec, verified_output
+from edgerec.codecs.base import check_base, check_codec, decompress_into, verified_output
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, open_patch, write_container
-from edgerec.errors import PatchError, WrongBaseError
+from edgerec.errors import PatchError
 from edgerec.fsutil import atomic_output
 from edgerec.hashing import BLOCK_SIZE, sha256_file
 
@@ -166,29 +166,13 @@ class PatchFromCodec:
         """Decode the patch against ``old`` into ``out``, streaming the output; ``old`` is held in memory."""
         with open_patch(patch, max_target_size) as (header, body):
             check_codec(header, self)
-            if old is None:
-                raise WrongBaseError(f"patch needs a base file with sha256 {header.base_sha256}, got none")
+            check_base(header, old)
+            assert old is not None
             with _mapped(old) as base:
-                actual = hashlib.sha256(base).hexdigest()
-                if actual != header.base_sha256:
-                    raise WrongBaseError(
-                        f"patch applies to a file with sha256 {header.base_sha256}, {old} has {actual}"
-                    )
                 limit = self.window_limit(len(base), header.target_size)
                 if isinstance(body, io.BufferedReader):  # what open_patch gives: check before decoding
                     check_frame(body.peek(_FRAME_HEADER_MAX)[:_FRAME_HEADER_MAX], limit, "zstd-patch-from body")
                 with memoryview(base) as view:
                     decompressor = prefix_decompressor(view, limit)
             with verified_output(out, header) as writer:
-                try:
-                    reader = decompressor.stream_reader(body, read_size=BLOCK_SIZE, read_across_frames=True)
-                    while chunk := reader.read(BLOCK_SIZE):
-                        if writer.size + len(chunk) > header.target_size:
-                            raise PatchError(f"zstd body decompresses past {header.target_size} bytes")
-                        writer.write(chunk)
-                except zstandard.ZstdError as e:
-                    raise PatchError(f"zstd-patch-from body is corrupt: {e}") from e
-                if writer.size != header.target_size:
-                    raise PatchError(
-                        f"zstd body is truncated: {writer.size} of {header.target_size} bytes decompressed"
-                    )
+                decompress_into(decompressor, body, writer, header, "zstd-patch-from body")

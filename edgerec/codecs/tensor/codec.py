@@ -12,15 +12,13 @@ import hashlib
 import logging
 from pathlib import Path
 
-from edgerec.codecs.base import check_codec, verified_output
+from edgerec.codecs.base import check_base, check_codec, verified_output
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, open_patch, write_container
 from edgerec.codecs.tensor import format as fmt
 from edgerec.codecs.tensor.decode import apply_body
 from edgerec.codecs.tensor.encode import DEFAULT_LEVEL, Settings, encode_body
 from edgerec.codecs.tensor.onnx_layout import locate_tensors
-from edgerec.errors import WrongBaseError
 from edgerec.fsutil import atomic_output
-from edgerec.hashing import sha256_file
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +81,8 @@ class TensorCodec:
         """Rebuild the target at ``out`` from ``old``, reading ``old`` by ranges and writing ``out`` in order."""
         with open_patch(patch, max_target_size) as (header, body):
             check_codec(header, self)
-            if old is None:
-                raise WrongBaseError(f"patch needs a base file with sha256 {header.base_sha256}, got none")
-            actual = sha256_file(old)
-            if actual != header.base_sha256:
-                raise WrongBaseError(f"patch applies to a file with sha256 {header.base_sha256}, {old} has {actual}")
+            check_base(header, old)
+            assert old is not None
             with verified_output(out, header) as writer, open(old, "rb") as base:
                 old_size = base.seek(0, 2)
                 apply_body(body, header.body_length, base, old_size, writer, header.target_size)
