@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgerec.cli import delta, demo, keys, predict, publish, registry, serve, sync, tokens
+from edgerec.cli import delta, demo, keys, predict, profile, publish, registry, serve, sync, tokens
 from edgerec.errors import EdgerecError
 
 
@@ -43,6 +43,7 @@ for command in (
     delta.delta,
     keys.keys,
     tokens.tokens,
+    profile.profile,
     demo.demo,
 ):
     cli.add_command(command)

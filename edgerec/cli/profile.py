@@ -1,0 +1,226 @@
+"""``edgerec profile``: what an update costs per payload codec over emulated device links."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import click
+from rich import box
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgerec.cli.output import console
+from edgerec.codecs import CODEC_NAMES
+
+if TYPE_CHECKING:
+    from edgerec.tools.profile.runner import ProgressHook
+
+CODECS = tuple(sorted(CODEC_NAMES))
+
+
+def _print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """A rich table without vertical rules: the profile has many columns."""
+    table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in columns:
+        table.add_column(column, no_wrap=column not in ("note", "advice", "extra", "link model"))
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[ProgressHook | None]:
+    """A ``(done, total, label)`` callback drawing one bar on stderr (None when disabled)."""
+    if not enabled:
+        yield None
+        return
+    with Progress(
+        TextColumn("{task.description:<34}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    ) as progress:
+        task = progress.add_task("starting", total=None)
+
+        def update(done: int, total: int, label: str) -> None:
+            progress.update(task, completed=done, total=total, description=label)
+
+        yield update
+
+
+def _default_versions(
+    registry_dir: Path, model: str, from_version: int | None, to_version: int | None
+) -> tuple[int, int]:
+    from edgerec.registry import Registry
+
+    versions = Registry(registry_dir).versions(model, include_partial=False)
+    if len(versions) < 2 and (from_version is None or to_version is None):
+        raise click.UsageError(f"{model!r} needs two published versions in {registry_dir} (found {versions})")
+    to = to_version if to_version is not None else versions[-1]
+    if from_version is not None:
+        return from_version, to
+    older = [v for v in versions if v < to]
+    if not older:
+        raise click.UsageError(f"no version of {model!r} older than {to} to update from; give --from")
+    return older[-1], to
+
+
+@click.command()
+@click.option("--registry", "registry_dir", type=click.Path(file_okay=False, path_type=Path), help="Registry folder.")
+@click.option("--model", default=None, help="Model name (with --old/--new: the name to publish as, default 'model').")
+@click.option("--from", "from_version", type=int, default=None, help="Version the device runs (default: before --to).")
+@click.option("--to", "to_version", type=int, default=None, help="Version to update to (default: the latest).")
+@click.option(
+    "--old",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Instead of --registry: the model the device runs (.onnx or .pt2), version 1 of a temporary registry.",
+)
+@click.option(
+    "--new",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="With --old: the model to update to, published as version 2.",
+)
+@click.option(
+    "--link",
+    "links",
+    multiple=True,
+    help="2g, 3g, lte, satellite, wifi, a profile of --links-file, or rate=512kbit,rtt=200ms,loss=1%,drop_every=1MB "
+    "(repeat; default: every preset, or every profile of --links-file).",
+)
+@click.option(
+    "--links-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="TOML file of link profiles: one table per link with rate, rtt, loss, drop_every.",
+)
+@click.option(
+    "--codec", "codecs", multiple=True, type=click.Choice(CODECS), help="Codec to profile (repeat; default: all)."
+)
+@click.option(
+    "--method",
+    type=click.Choice(["auto", "netns", "tokenbucket"]),
+    default="auto",
+    show_default=True,
+    help="netns: namespace + tbf (root); tokenbucket: userspace proxy only; auto: netns when possible.",
+)
+@click.option("--recipe", default="int8", show_default=True, help="Artifact the device installs.")
+@click.option("--window", default="60s", show_default=True, help="Time an update should fit in.")
+@click.option(
+    "--max-transfer",
+    default="30s",
+    show_default=True,
+    help="Estimate, rather than run, transfers the link model puts above this.",
+)
+@click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows as JSON.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the rows as CSV.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write PNG plots here.")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Keep device folders and logs here (default: a temporary folder, removed).",
+)
+@click.option("--chunk", default="64KiB", show_default=True, help="The device's download chunk size.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the emulated segment losses.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def profile(
+    registry_dir: Path | None,
+    model: str | None,
+    from_version: int | None,
+    to_version: int | None,
+    old: Path | None,
+    new: Path | None,
+    links: tuple[str, ...],
+    links_file: Path | None,
+    codecs: tuple[str, ...],
+    method: str,
+    recipe: str,
+    window: str,
+    max_transfer: str,
+    json_out: Path | None,
+    csv_out: Path | None,
+    plots_dir: Path | None,
+    workdir: Path | None,
+    chunk: str,
+    seed: int,
+    no_progress: bool,
+) -> None:
+    """Measure each payload codec over each link: bytes, server preparation, transfer, apply,
+    device CPU and memory, time to the first prediction on the new version; recommend a codec
+    per link and say whether an update (or a budgeted partial one) fits --window.
+    """
+    from edgerec.tools.profile import report as out
+    from edgerec.tools.profile.links import PRESETS, load_links_file, parse_duration, parse_link
+    from edgerec.tools.profile.runner import DEFAULT_CODECS, Profiler, ProfileSettings
+    from edgerec.units import parse_size
+
+    if (old is None) != (new is None):
+        raise click.UsageError("--old and --new go together")
+    if old is not None and registry_dir is not None:
+        raise click.UsageError("give either --registry or --old/--new")
+    if old is None and registry_dir is None:
+        raise click.UsageError("give --registry (with --model) or --old and --new")
+    if registry_dir is not None and model is None:
+        raise click.UsageError("--registry needs --model")
+    known = load_links_file(links_file) if links_file else {}
+    chosen = [parse_link(text, known) for text in links] if links else list((known or PRESETS).values())
+    if logging.getLogger().getEffectiveLevel() >= logging.WARNING:
+        # A private server on loopback: its warnings about tokens are beside the point here.
+        logging.getLogger("edgerec.server.app").setLevel(logging.ERROR)
+    scratch = Path(tempfile.mkdtemp(prefix="edgerec-profile-registry-")) if old is not None else None
+    try:
+        if old is not None and new is not None and scratch is not None:
+            from edgerec.registry import Registry
+            from edgerec.server.publish import publish
+
+            model = model or "model"
+            registry = Registry(scratch / "registry")
+            console.print(f"publishing {old.name} and {new.name} as {model} 1 and 2 in a temporary registry")
+            publish(old, model, registry)
+            publish(new, model, registry)
+            registry_dir, from_version, to_version = registry.root, 1, 2
+        assert registry_dir is not None and model is not None
+        base, target = _default_versions(registry_dir, model, from_version, to_version)
+        settings = ProfileSettings(
+            registry=registry_dir,
+            model=model,
+            from_version=base,
+            to_version=target,
+            links=tuple(chosen),
+            codecs=tuple(codecs) or DEFAULT_CODECS,
+            method=method,
+            recipe=recipe,
+            window_s=parse_duration(window),
+            max_transfer_s=parse_duration(max_transfer),
+            chunk_bytes=parse_size(chunk),
+            seed=seed,
+            workdir=workdir,
+        )
+        with _progress_bar(not no_progress) as progress:
+            result = Profiler(settings, progress).run()
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    _print_table(f"edgerec profile: {model} {base} -> {target}", out.ROW_COLUMNS, out.table_rows(result.rows))
+    _print_table(
+        f"recommendation per link (window {settings.window_s:.0f}s)",
+        out.RECOMMENDATION_COLUMNS,
+        out.recommendation_rows(result),
+    )
+    for line in out.summary_lines(result):
+        console.print(line)
+    if json_out is not None:
+        out.write_json(result.rows, json_out)
+        console.print(f"rows written to {json_out}")
+    if csv_out is not None:
+        out.write_csv(result.rows, csv_out)
+        console.print(f"rows written to {csv_out}")
+    if plots_dir is not None:
+        for path in out.write_plots(result, plots_dir):
+            console.print(f"plot written to {path}")

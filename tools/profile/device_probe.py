@@ -1,0 +1,206 @@
+"""The device side of one profile run, in its own process: sync one version with one codec, then predict.
+
+    python -m edgerec.tools.profile.device_probe --server HOST:PORT --model ctr --data-dir DIR \\
+        --version 2 --codec tensor
+
+The data directory must already hold the base version. Prints one JSON object on stdout:
+phase times, bytes, and this process's CPU seconds and peak RSS over the update.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgerec.device.storage import InstalledVersion, ModelStore
+from edgerec.device.sync import FileProgress, Syncer, neutral_inputs
+from edgerec.device.transport import ProgressCallback, ServerConnection, TransportConfig
+from edgerec.runtimes import OnnxRunner
+from edgerec.signing import load_public_key
+from edgerec.trust import TrustedKeys, UpdateVerifier
+from edgerec.v1 import update_pb2
+
+log = logging.getLogger(__name__)
+
+
+class TimedConnection(ServerConnection):
+    """A connection that times its update check and each payload download."""
+
+    def __init__(self, target: str, config: TransportConfig) -> None:
+        super().__init__(target, config)
+        self.check_s = 0.0
+        self.check_response_bytes = 0
+        self.downloads: list[dict[str, Any]] = []
+
+    def check_update(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
+        started = time.perf_counter()
+        try:
+            response = super().check_update(request)
+        finally:
+            self.check_s += time.perf_counter() - started
+        self.check_response_bytes = response.ByteSize()
+        return response
+
+    def download(
+        self,
+        model: str,
+        payload: update_pb2.Payload,
+        part_file: Path,
+        progress: ProgressCallback | None = None,
+    ) -> Path:
+        started = time.perf_counter()
+        try:
+            return super().download(model, payload, part_file, progress)
+        finally:
+            self.downloads.append(
+                {
+                    "path": payload.path,
+                    "codec": payload.codec,
+                    "bytes": payload.size,
+                    "seconds": time.perf_counter() - started,
+                }
+            )
+
+
+class CodecSyncer(Syncer):
+    """A Syncer that offers the server only the given payload codecs, so the plan uses one of them."""
+
+    def __init__(
+        self,
+        store: ModelStore,
+        connection: ServerConnection,
+        *,
+        codecs: Sequence[str],
+        recipe: str,
+        verifier: UpdateVerifier | None = None,
+    ) -> None:
+        super().__init__(store, connection, recipes=(recipe,), verifier=verifier)
+        self.codecs = tuple(codecs)
+
+    def _request(self, current: InstalledVersion | None, target_version: int) -> update_pb2.CheckUpdateRequest:
+        request = super()._request(current, target_version)
+        del request.codecs[:]
+        request.codecs.extend(self.codecs)
+        return request
+
+
+def first_prediction(store: ModelStore, version: int) -> np.ndarray:
+    """What a device does on its first predict after a switch: verify the files, load, run once.
+
+    Done here rather than through ``EdgeClient.predict``, whose deadline policy would send a
+    first call slower than its local deadline (loading included) to the server instead.
+    """
+    installed = store.current()
+    if installed is None or installed.version != version:
+        raise RuntimeError(f"after the sync the device runs {installed and installed.version}, not {version}")
+    store.verify(installed)
+    runner = OnnxRunner(installed.entrypoint, threads=1)
+    outputs = runner.run(neutral_inputs(installed.manifest))
+    scores = np.asarray(outputs[runner.output_names[0]], dtype=np.float32)
+    if not np.all(np.isfinite(scores)):
+        raise RuntimeError(f"version {version} predicts non-finite scores")
+    return scores
+
+
+def _cpu(usage: resource.struct_rusage) -> float:
+    return usage.ru_utime + usage.ru_stime
+
+
+def probe(
+    server: str,
+    model: str,
+    data_dir: Path,
+    version: int,
+    codec: str,
+    *,
+    recipe: str = "int8",
+    chunk_bytes: int = 64 * 1024,
+    timeout_s: float = 600.0,
+    trusted_key: Path | None = None,
+    progress: FileProgress | None = None,
+) -> dict[str, Any]:
+    """Update ``data_dir`` to ``version`` offering only ``codec``, predict once; return the measurements."""
+    before = resource.getrusage(resource.RUSAGE_SELF)
+    started = time.perf_counter()
+    config = TransportConfig(max_chunk_bytes=chunk_bytes, check_timeout_s=timeout_s, download_deadline_s=timeout_s)
+    verifier = (
+        UpdateVerifier(model, TrustedKeys.from_public_keys([load_public_key(trusted_key)])) if trusted_key else None
+    )
+    connection = TimedConnection(server, config)
+    try:
+        syncer = CodecSyncer(ModelStore(data_dir, model), connection, codecs=[codec], recipe=recipe, verifier=verifier)
+        result = syncer.sync(version, progress)
+    finally:
+        connection.close()
+    synced = time.perf_counter()
+    first_prediction(ModelStore(data_dir, model), version)
+    predicted = time.perf_counter()
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    transfer_s = sum(float(d["seconds"]) for d in connection.downloads)
+    sync_s = synced - started
+    return {
+        "version": result.version,
+        "previous_version": result.previous_version,
+        "codec_used": result.codec,
+        "payload_bytes": result.payload_bytes,
+        "full_bytes": result.full_bytes,
+        "payloads": result.payloads,
+        "fell_back_to_full": result.fell_back_to_full,
+        "check_s": connection.check_s,
+        "check_response_bytes": connection.check_response_bytes,
+        "transfer_s": transfer_s,
+        "downloads": connection.downloads,
+        "apply_s": max(0.0, sync_s - connection.check_s - transfer_s),
+        "sync_s": sync_s,
+        "first_predict_s": predicted - synced,
+        "cpu_s": _cpu(after) - _cpu(before),
+        "baseline_rss_bytes": before.ru_maxrss * 1024,
+        "peak_rss_bytes": after.ru_maxrss * 1024,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--server", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--data-dir", required=True, type=Path)
+    parser.add_argument("--version", required=True, type=int)
+    parser.add_argument("--codec", required=True)
+    parser.add_argument("--recipe", default="int8")
+    parser.add_argument("--chunk-bytes", type=int, default=64 * 1024)
+    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument(
+        "--trusted-key", type=Path, default=None, help="public key (PEM) the manifest must be signed by"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        measured = probe(
+            args.server,
+            args.model,
+            args.data_dir,
+            args.version,
+            args.codec,
+            recipe=args.recipe,
+            chunk_bytes=args.chunk_bytes,
+            timeout_s=args.timeout,
+            trusted_key=args.trusted_key,
+        )
+    except Exception as exc:  # the parent reads the reason from stdout
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    print(json.dumps(measured))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

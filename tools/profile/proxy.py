@@ -1,0 +1,396 @@
+"""A userspace TCP proxy that adds what the kernel here cannot: latency, segment loss, and pacing.
+
+``netem`` is missing from this kernel, so delay and loss come from this proxy. Each direction
+of a connection is a small link model: bytes read from one side are timestamped, serialised
+at ``rate`` through a bottleneck queue (when pacing), and delivered ``rtt / 2`` later; a new
+connection carries data only one RTT after it was accepted (the TCP handshake). A lost
+segment (``loss``, per 1448-byte segment) costs a retransmission (its bytes again) and holds
+back everything after it for one RTT, as in-order delivery does; congestion-window back-off
+is not modelled here (:mod:`.shaping` paces a lossy link at the Mathis bound instead). With
+``drop_every_bytes`` each connection is cut once that many bytes reached the device (the
+device then resumes on a new connection).
+
+Cuts are made here, at the point of delivery, rather than by
+:class:`edgerec.tools.linkproxy.LinkProxy` on the server side of this proxy: there, bytes count
+as sent once they sit in a socket buffer in front of the emulated link, so a cut would land
+seconds of link time before the device got them, and its reset would discard the bytes in flight.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import socket
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+from types import TracebackType
+
+from edgerec.tools.profile.links import TCP_MSS
+
+log = logging.getLogger(__name__)
+
+MSS = TCP_MSS
+_JOIN_TIMEOUT_S = 5.0
+_UNPACED_READ = 64 * 1024
+
+
+@dataclass(frozen=True)
+class Impairments:
+    """What the proxy does to every connection."""
+
+    rtt_s: float = 0.0
+    # Pace each direction to this many bytes/s; None forwards as fast as the next hop accepts
+    # (a tbf qdisc then sets the rate) and only uses ``nominal_rate`` to price retransmissions.
+    rate_bytes_per_s: float | None = None
+    nominal_rate_bytes_per_s: float | None = None
+    loss: float = 0.0
+    drop_every_bytes: int | None = None  # cut each connection once this many bytes reached the device
+    buffer_s: float = 0.05  # bottleneck queue, in seconds at the rate, beyond the bytes in flight
+    seed: int = 0
+
+    @property
+    def cost_rate(self) -> float | None:
+        return self.rate_bytes_per_s or self.nominal_rate_bytes_per_s
+
+
+@dataclass(frozen=True)
+class ProxyStats:
+    """Totals since the proxy started: bytes delivered each way, and emulated losses."""
+
+    connections: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    lost_segments: int = 0
+    retransmitted_bytes: int = 0
+    cuts: int = 0
+
+
+class _Direction:
+    """One way of one connection: a reader filling a bounded queue, a writer delivering on schedule."""
+
+    def __init__(self, link: _Link, src: socket.socket, dst: socket.socket, downstream: bool, start_at: float) -> None:
+        imp = link.proxy.impairments
+        self.link = link
+        self.src = src
+        self.dst = dst
+        self.downstream = downstream
+        self.delay = imp.rtt_s / 2
+        self.rtt = imp.rtt_s
+        self.rate = imp.rate_bytes_per_s
+        self.cost_rate = imp.cost_rate
+        self.loss = imp.loss
+        self.rng = random.Random(imp.seed * 7919 + link.index * 2 + int(downstream))
+        self.read_size = max(MSS, min(_UNPACED_READ, int(self.rate * 0.005))) if self.rate else _UNPACED_READ
+        rate = self.cost_rate or 0.0
+        self.limit = max(_UNPACED_READ, int(rate * (self.delay + imp.buffer_s))) if rate else 4 * 1024 * 1024
+        self.queue: deque[tuple[float, bytes | None]] = deque()
+        self.queued = 0
+        self.cond = threading.Condition()
+        self.link_free = start_at  # when the bottleneck can next start sending
+        self.hol_until = 0.0  # nothing is delivered before a lost segment's retransmission
+        name = "down" if downstream else "up"
+        self.threads = [
+            threading.Thread(target=self._read, daemon=True, name=f"shaper-{name}-read"),
+            threading.Thread(target=self._write, daemon=True, name=f"shaper-{name}-write"),
+        ]
+
+    def wake(self) -> None:
+        with self.cond:
+            self.cond.notify_all()
+
+    def _push(self, item: bytes | None) -> None:
+        with self.cond:
+            self.queue.append((time.monotonic(), item))
+            self.queued += len(item or b"")
+            self.cond.notify_all()
+
+    def _read(self) -> None:
+        try:
+            while not self.link.closed.is_set():
+                with self.cond:
+                    while self.queued >= self.limit and not self.link.closed.is_set():
+                        self.cond.wait(0.2)
+                if self.link.closed.is_set():
+                    return
+                data = self.src.recv(self.read_size)
+                self._push(data)
+                if not data:
+                    return
+        except OSError:
+            self._push(None)
+
+    def _pop(self) -> tuple[float, bytes | None] | None:
+        """The next queued item, or None once the connection is closed."""
+        with self.cond:
+            while not self.queue and not self.link.closed.is_set():
+                self.cond.wait(0.2)
+            if self.link.closed.is_set():
+                return None
+            item = self.queue.popleft()
+            self.queued -= len(item[1] or b"")
+            self.cond.notify_all()
+            return item
+
+    def _write(self) -> None:
+        while (item := self._pop()) is not None:
+            arrival, data = item
+            if data is None:  # the source failed: drop the connection
+                self.link.abort()
+                return
+            if not data:  # orderly end of this direction: pass it on
+                with contextlib.suppress(OSError):
+                    self.dst.shutdown(socket.SHUT_WR)
+                self.link.direction_done()
+                return
+            if self.link.is_cut:  # what the device sends after a cut goes nowhere
+                continue
+            wait = self._schedule(arrival, len(data)) - time.monotonic()
+            if wait > 0 and self.link.closed.wait(wait):
+                return
+            cut_now = False
+            if self.downstream and self.link.cut_after is not None:
+                room = self.link.cut_after - self.link.delivered_down
+                data, cut_now = data[:room], len(data) >= room
+            try:
+                if data:
+                    self.dst.sendall(data)
+            except OSError:
+                if not self.link.is_cut:
+                    self.link.abort()
+                    return
+                continue
+            self.link.proxy._count(self.downstream, len(data))
+            if self.downstream:
+                self.link.delivered_down += len(data)
+            if cut_now:
+                self.link.cut()
+                return
+
+    def _schedule(self, arrival: float, size: int) -> float:
+        """When ``size`` bytes that reached the proxy at ``arrival`` reach the other side."""
+        start = max(self.link_free, arrival)
+        lost = self._lose(size)
+        if self.rate:
+            done = start + (size + lost) / self.rate
+            self.link_free = done
+        else:
+            done = start + (lost / self.cost_rate if lost and self.cost_rate else 0.0)
+            self.link_free = start
+        deliver = done + self.delay
+        if lost:
+            self.hol_until = max(self.hol_until, deliver + self.rtt)
+        return max(deliver, self.hol_until)
+
+    def _lose(self, size: int) -> int:
+        """Bytes of the segments of this chunk that the emulated link loses (and TCP sends again)."""
+        if not self.loss:
+            return 0
+        lost = segments = 0
+        for offset in range(0, size, MSS):
+            if self.rng.random() < self.loss:
+                lost += min(MSS, size - offset)
+                segments += 1
+        if segments:
+            self.link.proxy._count_loss(segments, lost)
+        return lost
+
+
+class _Link:
+    """A proxied connection: the client socket, the upstream socket, and both directions."""
+
+    def __init__(self, proxy: ShapingProxy, index: int, client: socket.socket, upstream: socket.socket) -> None:
+        self.proxy = proxy
+        self.index = index
+        self.client = client
+        self.upstream = upstream
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._done = 0
+        self.cut_after = proxy.impairments.drop_every_bytes
+        self.delivered_down = 0
+        self.is_cut = False
+        accepted = time.monotonic()
+        rtt = proxy.impairments.rtt_s
+        self.directions = [
+            _Direction(self, client, upstream, downstream=False, start_at=accepted + rtt),
+            _Direction(self, upstream, client, downstream=True, start_at=accepted),
+        ]
+
+    @property
+    def threads(self) -> list[threading.Thread]:
+        return [t for d in self.directions for t in d.threads]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def direction_done(self) -> None:
+        with self._lock:
+            self._done += 1
+            both = self._done == 2
+        if both:
+            self.abort()
+
+    def cut(self) -> None:
+        """Drop the link after the bytes delivered so far, as a radio that loses its carrier does.
+
+        The device gets an orderly end of stream after exactly ``cut_after`` bytes; the server
+        side is closed at once; whatever the device still sends is read and discarded until it
+        closes its end (closing a socket with unread data would reset it and lose bytes in flight).
+        """
+        with self._lock:
+            if self.is_cut or self.closed.is_set():
+                return
+            self.is_cut = True
+        self.proxy._count_cut()
+        with contextlib.suppress(OSError):
+            self.client.shutdown(socket.SHUT_WR)
+        with contextlib.suppress(OSError):
+            self.upstream.shutdown(socket.SHUT_RDWR)
+        self.direction_done()
+
+    def abort(self) -> None:
+        """Close both sockets (idempotent); every thread of the connection then ends."""
+        with self._lock:
+            if self.closed.is_set():
+                return
+            self.closed.set()
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        for direction in self.directions:
+            direction.wake()
+        self.proxy._forget(self)
+
+
+class ShapingProxy:
+    """Listens on ``listen_host`` (optionally bound to one interface) and forwards to ``upstream``.
+
+    >>> with ShapingProxy(("127.0.0.1", 50051), Impairments(rtt_s=0.1, rate_bytes_per_s=250_000)) as proxy:
+    ...     client = EdgeClient(server=proxy.address, ...)
+    """
+
+    def __init__(
+        self,
+        upstream: tuple[str, int],
+        impairments: Impairments,
+        *,
+        listen_host: str = "127.0.0.1",
+        bind_device: str | None = None,
+    ) -> None:
+        self.upstream = upstream
+        self.impairments = impairments
+        self._lock = threading.Lock()
+        self._stats = ProxyStats()
+        self._live: set[_Link] = set()
+        self._threads: list[threading.Thread] = []
+        self._closed = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if bind_device is not None:  # accept only what arrives on that interface
+                self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bind_device.encode())
+            self._listener.bind((listen_host, 0))
+            self._listener.listen(64)
+        except OSError:
+            self._listener.close()
+            raise
+        self.host = listen_host
+        self.port: int = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="shaper-accept")
+        self._acceptor.start()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for a gRPC target."""
+        return f"{self.host}:{self.port}"
+
+    def stats(self) -> ProxyStats:
+        with self._lock:
+            return self._stats
+
+    def close(self) -> None:
+        """Stop accepting, drop every connection and wait for the threads."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)
+        self._listener.close()
+        self._acceptor.join(_JOIN_TIMEOUT_S)
+        with self._lock:
+            live = list(self._live)
+            threads = list(self._threads)
+        for link in live:
+            link.abort()
+        for thread in threads:
+            thread.join(_JOIN_TIMEOUT_S)
+        stuck = [t.name for t in (self._acceptor, *threads) if t.is_alive()]
+        if stuck:
+            log.warning("shaping proxy threads still running after close: %s", stuck)
+
+    def __enter__(self) -> ShapingProxy:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                if self._closed.is_set():
+                    return
+                time.sleep(0.01)
+                continue
+            try:
+                upstream = socket.create_connection(self.upstream, timeout=10)
+                upstream.settimeout(None)
+            except OSError as exc:
+                log.warning("shaping proxy cannot reach %s:%d: %s", *self.upstream, exc)
+                client.close()
+                continue
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                if self._closed.is_set():
+                    client.close()
+                    upstream.close()
+                    return
+                link = _Link(self, self._stats.connections, client, upstream)
+                self._stats = replace(self._stats, connections=self._stats.connections + 1)
+                self._live.add(link)
+                self._threads = [t for t in self._threads if t.is_alive()]
+                self._threads.extend(link.threads)
+            link.start()
+
+    def _count(self, downstream: bool, n: int) -> None:
+        with self._lock:
+            s = self._stats
+            if downstream:
+                self._stats = replace(s, bytes_down=s.bytes_down + n)
+            else:
+                self._stats = replace(s, bytes_up=s.bytes_up + n)
+
+    def _count_loss(self, segments: int, n: int) -> None:
+        with self._lock:
+            s = self._stats
+            self._stats = replace(
+                s, lost_segments=s.lost_segments + segments, retransmitted_bytes=s.retransmitted_bytes + n
+            )
+
+    def _count_cut(self) -> None:
+        with self._lock:
+            self._stats = replace(self._stats, cuts=self._stats.cuts + 1)
+
+    def _forget(self, link: _Link) -> None:
+        with self._lock:
+            self._live.discard(link)
