@@ -1,16 +1,20 @@
-"""A small LRU cache of predictions, keyed by model version and the exact request tensors."""
+"""An LRU cache of predictions with a TTL and a byte bound, keyed by model version and the exact request."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
+CacheKey = tuple[int, bytes]
 
-def request_key(version: int, inputs: Mapping[str, np.ndarray]) -> tuple[int, bytes]:
+
+def request_key(version: int, inputs: Mapping[str, np.ndarray]) -> CacheKey:
     """Version plus a digest of every input's name, dtype, shape and bytes (canonical order)."""
     digest = hashlib.blake2b(digest_size=16)
     for name in sorted(inputs):
@@ -20,37 +24,127 @@ def request_key(version: int, inputs: Mapping[str, np.ndarray]) -> tuple[int, by
     return version, digest.digest()
 
 
-class PredictionCache:
-    """Thread-safe LRU of score arrays; a key includes the model version, so versions never mix."""
+@dataclass(frozen=True)
+class CacheStats:
+    """Counters since the cache was made."""
 
-    def __init__(self, max_entries: int = 1024) -> None:
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    evictions: int
+    expirations: int
+    refused_non_finite: int
+
+
+@dataclass(frozen=True)
+class _Entry:
+    scores: np.ndarray
+    expires_at: float
+
+
+class PredictionCache:
+    """Thread-safe LRU of read-only score arrays.
+
+    Bounded by ``max_entries`` and ``max_bytes`` (of score data); entries older than ``ttl_s`` are
+    misses. A key includes the model version, and :meth:`observe_version` drops every entry when the
+    active version changes, so an answer of one version never serves another. Non-finite scores are
+    never stored.
+    """
+
+    def __init__(
+        self,
+        max_entries: int = 1024,
+        *,
+        ttl_s: float | None = 300.0,
+        max_bytes: int = 4 * 1024 * 1024,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_entries = max_entries
-        self._entries: OrderedDict[tuple[int, bytes], np.ndarray] = OrderedDict()
+        self.ttl_s = ttl_s
+        self.max_bytes = max_bytes
+        self._clock = clock
+        self._entries: OrderedDict[CacheKey, _Entry] = OrderedDict()
+        self._bytes = 0
+        self._version: int | None = None
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
+        self.evictions = 0
+        self.expirations = 0
+        self.refused_non_finite = 0
 
-    def get(self, key: tuple[int, bytes]) -> np.ndarray | None:
+    def get(self, key: CacheKey) -> np.ndarray | None:
         with self._lock:
-            scores = self._entries.get(key)
-            if scores is None:
+            entry = self._entries.get(key)
+            if entry is None:
+                self.misses += 1
+                return None
+            if entry.expires_at <= self._clock():
+                self._drop(key)
+                self.expirations += 1
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return scores
+            return entry.scores
 
-    def put(self, key: tuple[int, bytes], scores: np.ndarray) -> None:
+    def put(self, key: CacheKey, scores: np.ndarray) -> bool:
+        """Store a copy of ``scores``; False when refused (non-finite, too big, or caching is off)."""
         if self.max_entries <= 0:
-            return
-        frozen = scores.copy()
+            return False
+        if not np.all(np.isfinite(scores)):
+            with self._lock:
+                self.refused_non_finite += 1
+            return False
+        frozen = np.array(scores, copy=True)
         frozen.flags.writeable = False
+        if frozen.nbytes > self.max_bytes:
+            return False
+        expires_at = self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")
         with self._lock:
-            self._entries[key] = frozen
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            if self._version is not None and key[0] != self._version:
+                return False  # a late answer of a version that is no longer active
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = _Entry(frozen, expires_at)
+            self._bytes += frozen.nbytes
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                oldest = next(iter(self._entries))
+                self._drop(oldest)
+                self.evictions += 1
+        return True
+
+    def observe_version(self, version: int) -> None:
+        """Tell the cache which version is active; a change drops every entry."""
+        with self._lock:
+            if version == self._version:
+                return
+            self._version = version
+            self._entries.clear()
+            self._bytes = 0
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._bytes = 0
+            self._version = None
+
+    def stats(self) -> CacheStats:
+        with self._lock:
+            return CacheStats(
+                self.hits,
+                self.misses,
+                len(self._entries),
+                self._bytes,
+                self.evictions,
+                self.expirations,
+                self.refused_non_finite,
+            )
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _drop(self, key: CacheKey) -> None:
+        entry = self._entries.pop(key)
+        self._bytes -= entry.scores.nbytes

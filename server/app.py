@@ -14,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from edgerec.registry import Registry
 from edgerec.server.auth import TokenTable
+from edgerec.server.batching import MicroBatcher
 from edgerec.server.inference_service import InferenceService
 from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
@@ -60,6 +61,9 @@ class ServerConfig:
     # Payload bytes per second, > 0, for each device and for the whole server; None: unlimited.
     per_device_rate: float | None = None
     global_rate: float | None = None
+    # --- Predict micro-batching (edgerec.server.batching): wait bound in seconds (0: off) and rows per batch ---
+    batch_wait_s: float = 0.002
+    max_batch: int = 256
 
     def __post_init__(self) -> None:
         if self.workers < 2:
@@ -125,7 +129,9 @@ def start_server(config: ServerConfig) -> RunningServer:
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer)), server
     )
-    inference_pb2_grpc.add_InferenceServicer_to_server(InferenceService(registry), server)  # type: ignore[no-untyped-call]
+    batcher = MicroBatcher(config.batch_wait_s, config.max_batch) if config.batch_wait_s > 0 else None
+    inference = InferenceService(registry, batcher=batcher)
+    inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):

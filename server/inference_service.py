@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 
 import grpc
 import numpy as np
@@ -14,10 +16,14 @@ from edgerec.errors import EdgerecError, InvalidInputError, ModelRuntimeError
 from edgerec.manifest import Manifest, find_artifact
 from edgerec.registry import Registry
 from edgerec.runtimes import OnnxRunner
+from edgerec.server.batching import MicroBatcher
 from edgerec.server.planner import DEFAULT_RECIPES
 from edgerec.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+# Called after every Predict with (model, outcome: "ok" or the error's class name, seconds).
+PredictObserver = Callable[[str, str, float], None]
 
 
 class LoadedModel:
@@ -33,8 +39,19 @@ class LoadedModel:
 class InferenceService(inference_pb2_grpc.InferenceServicer):
     """Runs the version a device asks for when the registry has it, else the latest."""
 
-    def __init__(self, registry: Registry, *, max_loaded: int = 4, threads: int = 1) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        max_loaded: int = 4,
+        threads: int = 1,
+        batcher: MicroBatcher | None = None,
+        observer: PredictObserver | None = None,
+    ) -> None:
         self.registry = registry
+        # Concurrent requests for one (model, version, recipe) share a runtime call; None: each runs alone.
+        self.batcher = batcher
+        self.observer = observer
         self.max_loaded = max_loaded
         self.threads = threads
         self._loaded: OrderedDict[tuple[str, int, str], LoadedModel] = OrderedDict()
@@ -43,14 +60,24 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
     ) -> inference_pb2.PredictResponse:
+        started = time.perf_counter()
         try:
             loaded = self._model_for(request)
             arrays = {name: tensors.from_proto(t, name=name) for name, t in request.inputs.items()}
-            outputs = loaded.runner.run(tensors.check_inputs(arrays, loaded.input_specs))
+            checked = tensors.check_inputs(arrays, loaded.input_specs)
+            if self.batcher is not None:
+                key = (request.model, loaded.version, loaded.recipe)
+                outputs = self.batcher.run(key, checked, loaded.runner.run)
+            else:
+                outputs = loaded.runner.run(checked)
         except EdgerecError as exc:
             log.info("Predict %s refused: %s", request.model, exc)
+            if self.observer is not None:
+                self.observer(request.model, type(exc).__name__, time.perf_counter() - started)
             grpc_status.abort(context, exc)
             raise AssertionError("unreachable") from exc
+        if self.observer is not None:
+            self.observer(request.model, "ok", time.perf_counter() - started)
         first = outputs[loaded.runner.output_names[0]]
         return inference_pb2.PredictResponse(
             version=loaded.version,

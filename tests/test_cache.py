@@ -1,0 +1,85 @@
+"""The device's prediction cache: LRU, TTL, byte bound, version invalidation, non-finite refusal, threads."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from edgerec.device.cache import PredictionCache, request_key
+
+
+class Clock:
+    """A settable clock for TTL tests."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _key(version: int, value: float) -> tuple[int, bytes]:
+    return request_key(version, {"x": np.full(4, value, dtype=np.float32)})
+
+
+def test_entries_expire_after_their_ttl() -> None:
+    clock = Clock()
+    cache = PredictionCache(8, ttl_s=10.0, clock=clock)
+    cache.put(_key(1, 0), np.array([0.5], np.float32))
+    clock.now = 9.9
+    assert cache.get(_key(1, 0)) is not None
+    clock.now = 10.0
+    assert cache.get(_key(1, 0)) is None
+    stats = cache.stats()
+    assert (stats.hits, stats.misses, stats.expirations, stats.entries, stats.bytes) == (1, 1, 1, 0, 0)
+
+
+def test_byte_bound_evicts_least_recently_used() -> None:
+    cache = PredictionCache(100, max_bytes=3 * 400)  # three 100-float32 answers
+    for i in range(3):
+        cache.put(_key(1, i), np.full(100, i, np.float32))
+    assert cache.get(_key(1, 0)) is not None  # 0 is now the most recently used
+    cache.put(_key(1, 3), np.full(100, 3, np.float32))
+    assert cache.get(_key(1, 1)) is None and cache.get(_key(1, 0)) is not None
+    assert cache.stats().bytes <= 1200 and cache.stats().evictions == 1
+    assert not cache.put(_key(1, 9), np.zeros(1000, np.float32)), "an answer larger than the bound is refused"
+
+
+def test_non_finite_scores_are_never_cached() -> None:
+    cache = PredictionCache(8)
+    for bad in (np.nan, np.inf, -np.inf):
+        assert not cache.put(_key(1, 0), np.array([0.1, bad], np.float32))
+        assert cache.get(_key(1, 0)) is None
+    assert cache.stats().refused_non_finite == 3
+
+
+def test_a_version_change_drops_every_answer_of_the_previous_version() -> None:
+    cache = PredictionCache(8)
+    cache.observe_version(1)
+    cache.put(_key(1, 0), np.array([0.5], np.float32))
+    cache.observe_version(2)
+    assert len(cache) == 0
+    assert not cache.put(_key(1, 0), np.array([0.5], np.float32)), "a late answer of version 1 is refused"
+    cache.observe_version(1)  # a rollback to 1 must not resurrect anything either
+    assert cache.get(_key(1, 0)) is None
+
+
+def test_concurrent_use_keeps_the_bounds() -> None:
+    cache = PredictionCache(50, max_bytes=50 * 40)
+    cache.observe_version(1)
+
+    def worker(seed: int) -> None:
+        for i in range(500):
+            key = _key(1, (seed * 1000 + i) % 120)
+            if cache.get(key) is None:
+                cache.put(key, np.full(10, i, np.float32))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stats = cache.stats()
+    assert stats.entries <= 50 and stats.bytes == stats.entries * 40
+    assert stats.hits + stats.misses == 2000

@@ -1,0 +1,247 @@
+"""The predict path's fallback policy: every reason reaches the server and is counted; breakers; hedging; defaults.
+
+Real onnxruntime and a real gRPC server on loopback, with small hand-built ONNX models.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgerec.device import EdgeClient
+from edgerec.device.policy import BreakerState, CircuitBreaker, FallbackPolicy
+from edgerec.errors import NoModelAvailableError
+from edgerec.registry import Registry
+
+SAFE = {"x": np.full((2, 4), 1.0, dtype=np.float32)}
+NAN = {"x": np.full((2, 4), 10.0, dtype=np.float32)}  # sqrt(5 - 10) in the "fragile" model
+ODD = {"x": np.full((3, 4), 1.0, dtype=np.float32)}  # the "fragile" model only runs even batches
+
+
+def state(breaker: CircuitBreaker) -> BreakerState:
+    """The breaker's state now (a call, so the type checker does not narrow it between steps)."""
+    return breaker.state
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_fails_fast_half_opens_and_closes() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("local", threshold=2, cooldown_s=5.0, clock=clock)
+    breaker.record_failure()
+    assert breaker.allow() and state(breaker) is BreakerState.CLOSED
+    breaker.record_failure()
+    assert state(breaker) is BreakerState.OPEN and not breaker.allow()
+    clock.now = 5.0
+    assert state(breaker) is BreakerState.HALF_OPEN
+    assert breaker.allow() and not breaker.allow(), "half-open lets exactly one probe through"
+    breaker.record_failure()  # the probe failed: open for another cooldown
+    assert state(breaker) is BreakerState.OPEN and breaker.times_opened == 2
+    clock.now = 10.0
+    assert breaker.allow()
+    breaker.record_success()
+    assert state(breaker) is BreakerState.CLOSED and breaker.allow()
+
+
+def _model(path: Path, *, fragile: bool) -> Path:
+    """score = sigmoid(f(5 - x) @ w); fragile: f is Sqrt (NaN above 5) and odd batches fail in a Reshape."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    def const(name: str, dims: list[int], values: list[int]) -> onnx.NodeProto:
+        return helper.make_node(
+            "Constant", [], [name], value=helper.make_tensor(name + "_v", TensorProto.INT64, dims, values)
+        )
+
+    nodes = [
+        helper.make_node("Constant", [], ["five"], value=helper.make_tensor("five_v", TensorProto.FLOAT, [], [5.0])),
+        helper.make_node("Sub", ["five", "x"], ["d"]),
+        helper.make_node("Sqrt" if fragile else "Abs", ["d"], ["r"]),
+        helper.make_node("MatMul", ["r", "w"], ["m"]),
+        const("flat", [1], [-1]),
+        const("pairs", [2], [2, -1]),
+        helper.make_node("Reshape", ["m", "pairs" if fragile else "flat"], ["p"]),
+        helper.make_node("Reshape", ["p", "flat"], ["logit"]),
+        helper.make_node("Sigmoid", ["logit"], ["score"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
+        [helper.make_tensor("w", TensorProto.FLOAT, [4, 1], [0.1, 0.2, 0.3, 0.4])],
+    )
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    pytest.importorskip("onnx")
+    from edgerec.server.app import ServerConfig, start_server
+    from edgerec.server.publish import publish
+
+    folder = tmp_path_factory.mktemp("policy")
+    registry = Registry(folder / "registry")
+    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry)
+    publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry)
+    running = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
+    try:
+        yield f"127.0.0.1:{running.port}"
+    finally:
+        running.stop(grace=0)
+
+
+def _client(
+    server: str, model: str, folder: Path, policy: FallbackPolicy | None = None, sync: bool = True
+) -> EdgeClient:
+    client = EdgeClient(server=server, model=model, data_dir=folder, policy=policy)
+    if sync:
+        client.sync()
+    return client
+
+
+def test_no_local_model_and_load_failure_go_to_the_server(server: str, tmp_path: Path) -> None:
+    with _client(server, "safe", tmp_path, sync=False) as client:
+        answer = client.predict(SAFE)
+        assert (answer.source, answer.fallback) == ("server", "no_local_model") and answer.version == 1
+        client.sync()
+        assert client.predict(SAFE).source == "local"
+        current = client.store.current()
+        assert current is not None
+        current.entrypoint.write_bytes(b"not a model")
+        client.reload()
+        damaged = client.predict(NAN)
+        assert (damaged.source, damaged.fallback) == ("server", "load_failed")
+        assert client.counters.by_reason == {"no_local_model": 1, "load_failed": 1}
+        assert client.counters.by_source == {"server": 2, "local": 1}
+
+
+def test_non_finite_and_runtime_errors_go_to_the_server_and_open_the_local_breaker(server: str, tmp_path: Path) -> None:
+    policy = FallbackPolicy(local_failure_threshold=2, local_cooldown_s=0.2, default_score=0.5)
+    with _client(server, "fragile", tmp_path, policy) as client:
+        nan = client.predict(NAN)
+        assert (nan.source, nan.fallback) == ("server", "non_finite")  # the server runs the same model
+        assert not np.all(np.isfinite(nan.scores)) and len(client.cache) == 0, "NaN is never cached"
+        odd = client.predict(ODD)  # fails locally and on the server: the default score answers
+        assert (odd.source, odd.fallback, odd.scores.tolist()) == ("default", "local_error", [0.5, 0.5, 0.5])
+        assert state(client.local_breaker) is BreakerState.OPEN
+        skipped = client.predict(SAFE)
+        assert (skipped.source, skipped.fallback) == ("server", "local_breaker_open")
+        time.sleep(0.25)  # half-open: the next request probes the local model, succeeds and closes it
+        probe = client.predict({"x": SAFE["x"] + 0.5})
+        assert probe.source == "local" and state(client.local_breaker) is BreakerState.CLOSED
+        assert client.counters.by_reason == {"non_finite": 1, "local_error": 1, "local_breaker_open": 1}
+        assert client.counters.server_failures == 1
+
+
+def test_without_a_default_score_both_failing_is_a_typed_error(server: str, tmp_path: Path) -> None:
+    with _client(server, "fragile", tmp_path) as client, pytest.raises(NoModelAvailableError, match="local_error"):
+        client.predict(ODD)
+
+
+def _occupy(client: EdgeClient) -> threading.Event:
+    """Keep the client's single local worker busy (a device doing something else) until the event is set."""
+    release = threading.Event()
+    client._local_pool.submit(release.wait, 5.0)
+    return release
+
+
+def test_local_deadline_goes_to_the_server(server: str, tmp_path: Path) -> None:
+    policy = FallbackPolicy(local_deadline_s=0.005, hedge_after_s=None, local_workers=1)
+    with _client(server, "safe", tmp_path, policy) as client:
+        release = _occupy(client)
+        try:
+            answer = client.predict(SAFE)
+        finally:
+            release.set()
+        assert (answer.source, answer.fallback) == ("server", "local_deadline")
+        assert client.counters.by_reason == {"local_deadline": 1}
+
+
+def test_hedging_returns_the_first_good_answer(server: str, tmp_path: Path) -> None:
+    policy = FallbackPolicy(deadline_s=1.0, local_deadline_s=1.0, hedge_after_s=0.002, local_workers=1)
+    with _client(server, "safe", tmp_path, policy) as client:
+        release = _occupy(client)
+        try:
+            hedged = client.predict(SAFE)
+        finally:
+            release.set()
+        assert (hedged.source, hedged.fallback) == ("server", "hedged")
+        quick = client.predict({"x": SAFE["x"] + 1})  # local answers well before the hedge: no server call
+        assert quick.source == "local" and quick.fallback is None
+        np.testing.assert_allclose(client.predict(SAFE).scores, hedged.scores, atol=1e-6)
+
+
+def test_a_server_that_is_down_fails_fast_within_the_deadline(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    policy = FallbackPolicy(server_failure_threshold=2, server_cooldown_s=60)
+    with EdgeClient(server=dead, model="safe", data_dir=tmp_path, policy=policy) as client:
+        for _ in range(2):
+            with pytest.raises(NoModelAvailableError, match="server failed"):
+                client.predict(SAFE)
+        started = time.perf_counter()
+        with pytest.raises(NoModelAvailableError, match="circuit breaker is open"):
+            client.predict(SAFE)
+        assert time.perf_counter() - started < policy.deadline_s
+        assert client.counters.server_failures == 2
+    with EdgeClient(server=dead, model="safe", data_dir=tmp_path, policy=FallbackPolicy(default_score=0.0)) as client:
+        started = time.perf_counter()
+        answer = client.predict(SAFE)
+        assert answer.source == "default" and time.perf_counter() - started < 0.25
+
+
+# --- the server's side: concurrent fallback requests share one runtime call ---------------------------
+
+
+def test_micro_batching_concatenates_concurrent_requests_and_splits_the_answers(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    from edgerec.runtimes import OnnxRunner
+    from edgerec.server.batching import MicroBatcher
+
+    runner = OnnxRunner(_model(tmp_path / "safe.onnx", fragile=False))
+    calls: list[int] = []
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        return runner.run(inputs)
+
+    batcher = MicroBatcher(max_wait_s=0.05, max_batch=256)
+    rng = np.random.default_rng(0)
+    requests = [{"x": rng.standard_normal((1 + i % 3, 4)).astype(np.float32)} for i in range(16)]
+    requests.append({"x": np.ones((2, 5), np.float32)})  # other non-batch shape: runs in its own group (and fails)
+    results: dict[int, object] = {}
+    start = threading.Barrier(len(requests))
+
+    def call(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = batcher.run(("safe", 1, "fp32"), requests[i], run)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i, inputs in enumerate(requests[:-1]):
+        got = results[i]
+        assert isinstance(got, dict)
+        np.testing.assert_allclose(got["score"], runner.run(inputs)["score"], atol=1e-6)
+    assert isinstance(results[len(requests) - 1], Exception), "a malformed request fails alone"
+    assert batcher.batches >= 1 and len(calls) < len(requests), f"no batching happened: {calls}"
