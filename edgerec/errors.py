@@ -127,3 +127,10 @@ class SigningKeyError(EdgerecError):
 
 class AuthenticationError(EdgerecError):
     """The server refused the call's credentials: no bearer token, or an unknown or revoked one."""
+
+
+# --- publishing's accuracy gate (edgerec.server.publish.gate) ----------------------------
+
+
+class AccuracyGateError(PublishError):
+    """A quantized artifact scored too far below the fp32 model on the publisher's validation data."""

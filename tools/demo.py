@@ -38,6 +38,7 @@ class DemoReport:
     oracle_auc: float = 0.0
     changed_rows_fraction: float = 0.0
     signing_key_id: str = ""
+    gate_auc_drop: float = 0.0
 
 
 def run_demo(
@@ -51,7 +52,7 @@ def run_demo(
     """Run the whole path once in ``workdir`` (emptied first) and return the measurements."""
     from edgerec.reference.train import build_and_train, export_program
     from edgerec.server.app import ServerConfig, start_server
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
     from edgerec.signing import generate_keypair
 
     if workdir.exists():
@@ -63,11 +64,14 @@ def run_demo(
     report = DemoReport(config=size, rate=rate)
     samples = 200_000 if size == "small" else 400_000
 
+    held_out = generator.day(3, 20_000)
+    # The publisher's validation data: the accuracy gate and the golden cases use it.
+    options = PublishOptions(validation={**held_out.inputs(), "labels": held_out.labels})
     on_step("training v1 on day 0")
     v1 = build_and_train(config, generator, day=0, num_samples=samples, seed=seed)
     sample = generator.day(99, 4)
     on_step("publishing v1")
-    publish(export_program(v1, workdir / "models" / "v1.pt2", sample), MODEL, registry)
+    publish(export_program(v1, workdir / "models" / "v1.pt2", sample), MODEL, registry, options)
 
     keys = workdir / "keys"
     keys.mkdir()
@@ -87,7 +91,8 @@ def run_demo(
             )
             report.changed_rows_fraction = _changed_rows(v1, v2)
             on_step("publishing v2 (deltas from v1 are made now)")
-            publish(export_program(v2, workdir / "models" / "v2.pt2", sample), MODEL, registry)
+            published = publish(export_program(v2, workdir / "models" / "v2.pt2", sample), MODEL, registry, options)
+            report.gate_auc_drop = float(published.annotations.get("edgerec.gate.int8.auc_drop", "nan"))
             on_step(f"device syncs v2 over a {rate} link")
             report.syncs.append(device.sync())
 
@@ -172,6 +177,7 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
     return [
         ("embedding rows changed v1 -> v2", f"{report.changed_rows_fraction:.1%}"),
         ("manifests signed by key", report.signing_key_id[:16]),
+        ("int8 AUC drop against fp32 at publish (gate: <= 0.001)", f"{report.gate_auc_drop:.5f}"),
         ("AUC of the local model (20k validation rows)", f"{report.local_auc:.4f}"),
         ("AUC of the true click probability", f"{report.oracle_auc:.4f}"),
     ]

@@ -21,9 +21,16 @@ from edgerec.units import parse_size
     "--recipe",
     "recipes",
     multiple=True,
+    type=click.Choice(["fp32", "int8", "int4"]),
     default=("fp32", "int8"),
     show_default=True,
     help="Artifacts to build (repeat the option).",
+)
+@click.option(
+    "--max-auc-drop",
+    default=0.001,
+    show_default=True,
+    help="Refuse a quantized artifact whose validation AUC falls more than this below fp32's.",
 )
 @click.option("--delta-depth", default=1, show_default=True, help="Precompute deltas from this many earlier versions.")
 @click.option(
@@ -36,7 +43,7 @@ from edgerec.units import parse_size
     "--validation",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="An .npz with one array per model input plus 'labels', to measure a partial version's accuracy.",
+    help="An .npz with one array per model input plus 'labels': the accuracy gate's data (and golden cases).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def publish(
@@ -44,6 +51,7 @@ def publish(
     name: str,
     registry_dir: Path,
     recipes: tuple[str, ...],
+    max_auc_drop: float,
     delta_depth: int,
     budget: str | None,
     base_version: int | None,
@@ -64,14 +72,15 @@ def publish(
     if (budget is None) != (base_version is None):
         raise click.UsageError("--budget and --base go together")
     registry = Registry(registry_dir)
+    arrays = dict(np.load(validation)) if validation is not None else None
     published: list[dict[str, Any]] = []
     if source is not None:
-        manifest = run_publish(source, name, registry, PublishOptions(recipes=recipes, delta_depth=delta_depth))
+        options = PublishOptions(recipes=recipes, delta_depth=delta_depth, validation=arrays, max_auc_drop=max_auc_drop)
+        manifest = run_publish(source, name, registry, options)
         published.append(_describe(manifest))
     if budget is not None and base_version is not None:
         from edgerec.server.publish.budget import publish_partial
 
-        arrays = dict(np.load(validation)) if validation is not None else None
         result = publish_partial(registry, name, base_version, parse_size(budget), validation=arrays)
         published.append(
             _describe(result.manifest)

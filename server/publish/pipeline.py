@@ -25,12 +25,14 @@ from edgerec.manifest import (
 )
 from edgerec.registry import Registry
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.publish.gate import DEFAULT_MAX_AUC_DROP, LABELS, check_gate, evaluate
 from edgerec.server.publish.golden import golden_cases, golden_inputs
 from edgerec.server.publish.signature import read_signature
 
 log = logging.getLogger(__name__)
 
-RECIPES = ("fp32", "int8")
+RECIPES = ("fp32", "int8", "int4")
+DEFAULT_RECIPES = ("fp32", "int8")
 MODEL_FILE = "model.onnx"
 
 
@@ -38,7 +40,9 @@ MODEL_FILE = "model.onnx"
 class PublishOptions:
     """How to publish; the defaults suit the reference model."""
 
-    recipes: Sequence[str] = RECIPES
+    recipes: Sequence[str] = DEFAULT_RECIPES
+    # A quantized artifact whose AUC falls more than this below fp32's on the validation data is refused.
+    max_auc_drop: float = DEFAULT_MAX_AUC_DROP
     # Deltas from this many earlier versions are made now, so the first devices wait for nothing.
     delta_depth: int = 1
     delta_codecs: Sequence[str] = DELTA_CODECS
@@ -59,13 +63,11 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
     if unknown or not options.recipes:
         raise PublishError(f"unknown recipes {sorted(unknown)}; choose from {list(RECIPES)}")
     from edgerec.server.publish.export import to_onnx  # deferred: pulls in torch and onnx
-    from edgerec.server.publish.quantize import quantize_int8
 
     with tempfile.TemporaryDirectory(prefix="publish-", dir=registry.scratch_dir()) as tmp:
         staged = Path(tmp) / "version"
         fp32_model = to_onnx(source, staged / "fp32" / MODEL_FILE)
-        if "int8" in options.recipes:
-            quantize_int8(fp32_model, staged / "int8" / MODEL_FILE)
+        gate_annotations = _quantize_behind_gate(fp32_model, staged, options)
         inputs, outputs = read_signature(fp32_model)
         if "fp32" not in options.recipes:
             shutil.rmtree(staged / "fp32")
@@ -82,12 +84,31 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
             inputs=inputs,
             outputs=outputs,
             artifacts=artifacts,
-            annotations={"source": source.name, **options.annotations},
+            annotations={"source": source.name, **gate_annotations, **options.annotations},
             golden=golden,
         )
         registry.add_version(manifest, sign_nothing(manifest), staged)
     prepare_payloads(registry, manifest, options)
     return manifest
+
+
+def _quantize_behind_gate(fp32_model: Path, staged: Path, options: PublishOptions) -> dict[str, str]:
+    """Build each quantized recipe asked for; refuse one that fails the accuracy gate. Returns its metrics."""
+    from edgerec.server.publish.quantize import quantize_int8
+    from edgerec.server.publish.quantize_int4 import quantize_int4
+
+    annotations: dict[str, str] = {}
+    for recipe, quantize in (("int8", quantize_int8), ("int4", quantize_int4)):
+        if recipe not in options.recipes:
+            continue
+        candidate = quantize(fp32_model, staged / recipe / MODEL_FILE)
+        if options.validation is not None and LABELS in options.validation:
+            metrics = evaluate(fp32_model, candidate, options.validation, recipe=recipe)
+            check_gate(metrics, options.max_auc_drop)  # raises before anything is registered
+            annotations |= metrics.annotations(options.max_auc_drop)
+        else:
+            annotations[f"edgerec.gate.{recipe}.status"] = "not run: no labelled validation data"
+    return annotations
 
 
 def _describe_artifact(staged: Path, recipe: str) -> Artifact:
