@@ -6,7 +6,7 @@ DEVICE_VENV := .venv-device
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow bench protos clean
+.PHONY: demo test lint typecheck unit slow faults bench profile protos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,24 @@ unit: $(STAMP)
 # Long fault and fuzz runs (not part of `make test`).
 slow: $(STAMP)
 	HYPOTHESIS_PROFILE=thorough $(BIN)/python -m pytest -q -m slow
+
+# Benchmarks: delta payloads against bsdiff4/HDiffPatch/zstd --patch-from/xdelta3 (Debian's CLIs
+# are used when installed: apt-get install zstd bsdiff xdelta3), and quantized runtimes.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
+	$(BIN)/python -m edgerec.tools.bench_delta --out bench-out/delta
+	$(BIN)/python -m edgerec.tools.bench_quant --out bench-out/quant
+
+# The full fault runs: 200 dropped connections, 100 kill -9 of a syncing device, disk full.
+faults: $(STAMP)
+	$(BIN)/python -m edgerec.tools.faults --drops 200 --kills 100
+
+# What an update costs on 2g/3g/lte/satellite/wifi links, per codec, on the demo's registry.
+profile: $(STAMP)
+	test -d demo-out/registry || $(BIN)/edgerec demo --workdir demo-out
+	mkdir -p bench-out/profile
+	$(BIN)/edgerec profile --registry demo-out/registry --model ctr --json bench-out/profile/rows.json \
+		--csv bench-out/profile/rows.csv --plots bench-out/profile
 
 protos: $(STAMP)
 	$(BIN)/python -m edgerec.tools.gen_protos
