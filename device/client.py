@@ -181,7 +181,11 @@ class EdgeClient:
 
     @property
     def active_version(self) -> int | None:
-        current = self.store.current()
+        """The installed active version, or None (also when a crash left it unreadable)."""
+        try:
+            current = self.store.current()
+        except EdgerecError:
+            return None
         return current.version if current else None
 
     # --- predictions ------------------------------------------------------------

@@ -67,6 +67,16 @@ class ModelStore:
         self.downloads_dir = self.root / "downloads"
         for folder in (self.versions_dir, self.staging_dir, self.downloads_dir):
             folder.mkdir(parents=True, exist_ok=True)
+        self._restore_replaced()
+
+    def _restore_replaced(self) -> None:
+        """Put back a version folder that a re-install moved aside when the process died before replacing it."""
+        for aside in self.staging_dir.glob("*.replaced"):
+            final = self.versions_dir / aside.name.removesuffix(".replaced")
+            if not final.exists():
+                os.replace(aside, final)
+                fsync_dir(self.versions_dir)
+                log.warning("%s: restored version folder %s after an interrupted re-install", self.model, final.name)
 
     # --- reading ----------------------------------------------------------------
 
@@ -148,10 +158,14 @@ class ModelStore:
         (staged / "install.json").write_text(json.dumps({"recipe": recipe}))
         _fsync_tree(staged)
         final = self.versions_dir / str(manifest.version)
-        if final.exists():  # a re-install of the same version (its files were damaged)
-            shutil.rmtree(final)
+        if final.exists():  # a re-install of the same version (its files were damaged): move it aside first,
+            # so a crash in between leaves either folder under a name clean_stale() knows, never none.
+            aside = self.staging_dir / f"{manifest.version}.replaced"
+            shutil.rmtree(aside, ignore_errors=True)
+            os.replace(final, aside)
         os.replace(staged, final)
         fsync_dir(self.versions_dir)
+        shutil.rmtree(self.staging_dir / f"{manifest.version}.replaced", ignore_errors=True)
         state = self._state()
         previous = state["current"] if state["current"] != manifest.version else state["previous"]
         self._write_state(manifest.version, previous, max(manifest.version, self.highest_activated()))
@@ -172,6 +186,11 @@ class ModelStore:
         """Remove staging folders a dead sync left behind (partial downloads are kept to resume)."""
         for folder in self.staging_dir.iterdir():
             shutil.rmtree(folder, ignore_errors=True)
+
+    def clear_downloads(self) -> None:
+        """Remove every kept download: called once the device is up to date and none can be reused."""
+        for path in self.downloads_dir.iterdir():
+            path.unlink(missing_ok=True)
 
     def _prune(self, keep: set[int | None]) -> None:
         for folder in self.versions_dir.iterdir():

@@ -92,9 +92,10 @@ class Syncer:
             log.warning("server cannot diff from what this device runs (%s); asking for full files", exc)
             current = None
             response = self.connection.check_update(self._request(None, target_version))
-        active = self.store.current()
+        active = current if current is not None else self._readable_current()
         if not response.update_available:
             assert active is not None
+            self.store.clear_downloads()
             return SyncResult(
                 version=active.version,
                 previous_version=self._previous_version(),
@@ -161,9 +162,15 @@ class Syncer:
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
-        for payload in response.payloads:
-            self.store.download_path(payload.payload_id).with_suffix(".payload").unlink(missing_ok=True)
+        self.store.clear_downloads()
         return installed
+
+    def _readable_current(self) -> InstalledVersion | None:
+        """The active version even when its files are damaged; None when its state cannot be read."""
+        try:
+            return self.store.current()
+        except EdgerecError:
+            return None
 
     def _previous_version(self) -> int | None:
         previous = self.store.previous()

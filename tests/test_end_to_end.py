@@ -9,7 +9,6 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
-from netproxy import CuttingProxy
 
 from edgerec.device import EdgeClient
 from edgerec.device.transport import TransportConfig
@@ -23,6 +22,7 @@ from edgerec.errors import (
 from edgerec.hashing import sha256_file
 from edgerec.registry import PayloadRecord, Registry
 from edgerec.tensors import to_proto
+from edgerec.tools.linkproxy import LinkProxy
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
@@ -63,7 +63,7 @@ def test_sync_full_then_delta(served: tuple[Registry, str], tmp_path: Path) -> N
 def test_resume_after_connection_dropped_at_random_offset(served: tuple[Registry, str], tmp_path: Path) -> None:
     registry, address = served
     port = int(address.rsplit(":", 1)[1])
-    proxy = CuttingProxy(port)
+    proxy = LinkProxy("127.0.0.1", port)
     rng = random.Random(7)
     full_size = sum(f.size for f in registry.files(MODEL, 2) if f.recipe == "int8")
     cut = rng.randrange(full_size // 10, full_size // 2)

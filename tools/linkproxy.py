@@ -1,0 +1,305 @@
+"""A real TCP proxy on loopback that counts bytes and can cut connections, as a flaky link does.
+
+Stands between a device and the server::
+
+    with LinkProxy("127.0.0.1", server_port, cut_after=[40_000]) as proxy:
+        client = EdgeClient(server=proxy.address, ...)
+        client.sync()  # the first connection is cut after 40_000 bytes down; the device resumes
+        print(proxy.stats())
+
+Each new connection takes the next count from the ``cut_after`` queue (also fed by
+:meth:`LinkProxy.cut_after`); once the queue is empty, ``drop_every_bytes`` (if set) cuts
+every connection after that many bytes down. A cut forwards exactly the bytes up to the
+limit, then closes both sides. Bytes are counted both ways, in total and per connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+log = logging.getLogger(__name__)
+
+_BUFFER = 64 * 1024
+_JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class LinkStats:
+    """Totals since the proxy started (or since :meth:`LinkProxy.reset_stats`)."""
+
+    connections: int
+    cuts: int
+    bytes_up: int
+    bytes_down: int
+
+
+@dataclass
+class ConnectionRecord:
+    """One proxied connection: its cut limit, bytes each way, and whether it was cut."""
+
+    index: int
+    limit: int | None
+    opened_at: float
+    bytes_up: int = 0
+    bytes_down: int = 0
+    cut: bool = False
+    closed_at: float | None = None
+
+
+class _Connection:
+    """A client socket, its upstream socket and the two threads pumping between them."""
+
+    def __init__(
+        self, proxy: LinkProxy, client: socket.socket, upstream: socket.socket, record: ConnectionRecord
+    ) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.upstream = upstream
+        self.record = record
+        self._lock = threading.Lock()
+        self._closed = False
+        self._directions_done = 0
+        self.threads = [
+            threading.Thread(target=self._pump, args=(client, upstream, False), daemon=True, name="linkproxy-up"),
+            threading.Thread(target=self._pump, args=(upstream, client, True), daemon=True, name="linkproxy-down"),
+        ]
+
+    def start(self) -> None:
+        for thread in self.threads:
+            thread.start()
+
+    def close(self) -> None:
+        """Close both sockets at once (idempotent); the pumps then end."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for sock in (self.client, self.upstream):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+            sock.close()
+        self.proxy._connection_closed(self)
+
+    def _direction_finished(self) -> None:
+        with self._lock:
+            self._directions_done += 1
+            both = self._directions_done == 2
+        if both:
+            self.close()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        limit = self.record.limit if downstream else None
+        sent = 0
+        try:
+            while True:
+                data = src.recv(_BUFFER)
+                if not data:  # orderly end of this direction: pass it on, keep the other one open
+                    with contextlib.suppress(OSError):
+                        dst.shutdown(socket.SHUT_WR)
+                    self._direction_finished()
+                    return
+                if limit is not None and sent + len(data) >= limit:
+                    data = data[: limit - sent]
+                    if data:
+                        dst.sendall(data)
+                        self.proxy._count(self.record, len(data), downstream)
+                    self.proxy._count_cut(self.record)
+                    break
+                dst.sendall(data)
+                sent += len(data)
+                self.proxy._count(self.record, len(data), downstream)
+        except OSError:
+            pass
+        self.close()
+
+
+class LinkProxy:
+    """Forwards ``127.0.0.1:<port>`` to ``upstream_host:upstream_port``, counting and cutting as told."""
+
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        *,
+        cut_after: Iterable[int] = (),
+        drop_every_bytes: int | None = None,
+        listen_host: str = "127.0.0.1",
+    ) -> None:
+        if drop_every_bytes is not None and drop_every_bytes < 1:
+            raise ValueError(f"drop_every_bytes must be >= 1, got {drop_every_bytes}")
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.drop_every_bytes = drop_every_bytes
+        self._cuts: deque[int] = deque()
+        self._lock = threading.Lock()
+        self._live: set[_Connection] = set()
+        self._pumps: list[threading.Thread] = []
+        self.records: list[ConnectionRecord] = []
+        self._stats = LinkStats(0, 0, 0, 0)
+        self._closed = threading.Event()
+        self.cut_after(*cut_after)
+        self._listener = socket.create_server((listen_host, 0))
+        self.host = listen_host
+        self.port: int = self._listener.getsockname()[1]
+        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="linkproxy-accept")
+        self._acceptor.start()
+
+    @property
+    def address(self) -> str:
+        """``host:port`` for a gRPC target."""
+        return f"{self.host}:{self.port}"
+
+    # --- control ------------------------------------------------------------------
+
+    def cut_after(self, *byte_counts: int) -> None:
+        """Queue cuts: each new connection takes the next count and is closed once that many bytes went down."""
+        if any(count < 0 for count in byte_counts):
+            raise ValueError(f"cut counts must be >= 0, got {byte_counts}")
+        with self._lock:
+            self._cuts.extend(byte_counts)
+
+    @property
+    def pending_cuts(self) -> int:
+        """Queued cuts no connection has taken yet."""
+        with self._lock:
+            return len(self._cuts)
+
+    def clear_cuts(self) -> None:
+        """Forget queued cuts (``drop_every_bytes`` still applies)."""
+        with self._lock:
+            self._cuts.clear()
+
+    def drop_connections(self) -> int:
+        """Cut every open connection now; return how many were open."""
+        with self._lock:
+            live = list(self._live)
+        for conn in live:
+            self._count_cut(conn.record)
+            conn.close()
+        return len(live)
+
+    # --- counters -----------------------------------------------------------------
+
+    def stats(self) -> LinkStats:
+        with self._lock:
+            return self._stats
+
+    def reset_stats(self) -> LinkStats:
+        """Return the totals so far and start counting from zero."""
+        with self._lock:
+            stats, self._stats = self._stats, LinkStats(0, 0, 0, 0)
+            return stats
+
+    @property
+    def cuts(self) -> int:
+        return self.stats().cuts
+
+    @property
+    def bytes_down(self) -> int:
+        return self.stats().bytes_down
+
+    @property
+    def bytes_up(self) -> int:
+        return self.stats().bytes_up
+
+    @property
+    def connections(self) -> int:
+        return self.stats().connections
+
+    # --- lifecycle ----------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop accepting, close every connection and wait for every pumping thread to end."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        with contextlib.suppress(OSError):
+            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
+        self._listener.close()
+        self._acceptor.join(_JOIN_TIMEOUT_S)
+        with self._lock:
+            live = list(self._live)
+            pumps = list(self._pumps)
+        for conn in live:
+            conn.close()
+        for thread in pumps:
+            thread.join(_JOIN_TIMEOUT_S)
+        stuck = [t.name for t in (self._acceptor, *pumps) if t.is_alive()]
+        if stuck:
+            log.warning("link proxy threads still running after close: %s", stuck)
+
+    def __enter__(self) -> LinkProxy:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # --- internals ----------------------------------------------------------------
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                if self._closed.is_set():
+                    return
+                time.sleep(0.01)  # e.g. EMFILE: back off rather than spin
+                continue
+            try:
+                upstream = socket.create_connection((self.upstream_host, self.upstream_port), timeout=10)
+                upstream.settimeout(None)
+            except OSError as exc:
+                log.warning("link proxy cannot reach %s:%d: %s", self.upstream_host, self.upstream_port, exc)
+                client.close()
+                continue
+            for sock in (client, upstream):
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            with self._lock:
+                if self._closed.is_set():
+                    client.close()
+                    upstream.close()
+                    return
+                limit = self._cuts.popleft() if self._cuts else self.drop_every_bytes
+                s = self._stats
+                record = ConnectionRecord(index=s.connections, limit=limit, opened_at=time.monotonic())
+                self._stats = LinkStats(s.connections + 1, s.cuts, s.bytes_up, s.bytes_down)
+                self.records.append(record)
+                conn = _Connection(self, client, upstream, record)
+                self._live.add(conn)
+                self._pumps = [t for t in self._pumps if t.is_alive()]
+                self._pumps.extend(conn.threads)
+            conn.start()
+
+    def _count(self, record: ConnectionRecord, n: int, downstream: bool) -> None:
+        with self._lock:
+            s = self._stats
+            if downstream:
+                record.bytes_down += n
+                self._stats = LinkStats(s.connections, s.cuts, s.bytes_up, s.bytes_down + n)
+            else:
+                record.bytes_up += n
+                self._stats = LinkStats(s.connections, s.cuts, s.bytes_up + n, s.bytes_down)
+
+    def _count_cut(self, record: ConnectionRecord) -> None:
+        with self._lock:
+            if record.cut or record.closed_at is not None:
+                return
+            record.cut = True
+            s = self._stats
+            self._stats = LinkStats(s.connections, s.cuts + 1, s.bytes_up, s.bytes_down)
+
+    def _connection_closed(self, conn: _Connection) -> None:
+        with self._lock:
+            conn.record.closed_at = time.monotonic()
+            self._live.discard(conn)
