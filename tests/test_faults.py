@@ -184,8 +184,7 @@ def kill_bench(small_served: tuple[Registry, str], tmp_path_factory: pytest.Temp
     return KillBench.prepare(registry, address, tmp_path_factory.mktemp("directed"), 16 * 1024, 120.0)
 
 
-_XFAIL_DIRECTED = {
-}
+_XFAIL_DIRECTED = {}
 
 
 def _directed_cases() -> list[object]:

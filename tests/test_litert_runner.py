@@ -169,6 +169,7 @@ def test_inputs_that_do_not_fit_raise_model_runtime_error(model_path: Path) -> N
 
 
 def test_unloadable_models_raise_model_runtime_error(tmp_path: Path) -> None:
+    pytest.importorskip("ai_edge_litert.interpreter", reason="LiteRT (edgerec[tflite]) is not installed")
     broken = tmp_path / "broken.tflite"
     broken.write_bytes(b"not a flatbuffer")
     with pytest.raises(ModelRuntimeError, match="cannot load"):
