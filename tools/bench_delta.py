@@ -6,11 +6,13 @@ Run ``python -m edgerec.tools.bench_delta [--sizes 50MB,200MB] [--changed 1,5,20
 
 Models come from a known generating process instead of long training. v1 is the reference
 DLRM (8 tables, fp32 embeddings of the requested size) trained briefly on one day of clicks.
-v2 is v1 with exactly X% of each table's rows changed, rows drawn without replacement with
-probability proportional to their Zipf popularity (a training day touches the head), each
-changed by ``N(0, row_step * std(row))``; every other parameter (the MLPs) moves by
-``N(0, dense_step)``, about the size of a day of Adam steps. Both go through the production
-path: ``export_program`` -> ``to_onnx`` (fp32), ``quantize_int8`` (per-row int8) and
+v2 is v1 trained one more day (the reference ``train``: SparseAdam for the embeddings,
+Adam for the MLPs) on clicks whose ids touch exactly X% of each table's rows: the rows are
+drawn without replacement with probability proportional to their Zipf popularity (a day
+touches the head), each appears at least once, and ``day_repeats - 1`` more impressions per
+touched row are drawn by popularity among them; labels come from the generator's truth.
+So exactly those rows change, by real optimizer steps, and every MLP weight moves. Both go
+through the production path: ``export_program`` -> ``to_onnx`` (fp32), ``quantize_int8`` (per-row int8) and
 onnxruntime's ``quantize_dynamic`` (int8 "the usual way": one scale per table).
 
 Every diff and every apply runs in a fresh subprocess. Seconds are measured inside the
@@ -48,7 +50,7 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from edgerec.reference.data import ClickGenerator, ReferenceConfig
+    from edgerec.reference.data import ClickBatch, ClickGenerator, ReferenceConfig
     from edgerec.reference.model import DLRM
 
 MODULE: Final = "edgerec.tools.bench_delta"
@@ -100,8 +102,7 @@ class BenchSettings:
     timeout: float = 1800.0
     seed: int = 0
     train_samples: int = 50_000
-    row_step: float = 0.01
-    dense_step: float = 1e-3
+    day_repeats: int = 4
     num_tables: int = 8
     embedding_dim: int = 32
 
@@ -166,9 +167,8 @@ def _spec(settings: BenchSettings, size: int) -> dict[str, Any]:
         "changed": list(settings.changed),
         "seed": settings.seed,
         "train_samples": settings.train_samples,
-        "row_step": settings.row_step,
-        "dense_step": settings.dense_step,
-        "version": 1,
+        "day_repeats": settings.day_repeats,
+        "version": 2,
     }
     parsed: dict[str, Any] = json.loads(json.dumps(spec))
     return parsed
@@ -221,7 +221,7 @@ def build_models(settings: BenchSettings, size: int) -> ModelSet:
     _export(v1_model, sample, root / "v1")
     changed_rows: dict[float, int] = {}
     for pct in settings.changed:
-        v2_model, changed_rows[pct] = perturb(v1_model, generator, pct, settings)
+        v2_model, changed_rows[pct] = train_update(v1_model, generator, pct, settings)
         _export(v2_model, sample, root / f"v2-{pct:g}pct")
         del v2_model
     seconds = time.perf_counter() - start
@@ -277,38 +277,48 @@ def zipf_rows(popularity: npt.NDArray[np.float64], count: int, rng: np.random.Ge
     return np.sort(np.argpartition(keys, count - 1)[:count]).astype(np.int64)
 
 
-def perturb(model: DLRM, generator: ClickGenerator, pct: float, settings: BenchSettings) -> tuple[DLRM, int]:
-    """v2 of ``model``: ``pct``% of each table's rows (by Zipf popularity) and every MLP weight nudged.
+def update_day(generator: ClickGenerator, pct: float, settings: BenchSettings) -> ClickBatch:
+    """A day of clicks whose ids touch exactly ``pct``% of each table's rows (see the module docstring)."""
+    import numpy as np
+
+    from edgerec.reference.data import ClickBatch
+
+    config = generator.config
+    rng = np.random.default_rng([settings.seed, 2, round(pct * 1000)])
+    count = max(1, round(config.rows_per_table * pct / 100))
+    samples = count * settings.day_repeats
+    ids = np.empty((samples, config.num_tables), dtype=np.int64)
+    for table in range(config.num_tables):
+        popularity = generator.popularity(table)
+        touched = zipf_rows(popularity, count, rng)
+        weights = popularity[touched] / popularity[touched].sum()
+        column = np.concatenate([touched, rng.choice(touched, size=samples - count, p=weights)])
+        ids[:, table] = rng.permutation(column)
+    dense = rng.standard_normal((samples, config.num_dense), dtype=np.float32)
+    true_prob = (1.0 / (1.0 + np.exp(-generator.logit(dense, ids, day_index=1).astype(np.float64)))).astype(np.float32)
+    labels = (rng.random(samples) < true_prob).astype(np.float32)
+    return ClickBatch(dense=dense, sparse_ids=ids, labels=labels, true_prob=true_prob)
+
+
+def train_update(model: DLRM, generator: ClickGenerator, pct: float, settings: BenchSettings) -> tuple[DLRM, int]:
+    """v2 of ``model``: one more day of training on :func:`update_day`'s clicks.
 
     Returns the new model and the number of embedding rows that differ from ``model``.
     """
     import numpy as np
-    import torch
 
     from edgerec.reference.model import DLRM
+    from edgerec.reference.train import train
 
-    config = model.config
-    rng = np.random.default_rng([settings.seed, 2, round(pct * 1000)])
-    v2 = DLRM(config)
+    v2 = DLRM(model.config)
     v2.load_state_dict(model.state_dict())
-    changed = 0
-    count = round(config.rows_per_table * pct / 100)
-    with torch.no_grad():
-        for index, table in enumerate(v2.embedding_tables()):
-            weights = table.detach().numpy()  # shares memory with the parameter
-            before = weights.copy()
-            rows = zipf_rows(generator.popularity(index), count, rng)
-            std = weights[rows].std(axis=1, keepdims=True)
-            step = rng.standard_normal((rows.size, config.embedding_dim)) * (settings.row_step * std)
-            weights[rows] += step.astype(np.float32)
-            changed += int(np.any(weights != before, axis=1).sum())
-        tables = {id(t) for t in v2.embedding_tables()}
-        for parameter in v2.parameters():
-            if id(parameter) not in tables:
-                noise = rng.normal(0.0, settings.dense_step, size=tuple(parameter.shape)).astype(np.float32)
-                parameter.add_(torch.from_numpy(noise))
-    total = config.num_tables * config.rows_per_table
-    logger.info("v2 at %g%%: %d of %d embedding rows changed, every MLP weight moved", pct, changed, total)
+    train(v2, update_day(generator, pct, settings), seed=settings.seed + 1)
+    changed = sum(
+        int(np.any(after.detach().numpy() != before.detach().numpy(), axis=1).sum())
+        for before, after in zip(model.embedding_tables(), v2.embedding_tables(), strict=True)
+    )
+    total = model.config.num_tables * model.config.rows_per_table
+    logger.info("v2 at %g%%: %d of %d embedding rows changed by a day of training", pct, changed, total)
     return v2, changed
 
 
@@ -937,8 +947,8 @@ def render_markdown(
         "# Delta payload benchmark",
         "",
         f"`python -m {MODULE}`, {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {os.cpu_count()} cores. "
-        f"v2 = v1 with X% of each table's rows (Zipf popularity) moved by N(0, {settings.row_step:g} x row std) "
-        f"and every MLP weight by N(0, {settings.dense_step:g}); v1 trained on {settings.train_samples} samples.",
+        f"v2 = v1 trained one more day (SparseAdam + Adam) on {settings.day_repeats} impressions per touched row, "
+        f"touching X% of each table's rows (Zipf popularity); v1 trained on {settings.train_samples} samples.",
         "",
     ]
     model_lines = [
@@ -1025,8 +1035,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, bool]:
     parser.add_argument("--timeout", type=float, help="seconds allowed per diff or apply (default 1800)")
     parser.add_argument("--seed", type=int, help="seed of the generating process (default 0)")
     parser.add_argument("--train-samples", type=int, help="clicks v1 is trained on (default 50000)")
-    parser.add_argument("--row-step", type=float, help="changed rows move by N(0, this x row std) (default 0.01)")
-    parser.add_argument("--dense-step", type=float, help="MLP weights move by N(0, this) (default 0.001)")
+    parser.add_argument("--day-repeats", type=int, help="v2's impressions per touched row (default 4)")
     args = parser.parse_args(argv)
     base = QUICK if args.quick else BenchSettings()
     changes: dict[str, Any] = {}
@@ -1040,7 +1049,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[BenchSettings, bool]:
         changes["out"] = Path("bench-out/delta-quick")
     if args.bsdiff_max:
         changes["bsdiff_max"] = parse_size(args.bsdiff_max)
-    for name in ("timeout", "seed", "train_samples", "row_step", "dense_step"):
+    for name in ("timeout", "seed", "train_samples", "day_repeats"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
     settings = dataclasses.replace(base, **changes)
