@@ -11,17 +11,34 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CacheKey = tuple[int, bytes]
+# (model version, (every input's (name, dtype, shape), request bytes or their digest))
+CacheKey = tuple[int, tuple[tuple[tuple[str, str, tuple[int, ...]], ...], bytes]]
+
+# Requests up to this many bytes are keyed by their bytes (cheaper than a digest, and exact); larger ones by a
+# 16-byte BLAKE2b digest. So a key holds at most about this much request data.
+INLINE_KEY_BYTES = 512
 
 
 def request_key(version: int, inputs: Mapping[str, np.ndarray]) -> CacheKey:
-    """Version plus a digest of every input's name, dtype, shape and bytes (canonical order)."""
+    """Version plus every input's name, dtype and shape (canonical order) and its C-order bytes or their digest."""
+    names = sorted(inputs) if len(inputs) > 1 else list(inputs)
+    header: list[tuple[str, str, tuple[int, ...]]] = []
+    blobs: list[bytes] = []
+    size = 0
+    for name in names:
+        array = inputs[name]
+        if type(array) is not np.ndarray:
+            array = np.asarray(array)
+        header.append((name, array.dtype.str, array.shape))
+        blob = array.tobytes()  # C order whatever the strides
+        blobs.append(blob)
+        size += len(blob)
+    if size <= INLINE_KEY_BYTES:
+        return version, (tuple(header), b"".join(blobs))
     digest = hashlib.blake2b(digest_size=16)
-    for name in sorted(inputs):
-        array = np.ascontiguousarray(inputs[name])
-        digest.update(f"{name}\0{array.dtype.str}\0{array.shape}\0".encode())
-        digest.update(array.tobytes())
-    return version, digest.digest()
+    for blob in blobs:
+        digest.update(blob)
+    return version, (tuple(header), digest.digest())
 
 
 @dataclass(frozen=True)
@@ -46,7 +63,8 @@ class _Entry:
 class PredictionCache:
     """Thread-safe LRU of read-only score arrays.
 
-    Bounded by ``max_entries`` and ``max_bytes`` (of score data); entries older than ``ttl_s`` are
+    Bounded by ``max_entries`` and ``max_bytes`` (of score data; each key adds at most
+    ``INLINE_KEY_BYTES`` of request data); entries older than ``ttl_s`` are
     misses. A key includes the model version, and :meth:`observe_version` drops every entry when the
     active version changes, so an answer of one version never serves another. Non-finite scores are
     never stored.
@@ -117,6 +135,8 @@ class PredictionCache:
 
     def observe_version(self, version: int) -> None:
         """Tell the cache which version is active; a change drops every entry."""
+        if version == self._version:
+            return
         with self._lock:
             if version == self._version:
                 return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,17 @@ from edgerec.units import parse_rate
 
 log = logging.getLogger(__name__)
 
+# How often predict checks whether another process switched the active version (seconds).
+STATE_CHECK_INTERVAL_S = 0.05
+
+
+@dataclass(frozen=True)
+class _LocalCall:
+    """A local run on the worker pool: its future and the RunOptions that can terminate it."""
+
+    future: Future[np.ndarray]
+    options: Any
+
 
 @dataclass(frozen=True)
 class Prediction:
@@ -49,13 +61,80 @@ class Prediction:
     fallback: FallbackReason | None = None
 
 
+_new_object = object.__new__
+
+
+def _prediction(
+    scores: np.ndarray,
+    source: Source,
+    version: int,
+    latency_s: float,
+    fallback_reason: str | None = None,
+    fallback: FallbackReason | None = None,
+) -> Prediction:
+    """A Prediction without the frozen dataclass's per-field ``object.__setattr__`` (half the cost, hot path)."""
+    made: Prediction = _new_object(Prediction)
+    made.__dict__.update(
+        scores=scores,
+        source=source,
+        version=version,
+        latency_s=latency_s,
+        fallback_reason=fallback_reason,
+        fallback=fallback,
+    )
+    return made
+
+
+class _NonFiniteError(ModelRuntimeError):
+    """Local scores with NaN or inf."""
+
+
+class _Scorer(OnnxRunner):
+    """OnnxRunner that fetches only the first output and takes RunOptions (so a losing run can be terminated)."""
+
+    def __init__(self, model_path: Path, *, threads: int = 1) -> None:
+        super().__init__(model_path, threads=threads)
+        self._first = self.output_names[:1]
+        # The inputs were checked against the manifest's signature already: call the session's C++ run
+        # directly, without the Python wrapper's second validation (a few microseconds per call). Sessions
+        # without it (another onnxruntime layout) use the public run.
+        native = getattr(self._session, "_sess", None)
+        self._session_run: Callable[..., list[np.ndarray]] = (
+            native.run if native is not None and hasattr(native, "run") else self._session.run
+        )
+
+    def score(self, feeds: dict[str, np.ndarray], run_options: Any = None) -> np.ndarray:
+        """The first output as flat float32 scores; ModelRuntimeError when the run fails or is not finite."""
+        try:
+            output = self._session_run(self._first, feeds, run_options)[0]
+        except Exception as exc:  # onnxruntime raises several unrelated types
+            raise ModelRuntimeError(f"onnxruntime failed to run: {exc}") from exc
+        scores = output.ravel() if output.dtype == np.float32 else np.asarray(output, dtype=np.float32).ravel()
+        # A Python loop beats numpy's per-call overhead on the few scores of a recommendation.
+        finite = all(map(math.isfinite, scores.tolist())) if scores.size <= 32 else bool(np.isfinite(scores).all())
+        if not finite:
+            raise _NonFiniteError("local model returned non-finite scores")
+        return scores
+
+
 class _LocalModel:
     """The active version, loaded and verified."""
 
     def __init__(self, installed: InstalledVersion, threads: int) -> None:
         self.installed = installed
-        self.runner = OnnxRunner(installed.entrypoint, threads=threads)
+        self.version = installed.version
+        self.runner = _Scorer(installed.entrypoint, threads=threads)
         self.input_specs = [(s.name, s.dtype, list(s.shape)) for s in installed.manifest.inputs]
+        # (name, dtype, batched, shape to match: the dimensions after the batch, or the whole shape) for the
+        # quick input check; None when some dimension other than the batch is free (the full check runs).
+        self._quick: list[tuple[str, np.dtype[Any], bool, tuple[int, ...]]] | None = []
+        for name, dtype, shape in self.input_specs:
+            batched = bool(shape) and shape[0] < 0
+            want = tuple(shape[1:] if batched else shape)
+            if any(d < 0 for d in want):
+                self._quick = None
+                break
+            self._quick.append((name, np.dtype(dtype), batched, want))
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -64,22 +143,40 @@ class _LocalModel:
             name: np.zeros([d if d >= 0 else 1 for d in shape], dtype=dtype) for name, dtype, shape in self.input_specs
         }
         try:
-            self.runner.run(zeros)
+            self.runner.score(zeros)
         except EdgerecError as exc:
             log.debug("warm-up run failed (the first prediction will tell): %s", exc)
 
+    def check(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
+        """The inputs in signature order and their batch size; InvalidInputError naming what is wrong.
 
-class _NonFiniteError(ModelRuntimeError):
-    """Local scores with NaN or inf."""
-
-
-def _run_local(local: _LocalModel, arrays: dict[str, np.ndarray]) -> np.ndarray:
-    """The local model's first output as flat float32 scores (runs in the local pool)."""
-    outputs = local.runner.run(arrays)
-    scores = np.asarray(outputs[local.runner.output_names[0]], dtype=np.float32).ravel()
-    if not np.all(np.isfinite(scores)):
-        raise _NonFiniteError("local model returned non-finite scores")
-    return scores
+        Arrays of the right dtype and shape pass a quick check; anything else goes through
+        :func:`edgerec.tensors.check_inputs` (conversions, and its precise errors).
+        """
+        quick = self._quick
+        if quick is not None and len(inputs) == len(quick):
+            checked: dict[str, np.ndarray] = {}
+            batch = -1
+            for name, dtype, batched, want in quick:
+                array = inputs.get(name)
+                if type(array) is not np.ndarray:
+                    break
+                found = array.dtype
+                if found is not dtype and found != dtype:
+                    break
+                shape = array.shape
+                if batched:
+                    if not shape or shape[1:] != want or (batch >= 0 and shape[0] != batch):
+                        break
+                    batch = shape[0]
+                elif shape != want:
+                    break
+                checked[name] = array
+            else:
+                return checked, batch if batch > 0 else 1
+        checked = tensors.check_inputs(inputs, self.input_specs)
+        rows = min((a.shape[0] for a in checked.values() if a.ndim), default=1)
+        return checked, max(rows, 1)
 
 
 class EdgeClient:
@@ -144,8 +241,17 @@ class EdgeClient:
         self._local: _LocalModel | None = None
         self._local_failure: str | None = None
         self._state_stamp: tuple[int, int] | None = None
+        # perf_counter time after which predict looks at the store's state file again (another process may sync)
+        self._recheck_at = 0.0
         self._last_server_version = 0
         self._lock = threading.Lock()
+        self._caching = self.cache.max_entries > 0
+        # Moving average of recent local latency: below the policy's inline limit the model runs inline.
+        self._recent_s = 0.0
+        self._inline_limit_s = self.policy.inline_limit_s
+        self._inline_weight = self.policy.inline_weight
+        self._pooled_inflight = 0  # local runs on the pool not finished yet (a stuck one keeps us off inline)
+        self._inflight_lock = threading.Lock()
 
     def close(self) -> None:
         self._local_pool.shutdown(wait=False, cancel_futures=True)
@@ -196,72 +302,126 @@ class EdgeClient:
         Answers or raises a typed error within ``policy.deadline_s`` (see :class:`FallbackPolicy`).
         """
         started = time.perf_counter()
-        local, load_failure = self._local_model()
-        rows = min((np.shape(a)[0] for a in inputs.values() if np.ndim(a)), default=1)
+        local = self._local
+        if local is None or started >= self._recheck_at:
+            local, load_failure = self._local_model()
+            if local is None:
+                detail = load_failure or "no local model installed"
+                code = FallbackReason.NO_LOCAL_MODEL if detail.startswith("no local") else FallbackReason.LOAD_FAILED
+                arrays = {name: np.asarray(a) for name, a in inputs.items()}
+                rows = min((a.shape[0] for a in arrays.values() if a.ndim), default=1)
+                policy = self.policy.for_rows(rows)
+                # Loading a new version (once per version) is not part of a prediction's deadline.
+                deadline = time.perf_counter() + policy.deadline_s
+                return self._fallback(arrays, None, code, detail, started, deadline, policy)
+            started = time.perf_counter()
+        arrays, rows = local.check(inputs)
+        if local is not self._tracked:
+            self._track(local)
+        version = local.version
+        key: CacheKey | None = None
+        if self._caching:
+            key = request_key(version, arrays)
+            cached = self.cache.get(key)
+            if cached is not None:
+                return self._answer(cached, Source.CACHE, version, started)
+        breaker = self.local_breaker
+        if breaker.closed and self._recent_s < self._inline_limit_s and not self._pooled_inflight:
+            # The common case: the model has been fast, so it runs here (no thread hand-off).
+            try:
+                scores = local.runner.score(arrays)
+            except EdgerecError as exc:
+                self._note_local_time(time.perf_counter() - started, rows)
+                return self._local_failed(exc, arrays, local, started, self.policy.for_rows(rows))
+            latency = time.perf_counter() - started
+            if rows == 1:  # _note_local_time, inlined
+                self._recent_s += (latency - self._recent_s) * self._inline_weight
+            else:
+                self._note_local_time(latency, rows)
+            breaker.record_success()
+            self._consecutive_failures = 0
+            if key is not None:
+                self.cache.put(key, scores)
+            self.counters.count(Source.LOCAL, None, latency)
+            return _prediction(scores, Source.LOCAL, version, latency)
         policy = self.policy.for_rows(rows)
-        # Loading a new version (once per version) is not part of a prediction's deadline.
-        deadline = time.perf_counter() + policy.deadline_s
-        if local is None:
-            detail = load_failure or "no local model installed"
-            code = FallbackReason.NO_LOCAL_MODEL if detail.startswith("no local") else FallbackReason.LOAD_FAILED
-            arrays = {name: np.asarray(a) for name, a in inputs.items()}
-            return self._fallback(arrays, None, code, detail, started, deadline, policy)
-        arrays = tensors.check_inputs(inputs, local.input_specs)
-        version = local.installed.version
-        self._track(local)
-        key = request_key(version, arrays)
-        cached = self.cache.get(key)
-        if cached is not None:
-            return self._answer(cached, Source.CACHE, version, started)
-        if not self.local_breaker.allow():
+        deadline = started + policy.deadline_s
+        if not breaker.allow():
             detail = "local model's circuit breaker is open"
             return self._fallback(arrays, local, FallbackReason.LOCAL_BREAKER_OPEN, detail, started, deadline, policy)
-        future = self._local_pool.submit(_run_local, local, arrays)
-        return self._race(future, arrays, local, key, started, deadline, policy)
+        return self._race(arrays, local, key, rows, started, deadline, policy)
+
+    def _note_local_time(self, seconds: float, rows: int) -> None:
+        """Feed the moving average of local latency (per single row) that picks the inline path."""
+        if rows > 1:
+            seconds -= self.policy.per_row_s * (rows - 1)
+        self._recent_s += (seconds - self._recent_s) * self._inline_weight
+
+    def _submit_local(self, local: _LocalModel, arrays: dict[str, np.ndarray], rows: int) -> _LocalCall:
+        """Run the local model on the worker pool; the returned call can be cancelled or terminated."""
+        import onnxruntime as ort
+
+        options = ort.RunOptions()
+
+        def run() -> np.ndarray:
+            began = time.perf_counter()
+            try:
+                return local.runner.score(arrays, options)
+            finally:
+                if not options.terminate:
+                    self._note_local_time(time.perf_counter() - began, rows)
+
+        with self._inflight_lock:
+            self._pooled_inflight += 1
+        self.counters.count_pooled()
+        future = self._local_pool.submit(run)
+        future.add_done_callback(self._local_done)
+        return _LocalCall(future, options)
+
+    def _local_done(self, _: Future[np.ndarray]) -> None:
+        with self._inflight_lock:
+            self._pooled_inflight -= 1
 
     def _race(
         self,
-        local_call: Future[np.ndarray],
         arrays: dict[str, np.ndarray],
         local: _LocalModel,
-        key: CacheKey,
+        key: CacheKey | None,
+        rows: int,
         started: float,
         deadline: float,
         policy: FallbackPolicy,
     ) -> Prediction:
-        """Wait for the local model; hedge with the server when it is slow; first good answer wins."""
-        begun = deadline - policy.deadline_s
-        hedge_at = begun + policy.hedge_after_s if policy.hedge_after_s is not None else None
-        local_deadline = begun + policy.local_deadline_s
+        """Run the local model on the pool; hedge with the server when it is slow; first good answer wins."""
+        hedge_at = started + policy.hedge_after_s if policy.hedge_after_s is not None else None
+        local_deadline = started + policy.local_deadline_s
+        call = self._submit_local(local, arrays, rows)
+        local_call = call.future
         server_call: Future[Prediction] | None = None
         while True:
             if local_call.done():
                 try:
                     scores = local_call.result()
                 except EdgerecError as exc:
-                    code = FallbackReason.NON_FINITE if isinstance(exc, _NonFiniteError) else FallbackReason.LOCAL_ERROR
-                    detail = f"local inference failed: {exc}"
-                    log.warning("%s; falling back to the server", detail)
-                    self.local_breaker.record_failure()
-                    self._count_local_failure(local.installed.version)
-                    break
+                    return self._local_failed(exc, arrays, local, started, policy, deadline, server_call)
                 self.local_breaker.record_success()
                 self._consecutive_failures = 0
-                self.cache.put(key, scores)
-                return self._answer(scores, Source.LOCAL, key[0], started)
+                if key is not None:
+                    self.cache.put(key, scores)
+                return self._answer(scores, Source.LOCAL, local.version, started)
             if server_call is not None and server_call.done() and server_call.exception() is None:
                 answer = server_call.result()
-                local_call.add_done_callback(self._late_local(key))
+                self._cancel(call)
                 return self._answer(answer.scores, answer.source, answer.version, started, FallbackReason.HEDGED)
             now = time.perf_counter()
             if now >= local_deadline:
                 code, detail = FallbackReason.LOCAL_DEADLINE, f"local inference exceeded {policy.local_deadline_s}s"
                 log.warning("%s; falling back to the server", detail)
                 self.local_breaker.record_failure()
-                local_call.add_done_callback(self._late_local(key))
+                self._cancel(call)
                 break
             if server_call is None and hedge_at is not None and now >= hedge_at and self._connection is not None:
-                server_call = self._server_pool.submit(self._ask_server, arrays, key[0], deadline)
+                server_call = self._server_pool.submit(self._ask_server, arrays, local.version, deadline)
             wake = local_deadline if server_call is not None or hedge_at is None else min(hedge_at, local_deadline)
             waiting: list[Future[Any]] = [local_call]
             if server_call is not None and not server_call.done():
@@ -269,14 +429,33 @@ class EdgeClient:
             futures.wait(waiting, timeout=max(0.0, wake - now), return_when=futures.FIRST_COMPLETED)
         return self._fallback(arrays, local, code, detail, started, deadline, policy, server_call)
 
-    def _late_local(self, key: CacheKey) -> Callable[[Future[np.ndarray]], None]:
-        """Callback for a local call nobody waits for any more: keep a good answer in the cache."""
+    def _cancel(self, call: _LocalCall) -> None:
+        """Stop a local run that lost: drop it from the queue, or terminate it if it is running."""
+        if call.future.done():
+            return
+        if not call.future.cancel():
+            call.options.terminate = True
+        self.counters.count_cancelled()
 
-        def done(call: Future[np.ndarray]) -> None:
-            if call.exception() is None:
-                self.cache.put(key, call.result())
-
-        return done
+    def _local_failed(
+        self,
+        exc: EdgerecError,
+        arrays: dict[str, np.ndarray],
+        local: _LocalModel,
+        started: float,
+        policy: FallbackPolicy,
+        deadline: float | None = None,
+        server_call: Future[Prediction] | None = None,
+    ) -> Prediction:
+        """The local run raised or returned non-finite scores: count it and ask the server."""
+        code = FallbackReason.NON_FINITE if isinstance(exc, _NonFiniteError) else FallbackReason.LOCAL_ERROR
+        detail = f"local inference failed: {exc}"
+        log.warning("%s; falling back to the server", detail)
+        self.local_breaker.record_failure()
+        self._count_local_failure(local.version)
+        if deadline is None:
+            deadline = started + policy.deadline_s
+        return self._fallback(arrays, local, code, detail, started, deadline, policy, server_call)
 
     def _fallback(
         self,
@@ -304,34 +483,34 @@ class EdgeClient:
                 answer = self._predict_on_server(arrays, local, reason, started, deadline)
         except NoModelAvailableError as exc:
             if self.policy.default_score is None:
+                self.counters.count_error(code)
                 raise NoModelAvailableError(f"cannot predict: {reason}; {exc}") from exc
             log.warning("cannot predict (%s; %s): answering the default score", reason, exc)
             batch = next(iter(arrays.values())).shape[:1] if arrays else (1,)
             scores = np.full(batch or (1,), self.policy.default_score, dtype=np.float32)
-            version = local.installed.version if local else 0
+            version = local.version if local else 0
             return self._answer(scores, Source.DEFAULT, version, started, code, reason)
         return self._answer(answer.scores, answer.source, answer.version, started, code, reason)
 
     def _answer(
         self,
         scores: np.ndarray,
-        source: Source | str,
+        source: Source,
         version: int,
         started: float,
         code: FallbackReason | None = None,
         reason: str | None = None,
     ) -> Prediction:
-        source = Source(source)
         latency = time.perf_counter() - started
         self.counters.count(source, code, latency)
-        return Prediction(scores, source, version, latency, reason if reason or code is None else code.value, code)
+        return _prediction(scores, source, version, latency, reason if reason or code is None else code.value, code)
 
     def _track(self, local: _LocalModel) -> None:
         """A newly loaded model (sync, rollback, reload) starts with a closed breaker and an empty cache."""
-        if local is not self._tracked:
-            self._tracked = local
-            self.local_breaker.reset()
-        self.cache.observe_version(local.installed.version)
+        self._tracked = local
+        self.local_breaker.reset()
+        self._recent_s = 0.0
+        self.cache.observe_version(local.version)
 
     def _count_local_failure(self, version: int) -> None:
         """After ``max_local_failures`` failures in a row, roll back to the previous version."""
@@ -395,10 +574,13 @@ class EdgeClient:
     def _local_model(self) -> tuple[_LocalModel | None, str | None]:
         """The loaded active version, loading and verifying it on first use; else why not.
 
-        The store's state file is only re-read when it changed on disk (another process may sync).
+        The store's state file is only re-read when it changed on disk (another process may sync);
+        predict looks at it at most every ``STATE_CHECK_INTERVAL_S`` (a stat costs as much as the rest of
+        the hot path). Answers always carry the version that produced them.
         """
         with self._lock:
             stamp = self.store.state_stamp()
+            self._recheck_at = time.perf_counter() + STATE_CHECK_INTERVAL_S
             if stamp == self._state_stamp and (self._local is not None or self._local_failure is not None):
                 return self._local, self._local_failure
             self._state_stamp = stamp
@@ -421,6 +603,7 @@ class EdgeClient:
         """Forget the loaded model so the next predict loads and verifies it again."""
         with self._lock:
             self._local, self._local_failure, self._state_stamp = None, None, None
+            self._recheck_at = 0.0
 
 
 def _trusted(keys: Sequence[Path | str] | TrustedKeys) -> TrustedKeys:

@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -38,17 +38,31 @@ class FallbackPolicy:
 
     ``deadline_s`` bounds a whole predict: an answer or a typed error comes back within it.
     Local inference that has not answered after ``hedge_after_s`` also starts the server call (the
-    first good answer wins); after ``local_deadline_s`` it counts as failed. ``default_score``, when
-    set, answers (``source="default"``) when neither the local model nor the server can.
-    The three times are for one row; a batch gets ``per_row_s`` more on each for every further row,
-    so a 20,000-row scoring call is not judged by a single recommendation's deadline.
+    first good answer wins, the other is cancelled); after ``local_deadline_s`` it counts as failed.
+    ``default_score``, when set, answers (``source="default"``) when neither the local model nor the
+    server can. The three times are for one row; a batch gets ``per_row_s`` more on each for every
+    further row, so a 20,000-row scoring call is not judged by a single recommendation's deadline.
+
+    Defaults (``make bench-predict`` measured them on a loaded 2-core machine, see the README):
+    ``deadline_s=0.05`` (issue 6's target), ``local_deadline_s=0.04``, ``hedge_after_s=0.01``.
+    A small model answers in about 0.05-0.1 ms at batch 1 and its p99 on a busy machine stays
+    under 5 ms, so the hedge fires only for a truly stalled local run; a server on loopback
+    answers in about 1 ms (p99 under 5 ms), which leaves room for the server after a local error
+    (the full 50 ms) or after a missed local deadline (10 ms).
+
+    The local model runs in the caller's thread (no hand-off to a worker: the cheapest path) while
+    its breaker is closed, no earlier run is still busy on the pool, and the moving average of
+    recent local latency (each call weighs ``inline_weight``) is below ``inline_fraction`` of the
+    hedge delay (of ``local_deadline_s`` without hedging). An inline run cannot be interrupted, so
+    once the model has been slow the calls go through the ``local_workers`` pool, where they are
+    hedged, and cancelled when they lose. An average rather than a maximum: one run preempted
+    for a few ms on a busy CPU does not send the next calls through the pool; a stalled model
+    (one run above 4x the limit) does. ``inline_fraction=0`` always uses the pool.
     """
 
-    # Issue 6 aims at 50 ms; until tools/bench_predict.py measures it on loaded 2-core devices, the
-    # defaults leave room for a cold gRPC channel and a server that loads the model on first use.
-    deadline_s: float = 0.25
-    local_deadline_s: float = 0.15
-    hedge_after_s: float | None = 0.05
+    deadline_s: float = 0.05
+    local_deadline_s: float = 0.04
+    hedge_after_s: float | None = 0.01
     local_failure_threshold: int = 3
     local_cooldown_s: float = 5.0
     server_failure_threshold: int = 3
@@ -57,6 +71,14 @@ class FallbackPolicy:
     local_workers: int = 2
     server_workers: int = 4
     per_row_s: float = 20e-6
+    inline_fraction: float = 0.25
+    inline_weight: float = 0.25
+
+    @property
+    def inline_limit_s(self) -> float:
+        """Slowest recent local call (seconds, one row) under which the local model runs inline."""
+        budget = self.hedge_after_s if self.hedge_after_s is not None else self.local_deadline_s
+        return self.inline_fraction * budget
 
     def for_rows(self, rows: int) -> FallbackPolicy:
         """This policy with its times stretched for a batch of ``rows``."""
@@ -77,6 +99,8 @@ class FallbackPolicy:
             raise ValueError("hedge_after_s must be in [0, local_deadline_s] or None")
         if min(self.local_failure_threshold, self.server_failure_threshold, self.local_workers) < 1:
             raise ValueError("failure thresholds and local_workers must be >= 1")
+        if not 0 <= self.inline_fraction <= 1 or not 0 < self.inline_weight <= 1:
+            raise ValueError("need 0 <= inline_fraction <= 1 and 0 < inline_weight <= 1")
 
 
 class BreakerState(enum.StrEnum):
@@ -114,8 +138,15 @@ class CircuitBreaker:
             return BreakerState.HALF_OPEN
         return BreakerState.OPEN
 
+    @property
+    def closed(self) -> bool:
+        """True while closed (no lock: one attribute read, for the hot path)."""
+        return self._opened_at is None
+
     def allow(self) -> bool:
         """May a call go through now? In half-open state only one probe at a time may."""
+        if self._opened_at is None:  # closed: the common case needs no lock
+            return True
         with self._lock:
             state = self._state()
             if state is BreakerState.CLOSED:
@@ -126,6 +157,8 @@ class CircuitBreaker:
             return False
 
     def record_success(self) -> None:
+        if self._opened_at is None and not self._failures and not self._probing:
+            return  # already closed and clean: nothing to write
         with self._lock:
             self._failures = 0
             self._opened_at = None
@@ -144,20 +177,24 @@ class CircuitBreaker:
 
 
 class PredictCounters:
-    """Answers by source, fallbacks by reason and recent latencies, thread-safe."""
+    """Answers by source, fallbacks by reason, recent latencies and hedging outcomes, thread-safe."""
 
     def __init__(self, latency_window: int = 2048) -> None:
         self._lock = threading.Lock()
-        self._sources: Counter[str] = Counter()
-        self._reasons: Counter[str] = Counter()
+        self._sources: dict[Source, int] = dict.fromkeys(Source, 0)
+        self._reasons: dict[FallbackReason, int] = dict.fromkeys(FallbackReason, 0)
         self._latencies: deque[float] = deque(maxlen=latency_window)
         self._server_failures = 0
+        self._pooled = 0
+        self._cancelled = 0
+        self._errors = 0
 
     def count(self, source: Source, reason: FallbackReason | None, latency_s: float) -> None:
+        """One answer (on the hot path: one lock, two dict writes)."""
         with self._lock:
-            self._sources[source.value] += 1
+            self._sources[source] += 1
             if reason is not None:
-                self._reasons[reason.value] += 1
+                self._reasons[reason] += 1
             self._latencies.append(latency_s)
 
     def latency_percentiles(self, quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[float, float]:
@@ -168,21 +205,54 @@ class PredictCounters:
             return {}
         return {q: window[min(len(window) - 1, int(q * len(window)))] for q in quantiles}
 
+    def count_error(self, reason: FallbackReason) -> None:
+        """A fallback that ended in a typed error (neither the server nor a default score answered)."""
+        with self._lock:
+            self._reasons[reason] += 1
+            self._errors += 1
+
     def count_server_failure(self) -> None:
         with self._lock:
             self._server_failures += 1
 
+    def count_pooled(self) -> None:
+        """A local run handed to the worker pool (the model had been slow) instead of running inline."""
+        with self._lock:
+            self._pooled += 1
+
+    def count_cancelled(self) -> None:
+        """A local run that lost (to a hedged server answer or its deadline) and was cancelled."""
+        with self._lock:
+            self._cancelled += 1
+
     @property
     def by_source(self) -> dict[str, int]:
+        """Answers by source; sources never seen are left out."""
         with self._lock:
-            return dict(self._sources)
+            return {source.value: n for source, n in self._sources.items() if n}
 
     @property
     def by_reason(self) -> dict[str, int]:
+        """Fallbacks by reason; reasons never seen are left out."""
         with self._lock:
-            return dict(self._reasons)
+            return {reason.value: n for reason, n in self._reasons.items() if n}
 
     @property
     def server_failures(self) -> int:
         with self._lock:
             return self._server_failures
+
+    @property
+    def errors(self) -> int:
+        with self._lock:
+            return self._errors
+
+    @property
+    def pooled(self) -> int:
+        with self._lock:
+            return self._pooled
+
+    @property
+    def cancelled(self) -> int:
+        with self._lock:
+            return self._cancelled

@@ -160,7 +160,7 @@ def _occupy(client: EdgeClient) -> threading.Event:
 
 
 def test_local_deadline_goes_to_the_server(server: str, tmp_path: Path) -> None:
-    policy = FallbackPolicy(local_deadline_s=0.005, hedge_after_s=None, local_workers=1)
+    policy = FallbackPolicy(local_deadline_s=0.005, hedge_after_s=None, local_workers=1, inline_fraction=0)
     with _client(server, "safe", tmp_path, policy) as client:
         release = _occupy(client)
         try:
@@ -169,10 +169,13 @@ def test_local_deadline_goes_to_the_server(server: str, tmp_path: Path) -> None:
             release.set()
         assert (answer.source, answer.fallback) == ("server", "local_deadline")
         assert client.counters.by_reason == {"local_deadline": 1}
+        assert client.counters.cancelled == 1, "the late local run is dropped from the queue"
 
 
 def test_hedging_returns_the_first_good_answer(server: str, tmp_path: Path) -> None:
-    policy = FallbackPolicy(deadline_s=1.0, local_deadline_s=1.0, hedge_after_s=0.002, local_workers=1)
+    policy = FallbackPolicy(
+        deadline_s=1.0, local_deadline_s=1.0, hedge_after_s=0.002, local_workers=1, inline_fraction=0
+    )
     with _client(server, "safe", tmp_path, policy) as client:
         release = _occupy(client)
         try:
@@ -180,9 +183,41 @@ def test_hedging_returns_the_first_good_answer(server: str, tmp_path: Path) -> N
         finally:
             release.set()
         assert (hedged.source, hedged.fallback) == ("server", "hedged")
+        assert client.counters.cancelled == 1, "the losing local run is cancelled"
         quick = client.predict({"x": SAFE["x"] + 1})  # local answers well before the hedge: no server call
         assert quick.source == "local" and quick.fallback is None
         np.testing.assert_allclose(client.predict(SAFE).scores, hedged.scores, atol=1e-6)
+        assert client.counters.cancelled == 1 and client.counters.server_failures == 0
+
+
+def test_a_failed_hedge_does_not_win_the_local_answer_does(server: str, tmp_path: Path) -> None:
+    _client(server, "safe", tmp_path).close()  # install version 1
+    with socket.socket() as probe:  # the hedge goes to a port nobody listens on: it fails at once
+        probe.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{probe.getsockname()[1]}"
+    policy = FallbackPolicy(
+        deadline_s=5.0, local_deadline_s=5.0, hedge_after_s=0.001, local_workers=1, inline_fraction=0
+    )
+    with EdgeClient(server=dead, model="safe", data_dir=tmp_path, policy=policy) as client:
+        release = _occupy(client)
+        threading.Timer(0.1, release.set).start()  # the device frees up after the hedge has failed
+        answer = client.predict(SAFE)
+        assert (answer.source, answer.fallback) == ("local", None)
+        assert client.counters.server_failures == 1 and client.counters.cancelled == 0
+
+
+def test_a_fast_model_runs_inline_and_a_slow_one_goes_through_the_pool(server: str, tmp_path: Path) -> None:
+    relaxed = FallbackPolicy(deadline_s=1.0, local_deadline_s=1.0, hedge_after_s=0.5)  # inline below 125 ms
+    with _client(server, "safe", tmp_path, relaxed) as client:
+        for i in range(5):
+            assert client.predict({"x": SAFE["x"] + i}).source == "local"
+        assert client.counters.pooled == 0, "a fast model never leaves the caller's thread"
+    # An inline limit of 0.5 ns: the first run (nothing measured yet) is inline, then the model counts as slow.
+    strict = FallbackPolicy(deadline_s=1.0, local_deadline_s=1.0, hedge_after_s=0.5, inline_fraction=1e-9)
+    with _client(server, "safe", tmp_path, strict) as client:
+        assert client.predict(SAFE).source == "local" and client.counters.pooled == 0
+        again = client.predict({"x": SAFE["x"] + 1})
+        assert (again.source, again.fallback) == ("local", None) and client.counters.pooled == 1
 
 
 def test_a_server_that_is_down_fails_fast_within_the_deadline(tmp_path: Path) -> None:
