@@ -6,7 +6,7 @@ import threading
 
 import numpy as np
 
-from edgerec.device.cache import PredictionCache, request_key
+from edgerec.device.cache import CacheKey, PredictionCache, request_key
 
 
 class Clock:
@@ -19,7 +19,7 @@ class Clock:
         return self.now
 
 
-def _key(version: int, value: float) -> tuple[int, bytes]:
+def _key(version: int, value: float) -> CacheKey:
     return request_key(version, {"x": np.full(4, value, dtype=np.float32)})
 
 
