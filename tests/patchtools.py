@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 
+from hypothesis import strategies as st
+
 from edgerec.codecs.container import HEADER_SIZE, TRAILER_SIZE, read_header, write_container
 
 
@@ -25,3 +27,20 @@ def reseal(patch: bytes, body: bytes) -> bytes:
         body=[body],
     )
     return f.getvalue()
+
+
+@st.composite
+def byte_pairs(draw: st.DrawFn, max_size: int = 4096) -> tuple[bytes, bytes]:
+    """(old, new): unrelated bytes, or ``new`` made from ``old`` by a few splices and moves."""
+    old = draw(st.binary(max_size=max_size))
+    if draw(st.booleans()):
+        return old, draw(st.binary(max_size=max_size))
+    new = old
+    for _ in range(draw(st.integers(0, 4))):
+        start = draw(st.integers(0, len(new)))
+        end = draw(st.integers(start, min(len(new), start + 200)))
+        if draw(st.booleans()):
+            new = new[:start] + draw(st.binary(max_size=64)) + new[end:]
+        else:
+            new = new[end:] + new[start:end] + new[:start]
+    return old, new

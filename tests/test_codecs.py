@@ -16,7 +16,7 @@ import pytest
 import zstandard
 from hypothesis import given
 from hypothesis import strategies as st
-from patchtools import body_of, reseal
+from patchtools import body_of, byte_pairs, reseal
 
 from edgerec.codecs import (
     CODEC_NAMES,
@@ -159,20 +159,6 @@ def test_full_with_long_distance_matching(tmp_path: Path) -> None:
     out = tmp_path / "out.bin"
     apply_patch(None, long_distance, out)
     assert out.read_bytes() == new.read_bytes()
-
-
-@st.composite
-def byte_pairs(draw: st.DrawFn) -> tuple[bytes, bytes]:
-    """(old, new): unrelated bytes, or ``new`` made from ``old`` by a few splices."""
-    old = draw(st.binary(max_size=4096))
-    if draw(st.booleans()):
-        return old, draw(st.binary(max_size=4096))
-    new = old
-    for _ in range(draw(st.integers(0, 4))):
-        start = draw(st.integers(0, len(new)))
-        end = draw(st.integers(start, min(len(new), start + 64)))
-        new = new[:start] + draw(st.binary(max_size=64)) + new[end:]
-    return old, new
 
 
 @given(pair=byte_pairs())
