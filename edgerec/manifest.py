@@ -31,6 +31,7 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 Manifest = manifest_pb2.Manifest
 Artifact = manifest_pb2.Artifact
 ArtifactFile = manifest_pb2.ArtifactFile
+FixedBatchFile = manifest_pb2.FixedBatchFile
 SignedManifest = manifest_pb2.SignedManifest
 TensorSpec = tensor_pb2.TensorSpec
 GoldenCase = manifest_pb2.GoldenCase
@@ -112,6 +113,16 @@ def check_manifest(manifest: Manifest) -> None:
                 raise ManifestError(f"file {f.path!r} has a malformed sha256")
         if artifact.digest != artifact_digest(artifact.files):
             raise ManifestError(f"artifact {artifact.recipe!r} digest does not match its files")
+        _check_fixed_batches(artifact, set(paths))
+
+
+def _check_fixed_batches(artifact: Artifact, paths: set[str]) -> None:
+    sizes = [entry.batch_size for entry in artifact.fixed_batches]
+    if any(size < 1 for size in sizes) or sizes != sorted(set(sizes)):
+        raise ManifestError(f"artifact {artifact.recipe!r} fixed batch sizes {sizes} are not ascending positive sizes")
+    for entry in artifact.fixed_batches:
+        if entry.path not in paths:
+            raise ManifestError(f"artifact {artifact.recipe!r} fixed-batch file {entry.path!r} not in files")
 
 
 def find_artifact(manifest: Manifest, recipe: str) -> Artifact | None:

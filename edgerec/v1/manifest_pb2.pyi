@@ -18,18 +18,28 @@ class ArtifactFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("recipe", "runtime", "entrypoint", "files", "digest")
+    __slots__ = ("recipe", "runtime", "entrypoint", "files", "digest", "fixed_batches")
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    FIXED_BATCHES_FIELD_NUMBER: _ClassVar[int]
     recipe: str
     runtime: str
     entrypoint: str
     files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
     digest: str
-    def __init__(self, recipe: _Optional[str] = ..., runtime: _Optional[str] = ..., entrypoint: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., digest: _Optional[str] = ...) -> None: ...
+    fixed_batches: _containers.RepeatedCompositeFieldContainer[FixedBatchFile]
+    def __init__(self, recipe: _Optional[str] = ..., runtime: _Optional[str] = ..., entrypoint: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., digest: _Optional[str] = ..., fixed_batches: _Optional[_Iterable[_Union[FixedBatchFile, _Mapping]]] = ...) -> None: ...
+
+class FixedBatchFile(_message.Message):
+    __slots__ = ("batch_size", "path")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    path: str
+    def __init__(self, batch_size: _Optional[int] = ..., path: _Optional[str] = ...) -> None: ...
 
 class Manifest(_message.Message):
     __slots__ = ("format_version", "model", "version", "created_at", "inputs", "outputs", "artifacts", "expires_at", "annotations", "golden")
