@@ -16,7 +16,7 @@ import numpy as np
 from edgerec import tensors
 from edgerec.device.channel import make_channel
 from edgerec.errors import IntegrityError, TransportError
-from edgerec.grpc_status import error_from_rpc
+from edgerec.grpc_status import ERROR_METADATA_KEY, error_from_rpc
 from edgerec.hashing import sha256_file
 from edgerec.ratelimit import TokenBucket
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
@@ -34,6 +34,12 @@ _RETRYABLE = {
     grpc.StatusCode.CANCELLED,
 }
 
+# HTTP/2 flow control: gRPC reads ahead of the app up to the stream's receive window, and a cut
+# connection loses whatever it had buffered. With BDP probing on (gRPC's default) the window grows
+# to hundreds of KiB on a fast link, even when the app reads slowly (a rate-limited device), and
+# each cut then costs that much again on the wire. A fixed small window bounds the loss per cut.
+DEFAULT_RECEIVE_WINDOW_BYTES = 16 * 1024
+
 
 @dataclass(frozen=True)
 class TransportConfig:
@@ -44,11 +50,32 @@ class TransportConfig:
     max_attempts: int = 8
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
-    max_chunk_bytes: int = 1024 * 1024
+    # Largest chunk asked of the server. A cut loses the chunk in flight besides the receive window, so
+    # it stays below the window (8 KiB chunks still move ~15 MB/s on loopback); at most 1 MiB.
+    max_chunk_bytes: int = 8 * 1024
     rate_bytes_per_s: float | None = None
     # A payload not complete after this long fails with TransportError (None: no deadline). It bounds
-    # a server that trickles bytes forever or stops sending without closing the stream.
+    # a server that trickles bytes forever or stops sending without closing the stream. It also
+    # bounds an update check with its retries.
     download_deadline_s: float | None = None
+    # The HTTP/2 receive window (grpc.http2.lookahead_bytes, with BDP probing off), >= 1 KiB: what gRPC
+    # buffers ahead of the app, hence the most a dropped connection can waste. It also caps a stream's
+    # throughput near window / round-trip time (16 KiB: ~1.3 Mbit/s at 100 ms); raise it for fast,
+    # high-latency links that rarely drop. None: gRPC's default (BDP-grown, up to several MiB).
+    receive_window_bytes: int | None = DEFAULT_RECEIVE_WINDOW_BYTES
+
+    def __post_init__(self) -> None:
+        if self.receive_window_bytes is not None and self.receive_window_bytes < 1024:
+            raise ValueError(f"receive_window_bytes must be >= 1024 or None, got {self.receive_window_bytes}")
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+
+    def channel_options(self) -> list[tuple[str, int]]:
+        """The gRPC channel arguments these settings ask for."""
+        options = [("grpc.max_receive_message_length", 16 * 1024 * 1024)]
+        if self.receive_window_bytes is not None:
+            options += [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", self.receive_window_bytes)]
+        return options
 
 
 ProgressCallback = Callable[[int, int], None]  # (bytes so far, total bytes)
@@ -67,9 +94,9 @@ class ServerConnection:
     ) -> None:
         self.target = target
         self.config = config or TransportConfig()
-        self._channel = make_channel(
-            target, tls_ca=tls_ca, token=token, options=[("grpc.max_receive_message_length", 16 * 1024 * 1024)]
-        )
+        # A token is "<device_id>.<secret>": requests name that device (the server refuses any other).
+        self.device_id = token.rpartition(".")[0] if token else ""
+        self._channel = make_channel(target, tls_ca=tls_ca, token=token, options=self.config.channel_options())
         self._update = update_pb2_grpc.ModelUpdateStub(self._channel)  # type: ignore[no-untyped-call]
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]
         self.bytes_received = 0
@@ -78,19 +105,50 @@ class ServerConnection:
         self._channel.close()
 
     def check_update(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
-        try:
-            response: update_pb2.CheckUpdateResponse = self._update.CheckUpdate(
-                request, timeout=self.config.check_timeout_s
-            )
-        except grpc.RpcError as exc:
-            raise error_from_rpc(exc, f"CheckUpdate {request.model}") from exc
-        return response
+        """The server's plan for ``request``; a transient failure (a cut link) is retried like a download.
+
+        Retries back off exponentially with jitter, at most ``max_attempts`` tries within
+        ``download_deadline_s``; a deliberate refusal by the server is raised at once as its typed error.
+        """
+        if not request.device_id and self.device_id:
+            named = update_pb2.CheckUpdateRequest()
+            named.CopyFrom(request)
+            named.device_id = self.device_id
+            request = named
+        deadline = self._deadline()
+        what = f"CheckUpdate {request.model}"
+        failures = 0
+        while True:
+            timeout = self.config.check_timeout_s
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - time.monotonic(), 0.001))
+            try:
+                response: update_pb2.CheckUpdateResponse = self._update.CheckUpdate(request, timeout=timeout)
+                return response
+            except grpc.RpcError as exc:
+                failures += 1
+                code = exc.code().name if isinstance(exc, grpc.Call) else "unknown"
+                if not _transient(exc):
+                    raise error_from_rpc(exc, what) from exc
+                if failures >= self.config.max_attempts:
+                    raise TransportError(f"{what} failed {failures} times; last: {code}") from exc
+                delay = self._backoff(failures)
+                if deadline is not None and time.monotonic() + delay >= deadline:
+                    raise TransportError(
+                        f"{what} missed its {self.config.download_deadline_s:.0f} s deadline after {failures} "
+                        f"attempts; last: {code}"
+                    ) from exc
+                log.warning("%s failed (%s); retrying in %.2fs", what, code, delay)
+                time.sleep(delay)
 
     def predict(
         self, model: str, inputs: Mapping[str, np.ndarray], version: int = 0, timeout_s: float | None = None
     ) -> inference_pb2.PredictResponse:
         request = inference_pb2.PredictRequest(
-            model=model, version=version, inputs={name: tensors.to_proto(a) for name, a in inputs.items()}
+            model=model,
+            version=version,
+            inputs={name: tensors.to_proto(a) for name, a in inputs.items()},
+            device_id=self.device_id,
         )
         try:
             response: inference_pb2.PredictResponse = self._inference.Predict(
@@ -119,9 +177,7 @@ class ServerConnection:
         if part_file.exists() and part_file.stat().st_size > payload.size:
             part_file.unlink()
         bucket = TokenBucket(self.config.rate_bytes_per_s) if self.config.rate_bytes_per_s else None
-        deadline = (
-            time.monotonic() + self.config.download_deadline_s if self.config.download_deadline_s is not None else None
-        )
+        deadline = self._deadline()
         failures = 0
         while True:
             offset = part_file.stat().st_size if part_file.exists() else 0
@@ -137,10 +193,9 @@ class ServerConnection:
                 self._receive(model, payload, part_file, offset, bucket, progress, remaining)
                 reason = "stream ended early"
             except grpc.RpcError as exc:
-                code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-                if code not in _RETRYABLE:
+                if not _transient(exc):
                     raise error_from_rpc(exc, f"FetchPayload {payload.payload_id[:12]}") from exc
-                reason = code.name
+                reason = exc.code().name if isinstance(exc, grpc.Call) else "unknown"
             received = part_file.stat().st_size if part_file.exists() else 0
             if received == payload.size:
                 break
@@ -149,8 +204,7 @@ class ServerConnection:
                 raise TransportError(
                     f"download of {payload.path} made no progress in {failures} attempts; last: {reason}"
                 )
-            delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2**failures)
-            delay *= random.uniform(0.5, 1.0)
+            delay = self._backoff(failures)
             log.warning(
                 "download of %s interrupted at %d of %d bytes (%s); resuming in %.2fs",
                 payload.path,
@@ -169,6 +223,17 @@ class ServerConnection:
         part_file.replace(finished)
         return finished
 
+    def _deadline(self) -> float | None:
+        """The monotonic time by which a call with its retries must be done (None: no deadline)."""
+        if self.config.download_deadline_s is None:
+            return None
+        return time.monotonic() + self.config.download_deadline_s
+
+    def _backoff(self, failures: int) -> float:
+        """Seconds to wait before the next try: exponential in ``failures``, capped, with jitter."""
+        delay = min(self.config.backoff_max_s, self.config.backoff_initial_s * 2.0**failures)
+        return delay * random.uniform(0.5, 1.0)
+
     def _receive(
         self,
         model: str,
@@ -183,7 +248,11 @@ class ServerConnection:
         if self.config.rate_bytes_per_s:  # small chunks keep a slow link's pacing smooth
             chunk_limit = max(4096, min(chunk_limit, int(self.config.rate_bytes_per_s / 8)))
         request = update_pb2.FetchPayloadRequest(
-            model=model, payload_id=payload.payload_id, offset=offset, max_chunk_bytes=chunk_limit
+            model=model,
+            payload_id=payload.payload_id,
+            offset=offset,
+            max_chunk_bytes=chunk_limit,
+            device_id=self.device_id,
         )
         stream = self._update.FetchPayload(request, timeout=timeout_s)
         try:
@@ -208,3 +277,15 @@ class ServerConnection:
                         progress(offset, payload.size)
         finally:
             stream.cancel()
+
+
+def _transient(exc: grpc.RpcError) -> bool:
+    """Whether a failed call may succeed when tried again: a retryable status that is no deliberate refusal.
+
+    A status the server chose (it names an edgerec error in the trailing metadata) stays the same on a retry.
+    """
+    if not isinstance(exc, grpc.Call):
+        return True
+    if exc.code() not in _RETRYABLE:
+        return False
+    return not any(key == ERROR_METADATA_KEY for key, _ in exc.trailing_metadata() or ())

@@ -43,6 +43,8 @@ pytestmark = pytest.mark.torch
 MODEL = "ctr"
 RATE = 100_000  # bytes per second per device on the limited server
 FAST = TransportConfig(check_timeout_s=5, predict_timeout_s=5, max_attempts=2, backoff_initial_s=0.05)
+# A wrong kind of connection fails like a dropped one (UNAVAILABLE) and is retried; the deadline bounds it.
+ONE_TRY_WORTH = TransportConfig(check_timeout_s=3, download_deadline_s=3)
 DEVICES = ("syncer", "predictor", "revocable", "streamer", "neighbour", "downloader", "big-sender", "a", "b", "cli")
 
 
@@ -307,7 +309,7 @@ def test_token_file_holds_only_hashes(tokens: tuple[Path, dict[str, str]]) -> No
 
 
 def test_plain_text_client_to_tls_server_is_a_transport_error(secure: str, pki: Pki) -> None:
-    connection = ServerConnection(secure, TransportConfig(check_timeout_s=3))
+    connection = ServerConnection(secure, ONE_TRY_WORTH)
     started = time.monotonic()
     try:
         with pytest.raises(TransportError) as info:
@@ -320,9 +322,7 @@ def test_plain_text_client_to_tls_server_is_a_transport_error(secure: str, pki: 
 def test_untrusted_server_certificate_is_a_transport_error(
     secure: str, pki: Pki, tokens: tuple[Path, dict[str, str]]
 ) -> None:
-    connection = ServerConnection(
-        secure, TransportConfig(check_timeout_s=3), tls_ca=pki.other_ca, token=tokens[1]["predictor"]
-    )
+    connection = ServerConnection(secure, ONE_TRY_WORTH, tls_ca=pki.other_ca, token=tokens[1]["predictor"])
     started = time.monotonic()
     try:
         with pytest.raises(TransportError):
@@ -335,9 +335,7 @@ def test_untrusted_server_certificate_is_a_transport_error(
 def test_tls_client_to_plain_text_server_is_a_transport_error(
     served: tuple[Registry, str], pki: Pki, tokens: tuple[Path, dict[str, str]]
 ) -> None:
-    connection = ServerConnection(
-        served[1], TransportConfig(check_timeout_s=3), tls_ca=pki.ca, token=tokens[1]["predictor"]
-    )
+    connection = ServerConnection(served[1], ONE_TRY_WORTH, tls_ca=pki.ca, token=tokens[1]["predictor"])
     started = time.monotonic()
     try:
         with pytest.raises(TransportError):

@@ -21,8 +21,9 @@ kills
 disk-full
     The device data dir lives on a tmpfs (``mount -t tmpfs``, root only; skipped otherwise) too
     small for the update, at fill levels from empty to one page short (so every write in the
-    pipeline runs out of space once): the sync must raise DiskFullError and leave the active
-    model intact and loadable; once space is freed the sync must complete.
+    pipeline runs out of space once), and with bytes to spare but no inode left (so the staging
+    folder cannot be made): the sync must raise DiskFullError and leave the active model intact
+    and loadable; once space is freed the sync must complete.
 
 Prints a summary table; the exit code is non-zero on any failure.
 """
@@ -61,7 +62,7 @@ import edgerec
 import edgerec.device
 from edgerec.device import EdgeClient
 from edgerec.device.storage import ModelStore
-from edgerec.device.transport import TransportConfig
+from edgerec.device.transport import DEFAULT_RECEIVE_WINDOW_BYTES, TransportConfig
 from edgerec.errors import DiskFullError, EdgerecError, NoModelAvailableError, TransportError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
@@ -365,7 +366,7 @@ class DropsReport:
             f"clean sync {self.baseline.overhead:.2%} of {self.baseline.payload_bytes} B; "
             f"{self.lost_per_cut / 1024:.1f} KiB lost per cut); {len(self.overhead_failures)} over the bound; "
             f"SDK payload bytes re-received {sum(r.device_bytes - r.payload_bytes for r in self.runs)}; "
-            f"{sum(r.attempts > 1 for r in self.runs)} syncs retried after a cut CheckUpdate"
+            f"{sum(r.attempts > 1 for r in self.runs)} syncs the app had to retry"
         )
         return Summary(name, len(self.runs), self.survived, self.failures, details, self.seconds)
 
@@ -378,7 +379,8 @@ def run_drops(
     workdir: Path,
     seed: int = 0,
     max_overhead: float = 0.05,
-    chunk_bytes: int = 8 * 1024,
+    chunk_bytes: int | None = None,
+    receive_window_bytes: int | None = DEFAULT_RECEIVE_WINDOW_BYTES,
     download_seconds: float | None = None,
     plans: Sequence[tuple[str, list[int]]] | None = None,
     attempts: int = 3,
@@ -388,14 +390,19 @@ def run_drops(
     Four runs in five take 1-3 cuts at seeded random points of the transfer; every fifth cuts
     every connection after a random quarter to half of it. ``plans`` ((mode, counts) pairs)
     replaces the random ones. ``download_seconds`` rate-limits the device so that the download
-    would take that long (an app on a metered link passes ``rate``). A sync whose
-    CheckUpdate was cut (the SDK does not retry it) is retried by the "app", up to ``attempts`` times.
+    would take that long (an app on a metered link passes ``rate``). ``chunk_bytes`` overrides the
+    SDK's chunk size and ``receive_window_bytes`` its HTTP/2 receive window (None: gRPC's BDP-grown
+    default, the control that shows what the fixed window saves). A sync that still fails with a
+    TransportError (the SDK retries a cut CheckUpdate and resumes a cut download itself) is retried
+    by the "app", up to ``attempts`` times.
     """
     started = time.perf_counter()
     rng = random.Random(f"drops-{seed}")
     _, new = versions_under_test(registry)
     host, port = address.rsplit(":", 1)
-    config = TransportConfig(max_chunk_bytes=chunk_bytes, backoff_initial_s=0.05, backoff_max_s=1.0)
+    config = TransportConfig(backoff_initial_s=0.05, backoff_max_s=1.0, receive_window_bytes=receive_window_bytes)
+    if chunk_bytes is not None:
+        config = dataclasses.replace(config, max_chunk_bytes=chunk_bytes)
     root = workdir / "drops"
 
     rate: float | None = None
@@ -1102,14 +1109,22 @@ class DiskFullReport:
         return Summary("disk-full", len(self.cases), survived, self.failures, details, self.seconds, self.skipped)
 
 
-def _mount_tmpfs(path: Path, size: int, *, remount: bool = False) -> None:
+def _mount_tmpfs(path: Path, size: int, *, remount: bool = False, inodes: int | None = None) -> None:
+    """Mount (or remount) a tmpfs of ``size`` bytes; ``inodes`` caps its files and folders (0: no cap)."""
     options = f"{'remount,' if remount else ''}size={-(-size // _PAGE) * _PAGE}"
+    if inodes is not None:
+        options += f",nr_inodes={inodes}"
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True, capture_output=True)
 
 
 def _used_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+
+def _used_inodes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_files - st.f_ffree
 
 
 def _enospc_origin(exc: BaseException) -> str:
@@ -1205,6 +1220,16 @@ def run_disk_full(
                 case.problems.append(f"predicted ({prediction.source}) with no model installed and no server")
             cases.append(case)
         cases.append(_freed_sync("first install, space freed", fresh, mount_point, roomy, registry, address, new))
+        # Bytes to spare but no inode left: the first thing the sync creates (its staging folder) fails.
+        # Last, because a tmpfs whose inode cap was lifted (nr_inodes=0) cannot be capped again.
+        no_inodes = mount_point / "no-inodes"
+        shutil.copytree(template, no_inodes)
+        case = _full_disk_sync("update, no inode left", no_inodes, mount_point, roomy, registry, address, inodes=True)
+        _mount_tmpfs(mount_point, roomy + _used_bytes(mount_point), remount=True, inodes=0)
+        case.problems += installed_problems(ModelStore(no_inodes, MODEL), registry, old)
+        case.problems += local_prediction_problems(no_inodes, specs, old)
+        cases.append(case)
+        cases.append(_freed_sync("no inode left, then freed", no_inodes, mount_point, roomy, registry, address, new))
         if not any(c.outcome == DiskFullError.__name__ for c in cases):
             cases[0].problems.append("no fill level made the sync run out of space")
     finally:
@@ -1216,11 +1241,20 @@ def run_disk_full(
 
 
 def _full_disk_sync(
-    name: str, data_dir: Path, mount_point: Path, free: int, registry: Registry, address: str
+    name: str,
+    data_dir: Path,
+    mount_point: Path,
+    free: int,
+    registry: Registry,
+    address: str,
+    *,
+    inodes: bool = False,
 ) -> DiskFullCase:
+    """One sync with ``free`` bytes left (and, with ``inodes``, no inode left) on the tmpfs."""
     case = DiskFullCase(name, free)
     ModelStore(data_dir, MODEL)  # its folders exist before the space is measured
-    _mount_tmpfs(mount_point, _used_bytes(mount_point) + free, remount=True)
+    cap = _used_inodes(mount_point) if inodes else None
+    _mount_tmpfs(mount_point, _used_bytes(mount_point) + free, remount=True, inodes=cap)
     with EdgeClient(server=address, model=MODEL, data_dir=data_dir) as client:
         try:
             client.sync()
@@ -1276,6 +1310,7 @@ class FaultSettings:
     max_overhead: float
     download_seconds: float
     verbose: bool
+    receive_window: int | None = DEFAULT_RECEIVE_WINDOW_BYTES
 
 
 def parse_args(argv: Sequence[str] | None) -> FaultSettings:
@@ -1295,6 +1330,12 @@ def parse_args(argv: Sequence[str] | None) -> FaultSettings:
     parser.add_argument("--workdir", type=Path, help="device data dirs and logs (default: a temporary dir, removed)")
     parser.add_argument("--max-overhead", type=float, default=0.05, help="wire bytes allowed over the payload")
     parser.add_argument("--download-seconds", type=float, default=0.8, help="rate-limit killed syncs to this long")
+    parser.add_argument(
+        "--receive-window",
+        type=int,
+        default=DEFAULT_RECEIVE_WINDOW_BYTES,
+        help="the device's HTTP/2 receive window in bytes for the drop runs (0: gRPC's BDP-grown default)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every run and the SDK's warnings")
     a = parser.parse_args(argv)
     throttled = a.throttled_drops if a.throttled_drops is not None else a.drops // 10
@@ -1313,6 +1354,7 @@ def parse_args(argv: Sequence[str] | None) -> FaultSettings:
         a.max_overhead,
         a.download_seconds,
         a.verbose,
+        a.receive_window or None,
     )
 
 
@@ -1334,6 +1376,7 @@ def run(settings: FaultSettings, workdir: Path) -> list[Summary]:
                 workdir=workdir,
                 seed=settings.seed,
                 max_overhead=settings.max_overhead,
+                receive_window_bytes=settings.receive_window,
             )
             rows.append(drops.summary())
         if settings.throttled_drops:
@@ -1344,6 +1387,7 @@ def run(settings: FaultSettings, workdir: Path) -> list[Summary]:
                 workdir=workdir,
                 seed=settings.seed + 1,
                 max_overhead=settings.max_overhead,
+                receive_window_bytes=settings.receive_window,
                 download_seconds=0.5,
             )
             rows.append(throttled.summary("drops, rate-limited"))
