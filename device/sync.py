@@ -145,8 +145,9 @@ class Syncer:
                 f"version {manifest.version} costs {response.payload_bytes} payload bytes, "
                 f"over this device's budget of {self.max_payload_bytes}"
             )
-        staged = self.store.begin_staging(manifest.version)
+        staged: Path | None = None
         try:
+            staged = self.store.begin_staging(manifest.version)
             for payload in response.payloads:
                 self._build_file(payload, current, staged, progress)
             artifact = find_artifact(manifest, response.recipe)
@@ -155,12 +156,12 @@ class Syncer:
             health_check(staged / artifact.entrypoint, manifest, response.recipe)
             installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
         except OSError as exc:
-            shutil.rmtree(staged, ignore_errors=True)
+            _discard(staged)
             if exc.errno == errno.ENOSPC:
                 raise DiskFullError(f"no space left for version {manifest.version} in {self.store.root}") from exc
             raise
         except BaseException:
-            shutil.rmtree(staged, ignore_errors=True)
+            _discard(staged)
             raise
         self.store.clear_downloads()
         return installed
@@ -255,6 +256,12 @@ class Syncer:
         except (IntegrityError, PatchError):
             finished.unlink(missing_ok=True)  # a bad payload must be fetched again, not reused
             raise
+
+
+def _discard(staged: Path | None) -> None:
+    """Remove a staging folder a failed install leaves (None: it was never made)."""
+    if staged is not None:
+        shutil.rmtree(staged, ignore_errors=True)
 
 
 def health_check(model_path: Path, manifest: Manifest, recipe: str) -> None:
