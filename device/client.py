@@ -21,6 +21,7 @@ from edgerec.device.cache import CacheKey, PredictionCache, request_key
 from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
 from edgerec.device.storage import InstalledVersion, ModelStore
 from edgerec.device.sync import FileProgress, Syncer, SyncResult
+from edgerec.device.telemetry import StatusReporter, SyncStats, TelemetrySender, build_report
 from edgerec.device.transport import ServerConnection, TransportConfig
 from edgerec.errors import (
     AuthenticationError,
@@ -33,6 +34,7 @@ from edgerec.runtimes import OnnxRunner
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.units import parse_rate
+from edgerec.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +229,10 @@ class EdgeClient:
         self._connection = (
             ServerConnection(server, config, tls_ca=Path(tls_ca) if tls_ca else None, token=token) if server else None
         )
+        self._server, self._tls_ca, self._token = server, Path(tls_ca) if tls_ca else None, token
+        self.sync_stats = SyncStats()
+        self._telemetry: TelemetrySender | None = None
+        self._reporter: StatusReporter | None = None
         self.cache = PredictionCache(cache_entries, ttl_s=cache_ttl_s, max_bytes=cache_max_bytes)
         self.policy = policy or FallbackPolicy()
         self.counters = PredictCounters()
@@ -254,6 +260,10 @@ class EdgeClient:
         self._inflight_lock = threading.Lock()
 
     def close(self) -> None:
+        if self._reporter is not None:
+            self._reporter.stop()
+        if self._telemetry is not None:
+            self._telemetry.close()
         self._local_pool.shutdown(wait=False, cancel_futures=True)
         self._server_pool.shutdown(wait=False, cancel_futures=True)
         if self._connection is not None:
@@ -279,7 +289,12 @@ class EdgeClient:
             max_payload_bytes=self.max_payload_bytes,
             verifier=self.verifier,
         )
-        result = syncer.sync(target_version, progress)
+        try:
+            result = syncer.sync(target_version, progress)
+        except Exception as exc:
+            self.sync_stats.record(None, exc)
+            raise
+        self.sync_stats.record(result)
         if result.updated:
             self.reload()
             self.cache.clear()
@@ -293,6 +308,42 @@ class EdgeClient:
         except EdgerecError:
             return None
         return current.version if current else None
+
+    # --- status reports ---------------------------------------------------------
+
+    def status_report(self) -> telemetry_pb2.StatusReport:
+        """What this client runs and did since it started: answers by source, fallbacks, latency, syncs."""
+        try:
+            current = self.store.current()
+        except EdgerecError:
+            current = None
+        return build_report(
+            device_id=self.device_id,
+            model=self.model,
+            active_version=current.version if current else 0,
+            recipe=current.recipe if current else "",
+            counters=self.counters,
+            sync=self.sync_stats.snapshot(),
+            rollbacks=list(self.rollbacks),
+        )
+
+    def report_status(self, timeout_s: float = 2.0) -> telemetry_pb2.StatusAck:
+        """Send one status report now; NoModelAvailableError without a server, a typed error when it fails."""
+        return self._telemetry_sender().send(self.status_report(), timeout_s)
+
+    def start_reporting(self, interval_s: float = 60.0, timeout_s: float = 2.0) -> StatusReporter:
+        """Report status every ``interval_s`` on a background thread until :meth:`close` (idempotent)."""
+        if self._reporter is None:
+            sender = self._telemetry_sender()
+            self._reporter = StatusReporter(self.status_report, sender.send, interval_s=interval_s, timeout_s=timeout_s)
+        return self._reporter.start()
+
+    def _telemetry_sender(self) -> TelemetrySender:
+        if self._server is None:
+            raise NoModelAvailableError("no server configured; cannot report status")
+        if self._telemetry is None:
+            self._telemetry = TelemetrySender(self._server, tls_ca=self._tls_ca, token=self._token)
+        return self._telemetry
 
     # --- predictions ------------------------------------------------------------
 

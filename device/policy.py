@@ -243,6 +243,12 @@ class PredictCounters:
             return self._server_failures
 
     @property
+    def latency_count(self) -> int:
+        """Answers in the latency window."""
+        with self._lock:
+            return len(self._latencies)
+
+    @property
     def errors(self) -> int:
         with self._lock:
             return self._errors

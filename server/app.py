@@ -17,19 +17,22 @@ from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
 from edgerec.server.inference_service import InferenceService
 from edgerec.server.limits import StreamLimiter, StreamLimits
+from edgerec.server.metrics_http import MetricsHttpServer, ServerMetrics
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
+from edgerec.server.telemetry_service import TelemetryService
 from edgerec.server.update_service import ModelUpdateService
 from edgerec.signing import load_private_key
-from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
+from edgerec.v1 import inference_pb2, inference_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc, update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAMES = (
     update_pb2.DESCRIPTOR.services_by_name["ModelUpdate"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
+    telemetry_pb2.DESCRIPTOR.services_by_name["Telemetry"].full_name,
 )
 
 
@@ -64,6 +67,12 @@ class ServerConfig:
     # --- Predict micro-batching (edgerec.server.batching): wait bound in seconds (0: off) and rows per batch ---
     batch_wait_s: float = 0.002
     max_batch: int = 256
+    # --- observability (edgerec.server.metrics_http, edgerec.server.telemetry_service) ---
+    # Port of the Prometheus /metrics HTTP endpoint (0: any free port); None: not served.
+    metrics_port: int | None = None
+    metrics_host: str = "127.0.0.1"
+    # Devices whose latest status report is kept, >= 1; the least recently reporting go first.
+    max_telemetry_devices: int = 10_000
 
     def __post_init__(self) -> None:
         if self.workers < 2:
@@ -76,6 +85,10 @@ class ServerConfig:
             raise ValueError(f"max_streams_per_device must be >= 1 or None, got {self.max_streams_per_device}")
         if self.max_streams is not None and not 1 <= self.max_streams < self.workers:
             raise ValueError(f"max_streams must be in 1..{self.workers - 1} (workers - 1), got {self.max_streams}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"metrics_port must be in 0..65535 or None, got {self.metrics_port}")
+        if self.max_telemetry_devices < 1:
+            raise ValueError(f"max_telemetry_devices must be >= 1, got {self.max_telemetry_devices}")
         for name in ("per_device_rate", "global_rate"):
             rate = getattr(self, name)
             if rate is not None and rate <= 0:
@@ -92,16 +105,33 @@ class ServerConfig:
 
 
 class RunningServer:
-    """A started server; ``port`` is the bound port (useful with port 0)."""
+    """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one."""
 
-    def __init__(self, server: grpc.Server, port: int, health_servicer: health.HealthServicer) -> None:
+    def __init__(
+        self,
+        server: grpc.Server,
+        port: int,
+        health_servicer: health.HealthServicer,
+        *,
+        metrics: ServerMetrics | None = None,
+        telemetry: TelemetryService | None = None,
+        inference: InferenceService | None = None,
+        metrics_http: MetricsHttpServer | None = None,
+    ) -> None:
         self.server = server
         self.port = port
         self.health = health_servicer
+        self.metrics = metrics
+        self.telemetry = telemetry
+        self.inference = inference
+        self._metrics_http = metrics_http
+        self.metrics_port = metrics_http.port if metrics_http is not None else None
 
     def stop(self, grace: float = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self._metrics_http is not None:
+            self._metrics_http.stop()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
@@ -121,23 +151,37 @@ def start_server(config: ServerConfig) -> RunningServer:
     elif config.tls_cert is None:
         log.warning("device tokens without TLS: they cross the network in plain text")
     interceptor = SecurityInterceptor(tokens, StreamLimiter(config.stream_limits()), open_services)
+    telemetry = TelemetryService(config.max_telemetry_devices)
+    metrics = ServerMetrics(telemetry, registry)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
-        interceptors=[interceptor],
+        interceptors=[interceptor, metrics.interceptor()],
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer)), server
     )
-    batcher = MicroBatcher(config.batch_wait_s, config.max_batch) if config.batch_wait_s > 0 else None
-    inference = InferenceService(registry, batcher=batcher)
+    batcher = (
+        MicroBatcher(config.batch_wait_s, config.max_batch, observer=metrics.observe_batch)
+        if config.batch_wait_s > 0
+        else None
+    )
+    inference = InferenceService(
+        registry, batcher=batcher, observer=metrics.observe_predict, batch_observer=metrics.observe_batch
+    )
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)  # type: ignore[no-untyped-call]
+    telemetry_pb2_grpc.add_TelemetryServicer_to_server(telemetry, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*SERVICE_NAMES, ""):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection((*SERVICE_NAMES, *open_services), server)
     port = _bind(server, config)
+    metrics_http = (
+        MetricsHttpServer(metrics.registry, config.metrics_host, config.metrics_port)
+        if config.metrics_port is not None
+        else None
+    )
     server.start()
     log.info(
         "serving registry %s on port %d (%s, %s)",
@@ -146,7 +190,15 @@ def start_server(config: ServerConfig) -> RunningServer:
         "TLS" if config.tls_cert else "plain text",
         f"{len(tokens)} device tokens" if tokens is not None else "no tokens",
     )
-    return RunningServer(server, port, health_servicer)
+    return RunningServer(
+        server,
+        port,
+        health_servicer,
+        metrics=metrics,
+        telemetry=telemetry,
+        inference=inference,
+        metrics_http=metrics_http,
+    )
 
 
 def _bind(server: grpc.Server, config: ServerConfig) -> int:

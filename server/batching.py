@@ -39,9 +39,13 @@ class _Batch:
 class MicroBatcher:
     """Groups concurrent calls by (key, shapes); ``run`` blocks until this caller's rows are ready."""
 
-    def __init__(self, max_wait_s: float = 0.002, max_batch: int = 256) -> None:
+    def __init__(
+        self, max_wait_s: float = 0.002, max_batch: int = 256, observer: Callable[[int, int], None] | None = None
+    ) -> None:
         self.max_wait_s = max_wait_s
         self.max_batch = max_batch
+        # Called after every runtime call with (requests it answered, rows it ran), e.g. for metrics.
+        self.observer = observer
         self._open: dict[Hashable, _Batch] = {}
         self._inflight: dict[Hashable, int] = {}
         self._lock = threading.Lock()
@@ -51,7 +55,9 @@ class MicroBatcher:
     def run(self, key: Hashable, inputs: Mapping[str, np.ndarray], run: RunFn) -> Arrays:
         rows = _batch_rows(inputs)
         if rows is None or rows > self.max_batch or self.max_wait_s <= 0:
-            return run(inputs)
+            outputs = run(inputs)
+            self._observe(1, rows or 1)
+            return outputs
         group = (key, tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items())))
         with self._lock:
             self._inflight[group] = self._inflight.get(group, 0) + 1
@@ -112,16 +118,25 @@ class MicroBatcher:
                     with self._lock:
                         self.batches += 1
                         self.batched_requests += len(requests)
+                    self._observe(len(requests), total)
                     return
             except Exception as exc:  # one bad request must not fail the others: retry alone below
                 log.debug("batch of %d failed (%s); running each request alone", len(requests), exc)
         for r in requests:
             try:
                 r.outputs = run(r.inputs)
+                self._observe(1, r.rows)
             except BaseException as exc:
                 r.error = exc
             finally:
                 r.done.set()
+
+    def _observe(self, requests: int, rows: int) -> None:
+        if self.observer is not None:
+            try:
+                self.observer(requests, rows)
+            except Exception:  # metrics must never fail a prediction
+                log.exception("batch observer failed")
 
 
 def _batch_rows(inputs: Mapping[str, np.ndarray]) -> int | None:

@@ -47,11 +47,14 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         threads: int = 1,
         batcher: MicroBatcher | None = None,
         observer: PredictObserver | None = None,
+        batch_observer: Callable[[int, int], None] | None = None,
     ) -> None:
         self.registry = registry
         # Concurrent requests for one (model, version, recipe) share a runtime call; None: each runs alone.
         self.batcher = batcher
         self.observer = observer
+        # Without a batcher: called after each runtime call with (1, rows) (the batcher has its own observer).
+        self.batch_observer = batch_observer
         self.max_loaded = max_loaded
         self.threads = threads
         self._loaded: OrderedDict[tuple[str, int, str], LoadedModel] = OrderedDict()
@@ -70,6 +73,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 outputs = self.batcher.run(key, checked, loaded.runner.run)
             else:
                 outputs = loaded.runner.run(checked)
+                if self.batch_observer is not None:
+                    rows = min((a.shape[0] for a in checked.values() if a.ndim), default=1)
+                    self.batch_observer(1, rows)
         except EdgerecError as exc:
             log.info("Predict %s refused: %s", request.model, exc)
             if self.observer is not None:

@@ -38,6 +38,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--max-streams", type=int, default=None, help="Payload streams of all devices.  [default: workers / 2]")
 @click.option("--per-device-rate", default=None, help="Payload bandwidth per device, e.g. '2mbit' or '250kB/s'.")
 @click.option("--global-rate", default=None, help="Payload bandwidth of the whole server, e.g. '100mbit'.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics at http://HOST:PORT/metrics (HOST as in --listen; 0: any free port).",
+)
 def serve(
     registry_dir: Path,
     listen: str,
@@ -51,6 +57,7 @@ def serve(
     max_streams: int | None,
     per_device_rate: str | None,
     global_rate: str | None,
+    metrics_port: int | None,
 ) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
     from edgerec.server.app import ServerConfig, start_server
@@ -69,11 +76,15 @@ def serve(
             max_streams=max_streams,
             per_device_rate=parse_rate(per_device_rate) if per_device_rate else None,
             global_rate=parse_rate(global_rate) if global_rate else None,
+            metrics_port=metrics_port,
+            metrics_host=listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1",
         )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     running = start_server(config)
     click.echo(f"serving {registry_dir} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
+    if running.metrics_port is not None:
+        click.echo(f"metrics on http://{config.metrics_host}:{running.metrics_port}/metrics", err=True)
     signal.signal(signal.SIGTERM, lambda *_: running.stop())
     try:
         running.wait()

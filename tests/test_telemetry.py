@@ -1,0 +1,176 @@
+"""Status reports: a device reports what it runs and did; the server keeps the latest per device, bounded.
+
+A real gRPC server on loopback, real onnxruntime, the small hand-built models of test_policy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pytest
+from test_policy import NAN, ODD, RELAXED, SAFE, _model
+
+from edgerec.device import EdgeClient
+from edgerec.device.telemetry import StatusReporter, TelemetrySender
+from edgerec.device.transport import TransportConfig
+from edgerec.errors import InvalidInputError, NoModelAvailableError, TransportError
+from edgerec.registry import Registry
+
+if TYPE_CHECKING:
+    from edgerec.server.app import RunningServer
+from edgerec.v1 import telemetry_pb2
+
+pytest.importorskip("onnx")
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
+    """A server with "safe" (one version) and "flaky" (v1 safe, v2 fragile: odd batches fail)."""
+    from edgerec.server.app import ServerConfig, start_server
+    from edgerec.server.publish import publish
+
+    folder = tmp_path_factory.mktemp("telemetry")
+    registry = Registry(folder / "registry")
+    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry)
+    publish(_model(folder / "v1.onnx", fragile=False), "flaky", registry)
+    publish(_model(folder / "v2.onnx", fragile=True), "flaky", registry)
+    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0", max_telemetry_devices=3))
+    try:
+        yield server
+    finally:
+        server.stop(grace=0)
+
+
+def _target(running: RunningServer) -> str:
+    return f"127.0.0.1:{running.port}"
+
+
+def _dead_port() -> str:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+def test_a_report_carries_version_answers_fallbacks_latency_and_syncs(running: RunningServer, tmp_path: Path) -> None:
+    assert running.telemetry is not None
+    with EdgeClient(_target(running), "safe", tmp_path, device_id="kiosk-1", policy=RELAXED) as client:
+        assert client.predict(SAFE).fallback == "no_local_model"  # answered by the server
+        assert client.sync().updated and not client.sync().updated
+        client.predict(SAFE)
+        client.predict(SAFE)  # the cache
+        ack = client.report_status()
+    assert ack.received_unix_s > 0
+    report = running.telemetry.latest("kiosk-1", "safe")
+    assert report is not None
+    assert (report.active_version, report.recipe) == (1, "int8")
+    assert dict(report.predictions_by_source) == {"server": 1, "local": 1, "cache": 1}
+    assert dict(report.fallbacks_by_reason) == {"no_local_model": 1}
+    assert report.latency.count == 3 and 0 < report.latency.p50_s <= report.latency.p90_s <= report.latency.p99_s
+    assert (report.sync.updated, report.sync.up_to_date, report.sync.failed, report.sync.last_error) == (1, 1, 0, "")
+    assert report.sync.last_attempt_unix_s > 0 and report.created_unix_s > 0 and not report.rollbacks
+
+
+def test_rollbacks_and_failed_syncs_are_reported(running: RunningServer, tmp_path: Path) -> None:
+    assert running.telemetry is not None
+    policy = dataclasses.replace(RELAXED, default_score=0.5, local_failure_threshold=10)
+    with EdgeClient(_target(running), "flaky", tmp_path, device_id="tv-7", max_local_failures=2, policy=policy) as c:
+        c.sync(target_version=1)
+        c.sync()  # version 2: fails on odd batches, so two of them roll it back to 1
+        for _ in range(2):
+            assert c.predict(ODD).fallback == "local_error"
+        assert c.rollbacks == [(2, 1)] and c.active_version == 1
+        c.report_status()
+    report = running.telemetry.latest("tv-7", "flaky")
+    assert report is not None and report.active_version == 1
+    assert [(r.from_version, r.to_version) for r in report.rollbacks] == [(2, 1)]
+    assert report.fallbacks_by_reason["local_error"] == 2 and report.sync.updated == 2
+
+    quick = TransportConfig(check_timeout_s=0.5, max_attempts=1, backoff_initial_s=0.01)
+    with EdgeClient(_dead_port(), "flaky", tmp_path, device_id="tv-7", transport=quick) as offline:
+        with pytest.raises(TransportError):
+            offline.sync()
+        status = offline.status_report()
+    assert (status.sync.failed, status.active_version) == (1, 1) and "TransportError" in status.sync.last_error
+
+
+def test_the_periodic_reporter_sends_in_the_background_and_stops(running: RunningServer, tmp_path: Path) -> None:
+    assert running.telemetry is not None
+    client = EdgeClient(_target(running), "safe", tmp_path, device_id="phone-3", policy=RELAXED)
+    reporter = client.start_reporting(interval_s=0.02)
+    assert client.start_reporting() is reporter
+    client.predict(NAN)
+    waited = time.monotonic()
+    while reporter.sent < 2 and time.monotonic() - waited < 10:
+        time.sleep(0.01)
+    client.close()
+    assert reporter.sent >= 2 and reporter.failed == 0
+    sent = reporter.sent
+    time.sleep(0.1)
+    assert reporter.sent == sent, "close() stops the reporter"
+    latest = running.telemetry.latest("phone-3", "safe")
+    assert latest is not None and latest.predictions_by_source["server"] == 1
+
+
+def test_a_reporter_facing_a_dead_server_counts_failures_and_never_raises(tmp_path: Path) -> None:
+    sender = TelemetrySender(_dead_port())
+    made: list[int] = []
+
+    def make() -> telemetry_pb2.StatusReport:
+        made.append(1)
+        return telemetry_pb2.StatusReport(device_id="d", model="m")
+
+    reporter = StatusReporter(make, sender.send, interval_s=0.01, timeout_s=0.2).start()
+    waited = time.monotonic()
+    while reporter.failed < 2 and time.monotonic() - waited < 10:
+        time.sleep(0.01)
+    reporter.stop()
+    sender.close()
+    assert reporter.failed >= 2 and reporter.sent == 0 and reporter.last_error is not None
+    assert len(made) == reporter.failed, "one snapshot per tick: nothing queues up while the server is away"
+    with (
+        EdgeClient(server=None, model="safe", data_dir=tmp_path) as client,
+        pytest.raises(NoModelAvailableError, match="no server"),
+    ):
+        client.report_status()
+
+
+def test_the_server_refuses_malformed_reports_and_keeps_a_bounded_number(running: RunningServer) -> None:
+    assert running.telemetry is not None
+    telemetry = running.telemetry
+    sender = TelemetrySender(_target(running))
+    try:
+        with pytest.raises(InvalidInputError, match="device_id"):
+            sender.send(telemetry_pb2.StatusReport(model="safe"))
+        too_many = telemetry_pb2.StatusReport(device_id="d", model="safe")
+        too_many.fallbacks_by_reason.update({f"reason{i}": 1 for i in range(65)})
+        with pytest.raises(InvalidInputError, match="at most 64"):
+            sender.send(too_many)
+        evicted = telemetry.evicted
+        for i in range(5):
+            sender.send(telemetry_pb2.StatusReport(device_id=f"bulk-{i}", model="safe", active_version=1))
+    finally:
+        sender.close()
+    assert len(telemetry) == 3, "max_telemetry_devices=3"
+    assert telemetry.evicted >= evicted + 2
+    assert telemetry.latest("bulk-4", "safe") is not None and telemetry.latest("bulk-0", "safe") is None
+    assert telemetry.devices_by_version()[("safe", 1)] == 3
+
+
+def test_report_latency_matches_the_counters(running: RunningServer, tmp_path: Path) -> None:
+    with EdgeClient(_target(running), "safe", tmp_path, cache_entries=0, policy=RELAXED) as client:
+        client.sync()
+        for i in range(20):
+            client.predict({"x": SAFE["x"] + i})
+        report = client.status_report()
+        expected = client.counters.latency_percentiles()
+    assert report.latency.count == 20
+    np.testing.assert_allclose(
+        [report.latency.p50_s, report.latency.p90_s, report.latency.p99_s],
+        [expected[0.5], expected[0.9], expected[0.99]],
+    )
