@@ -19,9 +19,16 @@ import numpy as np
 
 from edgerec.errors import ModelRuntimeError
 
-__all__ = ["LiteRTRunner"]
+__all__ = ["LiteRTBatchRunner", "LiteRTRunner", "litert_missing"]
 
 _INSTALL_HINT = "LiteRT is not installed: pip install 'edgerec[tflite]' (the ai-edge-litert package)"
+
+
+def litert_missing() -> str | None:
+    """Why LiteRT cannot run here (None when ``ai_edge_litert`` is importable), without importing it."""
+    import importlib.util
+
+    return None if importlib.util.find_spec("ai_edge_litert") is not None else _INSTALL_HINT
 
 
 @dataclass(frozen=True)
@@ -38,6 +45,8 @@ class LiteRTRunner:
     signature's order, to the names callers use (default: the signature's own). Raises
     :class:`ModelRuntimeError` when LiteRT is missing or the model cannot be loaded.
     """
+
+    runtime = "litert"
 
     def __init__(
         self,
@@ -153,3 +162,52 @@ def _padded(chunk: np.ndarray, rows: int) -> np.ndarray:
     if missing <= 0:
         return chunk
     return np.concatenate([chunk, np.repeat(chunk[-1:], missing, axis=0)])
+
+
+class LiteRTBatchRunner:
+    """Several fixed-batch exports of one model: each request runs on the smallest batch that holds it.
+
+    ``models`` maps a batch size to its ``.tflite`` file (as the manifest's
+    ``fixed_batches`` declare). A request of ``n`` rows runs on the smallest size ``>= n``
+    (padded); a request above the largest size is split into chunks of the largest. Every
+    interpreter is loaded at construction. Raises :class:`ModelRuntimeError` as
+    :class:`LiteRTRunner` does, or when a file's batch is not the declared one.
+    """
+
+    runtime = "litert"
+
+    def __init__(
+        self,
+        models: Mapping[int, Path],
+        *,
+        threads: int = 1,
+        input_names: Sequence[str] | None = None,
+        output_names: Sequence[str] | None = None,
+    ) -> None:
+        if not models:
+            raise ModelRuntimeError("no LiteRT model files given")
+        self._runners: dict[int, LiteRTRunner] = {}
+        for size in sorted(models):
+            runner = LiteRTRunner(models[size], threads=threads, input_names=input_names, output_names=output_names)
+            if runner.batch != size:
+                raise ModelRuntimeError(f"{models[size]} runs batch {runner.batch}, declared as batch {size}")
+            self._runners[size] = runner
+        self.paths = {size: Path(models[size]) for size in sorted(models)}
+        self.batch_sizes: list[int] = list(self._runners)
+        self.output_names: list[str] = next(iter(self._runners.values())).output_names
+
+    def runner_for(self, rows: int) -> LiteRTRunner:
+        """The runner a request of ``rows`` rows goes to."""
+        size = next((s for s in self.batch_sizes if s >= rows), self.batch_sizes[-1])
+        return self._runners[size]
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        rows = max((len(np.asarray(a)) if np.ndim(a) else 1 for a in inputs.values()), default=0)
+        return self.runner_for(rows).run(inputs)
+
+    def describe(self) -> dict[str, str]:
+        """What runs: runtime and the model file per batch size."""
+        return {
+            "runtime": self.runtime,
+            "model": ", ".join(f"batch {size}: {path}" for size, path in self.paths.items()),
+        }

@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from edgerec.errors import AccuracyGateError, PublishError
 from edgerec.metrics import log_loss, roc_auc
-from edgerec.runtimes import OnnxRunner
+from edgerec.runtimes import ModelRunner, OnnxRunner
 from edgerec.server.publish.signature import read_signature
 
 __all__ = [
@@ -88,19 +88,25 @@ class GateMetrics:
 
 def evaluate(
     fp32_entrypoint: Path,
-    candidate_entrypoint: Path,
+    candidate_entrypoint: Path | ModelRunner,
     validation: Mapping[str, np.ndarray],
     *,
     recipe: str | None = None,
 ) -> GateMetrics:
     """Score ``validation`` (the model inputs plus ``labels``) with both artifacts and compare.
 
-    ``recipe`` names the candidate in metrics and messages (default: its folder's name,
-    ``int8`` for ``<version>/int8/model.onnx``). Raises :class:`PublishError` when the
+    The candidate is an ONNX file or any loaded runner (a LiteRT artifact). ``recipe`` names
+    it in metrics and messages (default: its folder's name, ``int8`` for
+    ``<version>/int8/model.onnx``). Raises :class:`PublishError` when the
     validation data cannot be scored (no labels, one class only, missing inputs) and
     :class:`AccuracyGateError` when the candidate outputs NaN or infinite scores.
     """
-    name = recipe or candidate_entrypoint.parent.name
+    if recipe is not None:
+        name = recipe
+    elif isinstance(candidate_entrypoint, Path):
+        name = candidate_entrypoint.parent.name
+    else:
+        raise ValueError("name the recipe of a candidate given as a runner")
     labels = _labels(validation)
     inputs = _model_inputs(fp32_entrypoint, validation, len(labels))
     if len(labels) < MIN_ROWS:
@@ -139,9 +145,9 @@ def check_gate(metrics: GateMetrics, max_auc_drop: float = DEFAULT_MAX_AUC_DROP)
     )
 
 
-def score(entrypoint: Path, inputs: Mapping[str, np.ndarray]) -> npt.NDArray[np.float64]:
-    """The first output of ``entrypoint`` for ``inputs``, flattened, in chunks of 8192 rows."""
-    runner = OnnxRunner(entrypoint)
+def score(model: Path | ModelRunner, inputs: Mapping[str, np.ndarray]) -> npt.NDArray[np.float64]:
+    """The first output of ``model`` (an ONNX file or a runner) for ``inputs``, flattened, in chunks of 8192 rows."""
+    runner: ModelRunner = OnnxRunner(model) if isinstance(model, Path) else model
     rows = len(next(iter(inputs.values())))
     parts = []
     for begin in range(0, rows, _CHUNK):

@@ -9,7 +9,7 @@ import numpy as np
 
 from edgerec import tensors
 from edgerec.manifest import GoldenCase, TensorSpec
-from edgerec.runtimes import OnnxRunner
+from edgerec.runtimes import ModelRunner, OnnxRunner
 
 GOLDEN_ROWS = 4
 # The device runs the same artifact with the same runtime; this absorbs CPU-dependent rounding.
@@ -39,12 +39,15 @@ def golden_inputs(
 
 
 def golden_cases(
-    inputs: Mapping[str, np.ndarray], entrypoints: Mapping[str, Path], tolerance: float = DEFAULT_TOLERANCE
+    inputs: Mapping[str, np.ndarray],
+    entrypoints: Mapping[str, Path | ModelRunner],
+    tolerance: float = DEFAULT_TOLERANCE,
 ) -> list[GoldenCase]:
-    """One case per recipe: ``inputs`` and what that recipe's artifact outputs for them."""
+    """One case per recipe: ``inputs`` and what that recipe's artifact (ONNX file or runner) outputs for them."""
     cases = []
     for recipe, entrypoint in sorted(entrypoints.items()):
-        outputs = OnnxRunner(entrypoint).run(inputs)
+        runner: ModelRunner = OnnxRunner(entrypoint) if isinstance(entrypoint, Path) else entrypoint
+        outputs = runner.run(inputs)
         cases.append(
             GoldenCase(
                 recipe=recipe,

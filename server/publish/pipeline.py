@@ -1,4 +1,4 @@
-"""Publishing: source model -> fp32 and int8 ONNX artifacts -> manifest -> registry -> payloads."""
+"""Publishing: source model -> ONNX (and optional TFLite) artifacts -> gate -> manifest -> registry -> payloads."""
 
 from __future__ import annotations
 
@@ -17,21 +17,26 @@ from edgerec.manifest import (
     FORMAT_VERSION,
     Artifact,
     ArtifactFile,
+    FixedBatchFile,
     Manifest,
+    TensorSpec,
     make_artifact,
     now_rfc3339,
     sign_nothing,
     validate_model_name,
 )
 from edgerec.registry import Registry
+from edgerec.runtimes import ModelRunner
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
 from edgerec.server.publish.gate import DEFAULT_MAX_AUC_DROP, LABELS, check_gate, evaluate
 from edgerec.server.publish.golden import golden_cases, golden_inputs
 from edgerec.server.publish.signature import read_signature
+from edgerec.server.publish.tflite import DEFAULT_BATCH_SIZES, TFLITE_RECIPES
 
 log = logging.getLogger(__name__)
 
-RECIPES = ("fp32", "int8", "int4")
+ONNX_RECIPES = ("fp32", "int8", "int4")
+RECIPES = (*ONNX_RECIPES, *TFLITE_RECIPES)
 DEFAULT_RECIPES = ("fp32", "int8")
 MODEL_FILE = "model.onnx"
 
@@ -51,6 +56,8 @@ class PublishOptions:
     annotations: dict[str, str] = field(default_factory=dict)
     # The publisher's validation data: one array per model input plus "labels" (optional).
     validation: Mapping[str, np.ndarray] | None = None
+    # Batch sizes of the TFLite recipes (one .tflite file each; the device pads to the next size).
+    tflite_batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES
 
 
 def publish(source: Path, name: str, registry: Registry, options: PublishOptions | None = None) -> Manifest:
@@ -62,6 +69,12 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
     unknown = set(options.recipes) - set(RECIPES)
     if unknown or not options.recipes:
         raise PublishError(f"unknown recipes {sorted(unknown)}; choose from {list(RECIPES)}")
+    if set(options.recipes) & set(TFLITE_RECIPES):
+        from edgerec.server.publish.tflite import tflite_missing
+
+        missing = tflite_missing()
+        if missing:
+            raise PublishError(missing)
     from edgerec.server.publish.export import to_onnx  # deferred: pulls in torch and onnx
 
     with tempfile.TemporaryDirectory(prefix="publish-", dir=registry.scratch_dir()) as tmp:
@@ -69,13 +82,13 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
         fp32_model = to_onnx(source, staged / "fp32" / MODEL_FILE)
         gate_annotations = _quantize_behind_gate(fp32_model, staged, options)
         inputs, outputs = read_signature(fp32_model)
+        runners, tflite_annotations = _tflite_behind_gate(source, fp32_model, staged, inputs, outputs, options)
+        gate_annotations |= tflite_annotations
         if "fp32" not in options.recipes:
             shutil.rmtree(staged / "fp32")
-        artifacts = [_describe_artifact(staged, recipe) for recipe in options.recipes]
-        golden = golden_cases(
-            golden_inputs(inputs, options.validation),
-            {a.recipe: staged / a.entrypoint for a in artifacts},
-        )
+        artifacts = [_describe_artifact(staged, recipe, options) for recipe in options.recipes]
+        entrypoints: dict[str, Path | ModelRunner] = {a.recipe: staged / a.entrypoint for a in artifacts}
+        golden = golden_cases(golden_inputs(inputs, options.validation), entrypoints | runners)
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             model=name,
@@ -111,14 +124,52 @@ def _quantize_behind_gate(fp32_model: Path, staged: Path, options: PublishOption
     return annotations
 
 
-def _describe_artifact(staged: Path, recipe: str) -> Artifact:
+def _tflite_behind_gate(
+    source: Path,
+    fp32_model: Path,
+    staged: Path,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    options: PublishOptions,
+) -> tuple[dict[str, ModelRunner], dict[str, str]]:
+    """Export each TFLite recipe asked for, gate it against the fp32 ONNX model; its runner for the golden cases."""
+    recipes = [recipe for recipe in options.recipes if recipe in TFLITE_RECIPES]
+    if not recipes:
+        return {}, {}
+    from edgerec.runtimes.litert import LiteRTBatchRunner
+    from edgerec.server.publish.tflite import export_tflite
+
+    sample = golden_inputs(inputs, options.validation)
+    runners: dict[str, ModelRunner] = {}
+    annotations: dict[str, str] = {}
+    for recipe in recipes:
+        files = export_tflite(source, staged / recipe, recipe, options.tflite_batch_sizes, sample)
+        runner = LiteRTBatchRunner(files, input_names=[s.name for s in inputs], output_names=[s.name for s in outputs])
+        if options.validation is not None and LABELS in options.validation:
+            metrics = evaluate(fp32_model, runner, options.validation, recipe=recipe)
+            check_gate(metrics, options.max_auc_drop)
+            annotations |= metrics.annotations(options.max_auc_drop)
+        else:
+            annotations[f"edgerec.gate.{recipe}.status"] = "not run: no labelled validation data"
+        runners[recipe] = runner
+    return runners, annotations
+
+
+def _describe_artifact(staged: Path, recipe: str, options: PublishOptions) -> Artifact:
     folder = staged / recipe
     files = [
         ArtifactFile(path=p.relative_to(staged).as_posix(), size=p.stat().st_size, sha256=sha256_file(p))
         for p in sorted(folder.rglob("*"))
         if p.is_file()
     ]
-    return make_artifact(recipe, "onnxruntime", f"{recipe}/{MODEL_FILE}", files)
+    if recipe not in TFLITE_RECIPES:
+        return make_artifact(recipe, "onnxruntime", f"{recipe}/{MODEL_FILE}", files)
+    from edgerec.server.publish.tflite import file_name
+
+    sizes = sorted(set(options.tflite_batch_sizes))
+    artifact = make_artifact(recipe, "litert", f"{recipe}/{file_name(sizes[0])}", files)
+    artifact.fixed_batches.extend(FixedBatchFile(batch_size=n, path=f"{recipe}/{file_name(n)}") for n in sizes)
+    return artifact
 
 
 def prepare_payloads(registry: Registry, manifest: Manifest, options: PublishOptions) -> None:
