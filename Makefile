@@ -6,7 +6,7 @@ DEVICE_VENV := .venv-device
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow faults bench profile protos clean
+.PHONY: demo test lint typecheck unit slow faults bench bench-predict profile protos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
 	$(BIN)/python -m edgerec.tools.bench_delta --out bench-out/delta
 	$(BIN)/python -m edgerec.tools.bench_quant --out bench-out/quant
+
+# Predict path: cache hits, policy overhead vs bare onnxruntime, fallback, micro-batching, failures.
+bench-predict: $(STAMP)
+	$(BIN)/python -m edgerec.tools.bench_predict --out bench-out/predict
 
 # The full fault runs: 200 dropped connections, 100 kill -9 of a syncing device, disk full.
 faults: $(STAMP)

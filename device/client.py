@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 
 # How often predict checks whether another process switched the active version (seconds).
 STATE_CHECK_INTERVAL_S = 0.05
+# Share of the deadline kept back from a server call's gRPC timeout (5 ms of the default 50 ms).
+DEADLINE_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -249,6 +251,7 @@ class EdgeClient:
         self._state_stamp: tuple[int, int] | None = None
         # perf_counter time after which predict looks at the store's state file again (another process may sync)
         self._recheck_at = 0.0
+        self._loads = 0  # load attempts (a changed count tells predict that it waited for one)
         self._last_server_version = 0
         self._lock = threading.Lock()
         self._caching = self.cache.max_entries > 0
@@ -355,17 +358,17 @@ class EdgeClient:
         started = time.perf_counter()
         local = self._local
         if local is None or started >= self._recheck_at:
+            loads = self._loads
             local, load_failure = self._local_model()
+            if self._loads != loads:  # loading a new version (once per version) is not part of a prediction
+                started = time.perf_counter()
             if local is None:
                 detail = load_failure or "no local model installed"
                 code = FallbackReason.NO_LOCAL_MODEL if detail.startswith("no local") else FallbackReason.LOAD_FAILED
                 arrays = {name: np.asarray(a) for name, a in inputs.items()}
                 rows = min((a.shape[0] for a in arrays.values() if a.ndim), default=1)
                 policy = self.policy.for_rows(rows)
-                # Loading a new version (once per version) is not part of a prediction's deadline.
-                deadline = time.perf_counter() + policy.deadline_s
-                return self._fallback(arrays, None, code, detail, started, deadline, policy)
-            started = time.perf_counter()
+                return self._fallback(arrays, None, code, detail, started, started + policy.deadline_s, policy)
         arrays, rows = local.check(inputs)
         if local is not self._tracked:
             self._track(local)
@@ -600,12 +603,14 @@ class EdgeClient:
         """One Predict call through the server's breaker, bounded by ``deadline`` (a perf_counter time)."""
         if self._connection is None:
             raise NoModelAvailableError("no server is configured")
-        if not self.server_breaker.allow():
-            raise NoModelAvailableError("the server's circuit breaker is open")
         started = time.perf_counter()
-        remaining = deadline - started
+        # gRPC's deadline fires a little late on a busy CPU, and raising the error takes time too: keep a
+        # margin so the caller has its typed error within the deadline.
+        remaining = deadline - started - DEADLINE_MARGIN * self.policy.deadline_s
         if remaining <= 0:
             raise NoModelAvailableError("no time left to ask the server")
+        if not self.server_breaker.allow():  # after the time check: a half-open probe must go out once allowed
+            raise NoModelAvailableError("the server's circuit breaker is open")
         try:
             response = self._connection.predict(self.model, arrays, version=wanted, timeout_s=remaining)
         except (InvalidInputError, AuthenticationError):
@@ -636,6 +641,7 @@ class EdgeClient:
                 return self._local, self._local_failure
             self._state_stamp = stamp
             self._local, self._local_failure = None, None
+            self._loads += 1
             try:
                 installed = self.store.current()
                 if installed is None:

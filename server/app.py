@@ -87,6 +87,8 @@ class ServerConfig:
             raise ValueError(f"max_streams must be in 1..{self.workers - 1} (workers - 1), got {self.max_streams}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
             raise ValueError(f"metrics_port must be in 0..65535 or None, got {self.metrics_port}")
+        if self.batch_wait_s < 0 or self.max_batch < 1:
+            raise ValueError(f"need batch_wait_s >= 0 and max_batch >= 1, got {self.batch_wait_s}, {self.max_batch}")
         if self.max_telemetry_devices < 1:
             raise ValueError(f"max_telemetry_devices must be >= 1, got {self.max_telemetry_devices}")
         for name in ("per_device_rate", "global_rate"):

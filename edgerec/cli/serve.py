@@ -39,6 +39,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--per-device-rate", default=None, help="Payload bandwidth per device, e.g. '2mbit' or '250kB/s'.")
 @click.option("--global-rate", default=None, help="Payload bandwidth of the whole server, e.g. '100mbit'.")
 @click.option(
+    "--batch-wait-ms",
+    default=2.0,
+    show_default=True,
+    help="Predict micro-batching: how long a request waits for others to share its runtime call (0: off).",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -57,6 +63,7 @@ def serve(
     max_streams: int | None,
     per_device_rate: str | None,
     global_rate: str | None,
+    batch_wait_ms: float,
     metrics_port: int | None,
 ) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
@@ -76,6 +83,7 @@ def serve(
             max_streams=max_streams,
             per_device_rate=parse_rate(per_device_rate) if per_device_rate else None,
             global_rate=parse_rate(global_rate) if global_rate else None,
+            batch_wait_s=batch_wait_ms / 1e3,
             metrics_port=metrics_port,
             metrics_host=listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1",
         )
