@@ -129,6 +129,10 @@ class AuthenticationError(EdgerecError):
     """The server refused the call's credentials: no bearer token, or an unknown or revoked one."""
 
 
+class PermissionDeniedError(AuthenticationError):
+    """Valid credentials that do not cover the call: a request naming another device than its token's."""
+
+
 # --- publishing's accuracy gate (edgerec.server.publish.gate) ----------------------------
 
 

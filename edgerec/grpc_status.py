@@ -20,6 +20,7 @@ _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.ManifestError, grpc.StatusCode.INTERNAL),
     (errors.IntegrityError, grpc.StatusCode.DATA_LOSS),
     (errors.PatchError, grpc.StatusCode.DATA_LOSS),
+    (errors.PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
 ]
 
@@ -30,6 +31,7 @@ _ERROR_BY_CODE: dict[grpc.StatusCode, type[errors.EdgerecError]] = {
     grpc.StatusCode.OUT_OF_RANGE: errors.InvalidInputError,
     grpc.StatusCode.DATA_LOSS: errors.IntegrityError,
     grpc.StatusCode.UNAUTHENTICATED: errors.AuthenticationError,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDeniedError,
 }
 
 

@@ -1,20 +1,23 @@
 """Who may talk to the server: a bearer-token check on every call, and limits on payload streams.
 
 Health and reflection stay open. Without a token file every caller is let in and "device"
-means the caller's IP address for the stream limits; with one, it means the token's device.
+means the caller's IP address for the stream limits; with one, it means the token's device:
+a request whose ``device_id`` names another device is refused (PERMISSION_DENIED), and a
+payload stream whose token is revoked ends with UNAUTHENTICATED within ``recheck_s``.
 Issue tokens with :func:`add_device_token`; revoke with :func:`revoke_device_token`.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Collection, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 
 import grpc
 
 from edgerec import grpc_status
-from edgerec.errors import AuthenticationError
+from edgerec.errors import AuthenticationError, EdgerecError, PermissionDeniedError
 from edgerec.server.auth import TokenTable, add_device_token, revoke_device_token
 from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamSlot
 from edgerec.server.update_service import MAX_CHUNK_BYTES
@@ -35,12 +38,24 @@ else:
     _ServerInterceptor = grpc.ServerInterceptor
 
 
+# How often an open payload stream checks that its token is still valid (a revocation ends it).
+DEFAULT_RECHECK_S = 0.25
+
+
 class SecurityInterceptor(_ServerInterceptor):
     """Authenticates calls (when given tokens) and holds FetchPayload streams to ``limiter``."""
 
-    def __init__(self, tokens: TokenTable | None, limiter: StreamLimiter, open_services: Collection[str]) -> None:
+    def __init__(
+        self,
+        tokens: TokenTable | None,
+        limiter: StreamLimiter,
+        open_services: Collection[str],
+        *,
+        recheck_s: float = DEFAULT_RECHECK_S,
+    ) -> None:
         self.tokens = tokens
         self.limiter = limiter
+        self.recheck_s = recheck_s
         self._open_prefixes = tuple(f"/{name}/" for name in open_services)
         self._chunk_limit = limiter.limits.chunk_limit(MAX_CHUNK_BYTES)
 
@@ -54,22 +69,54 @@ class SecurityInterceptor(_ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 self._limited(handler.unary_stream), handler.request_deserializer, handler.response_serializer
             )
-        return handler if self.tokens is None else _guarded(handler, self.authenticate)
+        return handler if self.tokens is None else _guarded(handler, self.authorize)
 
     def authenticate(self, context: grpc.ServicerContext) -> str:
         """The calling device's id (its peer address when there are no tokens); aborts UNAUTHENTICATED."""
         if self.tokens is None:
             return "peer " + context.peer().rsplit(":", 1)[0]
-        values = [str(v) for k, v in context.invocation_metadata() if k == "authorization"]
-        if not values:
-            _refuse(context, "no bearer token: send metadata 'authorization: Bearer <device token>'")
-        if len(values) > 1 or values[0][: len(BEARER)].lower() != BEARER:
-            _refuse(context, "malformed authorization metadata: expected one 'Bearer <device token>'")
-        device = self.tokens.device_for(values[0][len(BEARER) :].strip())
+        device = self.tokens.device_for(self._token(context))
         if device is None:
             log.warning("refused an unknown or revoked token from %s", context.peer())
-            _refuse(context, "unknown or revoked device token")
+            _refuse(context, AuthenticationError("unknown or revoked device token"))
         return device
+
+    def authorize(self, request: object, context: grpc.ServicerContext) -> str:
+        """:meth:`authenticate`, then refuse (PERMISSION_DENIED) a request whose device_id is not the token's."""
+        device = self.authenticate(context)
+        claimed = getattr(request, "device_id", "")
+        if self.tokens is not None and claimed and claimed != device:
+            log.warning("device %s sent a request as device %r from %s", device, claimed[:80], context.peer())
+            _refuse(context, PermissionDeniedError(f"this token is device {device!r}'s; the request names another"))
+        return device
+
+    def _token(self, context: grpc.ServicerContext) -> str:
+        values = [str(v) for k, v in context.invocation_metadata() if k == "authorization"]
+        if not values:
+            _refuse(context, AuthenticationError("no bearer token: send 'authorization: Bearer <device token>'"))
+        if len(values) > 1 or values[0][: len(BEARER)].lower() != BEARER:
+            _refuse(
+                context, AuthenticationError("malformed authorization metadata: expected one 'Bearer <device token>'")
+            )
+        return values[0][len(BEARER) :].strip()
+
+    def _still_valid(self, context: grpc.ServicerContext, device: str) -> Callable[[], bool]:
+        """A check, cheap to call often, that the call's token still belongs to ``device``."""
+        tokens = self.tokens
+        if tokens is None:
+            return lambda: True
+        token = self._token(context)
+        next_check = time.monotonic() + self.recheck_s
+        valid = True
+
+        def check() -> bool:
+            nonlocal next_check, valid
+            if valid and time.monotonic() >= next_check:
+                valid = tokens.device_for(token) == device
+                next_check = time.monotonic() + self.recheck_s
+            return valid
+
+        return check
 
     def _limited(
         self, fetch: Callable[[update_pb2.FetchPayloadRequest, grpc.ServicerContext], Iterator[update_pb2.PayloadChunk]]
@@ -77,7 +124,8 @@ class SecurityInterceptor(_ServerInterceptor):
         def behavior(
             request: update_pb2.FetchPayloadRequest, context: grpc.ServicerContext
         ) -> Iterator[update_pb2.PayloadChunk]:
-            device = self.authenticate(context)
+            device = self.authorize(request, context)
+            still_valid = self._still_valid(context, device)
             try:
                 slot = self.limiter.open(device)
             except StreamLimitError as exc:
@@ -88,27 +136,37 @@ class SecurityInterceptor(_ServerInterceptor):
                 return iter(())
             if self._chunk_limit is not None and not 0 < request.max_chunk_bytes <= self._chunk_limit:
                 request.max_chunk_bytes = self._chunk_limit  # small chunks keep a capped stream's pauses short
-            return _paced(fetch(request, context), slot)
+            return _paced(fetch(request, context), slot, still_valid, context, device)
 
         return behavior
 
 
-def _paced(chunks: Iterator[update_pb2.PayloadChunk], slot: StreamSlot) -> Iterator[update_pb2.PayloadChunk]:
+def _paced(
+    chunks: Iterator[update_pb2.PayloadChunk],
+    slot: StreamSlot,
+    still_valid: Callable[[], bool],
+    context: grpc.ServicerContext,
+    device: str,
+) -> Iterator[update_pb2.PayloadChunk]:
+    """``chunks`` at the slot's pace, ended with UNAUTHENTICATED as soon as the token is revoked."""
     try:
         for chunk in chunks:
             slot.pace(len(chunk.data))
+            if not still_valid():
+                log.warning("ending the payload stream of device %s: its token was revoked", device)
+                _refuse(context, AuthenticationError("device token revoked during the stream"))
             yield chunk
     finally:
         slot.close()
 
 
-def _refuse(context: grpc.ServicerContext, message: str) -> NoReturn:
-    grpc_status.abort(context, AuthenticationError(message))
+def _refuse(context: grpc.ServicerContext, error: EdgerecError) -> NoReturn:
+    grpc_status.abort(context, error)
     raise AssertionError("unreachable: abort raises")
 
 
-def _guarded(handler: Handler, check: Callable[[grpc.ServicerContext], object]) -> Handler:
-    """``handler`` with ``check(context)`` run before its behaviour (which aborts the call to refuse it)."""
+def _guarded(handler: Handler, check: Callable[[Any, grpc.ServicerContext], object]) -> Handler:
+    """``handler`` with ``check(request, context)`` run before its behaviour (which aborts the call to refuse it)."""
     kinds = (
         (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
         (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
@@ -121,9 +179,11 @@ def _guarded(handler: Handler, check: Callable[[grpc.ServicerContext], object]) 
     return handler
 
 
-def _checked(inner: Callable[[Any, grpc.ServicerContext], Any], check: Callable[[grpc.ServicerContext], object]) -> Any:
+def _checked(
+    inner: Callable[[Any, grpc.ServicerContext], Any], check: Callable[[Any, grpc.ServicerContext], object]
+) -> Any:
     def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-        check(context)
+        check(request, context)
         return inner(request, context)
 
     return behavior

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,17 +26,19 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from edgerec import tensors
+from edgerec.device import EdgeClient
 from edgerec.device.channel import make_channel
 from edgerec.device.storage import ModelStore
 from edgerec.device.sync import Syncer
 from edgerec.device.transport import ServerConnection, TransportConfig
-from edgerec.errors import AuthenticationError, TransportError
+from edgerec.errors import AuthenticationError, PermissionDeniedError, TransportError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
 from edgerec.server.app import RunningServer, ServerConfig, start_server
 from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamLimits
 from edgerec.server.security import add_device_token, revoke_device_token
-from edgerec.v1 import update_pb2, update_pb2_grpc
+from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
 
@@ -45,7 +47,10 @@ RATE = 100_000  # bytes per second per device on the limited server
 FAST = TransportConfig(check_timeout_s=5, predict_timeout_s=5, max_attempts=2, backoff_initial_s=0.05)
 # A wrong kind of connection fails like a dropped one (UNAVAILABLE) and is retried; the deadline bounds it.
 ONE_TRY_WORTH = TransportConfig(check_timeout_s=3, download_deadline_s=3)
-DEVICES = ("syncer", "predictor", "revocable", "streamer", "neighbour", "downloader", "big-sender", "a", "b", "cli")
+DEVICES = (
+    *("syncer", "predictor", "revocable", "streamer", "neighbour", "downloader", "big-sender", "a", "b", "cli"),
+    *("honest", "impersonator", "cut-off"),
+)
 
 
 # --- certificates and tokens ---------------------------------------------------------
@@ -294,6 +299,89 @@ def test_revoked_and_new_tokens_take_effect_without_a_restart(
             newcomer.close()
     finally:
         old.close()
+
+
+def test_a_request_naming_another_device_is_permission_denied(
+    secure: str,
+    pki: Pki,
+    tokens: tuple[Path, dict[str, str]],
+    big_payload: update_pb2.Payload,
+    request_inputs: dict[str, np.ndarray],
+) -> None:
+    """A valid token speaks for its own device only: device_id in any request must be the token's (or empty)."""
+    token = tokens[1]["impersonator"]
+    check = _fresh_request()
+    fetch = update_pb2.FetchPayloadRequest(model=MODEL, payload_id=big_payload.payload_id, max_chunk_bytes=4096)
+    predict = inference_pb2.PredictRequest(
+        model=MODEL, inputs={name: tensors.to_proto(a) for name, a in request_inputs.items()}
+    )
+    with make_channel(secure, tls_ca=pki.ca, token=token) as channel:
+        update = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
+        inference = inference_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+        calls: list[Callable[[], object]] = [
+            lambda: update.CheckUpdate(check, timeout=5),
+            lambda: next(iter(update.FetchPayload(fetch, timeout=5))),
+            lambda: inference.Predict(predict, timeout=5),
+        ]
+        requests: list[update_pb2.CheckUpdateRequest | update_pb2.FetchPayloadRequest | inference_pb2.PredictRequest]
+        requests = [check, fetch, predict]
+        for request, call in zip(requests, calls, strict=True):
+            request.device_id = "impersonator"  # its own id: served
+            call()
+            request.device_id = ""  # no id: the token names the device
+            call()
+            request.device_id = "honest"  # another device's id: refused
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, type(request).__name__
+            assert "impersonator" in (info.value.details() or "")
+
+
+def test_a_device_claiming_another_id_gets_a_typed_error_and_installs_nothing(
+    secure: str, pki: Pki, tokens: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    token = tokens[1]["impersonator"]
+    with EdgeClient(
+        server=secure, model=MODEL, data_dir=tmp_path, tls_ca=pki.ca, token=token, device_id="honest"
+    ) as client:
+        with pytest.raises(PermissionDeniedError, match="PERMISSION_DENIED"):
+            client.sync()
+        assert client.active_version is None
+    # The device SDK names the token's device on every call it makes by itself.
+    connection = _connect(secure, pki, tokens[1]["impersonator"])
+    try:
+        assert connection.device_id == "impersonator"
+        assert connection.check_update(_fresh_request()).update_available
+    finally:
+        connection.close()
+
+
+def test_revoking_a_token_ends_its_open_payload_stream(
+    limited: str, pki: Pki, tokens: tuple[Path, dict[str, str]], big_payload: update_pb2.Payload, tmp_path: Path
+) -> None:
+    """A stream authenticated before the revocation does not run to its end: it stops with UNAUTHENTICATED."""
+    path, issued = tokens
+    connection = _connect(limited, pki, issued["cut-off"])
+    revoked_at: list[float] = []
+    received: list[int] = []
+
+    def revoke_after_the_first_bytes(done: int, total: int) -> None:
+        received.append(done)
+        if not revoked_at:
+            assert revoke_device_token(path, "cut-off")
+            revoked_at.append(time.monotonic())
+
+    try:
+        with pytest.raises(AuthenticationError, match="revoked during the stream"):
+            connection.download(MODEL, big_payload, tmp_path / "big.part", revoke_after_the_first_bytes)
+        ended = time.monotonic()
+    finally:
+        connection.close()
+    assert revoked_at, "no byte arrived before the revocation"
+    # At RATE B/s the whole payload takes ~1.8 s; the stream must end within a recheck or two.
+    assert ended - revoked_at[0] < 1.0, f"the stream ran on for {ended - revoked_at[0]:.2f} s after the revocation"
+    assert max(received) < big_payload.size
+    assert (tmp_path / "big.part").stat().st_size < big_payload.size
 
 
 def test_token_file_holds_only_hashes(tokens: tuple[Path, dict[str, str]]) -> None:
