@@ -13,10 +13,13 @@ pytest.importorskip("onnxruntime")
 from edgerec.tools.bench_quant import (  # noqa: E402
     CLIENT_RECIPES,
     EDGE_CLIENT,
+    LITERT,
     ONNX_RUNNER,
     ORT_SESSION,
     RECIPES,
+    TFLITE_RECIPES,
     TORCH_EAGER,
+    _tflite_missing,
     main,
     parse_args,
 )
@@ -35,6 +38,8 @@ def test_every_recipe_and_runtime_is_measured(quick: tuple[list[dict[str, str]],
     by_key = {(r["recipe"], r["runtime"]): r for r in rows}
     expected = {(recipe, runtime) for recipe in RECIPES for runtime in (ONNX_RUNNER, ORT_SESSION)}
     expected |= {("fp32", TORCH_EAGER)} | {(recipe, EDGE_CLIENT) for recipe in CLIENT_RECIPES}
+    if _tflite_missing() is None:  # the tflite extra is installed: its recipes run on LiteRT
+        expected |= {(recipe, LITERT) for recipe in TFLITE_RECIPES}
     assert set(by_key) == expected
     for key, row in by_key.items():
         assert row["status"] == "ok", key
@@ -42,7 +47,9 @@ def test_every_recipe_and_runtime_is_measured(quick: tuple[list[dict[str, str]],
         assert float(row["b1_p50_us"]) > 0 and float(row["b1_p99_us"]) >= float(row["b1_p50_us"]), key
         assert float(row["load_ms"]) > 0 and int(row["peak_rss_bytes"]) > 0, key
         if key[1] != EDGE_CLIENT:
-            assert row["rss_all_rows_bytes"] != "", key
+            assert row["rss_all_rows_bytes"] != "" and row["rss_mix_bytes"] != "", key
+            assert int(row["peak_added_bytes"]) >= int(row["rss_mix_bytes"]), key
+            assert float(row["load_min_ms"]) <= float(row["load_ms"]), key
             assert float(row["b256_p50_us"]) > float(row["b1_p50_us"]) * 0.5, key
     for recipe in RECIPES:
         row = by_key[(recipe, ONNX_RUNNER)]
@@ -58,7 +65,8 @@ def test_report_has_targets_and_tables(quick: tuple[list[dict[str, str]], str]) 
     _, report = quick
     targets = report.split("## Targets")[1].split("## tiny")[0]
     for name in ("int8 size vs fp32", "int8 AUC drop", "int4 size vs fp32", "int4 AUC drop", "int8 load time",
-                 "int8 RSS added by load", "EdgeClient.predict overhead, int8"):  # fmt: skip
+                 "int8 RSS added by load", "int8 RSS after a request mix", "int8 peak RSS added",
+                 "EdgeClient.predict overhead, int8"):  # fmt: skip
         [line] = [line for line in targets.splitlines() if line.startswith(f"| {name}")]
         assert line.rstrip(" |").endswith(("met", "NOT met")), line
     assert "EdgeClient.predict (cache_entries=0)" in report and "## Method" in report
