@@ -58,6 +58,8 @@ class SyncResult:
     payloads: list[dict[str, object]] = field(default_factory=list)
     # True when a delta failed to apply and the full files were downloaded instead.
     fell_back_to_full: bool = False
+    # Why the delta failed ("WrongBaseError: ..."), when the sync fell back to full files.
+    fallback_reason: str | None = None
 
 
 class Syncer:
@@ -106,15 +108,16 @@ class Syncer:
                 seconds=time.perf_counter() - started,
                 recipe=active.recipe,
             )
-        fell_back = False
+        fallback_reason = None
         try:
             installed = self._install(response, current, progress)
         except (PatchError, IntegrityError) as exc:
             if current is None or all(p.codec == "full" for p in response.payloads):
                 raise
             log.warning("applying the delta failed (%s); downloading the full files once instead", exc)
+            fallback_reason = f"{type(exc).__name__}: {exc}"
             response = self.connection.check_update(self._request(None, target_version))
-            installed, fell_back = self._install(response, None, progress), True
+            installed = self._install(response, None, progress)
         codecs = sorted({p.codec for p in response.payloads if p.codec != "copy"}) or ["copy"]
         return SyncResult(
             version=installed.version,
@@ -129,7 +132,8 @@ class Syncer:
                 {"path": p.path, "codec": p.codec, "size": p.size, "target_size": p.target_size}
                 for p in response.payloads
             ],
-            fell_back_to_full=fell_back,
+            fell_back_to_full=fallback_reason is not None,
+            fallback_reason=fallback_reason,
         )
 
     def _install(

@@ -168,7 +168,8 @@ class ServerConnection:
         """Fetch a payload into ``part_file``, resuming from its current length; return the finished file.
 
         Each chunk's offset and CRC-32 are checked, nothing past ``payload.size`` is read,
-        and the finished file's sha256 must equal ``payload.sha256``.
+        and the finished file's sha256 must equal ``payload.sha256``; a server sending other
+        bytes (another offset or length, more than ``payload.size``) raises IntegrityError.
         """
         finished = part_file.with_suffix(".payload")
         if finished.exists() and sha256_file(finished) == payload.sha256:
@@ -258,13 +259,16 @@ class ServerConnection:
         try:
             with part_file.open("ab") as out:
                 for chunk in stream:
+                    # Another payload, or more bytes than the plan's length: refused before a byte is written.
                     if chunk.offset != offset or chunk.total_size != payload.size:
-                        raise TransportError(
+                        raise IntegrityError(
                             f"server sent bytes at {chunk.offset} of {chunk.total_size}, "
                             f"expected {offset} of {payload.size}"
                         )
                     if len(chunk.data) > payload.size - offset:
-                        raise TransportError("server sent more bytes than the payload holds")
+                        raise IntegrityError(
+                            f"server sent more bytes than the payload's {payload.size} (at offset {offset})"
+                        )
                     if zlib.crc32(chunk.data) != chunk.crc32:
                         raise IntegrityError(f"chunk at {offset} failed its CRC-32 check")
                     if bucket is not None:
