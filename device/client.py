@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgerec import tensors
+from edgerec.device.artifacts import LoadedArtifact, open_artifact
 from edgerec.device.cache import CacheKey, PredictionCache, request_key
 from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
 from edgerec.device.storage import InstalledVersion, ModelStore
@@ -30,7 +30,7 @@ from edgerec.errors import (
     ModelRuntimeError,
     NoModelAvailableError,
 )
-from edgerec.runtimes import OnnxRunner
+from edgerec.runtimes import NonFiniteScoresError, ScoringRunner
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.units import parse_rate
@@ -42,6 +42,9 @@ log = logging.getLogger(__name__)
 STATE_CHECK_INTERVAL_S = 0.05
 # Share of the deadline kept back from a server call's gRPC timeout (5 ms of the default 50 ms).
 DEADLINE_MARGIN = 0.1
+# Folder under the data dir holding onnxruntime's optimized models, one per artifact digest (model names
+# start alphanumeric, so it never collides with a model's folder).
+ORT_CACHE_DIR = ".ort-cache"
 
 
 @dataclass(frozen=True)
@@ -89,45 +92,27 @@ def _prediction(
     return made
 
 
-class _NonFiniteError(ModelRuntimeError):
-    """Local scores with NaN or inf."""
-
-
-class _Scorer(OnnxRunner):
-    """OnnxRunner that fetches only the first output and takes RunOptions (so a losing run can be terminated)."""
-
-    def __init__(self, model_path: Path, *, threads: int = 1) -> None:
-        super().__init__(model_path, threads=threads)
-        self._first = self.output_names[:1]
-        # The inputs were checked against the manifest's signature already: call the session's C++ run
-        # directly, without the Python wrapper's second validation (a few microseconds per call). Sessions
-        # without it (another onnxruntime layout) use the public run.
-        native = getattr(self._session, "_sess", None)
-        self._session_run: Callable[..., list[np.ndarray]] = (
-            native.run if native is not None and hasattr(native, "run") else self._session.run
-        )
-
-    def score(self, feeds: dict[str, np.ndarray], run_options: Any = None) -> np.ndarray:
-        """The first output as flat float32 scores; ModelRuntimeError when the run fails or is not finite."""
-        try:
-            output = self._session_run(self._first, feeds, run_options)[0]
-        except Exception as exc:  # onnxruntime raises several unrelated types
-            raise ModelRuntimeError(f"onnxruntime failed to run: {exc}") from exc
-        scores = output.ravel() if output.dtype == np.float32 else np.asarray(output, dtype=np.float32).ravel()
-        # A Python loop beats numpy's per-call overhead on the few scores of a recommendation.
-        finite = all(map(math.isfinite, scores.tolist())) if scores.size <= 32 else bool(np.isfinite(scores).all())
-        if not finite:
-            raise _NonFiniteError("local model returned non-finite scores")
-        return scores
-
-
 class _LocalModel:
-    """The active version, loaded and verified."""
+    """The active version, loaded with its artifact's runtime (see :mod:`edgerec.device.artifacts`) and verified."""
 
-    def __init__(self, installed: InstalledVersion, threads: int) -> None:
+    def __init__(self, installed: InstalledVersion, threads: int, cache_dir: Path | None) -> None:
         self.installed = installed
         self.version = installed.version
-        self.runner = _Scorer(installed.entrypoint, threads=threads)
+        self.loaded: LoadedArtifact = open_artifact(
+            installed.manifest,
+            installed.artifact,
+            installed.directory,
+            threads=threads,
+            cache_dir=cache_dir,
+            warm_up=False,  # _warm_up below runs the hot path's own call instead
+        )
+        runner = self.loaded.runner
+        if not callable(getattr(runner, "score", None)) or not callable(getattr(runner, "run_options", None)):
+            raise ModelRuntimeError(f"the {self.loaded.runtime} runner has no score(): cannot predict with it")
+        self.runner: ScoringRunner = runner  # type: ignore[assignment]  # checked just above
+        # Bound once: predict calls it directly (no attribute chain on the hot path).
+        self.score: Callable[..., np.ndarray] = self.runner.score
+        self.run_options: Callable[[], Any] = self.runner.run_options
         self.input_specs = [(s.name, s.dtype, list(s.shape)) for s in installed.manifest.inputs]
         # (name, dtype, batched, shape to match: the dimensions after the batch, or the whole shape) for the
         # quick input check; None when some dimension other than the batch is free (the full check runs).
@@ -147,7 +132,7 @@ class _LocalModel:
             name: np.zeros([d if d >= 0 else 1 for d in shape], dtype=dtype) for name, dtype, shape in self.input_specs
         }
         try:
-            self.runner.score(zeros)
+            self.score(zeros)
         except EdgerecError as exc:
             log.debug("warm-up run failed (the first prediction will tell): %s", exc)
 
@@ -201,6 +186,7 @@ class EdgeClient:
         cache_entries: int = 1024,
         recipes: tuple[str, ...] = ("int8", "fp32"),
         threads: int = 1,
+        optimized_model_cache: bool = True,
         device_id: str = "",
         max_payload_bytes: int = 0,
         max_local_failures: int = 3,
@@ -216,6 +202,8 @@ class EdgeClient:
         self.store = ModelStore(data_dir, model)
         self.recipes = recipes
         self.threads = threads
+        # onnxruntime artifacts: the EXTENDED-optimized model is saved here once per artifact digest.
+        self.ort_cache_dir: Path | None = Path(data_dir) / ORT_CACHE_DIR if optimized_model_cache else None
         # A token is "<device_id>.<secret>": the id in front names the device when none is given.
         self.device_id = device_id or (token.rpartition(".")[0] if token else "")
         self.max_payload_bytes = max_payload_bytes
@@ -314,17 +302,36 @@ class EdgeClient:
 
     # --- status reports ---------------------------------------------------------
 
+    def runtime_info(self) -> dict[str, str]:
+        """What predict runs: the loaded artifact's ``describe()`` (recipe, runtime, model files, batch sizes,
+        optimized-model cache) and its version; loads the active version if needed. Without a usable local
+        model: ``runtime`` is empty and ``error`` says why.
+        """
+        local, failure = self._local_model()
+        if local is None:
+            return {"version": "", "recipe": "", "runtime": "", "error": failure or "no local model installed"}
+        return {"version": str(local.version), **local.loaded.describe()}
+
     def status_report(self) -> telemetry_pb2.StatusReport:
         """What this client runs and did since it started: answers by source, fallbacks, latency, syncs."""
         try:
             current = self.store.current()
         except EdgerecError:
             current = None
+        local = self._local
+        # The recipe of the artifact loaded for that version (a tflite_* recipe runs on LiteRT), else the installed one.
+        recipe = (
+            ""
+            if current is None
+            else local.loaded.recipe
+            if local and local.version == current.version
+            else current.recipe
+        )
         return build_report(
             device_id=self.device_id,
             model=self.model,
             active_version=current.version if current else 0,
-            recipe=current.recipe if current else "",
+            recipe=recipe,
             counters=self.counters,
             sync=self.sync_stats.snapshot(),
             rollbacks=list(self.rollbacks),
@@ -383,7 +390,7 @@ class EdgeClient:
         if breaker.closed and self._recent_s < self._inline_limit_s and not self._pooled_inflight:
             # The common case: the model has been fast, so it runs here (no thread hand-off).
             try:
-                scores = local.runner.score(arrays)
+                scores = local.score(arrays)
             except EdgerecError as exc:
                 self._note_local_time(time.perf_counter() - started, rows)
                 return self._local_failed(exc, arrays, local, started, self.policy.for_rows(rows))
@@ -413,14 +420,12 @@ class EdgeClient:
 
     def _submit_local(self, local: _LocalModel, arrays: dict[str, np.ndarray], rows: int) -> _LocalCall:
         """Run the local model on the worker pool; the returned call can be cancelled or terminated."""
-        import onnxruntime as ort
-
-        options = ort.RunOptions()
+        options = local.run_options()
 
         def run() -> np.ndarray:
             began = time.perf_counter()
             try:
-                return local.runner.score(arrays, options)
+                return local.score(arrays, options)
             finally:
                 if not options.terminate:
                     self._note_local_time(time.perf_counter() - began, rows)
@@ -502,7 +507,7 @@ class EdgeClient:
         server_call: Future[Prediction] | None = None,
     ) -> Prediction:
         """The local run raised or returned non-finite scores: count it and ask the server."""
-        code = FallbackReason.NON_FINITE if isinstance(exc, _NonFiniteError) else FallbackReason.LOCAL_ERROR
+        code = FallbackReason.NON_FINITE if isinstance(exc, NonFiniteScoresError) else FallbackReason.LOCAL_ERROR
         detail = f"local inference failed: {exc}"
         log.warning("%s; falling back to the server", detail)
         self.local_breaker.record_failure()
@@ -648,8 +653,8 @@ class EdgeClient:
                     self._local_failure = "no local model installed"
                     return None, self._local_failure
                 self.store.verify(installed)
-                self._local = _LocalModel(installed, self.threads)
-                log.info("loaded %s version %d (%s)", self.model, installed.version, installed.recipe)
+                self._local = _LocalModel(installed, self.threads, self.ort_cache_dir)
+                log.info("loaded %s version %d: %s", self.model, installed.version, self._local.loaded.describe())
                 return self._local, None
             except EdgerecError as exc:
                 self._local_failure = f"local model unusable: {exc}"

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from edgerec.errors import ModelRuntimeError
+from edgerec.runtimes.base import TerminateFlag, flat_scores
 
 __all__ = ["LiteRTBatchRunner", "LiteRTRunner", "litert_missing"]
 
@@ -204,6 +205,18 @@ class LiteRTBatchRunner:
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rows = max((len(np.asarray(a)) if np.ndim(a) else 1 for a in inputs.values()), default=0)
         return self.runner_for(rows).run(inputs)
+
+    def score(self, feeds: dict[str, np.ndarray], run_options: Any = None) -> np.ndarray:
+        """The first output as flat float32 scores (padded to / split by the fixed batches as :meth:`run`).
+
+        ``run_options`` is accepted for the common interface and ignored: LiteRT cannot stop a running
+        call. Raises :class:`ModelRuntimeError` when the run fails, :class:`NonFiniteScoresError` on NaN or inf.
+        """
+        return flat_scores(self.run(feeds)[self.output_names[0]])
+
+    def run_options(self) -> Any:
+        """Options for :meth:`score`; ``terminate`` is recorded but cannot stop a LiteRT call."""
+        return TerminateFlag()
 
     def describe(self) -> dict[str, str]:
         """What runs: runtime and the model file per batch size."""
