@@ -42,6 +42,7 @@ def predict(
         server=server, model=model, data_dir=data_dir, tls_ca=tls_ca, token=read_token(token_file)
     ) as client:
         result = client.predict(inputs)
+        runtime = client.runtime_info()  # what the local model runs (recipe, runtime, files), or why none
     if as_json:
         emit_json(
             {
@@ -50,16 +51,19 @@ def predict(
                 "version": result.version,
                 "latency_s": result.latency_s,
                 "fallback_reason": result.fallback_reason,
+                "runtime": runtime,
             }
         )
         return
     print_table(
         f"{model} prediction",
-        ["source", "version", "latency ms", "scores"],
+        ["source", "version", "recipe", "runtime", "latency ms", "scores"],
         [
             (
                 result.source,
                 result.version,
+                runtime["recipe"] or "-",
+                runtime["runtime"] or "-",
                 f"{result.latency_s * 1e3:.2f}",
                 np.array2string(result.scores[:8], precision=4),
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,41 @@ from edgerec.cli.output import emit_json, print_table
 from edgerec.manifest import Manifest
 from edgerec.units import parse_size
 
+# Kept in step with edgerec.server.publish.pipeline.RECIPES (not imported: it pulls in the publishing stack).
+ONNX_RECIPES = ("fp32", "int8", "int4")
+TFLITE_RECIPES = ("tflite_fp32", "tflite_wi8")
+
+
+def _recipes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
+    """``--recipe`` values, each one name or a comma list, in order without repeats; unknown names refused."""
+    names: list[str] = []
+    for value in values:
+        for name in (part.strip() for part in value.split(",")):
+            if not name:
+                continue
+            if name not in ONNX_RECIPES + TFLITE_RECIPES:
+                raise click.BadParameter(
+                    f"unknown recipe {name!r}; choose from {', '.join(ONNX_RECIPES + TFLITE_RECIPES)}", ctx, param
+                )
+            if name not in names:
+                names.append(name)
+    if not names:
+        raise click.BadParameter("give at least one recipe", ctx, param)
+    return tuple(names)
+
+
+def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    """``--batch-sizes 1,8,256``: positive integers, sorted, without repeats."""
+    if value is None:
+        return None
+    try:
+        sizes = sorted({int(part) for part in value.split(",") if part.strip()})
+    except ValueError as exc:
+        raise click.BadParameter(f"expected a comma list of integers, got {value!r}", ctx, param) from exc
+    if not sizes or sizes[0] < 1:
+        raise click.BadParameter(f"batch sizes must be positive integers, got {value!r}", ctx, param)
+    return tuple(sizes)
+
 
 @click.command()
 @click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
@@ -21,10 +57,19 @@ from edgerec.units import parse_size
     "--recipe",
     "recipes",
     multiple=True,
-    type=click.Choice(["fp32", "int8", "int4"]),
     default=("fp32", "int8"),
     show_default=True,
-    help="Artifacts to build (repeat the option).",
+    callback=_recipes,
+    help=(
+        f"Artifacts to build: {', '.join(ONNX_RECIPES + TFLITE_RECIPES)} (repeat the option, or a comma list). "
+        "TFLite recipes need the tflite extra and a .pt2 SOURCE."
+    ),
+)
+@click.option(
+    "--batch-sizes",
+    callback=_batch_sizes,
+    default=None,
+    help="Fixed batch sizes of the TFLite recipes, e.g. 1,256 (one .tflite file each; devices pad). Default: 1,256.",
 )
 @click.option(
     "--max-auc-drop",
@@ -51,6 +96,7 @@ def publish(
     name: str,
     registry_dir: Path,
     recipes: tuple[str, ...],
+    batch_sizes: tuple[int, ...] | None,
     max_auc_drop: float,
     delta_depth: int,
     budget: str | None,
@@ -71,11 +117,22 @@ def publish(
         raise click.UsageError("give a SOURCE to publish, or --budget and --base for a partial version")
     if (budget is None) != (base_version is None):
         raise click.UsageError("--budget and --base go together")
+    tflite = [recipe for recipe in recipes if recipe in TFLITE_RECIPES]
+    if batch_sizes is not None and not tflite:
+        raise click.UsageError("--batch-sizes applies to the TFLite recipes (tflite_fp32, tflite_wi8) only")
+    if tflite and source is not None:
+        from edgerec.server.publish.tflite import tflite_missing
+
+        missing = tflite_missing()
+        if missing:  # before anything is exported (the pipeline refuses too)
+            raise click.ClickException(f"cannot build {', '.join(tflite)}: {missing}")
     registry = Registry(registry_dir)
     arrays = dict(np.load(validation)) if validation is not None else None
     published: list[dict[str, Any]] = []
     if source is not None:
         options = PublishOptions(recipes=recipes, delta_depth=delta_depth, validation=arrays, max_auc_drop=max_auc_drop)
+        if batch_sizes is not None:
+            options = dataclasses.replace(options, tflite_batch_sizes=batch_sizes)
         manifest = run_publish(source, name, registry, options)
         published.append(_describe(manifest))
     if budget is not None and base_version is not None:
@@ -96,8 +153,11 @@ def publish(
     for entry in published:
         print_table(
             f"{entry['model']} version {entry['version']}",
-            ["recipe", "bytes", "digest"],
-            [(a["recipe"], a["bytes"], a["digest"][:16]) for a in entry["artifacts"]],
+            ["recipe", "runtime", "batches", "bytes", "digest"],
+            [
+                (a["recipe"], a["runtime"], ",".join(map(str, a["batch_sizes"])) or "any", a["bytes"], a["digest"][:16])
+                for a in entry["artifacts"]
+            ],
         )
 
 
@@ -107,6 +167,13 @@ def _describe(manifest: Manifest) -> dict[str, Any]:
         "version": manifest.version,
         "annotations": dict(manifest.annotations),
         "artifacts": [
-            {"recipe": a.recipe, "digest": a.digest, "bytes": sum(f.size for f in a.files)} for a in manifest.artifacts
+            {
+                "recipe": a.recipe,
+                "runtime": a.runtime,
+                "batch_sizes": [entry.batch_size for entry in a.fixed_batches],
+                "digest": a.digest,
+                "bytes": sum(f.size for f in a.files),
+            }
+            for a in manifest.artifacts
         ],
     }

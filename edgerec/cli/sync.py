@@ -12,6 +12,17 @@ from edgerec.cli.output import emit_json, print_table, transfer_progress
 from edgerec.units import format_bytes, parse_size
 
 
+def parse_recipes(value: str) -> tuple[str, ...]:
+    """A comma list of recipe names, in order, without repeats or blanks; UsageError when empty."""
+    names: list[str] = []
+    for name in (part.strip() for part in value.split(",")):
+        if name and name not in names:
+            names.append(name)
+    if not names:
+        raise click.UsageError("--recipes needs at least one recipe name")
+    return tuple(names)
+
+
 @click.command()
 @click.option("--server", required=True, help="HOST:PORT of the model-push server.")
 @click.option("--model", required=True, help="Model name.")
@@ -20,6 +31,13 @@ from edgerec.units import format_bytes, parse_size
 @click.option("--version", "target_version", default=0, help="Version to install (default: latest).")
 @click.option(
     "--budget", default=None, help="Most payload bytes to take, e.g. 200KB (a partial update may be offered)."
+)
+@click.option(
+    "--recipes",
+    default="int8,fp32",
+    show_default=True,
+    help="Recipes this device allows, most preferred first (comma list), e.g. tflite_wi8,int8,fp32. "
+    "The server offers the first one the version has whose runtime is installed here.",
 )
 @click.option(
     "--trusted-key",
@@ -37,6 +55,7 @@ def sync(
     rate: str | None,
     target_version: int,
     budget: str | None,
+    recipes: str,
     trusted_keys: tuple[Path, ...],
     tls_ca: Path | None,
     token_file: Path | None,
@@ -46,12 +65,14 @@ def sync(
     from edgerec.device import EdgeClient
 
     max_payload_bytes = parse_size(budget) if budget else 0
+    allowed = parse_recipes(recipes)
     with (
         EdgeClient(
             server=server,
             model=model,
             data_dir=data_dir,
             rate=rate,
+            recipes=allowed,
             max_payload_bytes=max_payload_bytes,
             trusted_keys=list(trusted_keys) or None,
             tls_ca=tls_ca,
