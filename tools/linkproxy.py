@@ -16,19 +16,16 @@ limit, then closes both sides. Bytes are counted both ways, in total and per con
 from __future__ import annotations
 
 import contextlib
-import logging
 import socket
 import threading
 import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
-from types import TracebackType
 
-log = logging.getLogger(__name__)
+from edgerec.tools.tcpproxy import TcpProxy
 
 _BUFFER = 64 * 1024
-_JOIN_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ class _Connection:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
             sock.close()
-        self.proxy._connection_closed(self)
+        self.proxy._forget(self)
 
     def _direction_finished(self) -> None:
         with self._lock:
@@ -121,7 +118,7 @@ class _Connection:
         self.close()
 
 
-class LinkProxy:
+class LinkProxy(TcpProxy[_Connection]):
     """Forwards ``127.0.0.1:<port>`` to ``upstream_host:upstream_port``, counting and cutting as told."""
 
     def __init__(
@@ -135,27 +132,13 @@ class LinkProxy:
     ) -> None:
         if drop_every_bytes is not None and drop_every_bytes < 1:
             raise ValueError(f"drop_every_bytes must be >= 1, got {drop_every_bytes}")
-        self.upstream_host = upstream_host
-        self.upstream_port = upstream_port
+        super().__init__((upstream_host, upstream_port), listen_host=listen_host, name="linkproxy")
         self.drop_every_bytes = drop_every_bytes
         self._cuts: deque[int] = deque()
-        self._lock = threading.Lock()
-        self._live: set[_Connection] = set()
-        self._pumps: list[threading.Thread] = []
         self.records: list[ConnectionRecord] = []
         self._stats = LinkStats(0, 0, 0, 0)
-        self._closed = threading.Event()
         self.cut_after(*cut_after)
-        self._listener = socket.create_server((listen_host, 0))
-        self.host = listen_host
-        self.port: int = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="linkproxy-accept")
-        self._acceptor.start()
-
-    @property
-    def address(self) -> str:
-        """``host:port`` for a gRPC target."""
-        return f"{self.host}:{self.port}"
+        self._start_accepting()
 
     # --- control ------------------------------------------------------------------
 
@@ -179,8 +162,7 @@ class LinkProxy:
 
     def drop_connections(self) -> int:
         """Cut every open connection now; return how many were open."""
-        with self._lock:
-            live = list(self._live)
+        live = self.live_connections()
         for conn in live:
             self._count_cut(conn.record)
             conn.close()
@@ -214,72 +196,20 @@ class LinkProxy:
     def connections(self) -> int:
         return self.stats().connections
 
-    # --- lifecycle ----------------------------------------------------------------
-
-    def close(self) -> None:
-        """Stop accepting, close every connection and wait for every pumping thread to end."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)  # wakes a blocked accept() on Linux
-        self._listener.close()
-        self._acceptor.join(_JOIN_TIMEOUT_S)
-        with self._lock:
-            live = list(self._live)
-            pumps = list(self._pumps)
-        for conn in live:
-            conn.close()
-        for thread in pumps:
-            thread.join(_JOIN_TIMEOUT_S)
-        stuck = [t.name for t in (self._acceptor, *pumps) if t.is_alive()]
-        if stuck:
-            log.warning("link proxy threads still running after close: %s", stuck)
-
-    def __enter__(self) -> LinkProxy:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
     # --- internals ----------------------------------------------------------------
 
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                if self._closed.is_set():
-                    return
-                time.sleep(0.01)  # e.g. EMFILE: back off rather than spin
-                continue
-            try:
-                upstream = socket.create_connection((self.upstream_host, self.upstream_port), timeout=10)
-                upstream.settimeout(None)
-            except OSError as exc:
-                log.warning("link proxy cannot reach %s:%d: %s", self.upstream_host, self.upstream_port, exc)
-                client.close()
-                continue
-            for sock in (client, upstream):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                if self._closed.is_set():
-                    client.close()
-                    upstream.close()
-                    return
-                limit = self._cuts.popleft() if self._cuts else self.drop_every_bytes
-                s = self._stats
-                record = ConnectionRecord(index=s.connections, limit=limit, opened_at=time.monotonic())
-                self._stats = LinkStats(s.connections + 1, s.cuts, s.bytes_up, s.bytes_down)
-                self.records.append(record)
-                conn = _Connection(self, client, upstream, record)
-                self._live.add(conn)
-                self._pumps = [t for t in self._pumps if t.is_alive()]
-                self._pumps.extend(conn.threads)
-            conn.start()
+    def _open(self, client: socket.socket, upstream: socket.socket) -> _Connection:
+        limit = self._cuts.popleft() if self._cuts else self.drop_every_bytes
+        s = self._stats
+        record = ConnectionRecord(index=s.connections, limit=limit, opened_at=time.monotonic())
+        self._stats = LinkStats(s.connections + 1, s.cuts, s.bytes_up, s.bytes_down)
+        self.records.append(record)
+        return _Connection(self, client, upstream, record)
+
+    def _forget(self, connection: _Connection) -> None:
+        with self._lock:
+            connection.record.closed_at = time.monotonic()
+        super()._forget(connection)
 
     def _count(self, record: ConnectionRecord, n: int, downstream: bool) -> None:
         with self._lock:
@@ -298,8 +228,3 @@ class LinkProxy:
             record.cut = True
             s = self._stats
             self._stats = LinkStats(s.connections, s.cuts + 1, s.bytes_up, s.bytes_down)
-
-    def _connection_closed(self, conn: _Connection) -> None:
-        with self._lock:
-            conn.record.closed_at = time.monotonic()
-            self._live.discard(conn)

@@ -19,21 +19,17 @@ seconds of link time before the device got them, and its reset would discard the
 from __future__ import annotations
 
 import contextlib
-import logging
 import random
 import socket
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, replace
-from types import TracebackType
 
 from edgerec.tools.profile.links import TCP_MSS
-
-log = logging.getLogger(__name__)
+from edgerec.tools.tcpproxy import TcpProxy
 
 MSS = TCP_MSS
-_JOIN_TIMEOUT_S = 5.0
 _UNPACED_READ = 64 * 1024
 
 
@@ -138,7 +134,7 @@ class _Direction:
         while (item := self._pop()) is not None:
             arrival, data = item
             if data is None:  # the source failed: drop the connection
-                self.link.abort()
+                self.link.close()
                 return
             if not data:  # orderly end of this direction: pass it on
                 with contextlib.suppress(OSError):
@@ -159,7 +155,7 @@ class _Direction:
                     self.dst.sendall(data)
             except OSError:
                 if not self.link.is_cut:
-                    self.link.abort()
+                    self.link.close()
                     return
                 continue
             self.link.proxy._count(self.downstream, len(data))
@@ -232,7 +228,7 @@ class _Link:
             self._done += 1
             both = self._done == 2
         if both:
-            self.abort()
+            self.close()
 
     def cut(self) -> None:
         """Drop the link after the bytes delivered so far, as a radio that loses its carrier does.
@@ -252,7 +248,7 @@ class _Link:
             self.upstream.shutdown(socket.SHUT_RDWR)
         self.direction_done()
 
-    def abort(self) -> None:
+    def close(self) -> None:
         """Close both sockets (idempotent); every thread of the connection then ends."""
         with self._lock:
             if self.closed.is_set():
@@ -267,7 +263,7 @@ class _Link:
         self.proxy._forget(self)
 
 
-class ShapingProxy:
+class ShapingProxy(TcpProxy["_Link"]):
     """Listens on ``listen_host`` (optionally bound to one interface) and forwards to ``upstream``.
 
     >>> with ShapingProxy(("127.0.0.1", 50051), Impairments(rtt_s=0.1, rate_bytes_per_s=250_000)) as proxy:
@@ -282,95 +278,19 @@ class ShapingProxy:
         listen_host: str = "127.0.0.1",
         bind_device: str | None = None,
     ) -> None:
-        self.upstream = upstream
+        super().__init__(upstream, listen_host=listen_host, bind_device=bind_device, name="shaping proxy")
         self.impairments = impairments
-        self._lock = threading.Lock()
         self._stats = ProxyStats()
-        self._live: set[_Link] = set()
-        self._threads: list[threading.Thread] = []
-        self._closed = threading.Event()
-        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if bind_device is not None:  # accept only what arrives on that interface
-                self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, bind_device.encode())
-            self._listener.bind((listen_host, 0))
-            self._listener.listen(64)
-        except OSError:
-            self._listener.close()
-            raise
-        self.host = listen_host
-        self.port: int = self._listener.getsockname()[1]
-        self._acceptor = threading.Thread(target=self._accept_loop, daemon=True, name="shaper-accept")
-        self._acceptor.start()
-
-    @property
-    def address(self) -> str:
-        """``host:port`` for a gRPC target."""
-        return f"{self.host}:{self.port}"
+        self._start_accepting()
 
     def stats(self) -> ProxyStats:
         with self._lock:
             return self._stats
 
-    def close(self) -> None:
-        """Stop accepting, drop every connection and wait for the threads."""
-        if self._closed.is_set():
-            return
-        self._closed.set()
-        with contextlib.suppress(OSError):
-            self._listener.shutdown(socket.SHUT_RDWR)
-        self._listener.close()
-        self._acceptor.join(_JOIN_TIMEOUT_S)
-        with self._lock:
-            live = list(self._live)
-            threads = list(self._threads)
-        for link in live:
-            link.abort()
-        for thread in threads:
-            thread.join(_JOIN_TIMEOUT_S)
-        stuck = [t.name for t in (self._acceptor, *threads) if t.is_alive()]
-        if stuck:
-            log.warning("shaping proxy threads still running after close: %s", stuck)
-
-    def __enter__(self) -> ShapingProxy:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-    def _accept_loop(self) -> None:
-        while not self._closed.is_set():
-            try:
-                client, _ = self._listener.accept()
-            except OSError:
-                if self._closed.is_set():
-                    return
-                time.sleep(0.01)
-                continue
-            try:
-                upstream = socket.create_connection(self.upstream, timeout=10)
-                upstream.settimeout(None)
-            except OSError as exc:
-                log.warning("shaping proxy cannot reach %s:%d: %s", *self.upstream, exc)
-                client.close()
-                continue
-            for sock in (client, upstream):
-                with contextlib.suppress(OSError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            with self._lock:
-                if self._closed.is_set():
-                    client.close()
-                    upstream.close()
-                    return
-                link = _Link(self, self._stats.connections, client, upstream)
-                self._stats = replace(self._stats, connections=self._stats.connections + 1)
-                self._live.add(link)
-                self._threads = [t for t in self._threads if t.is_alive()]
-                self._threads.extend(link.threads)
-            link.start()
+    def _open(self, client: socket.socket, upstream: socket.socket) -> _Link:
+        link = _Link(self, self._stats.connections, client, upstream)
+        self._stats = replace(self._stats, connections=self._stats.connections + 1)
+        return link
 
     def _count(self, downstream: bool, n: int) -> None:
         with self._lock:
@@ -390,7 +310,3 @@ class ShapingProxy:
     def _count_cut(self) -> None:
         with self._lock:
             self._stats = replace(self._stats, cuts=self._stats.cuts + 1)
-
-    def _forget(self, link: _Link) -> None:
-        with self._lock:
-            self._live.discard(link)
