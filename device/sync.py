@@ -15,6 +15,7 @@ import numpy as np
 
 from edgerec import tensors
 from edgerec.codecs import CODEC_NAMES, apply_patch
+from edgerec.device.artifacts import available_runtimes, open_artifact
 from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
 from edgerec.device.transport import ServerConnection
 from edgerec.errors import (
@@ -29,15 +30,15 @@ from edgerec.errors import (
     UnknownBaseVersionError,
     WrongModelError,
 )
-from edgerec.manifest import Manifest, find_artifact, parse_manifest
-from edgerec.runtimes import OnnxRunner
+from edgerec.manifest import Artifact, Manifest, find_artifact, parse_manifest
 from edgerec.trust import UpdateVerifier
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_CODECS = CODEC_NAMES
-SUPPORTED_RUNTIMES = ("onnxruntime",)
+# The runtimes installed here (onnxruntime, and litert with the tflite extra): the server plans only those.
+SUPPORTED_RUNTIMES = available_runtimes()
 
 # (file path, bytes received for it, its payload size)
 FileProgress = Callable[[str, int, int], None]
@@ -157,7 +158,7 @@ class Syncer:
             artifact = find_artifact(manifest, response.recipe)
             assert artifact is not None  # checked in _check_manifest
             verify_files(staged, artifact)
-            health_check(staged / artifact.entrypoint, manifest, response.recipe)
+            health_check(staged, manifest, artifact)
             installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
         except OSError as exc:
             _discard(staged)
@@ -268,13 +269,13 @@ def _discard(staged: Path | None) -> None:
         shutil.rmtree(staged, ignore_errors=True)
 
 
-def health_check(model_path: Path, manifest: Manifest, recipe: str) -> None:
-    """Load a staged model and run the manifest's golden cases for its recipe; raise if any is off.
+def health_check(version_dir: Path, manifest: Manifest, artifact: Artifact) -> None:
+    """Load a staged artifact with its runtime and run the manifest's golden cases for its recipe; raise if any is off.
 
     A manifest without golden cases gets a smoke test: a neutral batch must give finite outputs.
     """
-    runner = OnnxRunner(model_path)
-    cases = [case for case in manifest.golden if case.recipe == recipe]
+    runner = open_artifact(manifest, artifact, version_dir, warm_up=False)
+    cases = [case for case in manifest.golden if case.recipe == artifact.recipe]
     if not cases:
         _check_finite(runner.run(neutral_inputs(manifest)))
         return

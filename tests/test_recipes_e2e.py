@@ -26,7 +26,6 @@ pytest.importorskip("onnxruntime")
 
 from edgerec import tensors  # noqa: E402
 from edgerec.device import EdgeClient  # noqa: E402
-from edgerec.device import sync as device_sync  # noqa: E402
 from edgerec.device.artifacts import LITERT, ONNXRUNTIME, open_artifact  # noqa: E402
 from edgerec.manifest import Manifest, find_artifact  # noqa: E402
 from edgerec.reference.data import ClickGenerator  # noqa: E402
@@ -41,9 +40,6 @@ TFLITE_MISSING = tflite_missing()
 BATCH_SIZES = (1, 4)  # the TFLite files: a batch of 3 is padded to 4, a batch of 6 is split into 4 + 4
 ROWS = (1, 3, 6)
 TOLERANCE = 1e-6
-# Until the device announces LiteRT in CheckUpdate and health-checks with the artifact's own runtime
-# (the change in /tmp/sync_patch.diff to device/sync.py), the server cannot plan a LiteRT recipe for it.
-SYNC_PLANS_LITERT = LITERT in device_sync.SUPPORTED_RUNTIMES
 
 
 def _recipe_param(recipe: str) -> object:
@@ -52,15 +48,7 @@ def _recipe_param(recipe: str) -> object:
     return pytest.param(
         recipe,
         id=recipe,
-        marks=[
-            pytest.mark.skipif(TFLITE_MISSING is not None, reason=f"LiteRT recipe: {TFLITE_MISSING}"),
-            pytest.mark.xfail(
-                not SYNC_PLANS_LITERT,
-                strict=True,
-                reason="device/sync.py still announces only onnxruntime and health-checks with OnnxRunner "
-                "(fix: /tmp/sync_patch.diff)",
-            ),
-        ],
+        marks=pytest.mark.skipif(TFLITE_MISSING is not None, reason=f"LiteRT recipe: {TFLITE_MISSING}"),
     )
 
 
