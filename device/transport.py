@@ -35,10 +35,17 @@ _RETRYABLE = {
 }
 
 # HTTP/2 flow control: gRPC reads ahead of the app up to the stream's receive window, and a cut
-# connection loses whatever it had buffered. With BDP probing on (gRPC's default) the window grows
-# to hundreds of KiB on a fast link, even when the app reads slowly (a rate-limited device), and
-# each cut then costs that much again on the wire. A fixed small window bounds the loss per cut.
-DEFAULT_RECEIVE_WINDOW_BYTES = 16 * 1024
+# connection loses whatever was in flight or buffered. On a real link full speed needs about one
+# bandwidth-delay product in flight, which gRPC's BDP probing (its default) tracks: a fixed small
+# window would cap a stream near window / RTT (16 KiB: 0.2 Mbit/s at 600 ms). The window only
+# fills with unread bytes when the app reads slower than the network delivers, i.e. a device with
+# its own bandwidth cap; that cap is sent to the server, which paces the stream (see
+# FetchPayloadRequest.max_bytes_per_second), so the app reads as fast as bytes arrive. Hence the
+# window is left to gRPC by default (None); a fixed one stays available (receive_window_bytes).
+# A device whose own code is slower than its link (on loopback, or a busy CPU on a fast LAN) is such a
+# slow reader too: there a cut costs what gRPC buffered, tens to hundreds of KiB (see tools/faults.py).
+DEFAULT_RECEIVE_WINDOW_BYTES: int | None = None
+DEFAULT_CHUNK_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,18 +57,22 @@ class TransportConfig:
     max_attempts: int = 8
     backoff_initial_s: float = 0.2
     backoff_max_s: float = 10.0
-    # Largest chunk asked of the server. A cut loses the chunk in flight besides the receive window, so
-    # it stays below the window (8 KiB chunks still move ~15 MB/s on loopback); at most 1 MiB.
-    max_chunk_bytes: int = 8 * 1024
+    # Largest chunk asked of the server, at most 1 MiB. A cut also loses the chunk partly received, and
+    # larger chunks lost more per cut in the drop runs (rate-limited: 4, 8, 15, 28 KiB per cut at 8, 16,
+    # 32, 64 KiB); smaller ones cost framing (0.55% of the payload at 8 KiB, 0.37% at 16) and CPU per
+    # byte, though 8 KiB chunks still moved ~40 MB/s on loopback. 16 KiB balances the two.
+    max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    # The device's own bandwidth cap, bytes per second (None: none). Sent with each FetchPayload so the
+    # server paces the stream; a local token bucket only guards against a server that ignores it.
     rate_bytes_per_s: float | None = None
     # A payload not complete after this long fails with TransportError (None: no deadline). It bounds
     # a server that trickles bytes forever or stops sending without closing the stream. It also
     # bounds an update check with its retries.
     download_deadline_s: float | None = None
-    # The HTTP/2 receive window (grpc.http2.lookahead_bytes, with BDP probing off), >= 1 KiB: what gRPC
-    # buffers ahead of the app, hence the most a dropped connection can waste. It also caps a stream's
-    # throughput near window / round-trip time (16 KiB: ~1.3 Mbit/s at 100 ms); raise it for fast,
-    # high-latency links that rarely drop. None: gRPC's default (BDP-grown, up to several MiB).
+    # A fixed HTTP/2 receive window (grpc.http2.lookahead_bytes, with BDP probing off), >= 1 KiB: what
+    # gRPC buffers ahead of the app, hence the most a cut can waste besides the chunk in flight. It also
+    # caps a stream near window / round-trip time (16 KiB: ~1.3 Mbit/s at 100 ms). None (the default):
+    # gRPC's window, grown by BDP probing to what the link needs in flight.
     receive_window_bytes: int | None = DEFAULT_RECEIVE_WINDOW_BYTES
 
     def __post_init__(self) -> None:
@@ -69,6 +80,14 @@ class TransportConfig:
             raise ValueError(f"receive_window_bytes must be >= 1024 or None, got {self.receive_window_bytes}")
         if self.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if self.rate_bytes_per_s is not None and self.rate_bytes_per_s <= 0:
+            raise ValueError(f"rate_bytes_per_s must be > 0 or None, got {self.rate_bytes_per_s}")
+
+    def chunk_limit(self) -> int:
+        """The chunk size to ask for: ``max_chunk_bytes``, smaller under a rate cap (pauses near 1/8 s)."""
+        if self.rate_bytes_per_s is None:
+            return self.max_chunk_bytes
+        return max(min(4096, self.max_chunk_bytes), min(self.max_chunk_bytes, int(self.rate_bytes_per_s / 8)))
 
     def channel_options(self) -> list[tuple[str, int]]:
         """The gRPC channel arguments these settings ask for."""
@@ -177,7 +196,10 @@ class ServerConnection:
         part_file.parent.mkdir(parents=True, exist_ok=True)
         if part_file.exists() and part_file.stat().st_size > payload.size:
             part_file.unlink()
-        bucket = TokenBucket(self.config.rate_bytes_per_s) if self.config.rate_bytes_per_s else None
+        # The server paces the stream at rate_bytes_per_s. This bucket is only a guard against one that does
+        # not (an older server): it lets a few chunks of jitter through, so it never slows a paced stream.
+        rate = self.config.rate_bytes_per_s
+        bucket = TokenBucket(rate, burst=4 * self.config.chunk_limit()) if rate else None
         deadline = self._deadline()
         failures = 0
         while True:
@@ -245,15 +267,14 @@ class ServerConnection:
         progress: ProgressCallback | None,
         timeout_s: float | None,
     ) -> None:
-        chunk_limit = self.config.max_chunk_bytes
-        if self.config.rate_bytes_per_s:  # small chunks keep a slow link's pacing smooth
-            chunk_limit = max(4096, min(chunk_limit, int(self.config.rate_bytes_per_s / 8)))
+        rate = self.config.rate_bytes_per_s
         request = update_pb2.FetchPayloadRequest(
             model=model,
             payload_id=payload.payload_id,
             offset=offset,
-            max_chunk_bytes=chunk_limit,
+            max_chunk_bytes=self.config.chunk_limit(),
             device_id=self.device_id,
+            max_bytes_per_second=max(1, round(rate)) if rate else 0,
         )
         stream = self._update.FetchPayload(request, timeout=timeout_s)
         try:

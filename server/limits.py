@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from edgerec.ratelimit import TokenBucket
 
 MIN_PACED_CHUNK_BYTES = 4096
+# The slowest pace a device may ask for (FetchPayloadRequest.max_bytes_per_second): a lower rate is raised
+# to it, so that a stream ends within payload size / 1 KiB/s seconds and cannot hold its slot forever.
+MIN_DEVICE_RATE = 1024.0
 
 
 class StreamLimitError(Exception):
@@ -30,6 +33,27 @@ class StreamLimits:
         if not rates:
             return None
         return max(MIN_PACED_CHUNK_BYTES, min(max_chunk_bytes, int(min(rates) / 8)))
+
+
+def device_rate(requested: int) -> float | None:
+    """The pace, in bytes per second, for a stream whose device asked ``requested`` (0: no cap, None).
+
+    The device's own bandwidth cap: the server sends no faster, so the device reads as fast as bytes
+    arrive and nothing piles up unread in its receive window. At least :data:`MIN_DEVICE_RATE`.
+    """
+    if requested <= 0:
+        return None
+    return max(float(requested), MIN_DEVICE_RATE)
+
+
+def paced_chunk_bytes(rate: float, max_chunk_bytes: int) -> int:
+    """The chunk size that keeps each pause of a stream paced at ``rate`` near 1/8 s (at least 4 KiB)."""
+    return max(min(MIN_PACED_CHUNK_BYTES, max_chunk_bytes), min(max_chunk_bytes, int(rate / 8)))
+
+
+def stream_bucket(rate: float, chunk_bytes: int) -> TokenBucket:
+    """A bucket pacing one stream at ``rate``: its burst is one chunk, so a stream never runs ahead by more."""
+    return TokenBucket(rate, burst=chunk_bytes)
 
 
 @dataclass

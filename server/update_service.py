@@ -11,6 +11,7 @@ import grpc
 from edgerec import grpc_status
 from edgerec.errors import EdgerecError, InvalidInputError
 from edgerec.registry import Registry
+from edgerec.server.limits import device_rate, paced_chunk_bytes, stream_bucket
 from edgerec.server.planner import UpdatePlanner
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
@@ -51,6 +52,13 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
             grpc_status.abort(context, exc)
             raise AssertionError("unreachable") from exc
         chunk_size = request.max_chunk_bytes if 0 < request.max_chunk_bytes <= MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
+        # The device's own bandwidth cap: paced here, so the device reads as fast as bytes come and its
+        # receive window holds little unread (what a cut loses). The server's caps pace on top of it.
+        rate = device_rate(request.max_bytes_per_second)
+        bucket = None
+        if rate is not None:
+            chunk_size = paced_chunk_bytes(rate, chunk_size)
+            bucket = stream_bucket(rate, chunk_size)
         offset = request.offset
         with path.open("rb") as f:
             f.seek(offset)
@@ -58,6 +66,8 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
                 data = f.read(chunk_size)
                 if not data:
                     break
+                if bucket is not None:
+                    bucket.consume(len(data))
                 yield update_pb2.PayloadChunk(offset=offset, data=data, total_size=record.size, crc32=zlib.crc32(data))
                 offset += len(data)
 

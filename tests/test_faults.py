@@ -12,18 +12,23 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
 
 from edgerec.device import EdgeClient
 from edgerec.device.transport import ServerConnection, TransportConfig
 from edgerec.errors import DiskFullError, TransportError
 from edgerec.registry import Registry
+from edgerec.server.payloads import PayloadStore
+from edgerec.server.planner import UpdatePlanner
+from edgerec.server.update_service import ModelUpdateService
 from edgerec.tools import faults
 from edgerec.tools.faults import DIRECTED_KILLS, KillBench, KillPoint, KillRun
 from edgerec.tools.linkproxy import LinkProxy
-from edgerec.v1 import update_pb2
+from edgerec.v1 import update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
 
@@ -234,26 +239,50 @@ def test_drops_end_with_the_registry_files_and_resume(small_served: tuple[Regist
 def test_drops_of_a_rate_limited_device_cost_at_most_5_percent(
     small_served: tuple[Registry, str], tmp_path: Path
 ) -> None:
-    """A slow reader is where gRPC buffers the most ahead of the app; the SDK's fixed receive window bounds it."""
+    """A slow reader is where gRPC buffers the most ahead of the app; the server pacing at its rate bounds it."""
     registry, address = small_served
     plans = [("cuts", [400_000, 400_000, 400_000])] * 2
     report = faults.run_drops(registry, address, 0, workdir=tmp_path, download_seconds=0.5, plans=plans)
     assert not report.correctness_failures, report.correctness_failures
     assert all(r.cuts == 3 for r in report.runs)
     _check_overhead(report)
-    # Each cut wastes at most the receive window and the chunk in flight (16 + 8 KiB), not a BDP-grown window.
-    assert report.lost_per_cut < 32 * 1024, f"{report.lost_per_cut / 1024:.1f} KiB lost per cut"
+    # The app reads as fast as the paced bytes come: a cut wastes about the chunk in flight, not a BDP-grown window.
+    assert report.lost_per_cut < 64 * 1024, f"{report.lost_per_cut / 1024:.1f} KiB lost per cut"
 
 
-def test_the_window_loss_comes_back_with_grpc_default_flow_control(
-    small_served: tuple[Registry, str], tmp_path: Path
+class _UnpacedUpdateService(ModelUpdateService):
+    """A server from before FetchPayloadRequest.max_bytes_per_second: it streams as fast as the device reads."""
+
+    def FetchPayload(
+        self, request: update_pb2.FetchPayloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[update_pb2.PayloadChunk]:
+        request.max_bytes_per_second = 0
+        return super().FetchPayload(request, context)
+
+
+@pytest.fixture
+def unpaced_address(small_served: tuple[Registry, str]) -> Iterator[str]:
+    registry, _ = small_served
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    service = _UnpacedUpdateService(registry, UpdatePlanner(registry, PayloadStore(registry)))
+    update_pb2_grpc.add_ModelUpdateServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=0)
+
+
+def test_the_window_loss_comes_back_when_only_the_device_paces(
+    small_served: tuple[Registry, str], unpaced_address: str, tmp_path: Path
 ) -> None:
-    """The control for the test above: with gRPC's BDP-grown window, the same cuts cost over the bound."""
-    registry, address = small_served
+    """The control for the test above: against a server that ignores the device's rate, the device still
+    keeps its cap (its local bucket), but reads slower than bytes come, gRPC's BDP-grown window fills with
+    unread bytes and each cut loses them."""
+    registry, _ = small_served
     plans = [("cuts", [400_000, 400_000, 400_000])] * 2
-    report = faults.run_drops(
-        registry, address, 0, workdir=tmp_path, download_seconds=0.5, plans=plans, receive_window_bytes=None
-    )
+    report = faults.run_drops(registry, unpaced_address, 0, workdir=tmp_path, download_seconds=0.5, plans=plans)
     assert not report.correctness_failures, report.correctness_failures
     assert report.lost_per_cut > 64 * 1024, f"{report.lost_per_cut / 1024:.1f} KiB lost per cut"
 

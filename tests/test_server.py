@@ -13,7 +13,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edgerec.device import EdgeClient
 from edgerec.registry import PayloadRecord, Registry
+from edgerec.server.limits import MIN_DEVICE_RATE, device_rate, paced_chunk_bytes
 from edgerec.server.payloads import PayloadStore
+from edgerec.v1 import update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
 
@@ -76,3 +78,36 @@ def test_a_missing_delta_is_made_once_for_many_devices(
     assert len(results) == 8 and len({r.payload_id for r in results}) == 1
     made = [r for r in caplog.records if r.getMessage().startswith("made bsdiff4 payload")]
     assert len(made) == 1, f"the delta was computed {len(made)} times"
+
+
+def test_device_rates_are_bounded_and_set_the_chunk_size() -> None:
+    assert device_rate(0) is None  # no cap asked: only the server's limits
+    assert device_rate(1) == MIN_DEVICE_RATE  # a stream cannot be held open forever
+    assert device_rate(250_000) == 250_000.0
+    assert paced_chunk_bytes(250_000, 1 << 20) == 31_250  # pauses near 1/8 s
+    assert paced_chunk_bytes(MIN_DEVICE_RATE, 1 << 20) == 4096  # at least 4 KiB
+    assert paced_chunk_bytes(250_000, 16 * 1024) == 16 * 1024  # never above what the device asked
+    assert paced_chunk_bytes(250_000, 16) == 16
+
+
+def test_a_device_rate_is_paced_by_the_server_in_chunks_it_sets(served: tuple[Registry, str]) -> None:
+    _, address = served
+    check = update_pb2.CheckUpdateRequest(model="ctr", recipes=["int8"], codecs=["full"], runtimes=["onnxruntime"])
+    with grpc.insecure_channel(address) as channel:
+        stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
+        payload = max(stub.CheckUpdate(check, timeout=30).payloads, key=lambda p: p.size)
+        assert payload.size > 32 * 1024
+
+        def first_chunks(rate: int, count: int) -> list[int]:
+            request = update_pb2.FetchPayloadRequest(
+                model="ctr", payload_id=payload.payload_id, max_chunk_bytes=32 * 1024, max_bytes_per_second=rate
+            )
+            stream = stub.FetchPayload(request, timeout=30)
+            try:
+                return [len(chunk.data) for chunk, _ in zip(stream, range(count), strict=False)]
+            finally:
+                stream.cancel()
+
+        assert first_chunks(64_000, 3) == [8000] * 3
+        assert first_chunks(1, 1) == [4096]  # 1 B/s counts as 1 KiB/s
+        assert first_chunks(0, 1) == [32 * 1024]  # unpaced: the chunk the device asked

@@ -390,9 +390,9 @@ def run_drops(
     Four runs in five take 1-3 cuts at seeded random points of the transfer; every fifth cuts
     every connection after a random quarter to half of it. ``plans`` ((mode, counts) pairs)
     replaces the random ones. ``download_seconds`` rate-limits the device so that the download
-    would take that long (an app on a metered link passes ``rate``). ``chunk_bytes`` overrides the
-    SDK's chunk size and ``receive_window_bytes`` its HTTP/2 receive window (None: gRPC's BDP-grown
-    default, the control that shows what the fixed window saves). A sync that still fails with a
+    would take that long (an app on a metered link passes ``rate``; the server paces the stream at
+    it). ``chunk_bytes`` overrides the SDK's chunk size and ``receive_window_bytes`` sets a fixed
+    HTTP/2 receive window (None, the SDK's default: gRPC's BDP-probed one). A sync that still fails with a
     TransportError (the SDK retries a cut CheckUpdate and resumes a cut download itself) is retried
     by the "app", up to ``attempts`` times.
     """
@@ -1311,6 +1311,7 @@ class FaultSettings:
     download_seconds: float
     verbose: bool
     receive_window: int | None = DEFAULT_RECEIVE_WINDOW_BYTES
+    chunk_bytes: int | None = None
 
 
 def parse_args(argv: Sequence[str] | None) -> FaultSettings:
@@ -1333,8 +1334,11 @@ def parse_args(argv: Sequence[str] | None) -> FaultSettings:
     parser.add_argument(
         "--receive-window",
         type=int,
-        default=DEFAULT_RECEIVE_WINDOW_BYTES,
-        help="the device's HTTP/2 receive window in bytes for the drop runs (0: gRPC's BDP-grown default)",
+        default=0,
+        help="a fixed HTTP/2 receive window in bytes for the drop runs (default 0: gRPC's BDP-probed window)",
+    )
+    parser.add_argument(
+        "--chunk-bytes", type=int, default=0, help="the device's chunk size for the drop runs (default 0: the SDK's)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log every run and the SDK's warnings")
     a = parser.parse_args(argv)
@@ -1355,6 +1359,7 @@ def parse_args(argv: Sequence[str] | None) -> FaultSettings:
         a.download_seconds,
         a.verbose,
         a.receive_window or None,
+        a.chunk_bytes or None,
     )
 
 
@@ -1377,6 +1382,7 @@ def run(settings: FaultSettings, workdir: Path) -> list[Summary]:
                 seed=settings.seed,
                 max_overhead=settings.max_overhead,
                 receive_window_bytes=settings.receive_window,
+                chunk_bytes=settings.chunk_bytes,
             )
             rows.append(drops.summary())
         if settings.throttled_drops:
@@ -1388,6 +1394,7 @@ def run(settings: FaultSettings, workdir: Path) -> list[Summary]:
                 seed=settings.seed + 1,
                 max_overhead=settings.max_overhead,
                 receive_window_bytes=settings.receive_window,
+                chunk_bytes=settings.chunk_bytes,
                 download_seconds=0.5,
             )
             rows.append(throttled.summary("drops, rate-limited"))

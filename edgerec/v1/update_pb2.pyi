@@ -70,18 +70,20 @@ class CheckUpdateResponse(_message.Message):
     def __init__(self, update_available: _Optional[bool] = ..., manifest: _Optional[_Union[_manifest_pb2.SignedManifest, _Mapping]] = ..., recipe: _Optional[str] = ..., payloads: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., full_bytes: _Optional[int] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
 
 class FetchPayloadRequest(_message.Message):
-    __slots__ = ("model", "payload_id", "offset", "max_chunk_bytes", "device_id")
+    __slots__ = ("model", "payload_id", "offset", "max_chunk_bytes", "device_id", "max_bytes_per_second")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_ID_FIELD_NUMBER: _ClassVar[int]
     OFFSET_FIELD_NUMBER: _ClassVar[int]
     MAX_CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    MAX_BYTES_PER_SECOND_FIELD_NUMBER: _ClassVar[int]
     model: str
     payload_id: str
     offset: int
     max_chunk_bytes: int
     device_id: str
-    def __init__(self, model: _Optional[str] = ..., payload_id: _Optional[str] = ..., offset: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., device_id: _Optional[str] = ...) -> None: ...
+    max_bytes_per_second: int
+    def __init__(self, model: _Optional[str] = ..., payload_id: _Optional[str] = ..., offset: _Optional[int] = ..., max_chunk_bytes: _Optional[int] = ..., device_id: _Optional[str] = ..., max_bytes_per_second: _Optional[int] = ...) -> None: ...
 
 class PayloadChunk(_message.Message):
     __slots__ = ("offset", "data", "total_size", "crc32")
