@@ -68,7 +68,9 @@ def test_report_has_targets_and_tables(quick: tuple[list[dict[str, str]], str]) 
                  "int8 RSS added by load", "int8 RSS after a request mix", "int8 peak RSS added",
                  "EdgeClient.predict overhead, int8"):  # fmt: skip
         [line] = [line for line in targets.splitlines() if line.startswith(f"| {name}")]
-        assert line.rstrip(" |").endswith(("met", "NOT met")), line
+        # RSS added by load can be unmeasurable (both artifacts memory-mapped: fp32 adds nothing): n/a.
+        verdicts = ("met", "NOT met", "n/a") if name == "int8 RSS added by load" else ("met", "NOT met")
+        assert line.rstrip(" |").endswith(verdicts), line
     assert "EdgeClient.predict (cache_entries=0)" in report and "## Method" in report
 
 
