@@ -2,8 +2,9 @@
 
 Health and reflection stay open. Without a token file every caller is let in and "device"
 means the caller's IP address for the stream limits; with one, it means the token's device:
-a request whose ``device_id`` names another device is refused (PERMISSION_DENIED), and a
-payload stream whose token is revoked ends with UNAUTHENTICATED within ``recheck_s``.
+a request whose ``device_id`` names another device is refused (PERMISSION_DENIED), a status
+report without one is filed under the token's device, and a payload stream whose token is
+revoked ends with UNAUTHENTICATED within ``recheck_s``.
 Issue tokens with :func:`add_device_token`; revoke with :func:`revoke_device_token`.
 """
 
@@ -21,13 +22,14 @@ from edgerec.errors import AuthenticationError, EdgerecError, PermissionDeniedEr
 from edgerec.server.auth import TokenTable, add_device_token, revoke_device_token
 from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamSlot
 from edgerec.server.update_service import MAX_CHUNK_BYTES
-from edgerec.v1 import update_pb2
+from edgerec.v1 import telemetry_pb2, update_pb2
 
 __all__ = ["SecurityInterceptor", "add_device_token", "revoke_device_token"]
 
 log = logging.getLogger(__name__)
 
 FETCH_PAYLOAD = f"/{update_pb2.DESCRIPTOR.services_by_name['ModelUpdate'].full_name}/FetchPayload"
+REPORT_STATUS = f"/{telemetry_pb2.DESCRIPTOR.services_by_name['Telemetry'].full_name}/ReportStatus"
 BEARER = "bearer "
 
 # grpc's classes are generic only in grpc-stubs, not at run time.
@@ -69,7 +71,11 @@ class SecurityInterceptor(_ServerInterceptor):
             return grpc.unary_stream_rpc_method_handler(
                 self._limited(handler.unary_stream), handler.request_deserializer, handler.response_serializer
             )
-        return handler if self.tokens is None else _guarded(handler, self.authorize)
+        if self.tokens is None:
+            return handler
+        if details.method == REPORT_STATUS:
+            return _guarded(handler, self.authorize_report)
+        return _guarded(handler, self.authorize)
 
     def authenticate(self, context: grpc.ServicerContext) -> str:
         """The calling device's id (its peer address when there are no tokens); aborts UNAUTHENTICATED."""
@@ -88,6 +94,16 @@ class SecurityInterceptor(_ServerInterceptor):
         if self.tokens is not None and claimed and claimed != device:
             log.warning("device %s sent a request as device %r from %s", device, claimed[:80], context.peer())
             _refuse(context, PermissionDeniedError(f"this token is device {device!r}'s; the request names another"))
+        return device
+
+    def authorize_report(self, request: object, context: grpc.ServicerContext) -> str:
+        """:meth:`authorize` for a status report; one without a device_id then carries the token's device.
+
+        The server keeps reports per device_id, so a report may only ever land under its token's device.
+        """
+        device = self.authorize(request, context)
+        if isinstance(request, telemetry_pb2.StatusReport) and not request.device_id:
+            request.device_id = device
         return device
 
     def _token(self, context: grpc.ServicerContext) -> str:

@@ -12,8 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import grpc
 import numpy as np
 import pytest
+from cryptography.hazmat.primitives import serialization
 from test_policy import NAN, ODD, RELAXED, SAFE, _model
 
 from edgerec.device import EdgeClient
@@ -174,3 +176,64 @@ def test_report_latency_matches_the_counters(running: RunningServer, tmp_path: P
         [report.latency.p50_s, report.latency.p90_s, report.latency.p99_s],
         [expected[0.5], expected[0.9], expected[0.99]],
     )
+
+
+def test_with_tokens_a_report_is_kept_only_under_its_tokens_device(tmp_path: Path) -> None:
+    """A device's token speaks for it alone: a report naming another device is PERMISSION_DENIED and not kept."""
+    from test_security import _make_ca, _make_server_cert, _pem
+
+    from edgerec.device.channel import make_channel
+    from edgerec.errors import PermissionDeniedError
+    from edgerec.server.app import ServerConfig, start_server
+    from edgerec.server.publish import publish
+    from edgerec.server.security import add_device_token
+    from edgerec.v1 import telemetry_pb2_grpc
+
+    ca_key, ca_cert = _make_ca("telemetry test CA")
+    key, cert = _make_server_cert(ca_key, ca_cert)
+    ca, cert_file, key_file = tmp_path / "ca.pem", tmp_path / "server.pem", tmp_path / "server.key"
+    ca.write_bytes(_pem(ca_cert))
+    cert_file.write_bytes(_pem(cert))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    tokens_file = tmp_path / "tokens.json"
+    token = {device: add_device_token(tokens_file, device) for device in ("kiosk-a", "kiosk-b")}
+    registry = Registry(tmp_path / "registry")
+    publish(_model(tmp_path / "safe.onnx", fragile=False), "safe", registry)
+    config = ServerConfig(
+        registry=registry.root, listen="127.0.0.1:0", tls_cert=cert_file, tls_key=key_file, tokens_file=tokens_file
+    )
+    server = start_server(config)
+    telemetry = server.telemetry
+    assert telemetry is not None
+    target = f"127.0.0.1:{server.port}"
+    try:
+        with EdgeClient(target, "safe", tmp_path / "a", tls_ca=ca, token=token["kiosk-a"]) as own:
+            assert own.device_id == "kiosk-a" and own.report_status().received_unix_s > 0
+        liar = EdgeClient(target, "safe", tmp_path / "b", tls_ca=ca, token=token["kiosk-a"], device_id="kiosk-b")
+        with liar, pytest.raises(PermissionDeniedError, match="kiosk-a"):
+            liar.report_status()
+        assert telemetry.latest("kiosk-a", "safe") is not None and telemetry.latest("kiosk-b", "safe") is None
+
+        def raw(report: telemetry_pb2.StatusReport, token: str | None) -> grpc.StatusCode:
+            with make_channel(target, tls_ca=ca, token=token) as channel:
+                stub = telemetry_pb2_grpc.TelemetryStub(channel)  # type: ignore[no-untyped-call]
+                try:
+                    stub.ReportStatus(report, timeout=5)
+                except grpc.RpcError as exc:
+                    return exc.code()
+            return grpc.StatusCode.OK
+
+        forged = telemetry_pb2.StatusReport(device_id="kiosk-a", model="safe", active_version=99)
+        assert raw(forged, token["kiosk-b"]) == grpc.StatusCode.PERMISSION_DENIED
+        assert raw(forged, None) == grpc.StatusCode.UNAUTHENTICATED
+        assert raw(forged, "kiosk-a.not-the-secret") == grpc.StatusCode.UNAUTHENTICATED
+        latest = telemetry.latest("kiosk-a", "safe")
+        assert latest is not None and latest.active_version == 0, "no forged report replaced kiosk-a's"
+        # Without a device_id the report is filed under the token's device.
+        assert raw(telemetry_pb2.StatusReport(model="safe", active_version=7), token["kiosk-b"]) == grpc.StatusCode.OK
+        filed = telemetry.latest("kiosk-b", "safe")
+        assert filed is not None and filed.active_version == 7
+    finally:
+        server.stop(grace=0)
