@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +46,8 @@ DEADLINE_MARGIN = 0.1
 # Folder under the data dir holding onnxruntime's optimized models, one per artifact digest (model names
 # start alphanumeric, so it never collides with a model's folder).
 ORT_CACHE_DIR = ".ort-cache"
+# A half-written optimized model (onnxruntime's staging folder) older than this belongs to a writer that died.
+ORT_STAGING_STALE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -289,6 +292,7 @@ class EdgeClient:
         if result.updated:
             self.reload()
             self.cache.clear()
+            self._prune_ort_cache()
         return result
 
     @property
@@ -637,8 +641,20 @@ class EdgeClient:
 
         The store's state file is only re-read when it changed on disk (another process may sync);
         predict looks at it at most every ``STATE_CHECK_INTERVAL_S`` (a stat costs as much as the rest of
-        the hot path). Answers always carry the version that produced them.
+        the hot path). Answers always carry the version that produced them. After a load the
+        optimized-model cache is pruned (outside the lock: predict never waits for the disk).
         """
+        loads = self._loads
+        local, failure = self._load_local_model()
+        if local is not None and self._loads != loads:
+            self._prune_ort_cache()
+        return local, failure
+
+    def _prune_ort_cache(self) -> None:
+        if self.ort_cache_dir is not None:
+            prune_ort_cache(self.store.root.parent, self.ort_cache_dir)
+
+    def _load_local_model(self) -> tuple[_LocalModel | None, str | None]:
         with self._lock:
             stamp = self.store.state_stamp()
             self._recheck_at = time.perf_counter() + STATE_CHECK_INTERVAL_S
@@ -666,6 +682,55 @@ class EdgeClient:
         with self._lock:
             self._local, self._local_failure, self._state_stamp = None, None, None
             self._recheck_at = 0.0
+
+
+def prune_ort_cache(data_dir: Path, cache_dir: Path) -> list[str]:
+    """Remove the optimized models in ``cache_dir`` that no installed version needs; returns the names removed.
+
+    Every model under ``data_dir`` shares the cache, so the entries kept are those of each model's current
+    and previous version (the versions its store holds) for this onnxruntime; an entry of a pruned version
+    or of another onnxruntime release goes, and so does a staging folder a writer left over
+    ``ORT_STAGING_STALE_S`` ago. When some model's state cannot be read nothing is removed (it may need
+    an entry). An entry removed under another process is rebuilt by its next load.
+    """
+    if not cache_dir.is_dir():
+        return []
+    try:
+        import onnxruntime as ort
+
+        from edgerec.runtimes.onnx import _full_key  # how OnnxRunner names an artifact's entry
+    except ImportError:
+        return []
+    keep: set[str] = set()
+    for folder in data_dir.iterdir():
+        if folder.name.startswith(".") or not (folder / "state.json").is_file():
+            continue
+        try:
+            store = ModelStore(data_dir, folder.name)
+            held = [store.current(), store.previous()]
+        except (EdgerecError, OSError) as exc:
+            log.warning("optimized-model cache not pruned: cannot tell what %s holds: %s", folder, exc)
+            return []
+        keep.update(_full_key(v.artifact.digest, ort.__version__) for v in held if v is not None)
+    removed: list[str] = []
+    stale_before = time.time() - ORT_STAGING_STALE_S
+    for entry in cache_dir.iterdir():
+        try:
+            if entry.name in keep or (entry.name.startswith(".") and entry.stat().st_mtime > stale_before):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except FileNotFoundError:  # another process pruned it first
+            continue
+        except OSError as exc:
+            log.warning("cannot remove optimized model %s: %s", entry, exc)
+            continue
+        removed.append(entry.name)
+    if removed:
+        log.info("optimized-model cache: removed %d entries no installed version needs", len(removed))
+    return removed
 
 
 def _trusted(keys: Sequence[Path | str] | TrustedKeys) -> TrustedKeys:
