@@ -1,0 +1,63 @@
+"""Server Predict resolves (model, version, recipe) once, not per request, and still sees every publish at once.
+
+A real registry (folder plus SQLite), real onnxruntime, the small hand-built models of test_policy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import cast
+
+import grpc
+import numpy as np
+import pytest
+from test_policy import SAFE, _model
+
+from edgerec import tensors
+from edgerec.registry import Registry
+from edgerec.v1 import inference_pb2
+
+pytest.importorskip("onnx")
+
+
+class CountingRegistry(Registry):
+    """A real registry that counts how often its index is asked for a model's versions."""
+
+    lookups = 0
+
+    def versions(self, model: str, *, include_partial: bool = True) -> list[int]:
+        self.lookups += 1
+        return super().versions(model, include_partial=include_partial)
+
+
+def _request(version: int = 0) -> inference_pb2.PredictRequest:
+    inputs = {name: tensors.to_proto(a) for name, a in SAFE.items()}
+    return inference_pb2.PredictRequest(model="ctr", version=version, inputs=inputs)
+
+
+def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path) -> None:
+    from edgerec.server.inference_service import InferenceService
+    from edgerec.server.publish import publish
+
+    registry = CountingRegistry(tmp_path / "registry")
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    service = InferenceService(registry)
+    context = cast(grpc.ServicerContext, None)  # only an error would use it
+    first = service.Predict(_request(), context)
+    assert first.version == 1
+    lookups = registry.lookups
+    for _ in range(50):
+        assert service.Predict(_request(), context).version == 1
+    assert registry.lookups == lookups, "an unchanged registry is not asked again within the TTL"
+
+    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+    latest = service.Predict(_request(), context)
+    assert latest.version == 2, "a publish is seen by the very next request"
+    assert not np.allclose(latest.scores, first.scores)
+    assert service.Predict(_request(version=1), context).version == 1, "the version a device asks for"
+    np.testing.assert_allclose(service.Predict(_request(version=1), context).scores, first.scores)
+
+    service.resolve_ttl_s = 0.0  # past the TTL, the registry is asked again even when unchanged
+    lookups = registry.lookups
+    assert service.Predict(_request(), context).version == 2
+    assert registry.lookups > lookups
