@@ -13,7 +13,8 @@ What is measured, all at batch 1 with the default :class:`FallbackPolicy` unless
   on the installed file with the same options, timed in alternating blocks so machine noise hits both;
 - local vs server fallback: the device's local answers, a device without a model (every answer from
   the server) and the bare server round trip (``Inference.Predict`` through the device's transport);
-- server Predict throughput and p99 with 1, 16 and 256 concurrent callers (threads), against a
+- server Predict throughput and p99 with 1, 16 and 256 concurrent callers (asyncio tasks on ``grpc.aio``
+  channels in two processes of their own, so the callers' GIL is not what is measured), against a
   server with micro-batching (``--batch-wait-ms 2``) and one without (``0``);
 - a failing local model (the installed file damaged: every predict falls back to the server) with
   1 and 16 callers, and a server that is down (refusing connections, or accepting them and never
@@ -25,6 +26,8 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+import multiprocessing
+import multiprocessing.queues
 import os
 import platform
 import re
@@ -50,6 +53,10 @@ MODEL_NAME: Final = "ctr"
 CONCURRENCY: Final = (1, 16, 256)
 FAILING_CONCURRENCY: Final = (1, 16)
 SERVER_WORKERS: Final = 64
+# Processes the server Predict callers are spread over (each an asyncio loop on one grpc.aio channel).
+CLIENT_PROCESSES: Final = 2
+# Time the caller processes get to start (import grpc, connect) before they all begin together.
+PROCESS_START_S: Final = 3.0
 
 # Targets (issue 6).
 CACHE_HIT_P50_US: Final = 5.0
@@ -344,23 +351,107 @@ def device_rows(
 def server_rows(
     address: str, batching: str, requests: Sequence[dict[str, np.ndarray]], settings: Settings
 ) -> list[Row]:
-    """Server Predict throughput and latency with 1, 16 and 256 concurrent callers."""
-    from edgerec.device.transport import ServerConnection
+    """Server Predict throughput and latency with 1, 16 and 256 concurrent callers.
 
+    The callers are asyncio tasks on ``grpc.aio`` channels in up to ``CLIENT_PROCESSES`` processes of their
+    own, sending requests serialized once: the row measures the server, not the callers' GIL (256 threads
+    in this process made the client the bottleneck).
+    """
+    from edgerec import tensors
+    from edgerec.v1 import inference_pb2
+
+    payloads = [
+        inference_pb2.PredictRequest(
+            model=MODEL_NAME, version=1, inputs={name: tensors.to_proto(a) for name, a in r.items()}
+        ).SerializeToString()
+        for r in requests
+    ]
     rows = []
-    connection = ServerConnection(address)
-    try:
-        call = lambda r: connection.predict(MODEL_NAME, r, version=1, timeout_s=10)  # noqa: E731
-        _concurrent(call, requests, 4, min(0.5, settings.seconds))  # warm up: channel, server model load
-        for clients in CONCURRENCY:
-            latencies, errors, wall, kinds = _concurrent(call, requests, clients, settings.seconds)
-            row = _fill(Row("server Predict", clients, batching, errors=errors, seconds=wall), latencies)
-            row.throughput_per_s = (len(latencies) - errors) / wall
-            row.note = _fmt(kinds)
-            rows.append(row)
-    finally:
-        connection.close()
+    _callers_in_processes(address, payloads, 4, min(0.5, settings.seconds))  # warm up: the server's model load
+    for clients in CONCURRENCY:
+        latencies, errors, wall, kinds = _callers_in_processes(address, payloads, clients, settings.seconds)
+        row = _fill(Row("server Predict", clients, batching, errors=errors, seconds=wall), latencies)
+        row.throughput_per_s = (len(latencies) - errors) / wall
+        row.note = _fmt(kinds) or f"{min(clients, CLIENT_PROCESSES)} client processes, grpc.aio"
+        rows.append(row)
     return rows
+
+
+def _callers_in_processes(
+    address: str, payloads: Sequence[bytes], clients: int, seconds: float
+) -> tuple[np.ndarray, int, float, dict[str, int]]:
+    """``clients`` concurrent callers spread over processes, all starting together: latencies (ms), errors,
+    wall time (the slowest process's), error kinds."""
+    context = multiprocessing.get_context("spawn")
+    results: multiprocessing.queues.Queue[tuple[list[float], dict[str, int], float]] = context.Queue()
+    procs = min(clients, CLIENT_PROCESSES)
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    start_at = time.time() + PROCESS_START_S
+    workers = [
+        context.Process(target=_aio_callers, args=(address, list(payloads), n, seconds, start_at, results))
+        for n in shares
+    ]
+    for worker in workers:
+        worker.start()
+    try:
+        outcomes = [results.get(timeout=PROCESS_START_S + seconds + 60) for _ in workers]
+    finally:
+        for worker in workers:
+            worker.join(10)
+            if worker.is_alive():
+                worker.kill()
+    kinds: dict[str, int] = {}
+    for _, failed, _ in outcomes:
+        for name, n in failed.items():
+            kinds[name] = kinds.get(name, 0) + n
+    latencies = np.array([x for lat, _, _ in outcomes for x in lat])
+    return latencies, sum(kinds.values()), max(wall for _, _, wall in outcomes), kinds
+
+
+def _aio_callers(
+    address: str,
+    payloads: list[bytes],
+    callers: int,
+    seconds: float,
+    start_at: float,
+    results: multiprocessing.queues.Queue[tuple[list[float], dict[str, int], float]],
+) -> None:
+    """In a process of its own: ``callers`` asyncio tasks on one channel call Predict from ``start_at`` (unix
+    time) for ``seconds``; puts (latencies in ms, errors by status code, wall seconds) on ``results``."""
+    import asyncio
+
+    import grpc
+
+    from edgerec.v1 import inference_pb2, inference_pb2_grpc
+
+    requests = [inference_pb2.PredictRequest.FromString(p) for p in payloads]
+
+    async def main() -> tuple[list[float], dict[str, int], float]:
+        latencies: list[float] = []
+        failed: dict[str, int] = {}
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = inference_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+            await stub.Predict(requests[0], timeout=30)  # connected before the clock starts
+            await asyncio.sleep(max(0.0, start_at - time.time()))
+            began = time.perf_counter()
+            stop_at = began + seconds
+
+            async def caller(k: int) -> None:
+                i = k
+                while time.perf_counter() < stop_at:
+                    begin = time.perf_counter()
+                    try:
+                        await stub.Predict(requests[i % len(requests)], timeout=30)
+                    except grpc.RpcError as exc:
+                        name = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else type(exc).__name__
+                        failed[name] = failed.get(name, 0) + 1
+                    latencies.append((time.perf_counter() - begin) * 1e3)
+                    i += callers
+
+            await asyncio.gather(*(caller(k) for k in range(callers)))
+            return latencies, failed, time.perf_counter() - began
+
+    results.put(asyncio.run(main()))
 
 
 def failure_rows(
