@@ -1,7 +1,8 @@
 """Server micro-batching: concurrent Predict requests for one model run as one batch.
 
 The first request of a group waits up to ``max_wait_s`` for others with the same key and the same
-non-batch shapes and dtypes, concatenates them along axis 0, runs once and hands each caller its rows.
+non-batch shapes and dtypes (less when every request in flight for the group has joined), concatenates
+them along axis 0, runs once and hands each caller its rows.
 Requests that cannot be batched (scalars, batch larger than ``max_batch``) run alone.
 """
 
@@ -85,6 +86,10 @@ class MicroBatcher:
             if batch.rows >= self.max_batch:
                 batch.full.set()
                 del self._open[group]
+            elif len(batch.requests) == self._inflight[group]:
+                # Every request in flight for the group is in this batch: whoever sent them waits for
+                # this answer before sending more, so waiting longer only adds latency.
+                batch.full.set()
         if not leader:
             request.done.wait()
             if request.error is not None:

@@ -14,7 +14,7 @@ What is measured, all at batch 1 with the default :class:`FallbackPolicy` unless
 - local vs server fallback: the device's local answers, a device without a model (every answer from
   the server) and the bare server round trip (``Inference.Predict`` through the device's transport);
 - server Predict throughput and p99 with 1, 16 and 256 concurrent callers (asyncio tasks on ``grpc.aio``
-  channels in two processes of their own, so the callers' GIL is not what is measured), against a
+  channels in processes of their own (one per two cores), so the callers' GIL is not what is measured), against a
   server with micro-batching (``--batch-wait-ms 2``) and one without (``0``);
 - a failing local model (the installed file damaged: every predict falls back to the server) with
   1 and 16 callers, and a server that is down (refusing connections, or accepting them and never
@@ -30,6 +30,7 @@ import multiprocessing
 import multiprocessing.queues
 import os
 import platform
+import queue
 import re
 import shutil
 import socket
@@ -53,8 +54,9 @@ MODEL_NAME: Final = "ctr"
 CONCURRENCY: Final = (1, 16, 256)
 FAILING_CONCURRENCY: Final = (1, 16)
 SERVER_WORKERS: Final = 64
-# Processes the server Predict callers are spread over (each an asyncio loop on one grpc.aio channel).
-CLIENT_PROCESSES: Final = 2
+# Processes the server Predict callers are spread over (each an asyncio loop on one grpc.aio channel); at
+# least half the cores are left to the server.
+CLIENT_PROCESSES: Final = max(1, min(4, (os.cpu_count() or 2) // 2))
 # Time the caller processes get to start (import grpc, connect) before they all begin together.
 PROCESS_START_S: Final = 3.0
 
@@ -129,8 +131,8 @@ def build(settings: Settings, work: Path) -> tuple[Path, list[dict[str, np.ndarr
 
 
 @contextmanager
-def serve(registry: Path, work: Path, batch_wait_ms: float) -> Iterator[str]:
-    """``edgerec serve`` in a subprocess on a free loopback port; yields its address."""
+def serve(registry: Path, work: Path, batch_wait_ms: float) -> Iterator[tuple[str, int]]:
+    """``edgerec serve`` in a subprocess on a free loopback port; yields its address and process id."""
     log_file = work / f"serve-{batch_wait_ms:g}.log"
     command = [sys.executable, "-m", "edgerec", "serve", "--registry", str(registry), "--listen", "127.0.0.1:0"]
     command += ["--workers", str(SERVER_WORKERS), "--batch-wait-ms", str(batch_wait_ms)]
@@ -147,7 +149,7 @@ def serve(registry: Path, work: Path, batch_wait_ms: float) -> Iterator[str]:
             time.sleep(0.05)
         else:
             raise RuntimeError("edgerec serve did not start within 60 s")
-        yield found.group(1)
+        yield found.group(1), process.pid
     finally:
         process.terminate()
         try:
@@ -349,13 +351,18 @@ def device_rows(
 
 
 def server_rows(
-    address: str, batching: str, requests: Sequence[dict[str, np.ndarray]], settings: Settings
+    address: str,
+    batching: str,
+    requests: Sequence[dict[str, np.ndarray]],
+    settings: Settings,
+    server_pid: int | None = None,
 ) -> list[Row]:
     """Server Predict throughput and latency with 1, 16 and 256 concurrent callers.
 
     The callers are asyncio tasks on ``grpc.aio`` channels in up to ``CLIENT_PROCESSES`` processes of their
     own, sending requests serialized once: the row measures the server, not the callers' GIL (256 threads
-    in this process made the client the bottleneck).
+    in this process made the client the bottleneck). With ``server_pid`` the note gives the server's CPU
+    time per answered call (user + system), which noise from other processes on the machine hardly moves.
     """
     from edgerec import tensors
     from edgerec.v1 import inference_pb2
@@ -369,12 +376,29 @@ def server_rows(
     rows = []
     _callers_in_processes(address, payloads, 4, min(0.5, settings.seconds))  # warm up: the server's model load
     for clients in CONCURRENCY:
+        cpu_before = _cpu_seconds(server_pid)
         latencies, errors, wall, kinds = _callers_in_processes(address, payloads, clients, settings.seconds)
+        cpu = _cpu_seconds(server_pid) - cpu_before
         row = _fill(Row("server Predict", clients, batching, errors=errors, seconds=wall), latencies)
-        row.throughput_per_s = (len(latencies) - errors) / wall
-        row.note = _fmt(kinds) or f"{min(clients, CLIENT_PROCESSES)} client processes, grpc.aio"
+        answered = len(latencies) - errors
+        row.throughput_per_s = answered / wall
+        notes = [_fmt(kinds), f"{min(clients, CLIENT_PROCESSES)} grpc.aio client processes"]
+        if answered and np.isfinite(cpu):  # includes the callers' connect and warm-up call: a slight overcount
+            notes.append(f"server CPU {cpu / answered * 1e3:.2f} ms/call")
+        row.note = ", ".join(n for n in notes if n)
         rows.append(row)
     return rows
+
+
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (Linux ``/proc``); NaN when unknown."""
+    if pid is None:
+        return float("nan")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _callers_in_processes(
@@ -394,7 +418,15 @@ def _callers_in_processes(
     for worker in workers:
         worker.start()
     try:
-        outcomes = [results.get(timeout=PROCESS_START_S + seconds + 60) for _ in workers]
+        outcomes: list[tuple[list[float], dict[str, int], float]] = []
+        deadline = time.monotonic() + PROCESS_START_S + seconds + 60
+        while len(outcomes) < len(workers):
+            try:
+                outcomes.append(results.get(timeout=0.5))
+            except queue.Empty:
+                dead = [w.exitcode for w in workers if w.exitcode not in (None, 0)]
+                if dead or time.monotonic() > deadline:
+                    raise RuntimeError(f"caller processes failed (exit codes {dead}) or timed out") from None
     finally:
         for worker in workers:
             worker.join(10)
@@ -623,13 +655,13 @@ def run(settings: Settings) -> tuple[list[Row], list[Target], dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="bench-predict-") as tmp:
         work = Path(tmp)
         registry, requests = build(settings, work)
-        with serve(registry, work, 2.0) as batched:
+        with serve(registry, work, 2.0) as (batched, batched_pid):
             rows, facts = device_rows(batched, requests, work, settings)
-            rows += server_rows(batched, "on", requests, settings)
+            rows += server_rows(batched, "on", requests, settings, batched_pid)
             failing, more = failure_rows(batched, requests, work, settings)
             facts |= more
-        with serve(registry, work, 0.0) as plain:
-            rows += server_rows(plain, "off", requests, settings)
+        with serve(registry, work, 0.0) as (plain, plain_pid):
+            rows += server_rows(plain, "off", requests, settings, plain_pid)
         rows += failing
     return rows, compute_targets(rows, facts), facts
 
