@@ -28,7 +28,8 @@ PredictObserver = Callable[[str, str, float], None]
 # How long a request's resolved (model, version, recipe) is reused while the registry's index is unchanged
 # on disk; a publish changes the index, so a new version is served from the next request on.
 RESOLVE_TTL_S = 1.0
-# The registry's SQLite index: its files change (mtime, size) with every write, never with a read.
+# The registry's SQLite index: its files change (mtime, size) with every write, never with a read (an
+# empty WAL file comes and goes with connections).
 _INDEX_FILES = ("index.sqlite", "index.sqlite-wal")
 
 
@@ -133,8 +134,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 st = os.stat(path)
             except OSError:
                 stamps.append(None)
-            else:
-                stamps.append((st.st_mtime_ns, st.st_size))
+            else:  # SQLite creates an empty WAL file whenever a connection opens: only a written one counts
+                stamps.append((st.st_mtime_ns, st.st_size) if st.st_size else None)
         return tuple(stamps)
 
     def _resolve(self, request: inference_pb2.PredictRequest) -> LoadedModel:

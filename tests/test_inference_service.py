@@ -5,6 +5,7 @@ A real registry (folder plus SQLite), real onnxruntime, the small hand-built mod
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import cast
 
@@ -61,3 +62,29 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
     lookups = registry.lookups
     assert service.Predict(_request(), context).version == 2
     assert registry.lookups > lookups
+
+
+def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> None:
+    """Connections opening and closing (SQLite's empty WAL file coming and going) do not count as changes."""
+    from edgerec.server.inference_service import InferenceService
+    from edgerec.server.publish import publish
+
+    registry = CountingRegistry(tmp_path / "registry")
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    service = InferenceService(registry)
+    context = cast(grpc.ServicerContext, None)
+    versions: list[int] = []
+
+    def predict() -> None:
+        for _ in range(100):
+            versions.append(service.Predict(_request(), context).version)
+
+    threads = [threading.Thread(target=predict) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert versions == [1] * 800
+    # Each thread may miss once before the first resolution is stored (three lookups each), then the TTL:
+    # far fewer than the three lookups per request a registry round trip takes.
+    assert registry.lookups <= 8 * 3 + 3 * 10, registry.lookups
