@@ -3,7 +3,8 @@
 Imports without torch: only numpy, grpcio, protobuf, zstandard, bsdiff4 and onnxruntime.
 """
 
-from edgerec.device.client import EdgeClient, Prediction
+from edgerec.device.client import EdgeClient
+from edgerec.device.local_model import Prediction
 from edgerec.device.sync import SyncResult
 
 __all__ = ["EdgeClient", "Prediction", "SyncResult"]

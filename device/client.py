@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent import futures
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -16,11 +15,11 @@ from typing import Any
 
 import numpy as np
 
-from edgerec import tensors
-from edgerec.device.artifacts import LoadedArtifact, open_artifact
 from edgerec.device.cache import CacheKey, PredictionCache, request_key
+from edgerec.device.local_model import LocalModel, Prediction, make_prediction
+from edgerec.device.ort_cache import ORT_CACHE_DIR, prune_ort_cache
 from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
-from edgerec.device.storage import InstalledVersion, ModelStore
+from edgerec.device.storage import ModelStore
 from edgerec.device.sync import FileProgress, Syncer, SyncResult
 from edgerec.device.telemetry import StatusReporter, SyncStats, TelemetrySender, build_report
 from edgerec.device.transport import ServerConnection, TransportConfig
@@ -28,10 +27,9 @@ from edgerec.errors import (
     AuthenticationError,
     EdgerecError,
     InvalidInputError,
-    ModelRuntimeError,
     NoModelAvailableError,
 )
-from edgerec.runtimes import NonFiniteScoresError, ScoringRunner
+from edgerec.runtimes import NonFiniteScoresError
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.units import parse_rate
@@ -43,11 +41,6 @@ log = logging.getLogger(__name__)
 STATE_CHECK_INTERVAL_S = 0.05
 # Share of the deadline kept back from a server call's gRPC timeout (5 ms of the default 50 ms).
 DEADLINE_MARGIN = 0.1
-# Folder under the data dir holding onnxruntime's optimized models, one per artifact digest (model names
-# start alphanumeric, so it never collides with a model's folder).
-ORT_CACHE_DIR = ".ort-cache"
-# A half-written optimized model (onnxruntime's staging folder) older than this belongs to a writer that died.
-ORT_STAGING_STALE_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -56,119 +49,6 @@ class _LocalCall:
 
     future: Future[np.ndarray]
     options: Any
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """Scores for a request and where they came from."""
-
-    scores: np.ndarray
-    source: Source  # cache, local, server or default (a str enum: compares equal to "local" etc.)
-    version: int
-    latency_s: float
-    # Why the local model did not answer: the code's value and a detail; None when it did.
-    fallback_reason: str | None = None
-    fallback: FallbackReason | None = None
-
-
-_new_object = object.__new__
-
-
-def _prediction(
-    scores: np.ndarray,
-    source: Source,
-    version: int,
-    latency_s: float,
-    fallback_reason: str | None = None,
-    fallback: FallbackReason | None = None,
-) -> Prediction:
-    """A Prediction without the frozen dataclass's per-field ``object.__setattr__`` (half the cost, hot path)."""
-    made: Prediction = _new_object(Prediction)
-    made.__dict__.update(
-        scores=scores,
-        source=source,
-        version=version,
-        latency_s=latency_s,
-        fallback_reason=fallback_reason,
-        fallback=fallback,
-    )
-    return made
-
-
-class _LocalModel:
-    """The active version, loaded with its artifact's runtime (see :mod:`edgerec.device.artifacts`) and verified."""
-
-    def __init__(self, installed: InstalledVersion, threads: int, cache_dir: Path | None) -> None:
-        self.installed = installed
-        self.version = installed.version
-        self.loaded: LoadedArtifact = open_artifact(
-            installed.manifest,
-            installed.artifact,
-            installed.directory,
-            threads=threads,
-            cache_dir=cache_dir,
-            warm_up=False,  # _warm_up below runs the hot path's own call instead
-        )
-        runner = self.loaded.runner
-        if not callable(getattr(runner, "score", None)) or not callable(getattr(runner, "run_options", None)):
-            raise ModelRuntimeError(f"the {self.loaded.runtime} runner has no score(): cannot predict with it")
-        self.runner: ScoringRunner = runner  # type: ignore[assignment]  # checked just above
-        # Bound once: predict calls it directly (no attribute chain on the hot path).
-        self.score: Callable[..., np.ndarray] = self.runner.score
-        self.run_options: Callable[[], Any] = self.runner.run_options
-        self.input_specs = [(s.name, s.dtype, list(s.shape)) for s in installed.manifest.inputs]
-        # (name, dtype, batched, shape to match: the dimensions after the batch, or the whole shape) for the
-        # quick input check; None when some dimension other than the batch is free (the full check runs).
-        self._quick: list[tuple[str, np.dtype[Any], bool, tuple[int, ...]]] | None = []
-        for name, dtype, shape in self.input_specs:
-            batched = bool(shape) and shape[0] < 0
-            want = tuple(shape[1:] if batched else shape)
-            if any(d < 0 for d in want):
-                self._quick = None
-                break
-            self._quick.append((name, np.dtype(dtype), batched, want))
-        self._warm_up()
-
-    def _warm_up(self) -> None:
-        """One run on zeros (batch 1), so the first real prediction does not pay onnxruntime's first-run cost."""
-        zeros = {
-            name: np.zeros([d if d >= 0 else 1 for d in shape], dtype=dtype) for name, dtype, shape in self.input_specs
-        }
-        try:
-            self.score(zeros)
-        except EdgerecError as exc:
-            log.debug("warm-up run failed (the first prediction will tell): %s", exc)
-
-    def check(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], int]:
-        """The inputs in signature order and their batch size; InvalidInputError naming what is wrong.
-
-        Arrays of the right dtype and shape pass a quick check; anything else goes through
-        :func:`edgerec.tensors.check_inputs` (conversions, and its precise errors).
-        """
-        quick = self._quick
-        if quick is not None and len(inputs) == len(quick):
-            checked: dict[str, np.ndarray] = {}
-            batch = -1
-            for name, dtype, batched, want in quick:
-                array = inputs.get(name)
-                if type(array) is not np.ndarray:
-                    break
-                found = array.dtype
-                if found is not dtype and found != dtype:
-                    break
-                shape = array.shape
-                if batched:
-                    if not shape or shape[1:] != want or (batch >= 0 and shape[0] != batch):
-                        break
-                    batch = shape[0]
-                elif shape != want:
-                    break
-                checked[name] = array
-            else:
-                return checked, batch if batch > 0 else 1
-        checked = tensors.check_inputs(inputs, self.input_specs)
-        rows = min((a.shape[0] for a in checked.values() if a.ndim), default=1)
-        return checked, max(rows, 1)
 
 
 class EdgeClient:
@@ -236,8 +116,8 @@ class EdgeClient:
         # onnxruntime calls cannot be cancelled: they run here so a slow one never blocks past the deadline.
         self._local_pool = futures.ThreadPoolExecutor(self.policy.local_workers, thread_name_prefix="edgerec-local")
         self._server_pool = futures.ThreadPoolExecutor(self.policy.server_workers, thread_name_prefix="edgerec-hedge")
-        self._tracked: _LocalModel | None = None
-        self._local: _LocalModel | None = None
+        self._tracked: LocalModel | None = None
+        self._local: LocalModel | None = None
         self._local_failure: str | None = None
         self._state_stamp: tuple[int, int] | None = None
         # perf_counter time after which predict looks at the store's state file again (another process may sync)
@@ -408,7 +288,7 @@ class EdgeClient:
             if key is not None:
                 self.cache.put(key, scores)
             self.counters.count(Source.LOCAL, None, latency)
-            return _prediction(scores, Source.LOCAL, version, latency)
+            return make_prediction(scores, Source.LOCAL, version, latency)
         policy = self.policy.for_rows(rows)
         deadline = started + policy.deadline_s
         if not breaker.allow():
@@ -422,7 +302,7 @@ class EdgeClient:
             seconds -= self.policy.per_row_s * (rows - 1)
         self._recent_s += (seconds - self._recent_s) * self._inline_weight
 
-    def _submit_local(self, local: _LocalModel, arrays: dict[str, np.ndarray], rows: int) -> _LocalCall:
+    def _submit_local(self, local: LocalModel, arrays: dict[str, np.ndarray], rows: int) -> _LocalCall:
         """Run the local model on the worker pool; the returned call can be cancelled or terminated."""
         options = local.run_options()
 
@@ -448,7 +328,7 @@ class EdgeClient:
     def _race(
         self,
         arrays: dict[str, np.ndarray],
-        local: _LocalModel,
+        local: LocalModel,
         key: CacheKey | None,
         rows: int,
         started: float,
@@ -504,7 +384,7 @@ class EdgeClient:
         self,
         exc: EdgerecError,
         arrays: dict[str, np.ndarray],
-        local: _LocalModel,
+        local: LocalModel,
         started: float,
         policy: FallbackPolicy,
         deadline: float | None = None,
@@ -523,7 +403,7 @@ class EdgeClient:
     def _fallback(
         self,
         arrays: dict[str, np.ndarray],
-        local: _LocalModel | None,
+        local: LocalModel | None,
         code: FallbackReason,
         detail: str,
         started: float,
@@ -566,9 +446,9 @@ class EdgeClient:
     ) -> Prediction:
         latency = time.perf_counter() - started
         self.counters.count(source, code, latency)
-        return _prediction(scores, source, version, latency, reason if reason or code is None else code.value, code)
+        return make_prediction(scores, source, version, latency, reason if reason or code is None else code.value, code)
 
-    def _track(self, local: _LocalModel) -> None:
+    def _track(self, local: LocalModel) -> None:
         """A newly loaded model (sync, rollback, reload) starts with a closed breaker and an empty cache."""
         self._tracked = local
         self.local_breaker.reset()
@@ -595,7 +475,7 @@ class EdgeClient:
     def _predict_on_server(
         self,
         arrays: dict[str, np.ndarray],
-        local: _LocalModel | None,
+        local: LocalModel | None,
         reason: str,
         started: float,
         deadline: float,
@@ -636,7 +516,7 @@ class EdgeClient:
         self.cache.put(request_key(response.version, arrays), scores)
         return Prediction(scores, Source.SERVER, response.version, time.perf_counter() - started)
 
-    def _local_model(self) -> tuple[_LocalModel | None, str | None]:
+    def _local_model(self) -> tuple[LocalModel | None, str | None]:
         """The loaded active version, loading and verifying it on first use; else why not.
 
         The store's state file is only re-read when it changed on disk (another process may sync);
@@ -654,7 +534,7 @@ class EdgeClient:
         if self.ort_cache_dir is not None:
             prune_ort_cache(self.store.root.parent, self.ort_cache_dir)
 
-    def _load_local_model(self) -> tuple[_LocalModel | None, str | None]:
+    def _load_local_model(self) -> tuple[LocalModel | None, str | None]:
         with self._lock:
             stamp = self.store.state_stamp()
             self._recheck_at = time.perf_counter() + STATE_CHECK_INTERVAL_S
@@ -669,7 +549,7 @@ class EdgeClient:
                     self._local_failure = "no local model installed"
                     return None, self._local_failure
                 self.store.verify(installed)
-                self._local = _LocalModel(installed, self.threads, self.ort_cache_dir)
+                self._local = LocalModel(installed, self.threads, self.ort_cache_dir)
                 log.info("loaded %s version %d: %s", self.model, installed.version, self._local.loaded.describe())
                 return self._local, None
             except EdgerecError as exc:
@@ -682,55 +562,6 @@ class EdgeClient:
         with self._lock:
             self._local, self._local_failure, self._state_stamp = None, None, None
             self._recheck_at = 0.0
-
-
-def prune_ort_cache(data_dir: Path, cache_dir: Path) -> list[str]:
-    """Remove the optimized models in ``cache_dir`` that no installed version needs; returns the names removed.
-
-    Every model under ``data_dir`` shares the cache, so the entries kept are those of each model's current
-    and previous version (the versions its store holds) for this onnxruntime; an entry of a pruned version
-    or of another onnxruntime release goes, and so does a staging folder a writer left over
-    ``ORT_STAGING_STALE_S`` ago. When some model's state cannot be read nothing is removed (it may need
-    an entry). An entry removed under another process is rebuilt by its next load.
-    """
-    if not cache_dir.is_dir():
-        return []
-    try:
-        import onnxruntime as ort
-
-        from edgerec.runtimes.onnx import _full_key  # how OnnxRunner names an artifact's entry
-    except ImportError:
-        return []
-    keep: set[str] = set()
-    for folder in data_dir.iterdir():
-        if folder.name.startswith(".") or not (folder / "state.json").is_file():
-            continue
-        try:
-            store = ModelStore(data_dir, folder.name)
-            held = [store.current(), store.previous()]
-        except (EdgerecError, OSError) as exc:
-            log.warning("optimized-model cache not pruned: cannot tell what %s holds: %s", folder, exc)
-            return []
-        keep.update(_full_key(v.artifact.digest, ort.__version__) for v in held if v is not None)
-    removed: list[str] = []
-    stale_before = time.time() - ORT_STAGING_STALE_S
-    for entry in cache_dir.iterdir():
-        try:
-            if entry.name in keep or (entry.name.startswith(".") and entry.stat().st_mtime > stale_before):
-                continue
-            if entry.is_dir():
-                shutil.rmtree(entry)
-            else:
-                entry.unlink()
-        except FileNotFoundError:  # another process pruned it first
-            continue
-        except OSError as exc:
-            log.warning("cannot remove optimized model %s: %s", entry, exc)
-            continue
-        removed.append(entry.name)
-    if removed:
-        log.info("optimized-model cache: removed %d entries no installed version needs", len(removed))
-    return removed
 
 
 def _trusted(keys: Sequence[Path | str] | TrustedKeys) -> TrustedKeys:

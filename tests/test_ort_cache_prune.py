@@ -14,7 +14,7 @@ import pytest
 from test_policy import RELAXED, SAFE, _model
 
 from edgerec.device import EdgeClient
-from edgerec.device.client import ORT_CACHE_DIR, ORT_STAGING_STALE_S, prune_ort_cache
+from edgerec.device.ort_cache import ORT_CACHE_DIR, ORT_STAGING_STALE_S, prune_ort_cache
 from edgerec.registry import Registry
 
 pytest.importorskip("onnx")

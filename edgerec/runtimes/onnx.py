@@ -70,7 +70,7 @@ class OnnxRunner:
         session = None
         if cache_dir is not None:
             try:
-                key = _full_key(cache_key or cache_key_of_files(self.model_path), ort.__version__)
+                key = cache_entry_name(cache_key or cache_key_of_files(self.model_path), ort.__version__)
                 self.cache_path = Path(cache_dir) / key / _CACHED_MODEL
                 session = self._cached_session(ort, threads)
             except (OSError, ModelRuntimeError) as exc:
@@ -149,7 +149,8 @@ def cache_key_of_files(model_path: Path) -> str:
     return digest.hexdigest()
 
 
-def _full_key(artifact_key: str, ort_version: str) -> str:
+def cache_entry_name(artifact_key: str, ort_version: str) -> str:
+    """The cache entry of an artifact's optimized model under one onnxruntime release."""
     text = f"{artifact_key}\0onnxruntime {ort_version}\0{OPTIMIZATION_LEVEL}"
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
