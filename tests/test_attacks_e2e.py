@@ -15,7 +15,6 @@ import shutil
 import time
 import zlib
 from collections.abc import Iterator
-from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from servertools import update_server
 
 from edgerec.codecs import make_patch
 from edgerec.device import EdgeClient
@@ -49,7 +49,7 @@ from edgerec.server.signer import ManifestSigner
 from edgerec.server.update_service import ModelUpdateService
 from edgerec.signing import generate_keypair, load_private_key, sign_manifest
 from edgerec.tools import faults
-from edgerec.v1 import update_pb2, update_pb2_grpc
+from edgerec.v1 import update_pb2
 
 pytestmark = pytest.mark.torch
 
@@ -87,19 +87,6 @@ def app_server(registry: Registry, signing_key: Path) -> Iterator[str]:
         yield f"127.0.0.1:{server.port}"
     finally:
         server.stop(grace=0)
-
-
-@contextlib.contextmanager
-def update_server(service: ModelUpdateService) -> Iterator[str]:
-    """A gRPC server on loopback serving ``service`` (a real ModelUpdateService or a misbehaving subclass)."""
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="attack-rpc"))
-    update_pb2_grpc.add_ModelUpdateServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=0).wait()
 
 
 def _planner(registry: Registry, signer: ManifestSigner) -> UpdatePlanner:

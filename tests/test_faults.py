@@ -12,11 +12,11 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from concurrent import futures
 from pathlib import Path
 
 import grpc
 import pytest
+from servertools import update_server
 
 from edgerec.device import EdgeClient
 from edgerec.device.transport import ServerConnection, TransportConfig
@@ -28,7 +28,7 @@ from edgerec.server.update_service import ModelUpdateService
 from edgerec.tools import faults
 from edgerec.tools.faults import DIRECTED_KILLS, KillBench, KillPoint, KillRun
 from edgerec.tools.linkproxy import LinkProxy
-from edgerec.v1 import update_pb2, update_pb2_grpc
+from edgerec.v1 import update_pb2
 
 pytestmark = pytest.mark.torch
 
@@ -263,15 +263,9 @@ class _UnpacedUpdateService(ModelUpdateService):
 @pytest.fixture
 def unpaced_address(small_served: tuple[Registry, str]) -> Iterator[str]:
     registry, _ = small_served
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     service = _UnpacedUpdateService(registry, UpdatePlanner(registry, PayloadStore(registry)))
-    update_pb2_grpc.add_ModelUpdateServicer_to_server(service, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.stop(grace=0)
+    with update_server(service) as address:
+        yield address
 
 
 def test_the_window_loss_comes_back_when_only_the_device_paces(

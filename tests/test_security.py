@@ -396,8 +396,8 @@ def test_token_file_holds_only_hashes(tokens: tuple[Path, dict[str, str]]) -> No
 # --- the wrong kind of connection fails fast, typed --------------------------------------
 
 
-def test_plain_text_client_to_tls_server_is_a_transport_error(secure: str, pki: Pki) -> None:
-    connection = ServerConnection(secure, ONE_TRY_WORTH)
+def _check_fails_fast_with_transport_error(connection: ServerConnection) -> None:
+    """CheckUpdate on a connection of the wrong kind: exactly TransportError, within the retry budget."""
     started = time.monotonic()
     try:
         with pytest.raises(TransportError) as info:
@@ -407,30 +407,22 @@ def test_plain_text_client_to_tls_server_is_a_transport_error(secure: str, pki: 
     assert type(info.value) is TransportError and time.monotonic() - started < 3.5
 
 
+def test_plain_text_client_to_tls_server_is_a_transport_error(secure: str, pki: Pki) -> None:
+    _check_fails_fast_with_transport_error(ServerConnection(secure, ONE_TRY_WORTH))
+
+
 def test_untrusted_server_certificate_is_a_transport_error(
     secure: str, pki: Pki, tokens: tuple[Path, dict[str, str]]
 ) -> None:
-    connection = ServerConnection(secure, ONE_TRY_WORTH, tls_ca=pki.other_ca, token=tokens[1]["predictor"])
-    started = time.monotonic()
-    try:
-        with pytest.raises(TransportError):
-            connection.check_update(_fresh_request())
-    finally:
-        connection.close()
-    assert time.monotonic() - started < 3.5
+    token = tokens[1]["predictor"]
+    _check_fails_fast_with_transport_error(ServerConnection(secure, ONE_TRY_WORTH, tls_ca=pki.other_ca, token=token))
 
 
 def test_tls_client_to_plain_text_server_is_a_transport_error(
     served: tuple[Registry, str], pki: Pki, tokens: tuple[Path, dict[str, str]]
 ) -> None:
-    connection = ServerConnection(served[1], ONE_TRY_WORTH, tls_ca=pki.ca, token=tokens[1]["predictor"])
-    started = time.monotonic()
-    try:
-        with pytest.raises(TransportError):
-            connection.check_update(_fresh_request())
-    finally:
-        connection.close()
-    assert time.monotonic() - started < 3.5
+    token = tokens[1]["predictor"]
+    _check_fails_fast_with_transport_error(ServerConnection(served[1], ONE_TRY_WORTH, tls_ca=pki.ca, token=token))
 
 
 # --- limits ----------------------------------------------------------------------------
