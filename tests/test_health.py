@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnxtools import linear_model
 
 from edgerec.device import EdgeClient
 from edgerec.errors import HealthCheckError
@@ -16,38 +17,13 @@ from edgerec.registry import Registry
 pytestmark = pytest.mark.torch  # the publishing side needs the server extra (onnx)
 
 
-def linear_model(path: Path, weights: list[float], *, unsafe: bool) -> Path:
-    """score = sigmoid(f(5 - x) @ w); f is Abs, or Sqrt when ``unsafe`` (NaN once an input exceeds 5)."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    nodes = [
-        helper.make_node("Constant", [], ["five"], value=helper.make_tensor("five_v", TensorProto.FLOAT, [], [5.0])),
-        helper.make_node("Sub", ["five", "x"], ["d"]),
-        helper.make_node("Sqrt" if unsafe else "Abs", ["d"], ["r"]),
-        helper.make_node("MatMul", ["r", "w"], ["m"]),
-        helper.make_node("Constant", [], ["flat"], value=helper.make_tensor("flat_v", TensorProto.INT64, [1], [-1])),
-        helper.make_node("Reshape", ["m", "flat"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["score"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [4, 1], weights)],
-    )
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
-
-
 @pytest.fixture
 def linear_server(tmp_path: Path) -> Iterator[tuple[Registry, str, Path]]:
     from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import publish
 
     registry = Registry(tmp_path / "registry")
-    publish(linear_model(tmp_path / "v1.onnx", [0.1, 0.2, 0.3, 0.4], unsafe=False), "linear", registry)
+    publish(linear_model(tmp_path / "v1.onnx", [0.1, 0.2, 0.3, 0.4], sqrt=False), "linear", registry)
     server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
     try:
         yield registry, f"127.0.0.1:{server.port}", tmp_path
@@ -64,7 +40,7 @@ def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server
         client.sync()
         assert client.predict(safe).source == "local"
         # v2 passes its golden cases (standard normal inputs stay below 5) but gives NaN on real traffic.
-        publish(linear_model(folder / "v2.onnx", [0.4, 0.3, 0.2, 0.1], unsafe=True), "linear", registry)
+        publish(linear_model(folder / "v2.onnx", [0.4, 0.3, 0.2, 0.1], sqrt=True), "linear", registry)
         assert client.sync().version == 2
         for i in range(3):
             answer = client.predict({"x": safe["x"] + i})
@@ -81,7 +57,7 @@ def test_a_version_failing_its_golden_cases_is_never_activated(linear_server: tu
     with EdgeClient(server=address, model="linear", data_dir=folder / "device") as client:
         client.sync()
         before = {p: p.read_bytes() for p in client.store.versions_dir.rglob("*") if p.is_file()}
-        publish(linear_model(folder / "v2.onnx", [1.0, 1.0, 1.0, 1.0], unsafe=False), "linear", registry)
+        publish(linear_model(folder / "v2.onnx", [1.0, 1.0, 1.0, 1.0], sqrt=False), "linear", registry)
         # Corrupt the expected outputs (as a miscompiled artifact would disagree with them).
         manifest_file = registry.version_dir("linear", 2) / "manifest.pb"
         signed = SignedManifest.FromString(manifest_file.read_bytes())

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from onnxtools import linear_model
 
 from edgerec.device import EdgeClient
 from edgerec.device.policy import BreakerState, CircuitBreaker, FallbackPolicy
@@ -61,34 +62,7 @@ def test_breaker_opens_fails_fast_half_opens_and_closes() -> None:
 
 def _model(path: Path, *, fragile: bool, scale: float = 1.0) -> Path:
     """score = sigmoid(f(5 - x) @ (scale * w)); fragile: f is Sqrt (NaN above 5) and odd batches fail in a Reshape."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    def const(name: str, dims: list[int], values: list[int]) -> onnx.NodeProto:
-        return helper.make_node(
-            "Constant", [], [name], value=helper.make_tensor(name + "_v", TensorProto.INT64, dims, values)
-        )
-
-    nodes = [
-        helper.make_node("Constant", [], ["five"], value=helper.make_tensor("five_v", TensorProto.FLOAT, [], [5.0])),
-        helper.make_node("Sub", ["five", "x"], ["d"]),
-        helper.make_node("Sqrt" if fragile else "Abs", ["d"], ["r"]),
-        helper.make_node("MatMul", ["r", "w"], ["m"]),
-        const("flat", [1], [-1]),
-        const("pairs", [2], [2, -1]),
-        helper.make_node("Reshape", ["m", "pairs" if fragile else "flat"], ["p"]),
-        helper.make_node("Reshape", ["p", "flat"], ["logit"]),
-        helper.make_node("Sigmoid", ["logit"], ["score"]),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "linear",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, ["batch"])],
-        [helper.make_tensor("w", TensorProto.FLOAT, [4, 1], [scale * w for w in (0.1, 0.2, 0.3, 0.4)])],
-    )
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
-    return path
+    return linear_model(path, [scale * w for w in (0.1, 0.2, 0.3, 0.4)], sqrt=fragile, odd_batches_fail=fragile)
 
 
 @pytest.fixture(scope="module")
