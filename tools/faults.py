@@ -62,7 +62,7 @@ import edgerec
 import edgerec.device
 from edgerec.device import EdgeClient
 from edgerec.device.storage import ModelStore
-from edgerec.device.transport import DEFAULT_RECEIVE_WINDOW_BYTES, TransportConfig
+from edgerec.device.transport import DEFAULT_CHUNK_BYTES, DEFAULT_RECEIVE_WINDOW_BYTES, TransportConfig
 from edgerec.errors import DiskFullError, EdgerecError, NoModelAvailableError, TransportError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
@@ -709,7 +709,7 @@ def run_kills(
     workdir: Path,
     seed: int = 0,
     download_seconds: float = 0.8,
-    chunk_bytes: int = 16 * 1024,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     timeout_s: float = 120.0,
 ) -> KillsReport:
     """``count`` syncs SIGKILLed at seeded random points, each followed by a fresh process that must recover.
@@ -764,7 +764,7 @@ def run_directed_kills(
     *,
     workdir: Path,
     points: Sequence[tuple[str, KillPoint]] = DIRECTED_KILLS,
-    chunk_bytes: int = 16 * 1024,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
     timeout_s: float = 120.0,
 ) -> KillsReport:
     """One kill at each of ``points`` ((start, KillPoint) pairs); the download folder must end up empty too."""
