@@ -30,7 +30,7 @@ _BUFFER = 64 * 1024
 
 @dataclass(frozen=True)
 class LinkStats:
-    """Totals since the proxy started (or since :meth:`LinkProxy.reset_stats`)."""
+    """Totals since the proxy started."""
 
     connections: int
     cuts: int
@@ -149,36 +149,11 @@ class LinkProxy(TcpProxy[_Connection]):
         with self._lock:
             self._cuts.extend(byte_counts)
 
-    @property
-    def pending_cuts(self) -> int:
-        """Queued cuts no connection has taken yet."""
-        with self._lock:
-            return len(self._cuts)
-
-    def clear_cuts(self) -> None:
-        """Forget queued cuts (``drop_every_bytes`` still applies)."""
-        with self._lock:
-            self._cuts.clear()
-
-    def drop_connections(self) -> int:
-        """Cut every open connection now; return how many were open."""
-        live = self.live_connections()
-        for conn in live:
-            self._count_cut(conn.record)
-            conn.close()
-        return len(live)
-
     # --- counters -----------------------------------------------------------------
 
     def stats(self) -> LinkStats:
         with self._lock:
             return self._stats
-
-    def reset_stats(self) -> LinkStats:
-        """Return the totals so far and start counting from zero."""
-        with self._lock:
-            stats, self._stats = self._stats, LinkStats(0, 0, 0, 0)
-            return stats
 
     @property
     def cuts(self) -> int:
@@ -187,10 +162,6 @@ class LinkProxy(TcpProxy[_Connection]):
     @property
     def bytes_down(self) -> int:
         return self.stats().bytes_down
-
-    @property
-    def bytes_up(self) -> int:
-        return self.stats().bytes_up
 
     @property
     def connections(self) -> int:

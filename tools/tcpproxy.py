@@ -76,10 +76,6 @@ class TcpProxy(ABC, Generic[ConnectionT]):
         """``host:port`` for a gRPC target."""
         return f"{self.host}:{self.port}"
 
-    def live_connections(self) -> list[ConnectionT]:
-        with self._lock:
-            return list(self._live)
-
     @abstractmethod
     def _open(self, client: socket.socket, upstream: socket.socket) -> ConnectionT:
         """A new connection between ``client`` and ``upstream`` (called with the proxy's lock held)."""

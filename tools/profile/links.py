@@ -51,10 +51,6 @@ class LinkProfile:
             raise ValueError(f"link {self.name!r}: drop_every must be >= 16 KiB, got {self.drop_every_bytes}")
 
     @property
-    def rate_bits_per_s(self) -> float:
-        return self.rate_bytes_per_s * 8
-
-    @property
     def effective_rate_bytes_per_s(self) -> float:
         """What one TCP flow gets: the rate, capped under loss by the Mathis et al. bound MSS/RTT * 1.22/sqrt(p)."""
         if not self.loss:
