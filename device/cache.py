@@ -6,13 +6,14 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
-# (model version, (every input's (name, dtype, shape), request bytes or their digest))
-CacheKey = tuple[int, tuple[tuple[tuple[str, str, tuple[int, ...]], ...], bytes]]
+# (model version, what fixes the request's layout, its bytes or their digest). The layout is every input's
+# (name, dtype, shape) for :func:`request_key`, the batch size for :func:`signature_key`: the two never collide.
+CacheKey = tuple[int, Hashable, bytes]
 
 # Requests up to this many bytes are keyed by their bytes (cheaper than a digest, and exact); larger ones by a
 # 16-byte BLAKE2b digest. So a key holds at most about this much request data.
@@ -22,23 +23,28 @@ INLINE_KEY_BYTES = 512
 def request_key(version: int, inputs: Mapping[str, np.ndarray]) -> CacheKey:
     """Version plus every input's name, dtype and shape (canonical order) and its C-order bytes or their digest."""
     names = sorted(inputs) if len(inputs) > 1 else list(inputs)
-    header: list[tuple[str, str, tuple[int, ...]]] = []
-    blobs: list[bytes] = []
-    size = 0
-    for name in names:
-        array = inputs[name]
-        if type(array) is not np.ndarray:
-            array = np.asarray(array)
-        header.append((name, array.dtype.str, array.shape))
-        blob = array.tobytes()  # C order whatever the strides
-        blobs.append(blob)
-        size += len(blob)
-    if size <= INLINE_KEY_BYTES:
-        return version, (tuple(header), b"".join(blobs))
-    digest = hashlib.blake2b(digest_size=16)
-    for blob in blobs:
-        digest.update(blob)
-    return version, (tuple(header), digest.digest())
+    arrays = [np.asarray(inputs[name]) for name in names]
+    header = tuple((name, array.dtype.str, array.shape) for name, array in zip(names, arrays, strict=True))
+    return version, header, _content(arrays)
+
+
+def signature_key(version: int, rows: int, checked: Mapping[str, np.ndarray]) -> CacheKey:
+    """The key of arrays already checked against ``version``'s signature, in its order.
+
+    Their dtypes and every dimension but the batch are the signature's, so the batch size and the bytes
+    are all that can differ: a cheaper key than :func:`request_key` (the cache-hit path's largest cost).
+    Only for signatures whose sole free dimension is the batch.
+    """
+    return version, rows, _content(checked.values())
+
+
+def _content(arrays: Iterable[np.ndarray]) -> bytes:
+    """The arrays' C-order bytes joined, or a 16-byte BLAKE2b digest of them above ``INLINE_KEY_BYTES``."""
+    blobs = [array.tobytes() for array in arrays]  # C order whatever the strides
+    blob = blobs[0] if len(blobs) == 1 else b"".join(blobs)
+    if len(blob) <= INLINE_KEY_BYTES:
+        return blob
+    return hashlib.blake2b(blob, digest_size=16).digest()
 
 
 @dataclass(frozen=True)

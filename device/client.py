@@ -266,7 +266,7 @@ class EdgeClient:
         version = local.version
         key: CacheKey | None = None
         if self._caching:
-            key = request_key(version, arrays)
+            key = local.cache_key(arrays, rows)
             cached = self.cache.get(key)
             if cached is not None:
                 return self._answer(cached, Source.CACHE, version, started)

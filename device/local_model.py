@@ -15,6 +15,7 @@ import numpy as np
 
 from edgerec import tensors
 from edgerec.device.artifacts import LoadedArtifact, open_artifact
+from edgerec.device.cache import CacheKey, request_key, signature_key
 from edgerec.device.policy import FallbackReason, Source
 from edgerec.device.storage import InstalledVersion
 from edgerec.errors import EdgerecError, ModelRuntimeError
@@ -93,6 +94,12 @@ class LocalModel:
                 break
             self._quick.append((name, np.dtype(dtype), batched, want))
         self._warm_up()
+
+    def cache_key(self, checked: dict[str, np.ndarray], rows: int) -> CacheKey:
+        """The prediction-cache key of inputs :meth:`check` returned."""
+        if self._quick is None:  # a free dimension besides the batch: the shapes are part of the key
+            return request_key(self.version, checked)
+        return signature_key(self.version, rows, checked)
 
     def _warm_up(self) -> None:
         """One run on zeros (batch 1), so the first real prediction does not pay onnxruntime's first-run cost."""

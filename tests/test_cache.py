@@ -5,8 +5,11 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from edgerec.device.cache import CacheKey, PredictionCache, request_key
+from edgerec.device.cache import CacheKey, PredictionCache, request_key, signature_key
 
 
 class Clock:
@@ -83,3 +86,39 @@ def test_concurrent_use_keeps_the_bounds() -> None:
     stats = cache.stats()
     assert stats.entries <= 50 and stats.bytes == stats.entries * 40
     assert stats.hits + stats.misses == 2000
+
+
+_SMALL_ARRAYS = hnp.arrays(
+    st.sampled_from([np.dtype(np.float32), np.dtype(np.int64), np.dtype(">f4")]),
+    hnp.array_shapes(min_dims=1, max_dims=2, max_side=40),
+)
+
+
+def _same_request(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(
+        a[n].dtype.str == b[n].dtype.str and a[n].shape == b[n].shape and a[n].tobytes() == b[n].tobytes() for n in a
+    )
+
+
+@given(
+    st.dictionaries(st.sampled_from("xyz"), _SMALL_ARRAYS, min_size=1, max_size=3),
+    st.dictionaries(st.sampled_from("xyz"), _SMALL_ARRAYS, min_size=1, max_size=3),
+)
+def test_request_keys_are_equal_exactly_for_equal_requests(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> None:
+    assert (request_key(1, a) == request_key(1, b)) == _same_request(a, b)
+    assert request_key(1, a) == request_key(1, {n: np.asfortranarray(v) for n, v in a.items()}), "strides matter not"
+    assert request_key(1, a) != request_key(2, a)
+
+
+@given(st.integers(1, 40), st.integers(1, 40), st.data())
+def test_signature_keys_tell_batches_and_values_apart(rows_a: int, rows_b: int, data: st.DataObject) -> None:
+    def request(rows: int) -> dict[str, np.ndarray]:
+        return {
+            "dense": data.draw(hnp.arrays(np.float32, (rows, 3), elements=st.floats(-2, 2, width=32))),
+            "ids": data.draw(hnp.arrays(np.int64, (rows, 2), elements=st.integers(0, 5))),
+        }
+
+    a, b = request(rows_a), request(rows_b)
+    same = rows_a == rows_b and _same_request(a, b)
+    assert (signature_key(1, rows_a, a) == signature_key(1, rows_b, b)) == same
+    assert signature_key(1, rows_a, a) != request_key(1, a), "the two kinds of key never collide"
