@@ -123,6 +123,7 @@ class EdgeClient:
         # perf_counter time after which predict looks at the store's state file again (another process may sync)
         self._recheck_at = 0.0
         self._loads = 0  # load attempts (a changed count tells predict that it waited for one)
+        self._installed_version = 0  # the active version at the last load attempt (0: none or unreadable)
         self._last_server_version = 0
         self._lock = threading.Lock()
         self._caching = self.cache.max_entries > 0
@@ -481,7 +482,7 @@ class EdgeClient:
         deadline: float,
     ) -> Prediction:
         """The server's answer (or a cached earlier one); NoModelAvailableError when it cannot give one."""
-        wanted = local.installed.version if local else (self.active_version or 0)
+        wanted = local.installed.version if local else self._installed_version
         key = request_key(wanted or self._last_server_version, arrays)
         cached = self.cache.get(key) if key[0] else None
         if cached is not None:
@@ -535,6 +536,10 @@ class EdgeClient:
             prune_ort_cache(self.store.root.parent, self.ort_cache_dir)
 
     def _load_local_model(self) -> tuple[LocalModel | None, str | None]:
+        failure = self._local_failure
+        if failure is not None and time.perf_counter() < self._recheck_at:
+            # Known unusable: while the server answers instead, predict must not pay a stat per call.
+            return None, failure
         with self._lock:
             stamp = self.store.state_stamp()
             self._recheck_at = time.perf_counter() + STATE_CHECK_INTERVAL_S
@@ -543,11 +548,13 @@ class EdgeClient:
             self._state_stamp = stamp
             self._local, self._local_failure = None, None
             self._loads += 1
+            self._installed_version = 0
             try:
                 installed = self.store.current()
                 if installed is None:
                     self._local_failure = "no local model installed"
                     return None, self._local_failure
+                self._installed_version = installed.version
                 self.store.verify(installed)
                 self._local = LocalModel(installed, self.threads, self.ort_cache_dir)
                 log.info("loaded %s version %d: %s", self.model, installed.version, self._local.loaded.describe())

@@ -145,8 +145,13 @@ class CircuitBreaker:
 
     def allow(self) -> bool:
         """May a call go through now? In half-open state only one probe at a time may."""
-        if self._opened_at is None:  # closed: the common case needs no lock
+        opened_at = self._opened_at
+        if opened_at is None:  # closed: the common case needs no lock
             return True
+        if self._clock() - opened_at < self.cooldown_s:
+            # Open: fail fast without the lock too (callers may be many while a server is down); a
+            # concurrent change is decided under the lock by the calls that see it.
+            return False
         with self._lock:
             state = self._state()
             if state is BreakerState.CLOSED:
