@@ -40,6 +40,7 @@ def test_every_scenario_is_measured(quick: tuple[list[dict[str, str]], str]) -> 
     for label in ("", ", server down (refusing connections)", ", server down (accepting, never answering)"):
         name = "failing local model -> server" if not label else f"failing local model{label}"
         expected |= {(name, n, "") for n in FAILING_CONCURRENCY}
+    expected |= {("floor: a call that only raises", n, "") for n in FAILING_CONCURRENCY}
     assert scenarios == expected
     for r in rows:
         assert int(r["calls"]) > 0, r
@@ -58,7 +59,9 @@ def test_every_scenario_is_measured(quick: tuple[list[dict[str, str]], str]) -> 
 def test_report_lists_every_target(quick: tuple[list[dict[str, str]], str]) -> None:
     _, report = quick
     targets = report.split("## Targets")[1].split("## Measurements")[0]
-    for name in ("cache hit p50", "policy layer overhead", "server fallback p99", "server down", "micro-batching"):
+    names = ["cache hit p50", "policy layer overhead", "server fallback p99", "micro-batching"]
+    names += [f"server down, {n} caller(s)" for n in FAILING_CONCURRENCY]
+    for name in names:
         line = next((line for line in targets.splitlines() if name in line), None)
         assert line is not None, name
         assert line.rstrip().endswith(("| met |", "| NOT met |")), line
