@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from edgerec.device.cache import CacheKey, PredictionCache, request_key
-from edgerec.device.local_model import LocalModel, Prediction, make_prediction
+from edgerec.device.local_model import LocalModel, Prediction
 from edgerec.device.ort_cache import ORT_CACHE_DIR, prune_ort_cache
 from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
 from edgerec.device.storage import ModelStore
@@ -289,7 +289,7 @@ class EdgeClient:
             if key is not None:
                 self.cache.put(key, scores)
             self.counters.count(Source.LOCAL, None, latency)
-            return make_prediction(scores, Source.LOCAL, version, latency)
+            return Prediction(scores, Source.LOCAL, version, latency)
         policy = self.policy.for_rows(rows)
         deadline = started + policy.deadline_s
         if not breaker.allow():
@@ -447,7 +447,7 @@ class EdgeClient:
     ) -> Prediction:
         latency = time.perf_counter() - started
         self.counters.count(source, code, latency)
-        return make_prediction(scores, source, version, latency, reason if reason or code is None else code.value, code)
+        return Prediction(scores, source, version, latency, reason if reason or code is None else code.value, code)
 
     def _track(self, local: LocalModel) -> None:
         """A newly loaded model (sync, rollback, reload) starts with a closed breaker and an empty cache."""

@@ -24,9 +24,13 @@ from edgerec.runtimes import ScoringRunner
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True, eq=False)
 class Prediction:
-    """Scores for a request and where they came from."""
+    """Scores for a request and where they came from.
+
+    Slotted and not frozen: a frozen dataclass sets each field through ``object.__setattr__``, which
+    tripled the cost of making one on the cache-hit path.
+    """
 
     scores: np.ndarray
     source: Source  # cache, local, server or default (a str enum: compares equal to "local" etc.)
@@ -35,30 +39,6 @@ class Prediction:
     # Why the local model did not answer: the code's value and a detail; None when it did.
     fallback_reason: str | None = None
     fallback: FallbackReason | None = None
-
-
-_new_object = object.__new__
-
-
-def make_prediction(
-    scores: np.ndarray,
-    source: Source,
-    version: int,
-    latency_s: float,
-    fallback_reason: str | None = None,
-    fallback: FallbackReason | None = None,
-) -> Prediction:
-    """A Prediction without the frozen dataclass's per-field ``object.__setattr__`` (half the cost, hot path)."""
-    made: Prediction = _new_object(Prediction)
-    made.__dict__.update(
-        scores=scores,
-        source=source,
-        version=version,
-        latency_s=latency_s,
-        fallback_reason=fallback_reason,
-        fallback=fallback,
-    )
-    return made
 
 
 class LocalModel:
