@@ -6,7 +6,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +36,27 @@ def signature_key(version: int, rows: int, checked: Mapping[str, np.ndarray]) ->
     Only for signatures whose sole free dimension is the batch.
     """
     return version, rows, _content(checked.values())
+
+
+def row_keys(version: int, checked: Mapping[str, np.ndarray], batched: Sequence[bool], rows: int) -> list[CacheKey]:
+    """One key per row of a checked batch: row ``i``'s key is :func:`signature_key` of that row alone.
+
+    ``batched`` tells, in signature order, which inputs have the batch dimension (the others are part of
+    every row). So a row cached from one batch answers the same row in another batch, or alone.
+    """
+    parts = [
+        np.ascontiguousarray(array).reshape(rows, -1).view(np.uint8)
+        if has_rows
+        else np.broadcast_to(np.ascontiguousarray(array).reshape(1, -1).view(np.uint8), (rows, array.nbytes))
+        for array, has_rows in zip(checked.values(), batched, strict=True)
+    ]
+    table = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    width = table.shape[1]
+    if 0 < width <= INLINE_KEY_BYTES:
+        blobs: list[bytes] = np.ascontiguousarray(table).view(f"V{width}").ravel().tolist()
+    else:
+        blobs = [_content([row]) for row in table]
+    return [(version, 1, blob) for blob in blobs]
 
 
 def _content(arrays: Iterable[np.ndarray]) -> bytes:
@@ -113,6 +134,44 @@ class PredictionCache:
             self.hits += 1
             return entry.scores
 
+    def get_many(self, keys: Sequence[CacheKey]) -> list[np.ndarray | None]:
+        """:meth:`get` of each key, under one lock."""
+        now = self._clock()
+        found: list[np.ndarray | None] = []
+        with self._lock:
+            for key in keys:
+                entry = self._entries.get(key)
+                if entry is not None and entry.expires_at <= now:
+                    self._drop(key)
+                    self.expirations += 1
+                    entry = None
+                if entry is None:
+                    self.misses += 1
+                    found.append(None)
+                else:
+                    self._entries.move_to_end(key)
+                    self.hits += 1
+                    found.append(entry.scores)
+        return found
+
+    def put_rows(self, keys: Sequence[CacheKey], scores: np.ndarray) -> int:
+        """Store row ``i`` of ``scores`` (split evenly across the keys) under ``keys[i]``; returns rows stored.
+
+        Rows with non-finite scores are refused; so is everything when the scores do not split evenly.
+        """
+        if self.max_entries <= 0 or not keys or scores.size % len(keys):
+            return 0
+        frozen = np.array(scores, copy=True).reshape(len(keys), -1)
+        frozen.flags.writeable = False
+        finite = np.isfinite(frozen).all(axis=1).tolist()
+        with self._lock:
+            self.refused_non_finite += finite.count(False)
+        stored = 0
+        for key, row, ok in zip(keys, frozen, finite, strict=True):
+            if ok and self._store(key, row):
+                stored += 1
+        return stored
+
     def put(self, key: CacheKey, scores: np.ndarray) -> bool:
         """Store a copy of ``scores``; False when refused (non-finite, too big, or caching is off)."""
         if self.max_entries <= 0:
@@ -123,6 +182,10 @@ class PredictionCache:
             return False
         frozen = np.array(scores, copy=True)
         frozen.flags.writeable = False
+        return self._store(key, frozen)
+
+    def _store(self, key: CacheKey, frozen: np.ndarray) -> bool:
+        """Keep a read-only array under ``key``, evicting the least recently used beyond the bounds."""
         if frozen.nbytes > self.max_bytes:
             return False
         expires_at = self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")

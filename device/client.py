@@ -80,6 +80,7 @@ class EdgeClient:
         policy: FallbackPolicy | None = None,
         cache_ttl_s: float | None = 300.0,
         cache_max_bytes: int = 4 * 1024 * 1024,
+        cache_rows: bool = False,
     ) -> None:
         self.model = model
         self.store = ModelStore(data_dir, model)
@@ -127,6 +128,9 @@ class EdgeClient:
         self._last_server_version = 0
         self._lock = threading.Lock()
         self._caching = self.cache.max_entries > 0
+        # Cache each row of a batch, so a batch (or a single request) repeating some rows runs the model on
+        # the others only. Off by default: keying every row costs about 1 us a row when nothing repeats.
+        self.cache_rows = cache_rows
         # Moving average of recent local latency: below the policy's inline limit the model runs inline.
         self._recent_s = 0.0
         self._inline_limit_s = self.policy.inline_limit_s
@@ -264,13 +268,23 @@ class EdgeClient:
         arrays, rows = local.check(inputs)
         if local is not self._tracked:
             self._track(local)
-        version = local.version
         key: CacheKey | None = None
         if self._caching:
+            if rows > 1 and self.cache_rows:
+                keys = local.row_keys(arrays, rows)
+                if keys is not None:
+                    return self._predict_rows(arrays, rows, local, keys, started)
             key = local.cache_key(arrays, rows)
             cached = self.cache.get(key)
             if cached is not None:
-                return self._answer(cached, Source.CACHE, version, started)
+                return self._answer(cached, Source.CACHE, local.version, started)
+        return self._run(arrays, rows, local, key, started)
+
+    def _run(
+        self, arrays: dict[str, np.ndarray], rows: int, local: LocalModel, key: CacheKey | None, started: float
+    ) -> Prediction:
+        """Checked inputs the cache did not answer: the local model, else the server (see :meth:`predict`)."""
+        version = local.version
         breaker = self.local_breaker
         if breaker.closed and self._recent_s < self._inline_limit_s and not self._pooled_inflight:
             # The common case: the model has been fast, so it runs here (no thread hand-off).
@@ -296,6 +310,34 @@ class EdgeClient:
             detail = "local model's circuit breaker is open"
             return self._fallback(arrays, local, FallbackReason.LOCAL_BREAKER_OPEN, detail, started, deadline, policy)
         return self._race(arrays, local, key, rows, started, deadline, policy)
+
+    def _predict_rows(
+        self, arrays: dict[str, np.ndarray], rows: int, local: LocalModel, keys: list[CacheKey], started: float
+    ) -> Prediction:
+        """A batch with row caching: the cache answers the rows it has, :meth:`_run` the others."""
+        cached = self.cache.get_many(keys)
+        missing = [i for i, hit in enumerate(cached) if hit is None]
+        if not missing:
+            answer = self._answer(np.concatenate(cached), Source.CACHE, local.version, started)  # type: ignore[arg-type]
+            answer.cached_rows = rows
+            return answer
+        whole = len(missing) == rows
+        answer = self._run(arrays if whole else local.take_rows(arrays, missing), len(missing), local, None, started)
+        if answer.version != local.version or answer.source is Source.DEFAULT:
+            # Cached rows are of the local version: they must not be mixed with another version or a default.
+            return answer if whole else self._run(arrays, rows, local, None, started)
+        self.cache.put_rows([keys[i] for i in missing], answer.scores)
+        if whole:
+            return answer
+        per_row = answer.scores.size // len(missing)
+        scores = np.empty((rows, per_row), dtype=np.float32)
+        scores[missing] = answer.scores.reshape(len(missing), per_row)
+        hits = [i for i, hit in enumerate(cached) if hit is not None]
+        scores[hits] = np.stack([cached[i] for i in hits]).reshape(len(hits), per_row)  # type: ignore[misc]
+        latency = time.perf_counter() - started
+        return Prediction(
+            scores.ravel(), answer.source, answer.version, latency, answer.fallback_reason, answer.fallback, len(hits)
+        )
 
     def _note_local_time(self, seconds: float, rows: int) -> None:
         """Feed the moving average of local latency (per single row) that picks the inline path."""

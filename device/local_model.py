@@ -15,7 +15,7 @@ import numpy as np
 
 from edgerec import tensors
 from edgerec.device.artifacts import LoadedArtifact, open_artifact
-from edgerec.device.cache import CacheKey, request_key, signature_key
+from edgerec.device.cache import CacheKey, request_key, row_keys, signature_key
 from edgerec.device.policy import FallbackReason, Source
 from edgerec.device.storage import InstalledVersion
 from edgerec.errors import EdgerecError, ModelRuntimeError
@@ -39,6 +39,8 @@ class Prediction:
     # Why the local model did not answer: the code's value and a detail; None when it did.
     fallback_reason: str | None = None
     fallback: FallbackReason | None = None
+    # With row caching (EdgeClient's cache_rows): rows answered from the cache; ``source`` answered the others.
+    cached_rows: int = 0
 
 
 class LocalModel:
@@ -80,6 +82,23 @@ class LocalModel:
         if self._quick is None:  # a free dimension besides the batch: the shapes are part of the key
             return request_key(self.version, checked)
         return signature_key(self.version, rows, checked)
+
+    def row_keys(self, checked: dict[str, np.ndarray], rows: int) -> list[CacheKey] | None:
+        """A cache key per row of inputs :meth:`check` returned; None when rows cannot be told apart.
+
+        That is when a dimension besides the batch is free, or no input has the batch dimension.
+        """
+        if self._quick is None or not any(batched for _, _, batched, _ in self._quick):
+            return None
+        return row_keys(self.version, checked, [batched for _, _, batched, _ in self._quick], rows)
+
+    def take_rows(self, checked: dict[str, np.ndarray], rows: list[int]) -> dict[str, np.ndarray]:
+        """The given rows of checked inputs (inputs without the batch dimension as they are)."""
+        assert self._quick is not None, "only for models whose row_keys are not None"
+        return {
+            name: array[rows] if batched else array
+            for (name, array), (_, _, batched, _) in zip(checked.items(), self._quick, strict=True)
+        }
 
     def _warm_up(self) -> None:
         """One run on zeros (batch 1), so the first real prediction does not pay onnxruntime's first-run cost."""

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from edgerec.device.cache import CacheKey, PredictionCache, request_key, signature_key
+from edgerec.device.cache import CacheKey, PredictionCache, request_key, row_keys, signature_key
 
 
 class Clock:
@@ -88,9 +89,9 @@ def test_concurrent_use_keeps_the_bounds() -> None:
     assert stats.hits + stats.misses == 2000
 
 
-_SMALL_ARRAYS = hnp.arrays(
-    st.sampled_from([np.dtype(np.float32), np.dtype(np.int64), np.dtype(">f4")]),
-    hnp.array_shapes(min_dims=1, max_dims=2, max_side=40),
+_DTYPES: list[np.dtype[Any]] = [np.dtype(np.float32), np.dtype(np.int64), np.dtype(">f4")]
+_SMALL_ARRAYS: st.SearchStrategy[np.ndarray] = hnp.arrays(
+    st.sampled_from(_DTYPES), hnp.array_shapes(min_dims=1, max_dims=2, max_side=40)
 )
 
 
@@ -122,3 +123,28 @@ def test_signature_keys_tell_batches_and_values_apart(rows_a: int, rows_b: int, 
     same = rows_a == rows_b and _same_request(a, b)
     assert (signature_key(1, rows_a, a) == signature_key(1, rows_b, b)) == same
     assert signature_key(1, rows_a, a) != request_key(1, a), "the two kinds of key never collide"
+
+
+@given(st.integers(1, 12), st.booleans(), st.data())
+def test_a_rows_key_is_the_key_of_that_row_sent_alone(rows: int, wide: bool, data: st.DataObject) -> None:
+    width = 200 if wide else 3  # wide rows are keyed by their digest
+    checked = {
+        "dense": data.draw(hnp.arrays(np.float32, (rows, width), elements=st.floats(-2, 2, width=32))),
+        "context": data.draw(hnp.arrays(np.int64, (2,), elements=st.integers(0, 9))),  # no batch dimension
+        "ids": data.draw(hnp.arrays(np.int64, (rows, 2), elements=st.integers(0, 5))),
+    }
+    keys = row_keys(7, checked, [True, False, True], rows)
+    for i, key in enumerate(keys):
+        alone = {name: a if name == "context" else a[i : i + 1] for name, a in checked.items()}
+        assert key == signature_key(7, 1, alone)
+
+
+def test_put_rows_keeps_finite_rows_and_refuses_the_others() -> None:
+    cache = PredictionCache(8)
+    keys = [_key(1, i) for i in range(3)]
+    scores = np.array([[0.1, 0.2], [np.nan, 0.3], [0.4, 0.5]], dtype=np.float32)
+    assert cache.put_rows(keys, scores.ravel()) == 2
+    found = cache.get_many(keys)
+    assert found[1] is None and cache.stats().refused_non_finite == 1
+    assert np.array_equal(np.stack([f for f in found if f is not None]), scores[[0, 2]])
+    assert cache.put_rows(keys[:2], np.zeros(3, np.float32)) == 0, "scores that do not split evenly are refused"

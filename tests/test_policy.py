@@ -362,3 +362,33 @@ def test_the_cache_never_answers_with_a_previous_version(server: str, tmp_path: 
         remote.sync(target_version=1)
         again = remote.predict(SAFE)
         assert (again.source, again.version) == ("local", 1), "version 2's server answer is not served for version 1"
+
+
+def test_row_caching_runs_the_model_on_new_rows_only(server: str, tmp_path: Path) -> None:
+    rows = np.arange(24, dtype=np.float32).reshape(6, 4) / 10
+    with (
+        EdgeClient(server=server, model="safe", data_dir=tmp_path / "rows", policy=RELAXED, cache_rows=True) as client,
+        EdgeClient(server=server, model="safe", data_dir=tmp_path / "plain", policy=RELAXED, cache_entries=0) as plain,
+    ):
+        client.sync()
+        plain.sync()
+        first = client.predict({"x": rows[:4]})
+        assert (first.source, first.cached_rows) == ("local", 0)
+        mixed = client.predict({"x": rows[[5, 1, 4, 0]]})  # rows 1 and 0 were answered before
+        assert (mixed.source, mixed.cached_rows) == ("local", 2)
+        np.testing.assert_allclose(mixed.scores, plain.predict({"x": rows[[5, 1, 4, 0]]}).scores, rtol=1e-6)
+        again = client.predict({"x": rows[[4, 3]]})
+        assert (again.source, again.cached_rows) == ("cache", 2)
+        alone = client.predict({"x": rows[2:3]})  # a row cached from a batch answers that row sent alone
+        assert alone.source == "cache" and alone.scores.tolist() == first.scores[2:3].tolist()
+
+
+def test_row_caching_never_mixes_versions(server: str, tmp_path: Path) -> None:
+    x = np.full((3, 4), 1.0, dtype=np.float32)
+    with EdgeClient(server=server, model="versioned", data_dir=tmp_path, policy=RELAXED, cache_rows=True) as client:
+        client.sync(target_version=1)
+        old = client.predict({"x": x[:2]})
+        client.sync()
+        new = client.predict({"x": x})
+        assert (new.source, new.version, new.cached_rows) == ("local", 2, 0)
+        assert not np.allclose(new.scores[:2], old.scores), "version 2 scores differently"
