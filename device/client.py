@@ -20,7 +20,7 @@ from edgerec.device.local_model import LocalModel, Prediction
 from edgerec.device.ort_cache import ORT_CACHE_DIR, prune_ort_cache
 from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
 from edgerec.device.storage import ModelStore
-from edgerec.device.sync import FileProgress, Syncer, SyncResult
+from edgerec.device.sync import FileProgress, Syncer, SyncResult, check_golden
 from edgerec.device.telemetry import StatusReporter, SyncStats, TelemetrySender, build_report
 from edgerec.device.transport import ServerConnection, TransportConfig
 from edgerec.errors import (
@@ -306,10 +306,37 @@ class EdgeClient:
             return Prediction(scores, Source.LOCAL, version, latency)
         policy = self.policy.for_rows(rows)
         deadline = started + policy.deadline_s
-        if not breaker.allow():
+        if not breaker.closed:
+            if breaker.allow():  # half-open: the version's golden cases decide, not this request
+                self._probe_local(local)
             detail = "local model's circuit breaker is open"
             return self._fallback(arrays, local, FallbackReason.LOCAL_BREAKER_OPEN, detail, started, deadline, policy)
         return self._race(arrays, local, key, rows, started, deadline, policy)
+
+    def _probe_local(self, local: LocalModel) -> None:
+        """Run ``local``'s golden cases on the worker pool: they close its breaker, or open it for another cooldown."""
+
+        def probe() -> None:
+            try:
+                check_golden(local.loaded.runner, local.installed.manifest, local.loaded.recipe)
+            except Exception as exc:  # whatever breaks the health check keeps the model out
+                log.warning("%s version %d failed its health check: %s", self.model, local.version, exc)
+                passed = False
+            else:
+                log.info(
+                    "%s version %d passed its health check: the local model answers again", self.model, local.version
+                )
+                passed = True
+            if local is self._tracked:  # a newer version started with a breaker of its own
+                if passed:
+                    self.local_breaker.record_success()
+                else:
+                    self.local_breaker.record_failure()
+
+        try:
+            self._local_pool.submit(probe)
+        except RuntimeError:  # the client is closing
+            self.local_breaker.record_failure()
 
     def _predict_rows(
         self, arrays: dict[str, np.ndarray], rows: int, local: LocalModel, keys: list[CacheKey], started: float

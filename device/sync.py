@@ -31,6 +31,7 @@ from edgerec.errors import (
     WrongModelError,
 )
 from edgerec.manifest import Artifact, Manifest, find_artifact, parse_manifest
+from edgerec.runtimes import ModelRunner
 from edgerec.trust import UpdateVerifier
 from edgerec.v1 import update_pb2
 
@@ -274,8 +275,12 @@ def health_check(version_dir: Path, manifest: Manifest, artifact: Artifact) -> N
 
     A manifest without golden cases gets a smoke test: a neutral batch must give finite outputs.
     """
-    runner = open_artifact(manifest, artifact, version_dir, warm_up=False)
-    cases = [case for case in manifest.golden if case.recipe == artifact.recipe]
+    check_golden(open_artifact(manifest, artifact, version_dir, warm_up=False).runner, manifest, artifact.recipe)
+
+
+def check_golden(runner: ModelRunner, manifest: Manifest, recipe: str) -> None:
+    """Run the manifest's golden cases for ``recipe`` on a loaded runner; HealthCheckError if any is off."""
+    cases = [case for case in manifest.golden if case.recipe == recipe]
     if not cases:
         _check_finite(runner.run(neutral_inputs(manifest)))
         return

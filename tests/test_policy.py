@@ -9,7 +9,7 @@ import dataclasses
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -120,16 +120,25 @@ def test_non_finite_and_runtime_errors_go_to_the_server_and_open_the_local_break
         assert state(client.local_breaker) is BreakerState.OPEN
         skipped = client.predict(SAFE)
         assert (skipped.source, skipped.fallback) == ("server", "local_breaker_open")
-        time.sleep(0.25)  # half-open: the next request probes the local model, succeeds and closes it
-        probe = client.predict({"x": SAFE["x"] + 0.5})
-        assert probe.source == "local" and state(client.local_breaker) is BreakerState.CLOSED
-        assert client.counters.by_reason == {"non_finite": 1, "local_error": 1, "local_breaker_open": 1}
+        time.sleep(0.25)  # half-open: this request goes to the server, the golden cases run on the pool
+        during = client.predict({"x": SAFE["x"] + 0.5})
+        assert (during.source, during.fallback) == ("server", "local_breaker_open")
+        _wait_for(lambda: state(client.local_breaker) is BreakerState.CLOSED)
+        assert client.predict({"x": SAFE["x"] + 0.5}).source == "local"
+        assert client.counters.by_reason == {"non_finite": 1, "local_error": 1, "local_breaker_open": 2}
         assert client.counters.server_failures == 1
 
 
 def test_without_a_default_score_both_failing_is_a_typed_error(server: str, tmp_path: Path) -> None:
     with _client(server, "fragile", tmp_path) as client, pytest.raises(NoModelAvailableError, match="local_error"):
         client.predict(ODD)
+
+
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    give_up = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < give_up, "condition not reached in time"
+        time.sleep(0.01)
 
 
 def _occupy(client: EdgeClient) -> threading.Event:
