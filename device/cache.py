@@ -81,10 +81,8 @@ class CacheStats:
     refused_non_finite: int
 
 
-@dataclass(frozen=True)
-class _Entry:
-    scores: np.ndarray
-    expires_at: float
+# (read-only scores, expiry time on the cache's clock, bytes of the scores): a tuple, the cheapest to make.
+_Entry = tuple[np.ndarray, float, int]
 
 
 class PredictionCache:
@@ -125,52 +123,37 @@ class PredictionCache:
             if entry is None:
                 self.misses += 1
                 return None
-            if entry.expires_at <= self._clock():
+            if entry[1] <= self._clock():
                 self._drop(key)
                 self.expirations += 1
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return entry.scores
+            return entry[0]
 
     def get_many(self, keys: Sequence[CacheKey]) -> list[np.ndarray | None]:
         """:meth:`get` of each key, under one lock."""
         now = self._clock()
         found: list[np.ndarray | None] = []
+        entries = self._entries
+        hits = 0
         with self._lock:
             for key in keys:
-                entry = self._entries.get(key)
-                if entry is not None and entry.expires_at <= now:
+                entry = entries.get(key)
+                if entry is not None and entry[1] <= now:
                     self._drop(key)
                     self.expirations += 1
                     entry = None
                 if entry is None:
-                    self.misses += 1
                     found.append(None)
                 else:
-                    self._entries.move_to_end(key)
-                    self.hits += 1
-                    found.append(entry.scores)
+                    entries.move_to_end(key)
+                    found.append(entry[0])
+                    hits += 1
+            self.hits += hits
+            self.misses += len(found) - hits
         return found
-
-    def put_rows(self, keys: Sequence[CacheKey], scores: np.ndarray) -> int:
-        """Store row ``i`` of ``scores`` (split evenly across the keys) under ``keys[i]``; returns rows stored.
-
-        Rows with non-finite scores are refused; so is everything when the scores do not split evenly.
-        """
-        if self.max_entries <= 0 or not keys or scores.size % len(keys):
-            return 0
-        frozen = np.array(scores, copy=True).reshape(len(keys), -1)
-        frozen.flags.writeable = False
-        finite = np.isfinite(frozen).all(axis=1).tolist()
-        with self._lock:
-            self.refused_non_finite += finite.count(False)
-        stored = 0
-        for key, row, ok in zip(keys, frozen, finite, strict=True):
-            if ok and self._store(key, row):
-                stored += 1
-        return stored
 
     def put(self, key: CacheKey, scores: np.ndarray) -> bool:
         """Store a copy of ``scores``; False when refused (non-finite, too big, or caching is off)."""
@@ -182,24 +165,48 @@ class PredictionCache:
             return False
         frozen = np.array(scores, copy=True)
         frozen.flags.writeable = False
-        return self._store(key, frozen)
-
-    def _store(self, key: CacheKey, frozen: np.ndarray) -> bool:
-        """Keep a read-only array under ``key``, evicting the least recently used beyond the bounds."""
         if frozen.nbytes > self.max_bytes:
             return False
-        expires_at = self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")
         with self._lock:
-            if self._version is not None and key[0] != self._version:
-                return False  # a late answer of a version that is no longer active
-            if key in self._entries:
-                self._drop(key)
-            self._entries[key] = _Entry(frozen, expires_at)
-            self._bytes += frozen.nbytes
-            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
-                oldest = next(iter(self._entries))
-                self._drop(oldest)
-                self.evictions += 1
+            return self._store(key, frozen, frozen.nbytes, self._expiry())
+
+    def put_rows(self, keys: Sequence[CacheKey], scores: np.ndarray) -> int:
+        """Store row ``i`` of ``scores`` (split evenly across the keys) under ``keys[i]``; returns rows stored.
+
+        Rows with non-finite scores are refused; so is everything when the scores do not split evenly.
+        """
+        if self.max_entries <= 0 or not keys or scores.size % len(keys):
+            return 0
+        frozen = np.array(scores, copy=True).reshape(len(keys), -1)
+        frozen.flags.writeable = False
+        finite = np.isfinite(frozen).all(axis=1).tolist()
+        size = frozen.itemsize * frozen.shape[1]
+        if size > self.max_bytes:
+            return 0
+        expires_at = self._expiry()
+        stored = 0
+        with self._lock:
+            self.refused_non_finite += finite.count(False)
+            for key, row, ok in zip(keys, frozen, finite, strict=True):
+                if ok and self._store(key, row, size, expires_at):
+                    stored += 1
+        return stored
+
+    def _expiry(self) -> float:
+        return self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")
+
+    def _store(self, key: CacheKey, frozen: np.ndarray, size: int, expires_at: float) -> bool:
+        """Keep a read-only array under ``key`` (lock held), evicting the least recently used beyond the bounds."""
+        if self._version is not None and key[0] != self._version:
+            return False  # a late answer of a version that is no longer active
+        entries = self._entries
+        if key in entries:
+            self._drop(key)
+        entries[key] = (frozen, expires_at, size)
+        self._bytes += size
+        while len(entries) > self.max_entries or self._bytes > self.max_bytes:
+            self._drop(next(iter(entries)))
+            self.evictions += 1
         return True
 
     def observe_version(self, version: int) -> None:
@@ -235,5 +242,4 @@ class PredictionCache:
         return len(self._entries)
 
     def _drop(self, key: CacheKey) -> None:
-        entry = self._entries.pop(key)
-        self._bytes -= entry.scores.nbytes
+        self._bytes -= self._entries.pop(key)[2]
