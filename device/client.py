@@ -342,10 +342,10 @@ class EdgeClient:
         self, arrays: dict[str, np.ndarray], rows: int, local: LocalModel, keys: list[CacheKey], started: float
     ) -> Prediction:
         """A batch with row caching: the cache answers the rows it has, :meth:`_run` the others."""
-        cached = self.cache.get_many(keys)
-        missing = [i for i, hit in enumerate(cached) if hit is None]
+        hits = {i: hit for i, hit in enumerate(self.cache.get_many(keys)) if hit is not None}
+        missing = [i for i in range(rows) if i not in hits]
         if not missing:
-            answer = self._answer(np.concatenate(cached), Source.CACHE, local.version, started)  # type: ignore[arg-type]
+            answer = self._answer(np.concatenate(list(hits.values())), Source.CACHE, local.version, started)
             answer.cached_rows = rows
             return answer
         whole = len(missing) == rows
@@ -359,8 +359,7 @@ class EdgeClient:
         per_row = answer.scores.size // len(missing)
         scores = np.empty((rows, per_row), dtype=np.float32)
         scores[missing] = answer.scores.reshape(len(missing), per_row)
-        hits = [i for i, hit in enumerate(cached) if hit is not None]
-        scores[hits] = np.stack([cached[i] for i in hits]).reshape(len(hits), per_row)  # type: ignore[misc]
+        scores[list(hits)] = np.stack(list(hits.values())).reshape(len(hits), per_row)
         latency = time.perf_counter() - started
         return Prediction(
             scores.ravel(), answer.source, answer.version, latency, answer.fallback_reason, answer.fallback, len(hits)
