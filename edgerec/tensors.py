@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -14,32 +16,59 @@ MAX_TENSOR_BYTES = 64 * 1024 * 1024
 MAX_RANK = 8
 
 
+# Per wire dtype name: the little-endian dtype its bytes are in, and the same dtype in the host's byte order.
+_WIRE_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(name).newbyteorder("<") for name in ALLOWED_DTYPES}
+_HOST_DTYPES: dict[str, np.dtype[Any]] = {name: np.dtype(name) for name in ALLOWED_DTYPES}
+# The name of a host-order dtype, looked up by the dtype itself: numpy's ``dtype.name`` is slow Python code.
+_NAMES: dict[np.dtype[Any], str] = {dtype: name for name, dtype in _HOST_DTYPES.items()}
+_LITTLE_ENDIAN_HOST = sys.byteorder == "little"
+
+
+def dtype_name(dtype: np.dtype[Any]) -> str:
+    """numpy's ``dtype.name`` ("float32" for any byte order), a dict lookup for the usual dtypes."""
+    return _NAMES.get(dtype) or dtype.name
+
+
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
     """Encode an array as little-endian C-order bytes."""
-    if array.dtype.name not in ALLOWED_DTYPES:
-        raise InvalidInputError(f"dtype {array.dtype.name} is not supported")
-    contiguous = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-    return tensor_pb2.Tensor(dtype=array.dtype.name, shape=list(array.shape), data=contiguous.tobytes())
+    tensor = tensor_pb2.Tensor()
+    fill_proto(tensor, array)
+    return tensor
+
+
+def fill_proto(tensor: tensor_pb2.Tensor, array: np.ndarray) -> None:
+    """:func:`to_proto` written into an empty ``tensor`` (e.g. a map entry of a response, without a copy)."""
+    name = dtype_name(array.dtype)
+    wire = _WIRE_DTYPES.get(name)
+    if wire is None:
+        raise InvalidInputError(f"dtype {name} is not supported")
+    tensor.dtype = name
+    tensor.shape.extend(array.shape)
+    if array.dtype != wire or not array.flags.c_contiguous:
+        array = np.ascontiguousarray(array, dtype=wire)  # (0-d arrays come back 1-d: the shape is taken first)
+    tensor.data = array.tobytes()
 
 
 def from_proto(tensor: tensor_pb2.Tensor, *, name: str = "tensor", max_bytes: int = MAX_TENSOR_BYTES) -> np.ndarray:
     """Decode a Tensor, checking dtype, shape and byte length before touching the data."""
-    if tensor.dtype not in ALLOWED_DTYPES:
+    wire = _WIRE_DTYPES.get(tensor.dtype)
+    if wire is None:
         raise InvalidInputError(f"{name}: dtype {tensor.dtype!r} is not supported")
     shape = tuple(tensor.shape)
-    if len(shape) > MAX_RANK or any(d < 0 for d in shape):
+    if len(shape) > MAX_RANK or (shape and min(shape) < 0):
         raise InvalidInputError(f"{name}: invalid shape {list(shape)}")
-    dtype = np.dtype(tensor.dtype).newbyteorder("<")
-    expected = dtype.itemsize
+    expected = wire.itemsize
     for d in shape:
         expected *= d
         if expected > max_bytes:
             raise InvalidInputError(f"{name}: shape {list(shape)} exceeds the {max_bytes}-byte limit")
-    if len(tensor.data) != expected:
+    data = tensor.data
+    if len(data) != expected:
         raise InvalidInputError(
-            f"{name}: {len(tensor.data)} bytes of data for shape {list(shape)} {tensor.dtype} ({expected} expected)"
+            f"{name}: {len(data)} bytes of data for shape {list(shape)} {tensor.dtype} ({expected} expected)"
         )
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="), copy=False)
+    array = np.frombuffer(data, dtype=wire).reshape(shape)
+    return array if _LITTLE_ENDIAN_HOST else array.astype(_HOST_DTYPES[tensor.dtype])
 
 
 def check_inputs(
@@ -49,22 +78,26 @@ def check_inputs(
 
     Returns the inputs in spec order. Raises InvalidInputError naming what is wrong.
     """
-    expected_names = [name for name, _, _ in specs]
-    missing = [n for n in expected_names if n not in inputs]
-    extra = sorted(set(inputs) - set(expected_names))
-    if missing or extra:
+    if len(inputs) != len(specs) or any(name not in inputs for name, _, _ in specs):
+        expected_names = [name for name, _, _ in specs]
+        missing = [n for n in expected_names if n not in inputs]
+        extra = sorted(set(inputs) - set(expected_names))
         raise InvalidInputError(f"inputs must be exactly {expected_names}; missing {missing}, unexpected {extra}")
     checked: dict[str, np.ndarray] = {}
     batch: int | None = None
     for name, dtype, shape in specs:
-        array = np.asarray(inputs[name])
-        if array.dtype.name != dtype:
-            raise InvalidInputError(f"input {name!r} has dtype {array.dtype.name}, model expects {dtype}")
-        if array.ndim != len(shape) or any(s >= 0 and s != d for s, d in zip(shape, array.shape, strict=True)):
-            raise InvalidInputError(f"input {name!r} has shape {list(array.shape)}, model expects {list(shape)}")
-        if array.ndim and shape and shape[0] < 0:
-            if batch is not None and array.shape[0] != batch:
-                raise InvalidInputError(f"input {name!r} has batch {array.shape[0]}, other inputs have {batch}")
-            batch = array.shape[0]
+        array = inputs[name]
+        if type(array) is not np.ndarray:
+            array = np.asarray(array)
+        found = dtype_name(array.dtype)
+        if found != dtype:
+            raise InvalidInputError(f"input {name!r} has dtype {found}, model expects {dtype}")
+        got = array.shape
+        if len(got) != len(shape) or any(s >= 0 and s != d for s, d in zip(shape, got, strict=True)):
+            raise InvalidInputError(f"input {name!r} has shape {list(got)}, model expects {list(shape)}")
+        if got and shape and shape[0] < 0:
+            if batch is not None and got[0] != batch:
+                raise InvalidInputError(f"input {name!r} has batch {got[0]}, other inputs have {batch}")
+            batch = got[0]
         checked[name] = array
     return checked

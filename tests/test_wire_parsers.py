@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from typing import Literal
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from edgerec.manifest import (
     parse_manifest,
     sign_nothing,
 )
-from edgerec.tensors import ALLOWED_DTYPES, check_inputs, from_proto, to_proto
+from edgerec.tensors import ALLOWED_DTYPES, check_inputs, fill_proto, from_proto, to_proto
 from edgerec.v1 import tensor_pb2
 
 
@@ -89,6 +90,33 @@ def test_arbitrary_tensors_decode_exactly_or_raise_invalid_input(dtype: str, sha
 def test_tensor_round_trip(dtype: str, shape: list[int]) -> None:
     array = np.arange(int(np.prod(shape)) if shape else 1).astype(dtype).reshape(shape)
     np.testing.assert_array_equal(from_proto(to_proto(array)), array)
+
+
+@given(
+    st.sampled_from(sorted(ALLOWED_DTYPES)),
+    st.sampled_from(["<", ">"]),
+    st.lists(st.integers(0, 4), max_size=3),
+    st.booleans(),
+)
+def test_to_proto_sends_little_endian_c_order_bytes_whatever_the_layout(
+    dtype: str, order: Literal["<", ">"], shape: list[int], transpose: bool
+) -> None:
+    array = np.arange(int(np.prod(shape)) if shape else 1).astype(np.dtype(dtype).newbyteorder(order)).reshape(shape)
+    if transpose:
+        array = array.T  # not C-contiguous
+    tensor = to_proto(array)
+    assert tensor.dtype == dtype and list(tensor.shape) == list(array.shape)
+    assert tensor.data == np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    filled = tensor_pb2.Tensor()
+    fill_proto(filled, array)
+    assert filled == tensor
+
+
+def test_unsupported_dtypes_are_refused_both_ways() -> None:
+    with pytest.raises(InvalidInputError, match="complex64"):
+        to_proto(np.zeros(2, np.complex64))
+    with pytest.raises(InvalidInputError, match="not supported"):
+        from_proto(tensor_pb2.Tensor(dtype="complex64", shape=[1], data=b"\0" * 8))
 
 
 def test_check_inputs_names_what_is_wrong() -> None:
