@@ -60,20 +60,25 @@ class MicroBatcher:
             self._observe(1, rows or 1)
             return outputs
         group = (key, tuple((name, a.dtype.str, a.shape[1:]) for name, a in sorted(inputs.items())))
-        with self._lock:
-            self._inflight[group] = self._inflight.get(group, 0) + 1
-        try:
-            return self._run_grouped(group, _Request(inputs, rows), run)
+        request = _Request(inputs, rows)
+        try:  # _run_grouped counts the request in flight first thing
+            return self._run_grouped(group, request, run)
         finally:
             with self._lock:
-                self._inflight[group] -= 1
-                if not self._inflight[group]:
+                left = self._inflight[group] - 1
+                if left:
+                    self._inflight[group] = left
+                    waiting = self._open.get(group)
+                    if waiting is not None and len(waiting.requests) == left:
+                        waiting.full.set()  # everyone still in flight has joined the open batch: no one to wait for
+                else:
                     del self._inflight[group]
 
     def _run_grouped(self, group: Hashable, request: _Request, run: RunFn) -> Arrays:
         rows = request.rows
         with self._lock:
-            alone = self._inflight[group] == 1 and group not in self._open
+            inflight = self._inflight[group] = self._inflight.get(group, 0) + 1
+            alone = inflight == 1 and group not in self._open
             batch = self._open.get(group)
             leader = batch is None or batch.rows + rows > self.max_batch
             if leader:
@@ -86,7 +91,7 @@ class MicroBatcher:
             if batch.rows >= self.max_batch:
                 batch.full.set()
                 del self._open[group]
-            elif len(batch.requests) == self._inflight[group]:
+            elif len(batch.requests) == inflight:
                 # Every request in flight for the group is in this batch: whoever sent them waits for
                 # this answer before sending more, so waiting longer only adds latency.
                 batch.full.set()
@@ -98,9 +103,10 @@ class MicroBatcher:
             return request.outputs
         if not alone:  # nobody else is in flight for this group: no one to wait for
             batch.full.wait(self.max_wait_s)
-        with self._lock:
-            if self._open.get(group) is batch:
-                del self._open[group]
+        if self._open.get(group) is batch:  # unlocked peek: a batch once closed or replaced never reopens
+            with self._lock:
+                if self._open.get(group) is batch:
+                    del self._open[group]
         self._execute(batch.requests, run)
         if request.error is not None:
             raise request.error

@@ -26,11 +26,15 @@ log = logging.getLogger(__name__)
 # Called after every Predict with (model, outcome: "ok" or the error's class name, seconds).
 PredictObserver = Callable[[str, str, float], None]
 # How long a request's resolved (model, version, recipe) is reused while the registry's index is unchanged
-# on disk; a publish changes the index, so a new version is served from the next request on.
+# on disk; a publish changes the index, so a new version is served from the next request on (see INDEX_CHECK_S).
 RESOLVE_TTL_S = 1.0
 # The registry's SQLite index: its files change (mtime, size) with every write, never with a read (an
 # empty WAL file comes and goes with connections).
 _INDEX_FILES = ("index.sqlite", "index.sqlite-wal")
+# How long one look at the index files stands for every request: a publish is served from the first
+# request that starts this long after it committed. Two os.stat per request cost more than the look
+# itself: each releases the GIL, a thread switch when dozens of RPC threads wait for it.
+INDEX_CHECK_S = 0.002
 
 
 class LoadedModel:
@@ -41,6 +45,7 @@ class LoadedModel:
         self.recipe = recipe
         self.runner = runner
         self.input_specs = [(s.name, s.dtype, list(s.shape)) for s in manifest.inputs]
+        self.first_output = runner.output_names[0]
 
 
 class InferenceService(inference_pb2_grpc.InferenceServicer):
@@ -71,6 +76,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self.resolve_ttl_s = RESOLVE_TTL_S
         self._index_files = [registry.root / name for name in _INDEX_FILES]
         self._resolved: dict[tuple[str, int, str], tuple[tuple[tuple[int, int] | None, ...], float, LoadedModel]] = {}
+        self.index_check_s = INDEX_CHECK_S
+        # (monotonic time of the look, stamp): one tuple, so threads swap it without a lock.
+        self._stamp: tuple[float, tuple[tuple[int, int] | None, ...]] = (-float("inf"), ())
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
@@ -96,19 +104,20 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             raise AssertionError("unreachable") from exc
         if self.observer is not None:
             self.observer(request.model, "ok", time.perf_counter() - started)
-        first = outputs[loaded.runner.output_names[0]]
-        return inference_pb2.PredictResponse(
+        response = inference_pb2.PredictResponse(
             version=loaded.version,
             recipe=loaded.recipe,
-            scores=np.asarray(first, dtype=np.float32).ravel().tolist(),
-            outputs={name: tensors.to_proto(np.asarray(value)) for name, value in outputs.items()},
+            scores=np.asarray(outputs[loaded.first_output], dtype=np.float32).ravel().tolist(),
         )
+        for name, value in outputs.items():
+            tensors.fill_proto(response.outputs[name], np.asarray(value))
+        return response
 
     def _model_for(self, request: inference_pb2.PredictRequest) -> LoadedModel:
         """The loaded model for a request; the registry is asked again when its index changed or after a TTL."""
         asked = (request.model, request.version, request.recipe)
-        stamp = self._index_stamp()
         now = time.monotonic()
+        stamp = self._index_stamp(now)
         with self._lock:
             known = self._resolved.get(asked)
             if known is not None and known[0] == stamp:
@@ -127,7 +136,17 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             self._resolved[asked] = (stamp, now, loaded)
         return loaded
 
-    def _index_stamp(self) -> tuple[tuple[int, int] | None, ...]:
+    def _index_stamp(self, now: float) -> tuple[tuple[int, int] | None, ...]:
+        """(mtime, size) of the index files, looked at again when the last look is index_check_s old."""
+        looked, stamp = self._stamp
+        if now - looked < self.index_check_s:
+            return stamp
+        stamp = self._stat_index()
+        if now > self._stamp[0]:  # a slower thread's older look must not replace a newer one
+            self._stamp = (now, stamp)
+        return stamp
+
+    def _stat_index(self) -> tuple[tuple[int, int] | None, ...]:
         stamps: list[tuple[int, int] | None] = []
         for path in self._index_files:
             try:

@@ -6,6 +6,7 @@ A real registry (folder plus SQLite), real onnxruntime, the small hand-built mod
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import cast
 
@@ -88,3 +89,15 @@ def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> Non
     # Each thread may miss once before the first resolution is stored (three lookups each), then the TTL:
     # far fewer than the three lookups per request a registry round trip takes.
     assert registry.lookups <= 8 * 3 + 3 * 10, registry.lookups
+
+
+def test_the_index_is_looked_at_again_once_the_check_interval_passed(tmp_path: Path) -> None:
+    from edgerec.server.inference_service import InferenceService
+
+    registry = Registry(tmp_path / "registry")
+    service = InferenceService(registry)
+    service.index_check_s = 60.0
+    first = service._index_stamp(time.monotonic())
+    (registry.root / "index.sqlite-wal").write_bytes(b"a write")
+    assert service._index_stamp(time.monotonic()) == first, "within the interval the last look stands"
+    assert service._index_stamp(time.monotonic() + 61.0) != first
