@@ -185,6 +185,10 @@ class CircuitBreaker:
         self.record_success()
 
 
+# PredictCounters adds up pending answers at least this often (bounds the memory they hold).
+FOLD_EVERY = 1024
+
+
 class PredictCounters:
     """Answers by source, fallbacks by reason, recent latencies and hedging outcomes, thread-safe."""
 
@@ -193,22 +197,36 @@ class PredictCounters:
         self._sources: dict[Source, int] = dict.fromkeys(Source, 0)
         self._reasons: dict[FallbackReason, int] = dict.fromkeys(FallbackReason, 0)
         self._latencies: deque[float] = deque(maxlen=latency_window)
+        # Answers not added up yet: count() only appends here (atomic, no lock on the hot path); readers
+        # and every FOLD_EVERY-th answer add them up under the lock.
+        self._pending: deque[tuple[Source, FallbackReason | None, float]] = deque()
         self._server_failures = 0
         self._pooled = 0
         self._cancelled = 0
         self._errors = 0
 
     def count(self, source: Source, reason: FallbackReason | None, latency_s: float) -> None:
-        """One answer (on the hot path: one lock, two dict writes)."""
-        with self._lock:
-            self._sources[source] += 1
+        """One answer (on the hot path: one append)."""
+        pending = self._pending
+        pending.append((source, reason, latency_s))
+        if len(pending) >= FOLD_EVERY:
+            with self._lock:
+                self._fold()
+
+    def _fold(self) -> None:
+        """Add up the pending answers (lock held)."""
+        pending, sources, reasons, latencies = self._pending, self._sources, self._reasons, self._latencies
+        for _ in range(len(pending)):
+            source, reason, latency_s = pending.popleft()
+            sources[source] += 1
             if reason is not None:
-                self._reasons[reason] += 1
-            self._latencies.append(latency_s)
+                reasons[reason] += 1
+            latencies.append(latency_s)
 
     def latency_percentiles(self, quantiles: tuple[float, ...] = (0.5, 0.9, 0.99)) -> dict[float, float]:
         """Latency in seconds at each quantile over the recent window (empty when nothing was counted)."""
         with self._lock:
+            self._fold()
             window = sorted(self._latencies)
         if not window:
             return {}
@@ -238,12 +256,14 @@ class PredictCounters:
     def by_source(self) -> dict[str, int]:
         """Answers by source; sources never seen are left out."""
         with self._lock:
+            self._fold()
             return {source.value: n for source, n in self._sources.items() if n}
 
     @property
     def by_reason(self) -> dict[str, int]:
         """Fallbacks by reason; reasons never seen are left out."""
         with self._lock:
+            self._fold()
             return {reason.value: n for reason, n in self._reasons.items() if n}
 
     @property
@@ -255,6 +275,7 @@ class PredictCounters:
     def latency_count(self) -> int:
         """Answers in the latency window."""
         with self._lock:
+            self._fold()
             return len(self._latencies)
 
     @property

@@ -17,7 +17,15 @@ import pytest
 from onnxtools import linear_model
 
 from edgerec.device import EdgeClient
-from edgerec.device.policy import BreakerState, CircuitBreaker, FallbackPolicy
+from edgerec.device.policy import (
+    FOLD_EVERY,
+    BreakerState,
+    CircuitBreaker,
+    FallbackPolicy,
+    FallbackReason,
+    PredictCounters,
+    Source,
+)
 from edgerec.errors import NoModelAvailableError
 from edgerec.registry import Registry
 
@@ -91,6 +99,24 @@ def _client(
     if sync:
         client.sync()
     return client
+
+
+def test_counters_lose_no_answer_across_threads() -> None:
+    counters = PredictCounters(latency_window=100)
+    per_thread = 3 * FOLD_EVERY + 7  # several folds by writers, and answers still pending at the end
+
+    def answer(source: Source) -> None:
+        for i in range(per_thread):
+            counters.count(source, FallbackReason.HEDGED if i % 2 else None, i * 1e-6)
+
+    threads = [threading.Thread(target=answer, args=(source,)) for source in (Source.LOCAL, Source.SERVER) * 3]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert counters.by_source == {"local": 3 * per_thread, "server": 3 * per_thread}
+    assert counters.by_reason == {"hedged": 6 * (per_thread // 2)}
+    assert counters.latency_count == 100 and 0 <= counters.latency_percentiles()[0.5] < per_thread * 1e-6
 
 
 def test_no_local_model_and_load_failure_go_to_the_server(server: str, tmp_path: Path) -> None:
