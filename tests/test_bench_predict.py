@@ -13,7 +13,7 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edgerec.tools.bench_predict import COLUMNS, CONCURRENCY, FAILING_CONCURRENCY, main  # noqa: E402
+from edgerec.tools.bench_predict import COLUMNS, CONCURRENCY, FAILING_CONCURRENCY, FLOOR_SCENARIO, main  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +41,7 @@ def test_every_scenario_is_measured(quick: tuple[list[dict[str, str]], str]) -> 
         name = "failing local model -> server" if not label else f"failing local model{label}"
         expected |= {(name, n, "") for n in FAILING_CONCURRENCY}
     expected |= {("floor: a call that only raises", n, "") for n in FAILING_CONCURRENCY}
+    expected |= {(FLOOR_SCENARIO, n, "-") for n in CONCURRENCY}
     assert scenarios == expected
     for r in rows:
         assert int(r["calls"]) > 0, r
@@ -52,7 +53,7 @@ def test_every_scenario_is_measured(quick: tuple[list[dict[str, str]], str]) -> 
     down = by_name["failing local model, server down (refusing connections)"]
     assert down["errors"] == down["calls"], "a failing model with the server down is a typed error every time"
     for r in rows:
-        if r["scenario"] == "server Predict":
+        if r["scenario"] in ("server Predict", FLOOR_SCENARIO):
             assert float(r["throughput_per_s"]) > 0 and r["errors"] == "0", r
 
 

@@ -67,6 +67,8 @@ CACHE_HIT_P50_US: Final = 5.0
 POLICY_OVERHEAD: Final = 0.10
 FALLBACK_SLACK_MS: Final = 5.0
 BATCHING_SPEEDUP: Final = 3.0
+FLOOR_SCENARIO: Final = "floor: a gRPC server whose Predict does nothing"
+FLOOR_SERVER_FLAG: Final = "--floor-server"
 
 
 @dataclass(frozen=True)
@@ -135,9 +137,45 @@ def build(settings: Settings, work: Path) -> tuple[Path, list[dict[str, np.ndarr
 @contextmanager
 def serve(registry: Path, work: Path, batch_wait_ms: float) -> Iterator[tuple[str, int]]:
     """``edgerec serve`` in a subprocess on a free loopback port; yields its address and process id."""
-    log_file = work / f"serve-{batch_wait_ms:g}.log"
     command = [sys.executable, "-m", "edgerec", "serve", "--registry", str(registry), "--listen", "127.0.0.1:0"]
     command += ["--workers", str(SERVER_WORKERS), "--batch-wait-ms", str(batch_wait_ms)]
+    with _serving(command, work / f"serve-{batch_wait_ms:g}.log") as served:
+        yield served
+
+
+@contextmanager
+def serve_floor(work: Path) -> Iterator[tuple[str, int]]:
+    """:func:`run_floor_server` in a subprocess; yields its address and process id."""
+    with _serving([sys.executable, "-m", MODULE, FLOOR_SERVER_FLAG], work / "serve-floor.log") as served:
+        yield served
+
+
+def run_floor_server() -> None:
+    """A grpcio server like ``edgerec serve``'s (the same thread pool) whose Predict answers at once with an
+    empty response: what gRPC and protobuf alone cost a call, the most any Predict server here can do."""
+    from concurrent import futures
+
+    import grpc
+
+    from edgerec.v1 import inference_pb2, inference_pb2_grpc
+
+    class Nothing(inference_pb2_grpc.InferenceServicer):
+        def Predict(
+            self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
+        ) -> inference_pb2.PredictResponse:
+            return inference_pb2.PredictResponse()
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=SERVER_WORKERS))
+    inference_pb2_grpc.add_InferenceServicer_to_server(Nothing(), server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    logger.info("serving the floor on 127.0.0.1:%d", port)
+    server.wait_for_termination()
+
+
+@contextmanager
+def _serving(command: list[str], log_file: Path) -> Iterator[tuple[str, int]]:
+    """Run a server command that logs "serving ... on HOST:PORT"; yields that address and its process id."""
     with log_file.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -147,10 +185,10 @@ def serve(registry: Path, work: Path, batch_wait_ms: float) -> Iterator[tuple[st
             if found:
                 break
             if process.poll() is not None:
-                raise RuntimeError(f"edgerec serve exited: {log_file.read_text()[-2000:]}")
+                raise RuntimeError(f"{command[2:4]} exited: {log_file.read_text()[-2000:]}")
             time.sleep(0.05)
         else:
-            raise RuntimeError("edgerec serve did not start within 60 s")
+            raise RuntimeError(f"{command[2:4]} did not start within 60 s")
         yield found.group(1), process.pid
     finally:
         process.terminate()
@@ -358,6 +396,7 @@ def server_rows(
     requests: Sequence[dict[str, np.ndarray]],
     settings: Settings,
     server_pid: int | None = None,
+    scenario: str = "server Predict",
 ) -> list[Row]:
     """Server Predict throughput and latency with 1, 16 and 256 concurrent callers.
 
@@ -381,7 +420,7 @@ def server_rows(
         cpu_before = _cpu_seconds(server_pid)
         latencies, errors, wall, kinds = _callers_in_processes(address, payloads, clients, settings.seconds)
         cpu = _cpu_seconds(server_pid) - cpu_before
-        row = _fill(Row("server Predict", clients, batching, errors=errors, seconds=wall), latencies)
+        row = _fill(Row(scenario, clients, batching, errors=errors, seconds=wall), latencies)
         answered = len(latencies) - errors
         row.throughput_per_s = answered / wall
         notes = [_fmt(kinds), f"{min(clients, CLIENT_PROCESSES)} grpc.aio client processes"]
@@ -585,13 +624,15 @@ def compute_targets(rows: Sequence[Row], facts: Mapping[str, float]) -> list[Tar
         )
     by = {(r.scenario, r.clients, r.batching): r for r in rows}
     on, off = by.get(("server Predict", 256, "on")), by.get(("server Predict", 256, "off"))
+    nothing = by.get((FLOOR_SCENARIO, 256, "-"))
     if on is not None and off is not None and off.throughput_per_s > 0:
         speedup = on.throughput_per_s / off.throughput_per_s
         met = speedup >= BATCHING_SPEEDUP and on.p99 <= off.p99
+        ceiling = f"; a do-nothing server: {nothing.throughput_per_s / off.throughput_per_s:.2f}x" if nothing else ""
         targets.append(
             Target(
                 "micro-batching at 256 clients: throughput ratio (p99 on / off)",
-                f"{speedup:.2f}x ({on.p99:.1f} / {off.p99:.1f} ms)",
+                f"{speedup:.2f}x ({on.p99:.1f} / {off.p99:.1f} ms{ceiling})",
                 f">= {BATCHING_SPEEDUP:g}x, p99 not worse",
                 met,
             )
@@ -679,6 +720,8 @@ def run(settings: Settings) -> tuple[list[Row], list[Target], dict[str, float]]:
             facts |= more
         with serve(registry, work, 0.0) as (plain, plain_pid):
             rows += server_rows(plain, "off", requests, settings, plain_pid)
+        with serve_floor(work) as (floor, floor_pid):
+            rows += server_rows(floor, "-", requests, settings, floor_pid, FLOOR_SCENARIO)
         rows += failing
     return rows, compute_targets(rows, facts), facts
 
@@ -686,6 +729,10 @@ def run(settings: Settings) -> tuple[list[Row], list[Target], dict[str, float]]:
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("edgerec").setLevel(logging.ERROR)  # fallbacks are the point here: no warning per call
+    logger.setLevel(logging.INFO)  # this tool's own progress and report
+    if FLOOR_SERVER_FLAG in (sys.argv[1:] if argv is None else argv):  # how the benchmark starts serve_floor
+        run_floor_server()
+        return 0
     settings = parse_args(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
     load_before = _loadavg()
