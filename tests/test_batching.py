@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from edgerec.server.batching import MicroBatcher
+from edgerec.server.batching import MicroBatcher, RunFn
 
 KEY = ("m", 1, "fp32")
 # Far longer than any test may take: a test that waits this long has failed.
@@ -101,6 +102,26 @@ def test_a_waiting_batch_goes_when_the_other_requests_in_flight_finish() -> None
     assert batcher._inflight == {} and batcher._open == {}
 
 
+def run_together(batcher: MicroBatcher, requests: Sequence[Mapping[str, np.ndarray]], run: RunFn) -> list[object]:
+    """Each request from a thread of its own, all released at once: each caller's outputs, or what it raised."""
+    results: list[object] = [None] * len(requests)
+    start = threading.Barrier(len(requests))
+
+    def call(i: int) -> None:
+        start.wait()
+        try:
+            results[i] = batcher.run(KEY, requests[i], run)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(LONG_WAIT_S)
+    return results
+
+
 def test_a_failing_batch_reruns_each_request_alone_and_only_the_bad_one_fails() -> None:
     batcher = MicroBatcher(max_wait_s=0.5)
 
@@ -110,25 +131,38 @@ def test_a_failing_batch_reruns_each_request_alone_and_only_the_bad_one_fails() 
         return double(inputs)
 
     values = [1.0, -1.0, 3.0, 4.0]
-    results: dict[int, object] = {}
-    start = threading.Barrier(len(values))
-
-    def call(i: int) -> None:
-        start.wait()
-        try:
-            results[i] = batcher.run(KEY, {"x": np.full((1, 2), values[i], np.float32)}, run)["y"]
-        except ValueError as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(values))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(LONG_WAIT_S)
+    results = run_together(batcher, [{"x": np.full((1, 2), v, np.float32)} for v in values], run)
     assert isinstance(results[1], ValueError)
     for i in (0, 2, 3):
-        np.testing.assert_array_equal(results[i], np.full((1, 2), 2 * values[i], np.float32))
+        result = results[i]
+        assert isinstance(result, dict)
+        np.testing.assert_array_equal(result["y"], np.full((1, 2), 2 * values[i], np.float32))
     assert batcher._inflight == {} and batcher._open == {}
+
+
+def test_concurrent_requests_to_a_real_model_share_runs_and_get_their_own_rows(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    from test_policy import _model
+
+    from edgerec.runtimes import OnnxRunner
+
+    runner = OnnxRunner(_model(tmp_path / "safe.onnx", fragile=False))
+    calls: list[int] = []
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        return runner.run(inputs)
+
+    batcher = MicroBatcher(max_wait_s=0.05, max_batch=256)
+    rng = np.random.default_rng(0)
+    requests = [{"x": rng.standard_normal((1 + i % 3, 4)).astype(np.float32)} for i in range(16)]
+    requests.append({"x": np.ones((2, 5), np.float32)})  # other non-batch shape: runs in its own group (and fails)
+    results = run_together(batcher, requests, run)
+    for inputs, got in zip(requests[:-1], results, strict=False):
+        assert isinstance(got, dict)
+        np.testing.assert_allclose(got["score"], runner.run(inputs)["score"], atol=1e-6)
+    assert isinstance(results[-1], Exception), "a malformed request fails alone"
+    assert batcher.batches >= 1 and len(calls) < len(requests), f"no batching happened: {calls}"
 
 
 @pytest.mark.parametrize("inputs", [{"x": np.float32(1.0)}, {"x": np.ones((300, 2), np.float32)}])

@@ -9,7 +9,7 @@ import dataclasses
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -258,48 +258,6 @@ def test_a_server_that_is_down_fails_fast_within_the_deadline(tmp_path: Path) ->
 
 
 # --- the server's side: concurrent fallback requests share one runtime call ---------------------------
-
-
-def test_micro_batching_concatenates_concurrent_requests_and_splits_the_answers(tmp_path: Path) -> None:
-    pytest.importorskip("onnx")
-    from edgerec.runtimes import OnnxRunner
-    from edgerec.server.batching import MicroBatcher
-
-    runner = OnnxRunner(_model(tmp_path / "safe.onnx", fragile=False))
-    calls: list[int] = []
-
-    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        calls.append(len(inputs["x"]))
-        return runner.run(inputs)
-
-    batcher = MicroBatcher(max_wait_s=0.05, max_batch=256)
-    rng = np.random.default_rng(0)
-    requests = [{"x": rng.standard_normal((1 + i % 3, 4)).astype(np.float32)} for i in range(16)]
-    requests.append({"x": np.ones((2, 5), np.float32)})  # other non-batch shape: runs in its own group (and fails)
-    results: dict[int, object] = {}
-    start = threading.Barrier(len(requests))
-
-    def call(i: int) -> None:
-        start.wait()
-        try:
-            results[i] = batcher.run(("safe", 1, "fp32"), requests[i], run)
-        except Exception as exc:
-            results[i] = exc
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(requests))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i, inputs in enumerate(requests[:-1]):
-        got = results[i]
-        assert isinstance(got, dict)
-        np.testing.assert_allclose(got["score"], runner.run(inputs)["score"], atol=1e-6)
-    assert isinstance(results[len(requests) - 1], Exception), "a malformed request fails alone"
-    assert batcher.batches >= 1 and len(calls) < len(requests), f"no batching happened: {calls}"
-
-
-# --- with a real server: what the "done when" asks that the tests above do not show -----------
 
 
 def test_a_local_error_goes_to_a_server_that_answers(server: str, tmp_path: Path) -> None:
