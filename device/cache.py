@@ -173,6 +173,8 @@ class PredictionCache:
     def put_rows(self, keys: Sequence[CacheKey], scores: np.ndarray) -> int:
         """Store row ``i`` of ``scores`` (split evenly across the keys) under ``keys[i]``; returns rows stored.
 
+        The keys are of one version, as :func:`row_keys` makes them.
+
         Rows with non-finite scores are refused; so is everything when the scores do not split evenly.
         """
         if self.max_entries <= 0 or not keys or scores.size % len(keys):
@@ -184,12 +186,21 @@ class PredictionCache:
         if size > self.max_bytes:
             return 0
         expires_at = self._expiry()
+        entries = self._entries
         stored = 0
         with self._lock:
             self.refused_non_finite += finite.count(False)
+            if self._version is not None and keys[0][0] != self._version:
+                return 0  # a late answer of a version that is no longer active (every key has the same version)
             for key, row, ok in zip(keys, frozen, finite, strict=True):
-                if ok and self._store(key, row, size, expires_at):
+                if ok:
+                    old = entries.pop(key, None)
+                    if old is not None:
+                        self._bytes -= old[2]
+                    entries[key] = (row, expires_at, size)
                     stored += 1
+            self._bytes += stored * size
+            self._evict()
         return stored
 
     def _expiry(self) -> float:
@@ -204,10 +215,15 @@ class PredictionCache:
             self._drop(key)
         entries[key] = (frozen, expires_at, size)
         self._bytes += size
+        self._evict()
+        return True
+
+    def _evict(self) -> None:
+        """Drop the least recently used entries beyond the bounds (lock held)."""
+        entries = self._entries
         while len(entries) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(entries)))
             self.evictions += 1
-        return True
 
     def observe_version(self, version: int) -> None:
         """Tell the cache which version is active; a change drops every entry."""
