@@ -167,8 +167,16 @@ class PredictionCache:
         frozen.flags.writeable = False
         if frozen.nbytes > self.max_bytes:
             return False
+        expires_at = self._expiry()
         with self._lock:
-            return self._store(key, frozen, frozen.nbytes, self._expiry())
+            if self._version is not None and key[0] != self._version:
+                return False  # a late answer of a version that is no longer active
+            if key in self._entries:
+                self._drop(key)
+            self._entries[key] = (frozen, expires_at, frozen.nbytes)
+            self._bytes += frozen.nbytes
+            self._evict()
+        return True
 
     def put_rows(self, keys: Sequence[CacheKey], scores: np.ndarray) -> int:
         """Store row ``i`` of ``scores`` (split evenly across the keys) under ``keys[i]``; returns rows stored.
@@ -205,18 +213,6 @@ class PredictionCache:
 
     def _expiry(self) -> float:
         return self._clock() + self.ttl_s if self.ttl_s is not None else float("inf")
-
-    def _store(self, key: CacheKey, frozen: np.ndarray, size: int, expires_at: float) -> bool:
-        """Keep a read-only array under ``key`` (lock held), evicting the least recently used beyond the bounds."""
-        if self._version is not None and key[0] != self._version:
-            return False  # a late answer of a version that is no longer active
-        entries = self._entries
-        if key in entries:
-            self._drop(key)
-        entries[key] = (frozen, expires_at, size)
-        self._bytes += size
-        self._evict()
-        return True
 
     def _evict(self) -> None:
         """Drop the least recently used entries beyond the bounds (lock held)."""
