@@ -89,14 +89,14 @@ def quantize_rows(
     if not np.isfinite(table).all():
         raise PublishError("embedding table holds NaN or infinite values: cannot quantize")
     exact = np.max(np.abs(table), axis=1, keepdims=True, initial=0.0) / np.float32(_QMAX)
-    scale = _rounded_up(exact, scale_dtype)
+    scale = scales_rounded_up(exact, scale_dtype)
     step = scale.astype(np.float32)
     divisor = np.where(step > 0, step, np.float32(1))
     quantized = np.clip(np.rint(table / divisor), -_QMAX, _QMAX).astype(np.int8)
     return quantized, scale
 
 
-def _rounded_up(
+def scales_rounded_up(
     values: npt.NDArray[np.float32], dtype: ScaleDType
 ) -> npt.NDArray[np.float16] | npt.NDArray[np.float32]:
     """``values`` in ``dtype``, each rounded up so that ``127 * scale`` still covers its row."""

@@ -38,7 +38,13 @@ from edgerec.errors import PublishError
 from edgerec.server.publish.export import load_onnx, save_canonical
 
 # Shared with the int8 recipe: which tables count as embeddings, and fresh-name bookkeeping.
-from edgerec.server.publish.quantize import _all_names, _fresh, _is_lookup, find_embedding_tables
+from edgerec.server.publish.quantize import (
+    _all_names,
+    _fresh,
+    _is_lookup,
+    find_embedding_tables,
+    scales_rounded_up,
+)
 
 __all__ = [
     "PACKED_SUFFIX",
@@ -97,12 +103,15 @@ def quantize_rows_int4(table: npt.NDArray[np.float32]) -> tuple[UInt8Array, npt.
         raise PublishError("embedding table holds NaN or infinite values: cannot quantize")
     low = np.minimum(table.min(axis=1, initial=0.0), 0.0)
     high = np.maximum(table.max(axis=1, initial=0.0), 0.0)
-    scale = _float16_at_least((high - low) / np.float32(_LEVELS))
+    try:  # each scale rounded up, so 15 steps still span its row
+        scale = scales_rounded_up((high - low) / np.float32(_LEVELS), np.float16)
+    except OverflowError as exc:
+        raise PublishError("an embedding row spans more than float16 scales can hold (|values| > ~1e6)") from exc
     step = scale.astype(np.float32)
     divisor = np.where(step > 0, step, np.float32(1))
     zero = np.clip(np.rint(-low / divisor), 0, _LEVELS)
     codes = np.clip(np.rint(table / divisor[:, None]) + zero[:, None], 0, _LEVELS).astype(np.uint8)
-    return _pack(codes), scale, zero.astype(np.uint8)
+    return _pack(codes), scale.astype(np.float16, copy=False), zero.astype(np.uint8)
 
 
 def dequantize_rows_int4(
@@ -113,17 +122,6 @@ def dequantize_rows_int4(
     return ((codes.astype(np.float32) - zero[:, None].astype(np.float32)) * scale.astype(np.float32)[:, None]).astype(
         np.float32
     )
-
-
-def _float16_at_least(values: npt.NDArray[np.float32]) -> npt.NDArray[np.float16]:
-    """``values`` in float16, each rounded up so 15 steps still span its row."""
-    with np.errstate(over="ignore"):
-        rounded = values.astype(np.float16)
-    if not np.isfinite(rounded).all():
-        raise PublishError("an embedding row spans more than float16 scales can hold (|values| > ~1e6)")
-    low = rounded.astype(np.float32) < values
-    rounded[low] = np.nextafter(rounded[low], np.float16(np.inf))
-    return rounded
 
 
 def _pack(codes: UInt8Array) -> UInt8Array:
