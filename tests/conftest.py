@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hypothesis import settings
+from servertools import registry_server
 
 from edgerec.reference.data import ClickGenerator, ReferenceConfig
 from edgerec.registry import Registry
@@ -59,13 +60,8 @@ def published_registry(tmp_path_factory: pytest.TempPathFactory, model_pair: tup
 
 
 def _serve(registry: Registry) -> Iterator[tuple[Registry, str]]:
-    from edgerec.server.app import ServerConfig, start_server
-
-    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
-    try:
-        yield registry, f"127.0.0.1:{server.port}"
-    finally:
-        server.stop(grace=0)
+    with registry_server(registry) as address:
+        yield registry, address
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,6 @@ version, byte-identical files and state, no staging left, and local predictions 
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import time
 import zlib
@@ -22,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from servertools import update_server
+from servertools import registry_server, update_server
 
 from edgerec.codecs import make_patch
 from edgerec.device import EdgeClient
@@ -42,7 +41,6 @@ from edgerec.errors import (
 from edgerec.hashing import sha256_file
 from edgerec.manifest import Manifest, SignedManifest, parse_manifest
 from edgerec.registry import PayloadRecord, Registry
-from edgerec.server.app import ServerConfig, start_server
 from edgerec.server.payloads import PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.signer import ManifestSigner
@@ -79,16 +77,6 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
     )
 
 
-@contextlib.contextmanager
-def app_server(registry: Registry, signing_key: Path) -> Iterator[str]:
-    """The real server (edgerec serve) over ``registry``, signing with ``signing_key``."""
-    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0", signing_key=signing_key))
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        server.stop(grace=0)
-
-
 def _planner(registry: Registry, signer: ManifestSigner) -> UpdatePlanner:
     return UpdatePlanner(registry, PayloadStore(registry), signer)
 
@@ -105,7 +93,7 @@ class Devices:
 @pytest.fixture(scope="module")
 def devices(published_registry: Registry, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -> Devices:
     root = tmp_path_factory.mktemp("attack-devices")
-    with app_server(published_registry, keys.server_pem) as address:
+    with registry_server(published_registry, signing_key=keys.server_pem) as address:
         with _client(address, root / "v1", keys) as client:
             assert client.sync(target_version=1).version == 1
         with _client(address, root / "v2", keys) as client:
@@ -216,7 +204,7 @@ def test_a_forged_signature_is_refused(
 def test_a_manifest_signed_by_an_unknown_key_is_refused(
     published_registry: Registry, keys: Keys, devices: Devices, tmp_path: Path
 ) -> None:
-    with app_server(published_registry, keys.other_pem) as address:
+    with registry_server(published_registry, signing_key=keys.other_pem) as address:
         attack(address, _device(devices.at_v1, tmp_path), keys, published_registry, UnknownKeyError)
 
 
@@ -330,7 +318,7 @@ def test_bytes_swapped_behind_a_valid_manifest_are_refused(
                 data[len(data) // 2] ^= 0xFF
                 target.write_bytes(bytes(data))
         shutil.rmtree(registry.root / "payloads", ignore_errors=True)
-    with app_server(registry, keys.server_pem) as address:
+    with registry_server(registry, signing_key=keys.server_pem) as address:
         if swapped == "payload-files":
             with _client(address, tmp_path / "warm-up", keys) as warm:  # the server makes and stores its payloads
                 warm.sync(target_version=1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnxtools import linear_model
+from servertools import registry_server
 
 from edgerec.device import EdgeClient
 from edgerec.errors import HealthCheckError
@@ -19,16 +20,12 @@ pytestmark = pytest.mark.torch  # the publishing side needs the server extra (on
 
 @pytest.fixture
 def linear_server(tmp_path: Path) -> Iterator[tuple[Registry, str, Path]]:
-    from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import publish
 
     registry = Registry(tmp_path / "registry")
     publish(linear_model(tmp_path / "v1.onnx", [0.1, 0.2, 0.3, 0.4], sqrt=False), "linear", registry)
-    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
-    try:
-        yield registry, f"127.0.0.1:{server.port}", tmp_path
-    finally:
-        server.stop(grace=0)
+    with registry_server(registry) as address:
+        yield registry, address, tmp_path
 
 
 def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server: tuple[Registry, str, Path]) -> None:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from servertools import registry_server
 from test_policy import RELAXED, SAFE, _model
 
 from edgerec.device import EdgeClient
@@ -25,7 +26,6 @@ STALE = "0" * 32  # an entry no installed version names (another onnxruntime rel
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """ "ctr" with versions 1, 2, 3 (different weights, so different digests) and "other" with one version."""
-    from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import publish
 
     folder = tmp_path_factory.mktemp("ort-cache")
@@ -33,11 +33,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     for version in (1, 2, 3):
         publish(_model(folder / f"ctr{version}.onnx", fragile=False, scale=float(version)), "ctr", registry)
     publish(_model(folder / "other.onnx", fragile=False, scale=-1.0), "other", registry)
-    running = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
-    try:
-        yield f"127.0.0.1:{running.port}"
-    finally:
-        running.stop(grace=0)
+    with registry_server(registry) as address:
+        yield address
 
 
 def _entries(cache: Path) -> set[str]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from onnxtools import linear_model
+from servertools import registry_server
 
 from edgerec.device import EdgeClient
 from edgerec.device.policy import (
@@ -76,7 +77,6 @@ def _model(path: Path, *, fragile: bool, scale: float = 1.0) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("onnx")
-    from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import publish
 
     folder = tmp_path_factory.mktemp("policy")
@@ -85,11 +85,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry)
     publish(_model(folder / "versioned1.onnx", fragile=False), "versioned", registry)
     publish(_model(folder / "versioned2.onnx", fragile=False, scale=-1.0), "versioned", registry)
-    running = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
-    try:
-        yield f"127.0.0.1:{running.port}"
-    finally:
-        running.stop(grace=0)
+    with registry_server(registry) as address:
+        yield address
 
 
 def _client(

@@ -24,6 +24,8 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from servertools import registry_server  # noqa: E402
+
 from edgerec import tensors  # noqa: E402
 from edgerec.device import EdgeClient  # noqa: E402
 from edgerec.device.artifacts import LITERT, ONNXRUNTIME, open_artifact  # noqa: E402
@@ -70,13 +72,8 @@ def published(tmp_path_factory: pytest.TempPathFactory, reference_generator: Cli
 
 @pytest.fixture(scope="module")
 def address(published: Registry) -> Iterator[str]:
-    from edgerec.server.app import ServerConfig, start_server
-
-    server = start_server(ServerConfig(registry=published.root, listen="127.0.0.1:0"))
-    try:
-        yield f"127.0.0.1:{server.port}"
-    finally:
-        server.stop(grace=0)
+    with registry_server(published) as address:
+        yield address
 
 
 @pytest.fixture(scope="module")
