@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 
 import grpc
 
@@ -71,18 +71,6 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         """Every kept report, least recently received first (the stored objects: do not modify)."""
         with self._lock:
             return list(self._reports.values())
-
-    def devices_by_version(self) -> Counter[tuple[str, int]]:
-        """How many devices run each (model, active version); version 0: none installed."""
-        return Counter((r.model, r.active_version) for r in self.reports())
-
-    def fallbacks_by_reason(self) -> Counter[tuple[str, str]]:
-        """Fallbacks the devices reported, summed over their latest reports, by (model, reason)."""
-        total: Counter[tuple[str, str]] = Counter()
-        for r in self.reports():
-            for reason, n in r.fallbacks_by_reason.items():
-                total[(r.model, reason)] += n
-        return total
 
     def __len__(self) -> int:
         with self._lock:
