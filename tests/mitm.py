@@ -107,7 +107,7 @@ class MitmProxy:
                 request_serializer=update_pb2.FetchPayloadRequest.SerializeToString,
                 response_deserializer=update_pb2.PayloadChunk.FromString,
             )
-            upstream = call(request, timeout=_remaining(context))
+            upstream = iter(call(request, timeout=_remaining(context)))
         hook = self.on_fetch
         try:
             yield from (hook(request, upstream) if hook is not None else upstream)
@@ -118,7 +118,7 @@ class MitmProxy:
         """Any other unary call, passed through as bytes."""
 
         def forward(request: bytes, context: grpc.ServicerContext) -> bytes:
-            call = self._channel.unary_unary(method)
+            call = self._channel.unary_unary(method, request_serializer=None, response_deserializer=None)
             try:
                 response: bytes = call(request, timeout=_remaining(context))
             except grpc.RpcError as exc:
@@ -128,11 +128,11 @@ class MitmProxy:
         return forward
 
 
-class _Handler(grpc.GenericRpcHandler):
+class _Handler(grpc.GenericRpcHandler):  # type: ignore[type-arg]
     def __init__(self, proxy: MitmProxy) -> None:
         self.proxy = proxy
 
-    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+    def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:  # type: ignore[type-arg]
         method: str = details.method  # type: ignore[attr-defined]
         if method == _UPDATE + "CheckUpdate":
             return grpc.unary_unary_rpc_method_handler(
