@@ -3,6 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 DEVICE_VENV := .venv-device
+SERVE_VENV := .venv-serve
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -20,10 +21,16 @@ $(DEVICE_VENV)/.installed: pyproject.toml
 	$(DEVICE_VENV)/bin/python -m pip install --quiet -e '.[device]'
 	touch $(DEVICE_VENV)/.installed
 
+# A third with only the serve extra: proves `edgerec serve` runs without torch or export tooling.
+$(SERVE_VENV)/.installed: pyproject.toml
+	test -x $(SERVE_VENV)/bin/python || $(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/python -m pip install --quiet -e '.[serve]'
+	touch $(SERVE_VENV)/.installed
+
 demo: $(STAMP)
 	$(BIN)/edgerec demo --workdir demo-out
 
-test: $(STAMP) $(DEVICE_VENV)/.installed lint typecheck unit
+test: $(STAMP) $(DEVICE_VENV)/.installed $(SERVE_VENV)/.installed lint typecheck unit
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -41,7 +48,7 @@ typecheck: $(STAMP)
 	MYPYPATH=.typecheck:tests $(BIN)/mypy --config-file pyproject.toml tests
 
 unit: $(STAMP)
-	EDGEREC_DEVICE_PYTHON=$(DEVICE_VENV)/bin/python $(BIN)/python -m pytest -q -m "not slow"
+	EDGEREC_DEVICE_PYTHON=$(DEVICE_VENV)/bin/python EDGEREC_SERVE_PYTHON=$(SERVE_VENV)/bin/python $(BIN)/python -m pytest -q -m "not slow"
 
 # Long fault and fuzz runs (not part of `make test`).
 slow: $(STAMP)
@@ -73,4 +80,4 @@ protos: $(STAMP)
 	$(BIN)/python -m edgerec.tools.gen_protos
 
 clean:
-	rm -rf $(VENV) $(DEVICE_VENV) .typecheck .mypy_cache .ruff_cache .pytest_cache demo-out
+	rm -rf $(VENV) $(DEVICE_VENV) $(SERVE_VENV) .typecheck .mypy_cache .ruff_cache .pytest_cache demo-out
