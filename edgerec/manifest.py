@@ -11,9 +11,10 @@ import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from google.protobuf import json_format
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import DecodeError
 
 from edgerec.errors import ManifestError
@@ -133,5 +134,46 @@ def find_artifact(manifest: Manifest, recipe: str) -> Artifact | None:
 
 
 def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
-    """A JSON-ready view of a manifest (for CLIs and humans; never signed)."""
-    return json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    """A JSON-ready view of a manifest (for CLIs and humans; never signed).
+
+    Unlike protobuf's JSON mapping, which writes 64-bit integers as strings, sizes and versions stay numbers.
+    """
+    view = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
+    return cast(dict[str, Any], _numbers_as_numbers(view, manifest.DESCRIPTOR))
+
+
+_INT64_TYPES = {
+    FieldDescriptor.TYPE_INT64,
+    FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT64,
+    FieldDescriptor.TYPE_FIXED64,
+    FieldDescriptor.TYPE_SFIXED64,
+}
+
+
+def _numbers_as_numbers(value: Any, descriptor: Descriptor) -> Any:
+    """``value`` (a MessageToDict view of a ``descriptor`` message) with its 64-bit integer strings made ints."""
+    if not isinstance(value, dict):
+        return value
+    fields = descriptor.fields_by_name
+    out: dict[str, Any] = {}
+    for name, item in value.items():
+        field = fields.get(name)
+        if field is None:
+            out[name] = item
+        elif field.message_type is not None and field.message_type.GetOptions().map_entry:
+            value_field = field.message_type.fields_by_name["value"]
+            out[name] = {k: _field_value(v, value_field) for k, v in item.items()}
+        elif isinstance(item, list):
+            out[name] = [_field_value(v, field) for v in item]
+        else:
+            out[name] = _field_value(item, field)
+    return out
+
+
+def _field_value(item: Any, field: FieldDescriptor) -> Any:
+    if field.message_type is not None:
+        return _numbers_as_numbers(item, field.message_type)
+    if field.type in _INT64_TYPES and isinstance(item, str):
+        return int(item)
+    return item

@@ -11,13 +11,20 @@ _IEC = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}
 
 
 def parse_rate(text: str) -> float:
-    """Bytes per second from '2mbit', '512kbit', '100kbps' (bits) or '1MB/s', '64kB' (bytes)."""
+    """Bytes per second from '2mbit', '512kbit', '100kbps' (bits) or '1MB/s', '64kB' (bytes).
+
+    The unit is required: a bare number could mean bits or bytes, which differ eightfold.
+    """
     match = _RATE.match(text)
     if not match:
         raise ValueError(f"cannot read rate {text!r}; try '2mbit' or '250kB/s'")
     number, prefix, unit = match.groups()
+    if unit is None:
+        raise ValueError(
+            f"rate {text!r} needs a unit: '{number}{prefix}bit' (bits/s) or '{number}{prefix}B/s' (bytes/s)"
+        )
     value = float(number) * _SI[prefix.lower()]
-    is_bytes = unit is not None and unit in ("B", "B/s")
+    is_bytes = unit in ("B", "B/s")
     rate = value if is_bytes else value / 8
     if rate <= 0:
         raise ValueError(f"rate {text!r} must be positive")

@@ -29,12 +29,21 @@ def test_registry_ls_json(served: tuple[Registry, str]) -> None:
     entries = json.loads(edgerec("registry", "ls", "--registry", registry.root, "--model", "ctr", "--json").stdout)
     assert [e["version"] for e in entries] == [1, 2]
     for entry in entries:
-        assert entry["model"] == "ctr" and len(entry["sha256"]) == 64
-        recipes = {f["recipe"] for f in entry["files"]}
-        assert recipes == {"fp32", "int8"}
+        assert entry["model"] == "ctr" and entry["partial_of"] is None
+        assert {a["recipe"] for a in entry["artifacts"]} == {f["recipe"] for f in entry["files"]} == {"fp32", "int8"}
+        assert all(len(a["digest"]) == 64 and a["bytes"] > 0 for a in entry["artifacts"])
         for f in entry["files"]:
             path = registry.root / f["path"]
             assert path.stat().st_size == f["size"]
+
+
+def test_registry_show_json_keeps_sizes_and_versions_numbers(served: tuple[Registry, str]) -> None:
+    registry, _ = served
+    shown = json.loads(edgerec("registry", "show", "--registry", registry.root, "--model", "ctr", "--json").stdout)
+    manifest = shown["manifest"]
+    assert manifest["version"] == shown["version"] == 2
+    sizes = [f["size"] for a in manifest["artifacts"] for f in a["files"]]
+    assert sizes and all(isinstance(size, int) and size > 0 for size in sizes)
 
 
 def test_sync_and_predict_json(

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from edgerec.cli.output import emit_json, print_table
-from edgerec.manifest import manifest_to_dict
+from edgerec.manifest import PARTIAL_BASE, PARTIAL_OF, manifest_to_dict
 from edgerec.registry import Registry
 
 _registry_option = click.option(
@@ -26,19 +26,28 @@ def registry() -> None:
 
 
 def version_entry(reg: Registry, model: str, version: int) -> dict[str, Any]:
-    """The JSON description of one version: model, version, sha256 and its files."""
+    """The JSON description of one version: model, version, its artifacts (one digest per recipe), files, and
+    for a partial (budgeted) version the full version it approximates and the base it was built for."""
     _, manifest = reg.load_manifest(model, version)
     files = reg.files(model, version)
     prefix = reg.version_dir(model, version).relative_to(reg.root).as_posix()
+    partial_of = manifest.annotations.get(PARTIAL_OF)
+    partial_base = manifest.annotations.get(PARTIAL_BASE)
     return {
         "model": model,
         "version": version,
         "created_at": manifest.created_at,
-        # The sha256 of the artifact devices run by default: int8 when published.
-        "sha256": next(
-            (a.digest for r in ("int8", "fp32") for a in manifest.artifacts if a.recipe == r),
-            manifest.artifacts[0].digest,
-        ),
+        "partial_of": int(partial_of) if partial_of else None,
+        "partial_base": int(partial_base) if partial_base else None,
+        "artifacts": [
+            {
+                "recipe": a.recipe,
+                "runtime": a.runtime,
+                "digest": a.digest,
+                "bytes": sum(f.size for f in a.files),
+            }
+            for a in manifest.artifacts
+        ],
         "files": [
             {"path": f"{prefix}/{f.path}", "size": f.size, "sha256": f.sha256, "recipe": f.recipe} for f in files
         ],
@@ -50,7 +59,7 @@ def version_entry(reg: Registry, model: str, version: int) -> dict[str, Any]:
 @click.option("--model", default=None, help="Only this model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of versions.")
 def ls(registry_dir: Path, model: str | None, as_json: bool) -> None:
-    """List published versions."""
+    """List published versions (partial versions are marked with the version they approximate)."""
     reg = Registry(registry_dir)
     models = [model] if model else reg.models()
     entries = [version_entry(reg, m, v) for m in models for v in reg.versions(m)]
@@ -59,15 +68,16 @@ def ls(registry_dir: Path, model: str | None, as_json: bool) -> None:
         return
     print_table(
         f"registry {registry_dir}",
-        ["model", "version", "created", "files", "bytes", "sha256"],
+        ["model", "version", "kind", "created", "files", "bytes", "artifacts (recipe sha256)"],
         [
             (
                 e["model"],
                 e["version"],
+                "full" if e["partial_of"] is None else f"partial of {e['partial_of']} from {e['partial_base']}",
                 e["created_at"],
                 len(e["files"]),
                 sum(f["size"] for f in e["files"]),
-                e["sha256"][:16],
+                ", ".join(f"{a['recipe']} {a['digest'][:12]}" for a in e["artifacts"]),
             )
             for e in entries
         ],

@@ -90,7 +90,7 @@ def sync(
         [
             (
                 result.version,
-                result.previous_version,
+                result.previous_version or "-",
                 result.codec,
                 format_bytes(result.payload_bytes),
                 format_bytes(result.full_bytes),
