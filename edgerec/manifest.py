@@ -139,7 +139,7 @@ def manifest_to_dict(manifest: Manifest) -> dict[str, Any]:
     Unlike protobuf's JSON mapping, which writes 64-bit integers as strings, sizes and versions stay numbers.
     """
     view = json_format.MessageToDict(manifest, preserving_proto_field_name=True)
-    return cast(dict[str, Any], _numbers_as_numbers(view, manifest_pb2.Manifest.DESCRIPTOR))
+    return cast(dict[str, Any], _numbers_as_numbers(view, cast(Descriptor, manifest.DESCRIPTOR)))
 
 
 _INT64_TYPES = {
