@@ -231,6 +231,26 @@ def test_unsupported_sources_raise_publish_error(tmp_path: Path, artifacts: Arti
         to_onnx(artifacts.fp32[0], tmp_path / "model.onnx", output_names=["p"])
 
 
+def test_a_fixed_batch_dimension_is_refused_with_how_to_export_it(tmp_path: Path) -> None:
+    import torch
+
+    program = torch.export.export(torch.nn.Linear(4, 1).eval(), (torch.zeros(8, 4),))  # batch fixed at 8
+    fixed = tmp_path / "fixed.pt2"
+    torch.export.save(program, fixed)
+    with pytest.raises(PublishError, match=r"batch dimension is fixed.*batch 8.*dynamic_shapes"):
+        to_onnx(fixed, tmp_path / "out" / "model.onnx")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8, 4])],
+    )
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(tmp_path / "x.onnx"))
+    with pytest.raises(PublishError, match=r"batch dimension is fixed.*dynamic_axes"):
+        to_onnx(tmp_path / "x.onnx", tmp_path / "out" / "model.onnx")
+    assert not (tmp_path / "out" / "model.onnx").exists()
+
+
 # --- int8 ------------------------------------------------------------------------------
 
 

@@ -78,6 +78,7 @@ def to_onnx(source: Path, out_path: Path, *, output_names: Sequence[str] | None 
         model = load_onnx(source)
     else:
         raise PublishError(f"unsupported model source {source.name!r}: expected a .pt2 or .onnx file")
+    check_dynamic_batch(model.graph, source)
     save_canonical(model, out_path)
     logger.info("exported %s to %s in %.2f s", source, out_path, time.perf_counter() - start)
     return out_path
@@ -278,6 +279,28 @@ def _stored_output_names(extra_files: dict[str, str], source: Path) -> list[str]
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
         raise PublishError(f"{source}: {OUTPUT_NAMES_EXTRA_FILE} must be a JSON list of strings")
     return names
+
+
+def check_dynamic_batch(graph: onnx.GraphProto, source: Path) -> None:
+    """PublishError unless axis 0 of every input is dynamic: devices and the server run any batch size.
+
+    A program exported with example inputs alone fixes the batch to theirs, and onnxruntime then refuses
+    every other batch ("Got invalid dimensions for input ... Expected: 8") deep inside the accuracy gate.
+    """
+    fixed = [
+        f"{value.name} (batch {dims[0].dim_value})"
+        for value in graph.input
+        if (dims := value.type.tensor_type.shape.dim) and dims[0].HasField("dim_value")
+    ]
+    if not fixed:
+        return
+    how = (
+        "export with a dynamic batch dimension: batch = torch.export.Dim('batch', min=1); "
+        "torch.export.export(model, args, dynamic_shapes={'<input>': {0: batch}, ...})"
+        if source.suffix.lower() == ".pt2"
+        else "export with a dynamic axis 0 (torch.onnx.export(..., dynamic_axes={'<input>': {0: 'batch'}}))"
+    )
+    raise PublishError(f"{source.name}: the batch dimension is fixed for {', '.join(fixed)}; {how}")
 
 
 def _name_batch_dimension(graph: onnx.GraphProto) -> None:
