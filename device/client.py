@@ -363,7 +363,6 @@ class EdgeClient:
                     self.local_breaker.record_success()
                 else:
                     self.local_breaker.record_failure()
-                    self._count_local_failure(local.version)
 
         try:
             self._local_pool.submit(probe)
@@ -561,7 +560,7 @@ class EdgeClient:
         self.cache.observe_version(local.version)
 
     def _count_local_failure(self, version: int) -> None:
-        """A fault of the model (runtime error, non-finite scores, failed golden cases); after
+        """A fault of the model (a runtime error or non-finite scores; never a refused request): after
         ``max_local_failures`` in a row, roll back to the previous version and hold this one back.
         """
         self._consecutive_failures += 1
