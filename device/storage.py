@@ -78,9 +78,17 @@ class StoreState:
             raise ValueError("nested too deeply") from exc
         if not isinstance(data, dict):
             raise ValueError("not a JSON object")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        values = {key: _version_or_none(key, data.get(key)) for key in fields}
-        return cls(**{**values, "highest": values["highest"] or 0})
+
+        def version(key: str) -> int | None:
+            return _version_or_none(key, data.get(key))
+
+        return cls(
+            current=version("current"),
+            previous=version("previous"),
+            highest=version("highest") or 0,
+            held_back=version("held_back"),
+            released=version("released"),
+        )
 
     def to_json(self) -> bytes:
         return json.dumps(dataclasses.asdict(self)).encode()

@@ -32,9 +32,12 @@ pytest.importorskip("onnx")
 MODEL = "emb"
 ROWS = 10
 WEIGHTS = (0.1, 0.2, 0.3, 0.4)
-GOOD = {"x": np.full((2, 4), 1.0, dtype=np.float32), "ids": np.array([0, 9], dtype=np.int64)}
-OUT_OF_RANGE = {"x": GOOD["x"], "ids": np.array([3, ROWS], dtype=np.int64)}
-FAULT = {"x": np.full((2, 4), 10.0, dtype=np.float32), "ids": GOOD["ids"]}  # NaN in version 2 only
+GOOD: dict[str, np.ndarray] = {"x": np.full((2, 4), 1.0, dtype=np.float32), "ids": np.array([0, 9], dtype=np.int64)}
+OUT_OF_RANGE: dict[str, np.ndarray] = {"x": GOOD["x"], "ids": np.array([3, ROWS], dtype=np.int64)}
+FAULT: dict[str, np.ndarray] = {
+    "x": np.full((2, 4), 10.0, dtype=np.float32),
+    "ids": GOOD["ids"],
+}  # NaN in version 2 only
 
 
 @dataclasses.dataclass(frozen=True)
