@@ -175,11 +175,29 @@ class EdgeClient:
             self.sync_stats.record(None, exc)
             raise
         self.sync_stats.record(result)
+        if result.held_back_reason:
+            log.warning("%s: %s", self.model, result.held_back_reason)
         if result.updated:
             self.reload()
             self.cache.clear()
             self._prune_ort_cache()
         return result
+
+    @property
+    def held_back_version(self) -> int | None:
+        """The version this device rolled back from and does not install again until :meth:`clear_rollback`."""
+        try:
+            return self.store.held_back()
+        except (EdgerecError, OSError):
+            return None
+
+    def clear_rollback(self) -> int | None:
+        """Let the next sync install again the version a rollback held back; returns that version (None: none held).
+
+        For an operator who fixed what made it fail here (or wants it tried again). A newer
+        version ends the hold by itself.
+        """
+        return self.store.clear_rollback()
 
     @property
     def active_version(self) -> int | None:
@@ -225,6 +243,7 @@ class EdgeClient:
             counters=self.counters,
             sync=self.sync_stats.snapshot(),
             rollbacks=list(self.rollbacks),
+            held_back_version=self.held_back_version or 0,
         )
 
     def report_status(self, timeout_s: float = 2.0) -> telemetry_pb2.StatusAck:
@@ -251,35 +270,44 @@ class EdgeClient:
         """Scores from the cache, the local model, or (when that is unusable or slow) the server.
 
         Answers or raises a typed error within ``policy.deadline_s`` (see :class:`FallbackPolicy`).
+        :class:`InvalidInputError` when the request is wrong: inputs that do not match the model's
+        signature, or values the model refuses (an id outside an embedding table). Such a request
+        goes to neither the server nor the breakers, and never counts toward a rollback.
         """
-        started = time.perf_counter()
-        local = self._local
-        if local is None or started >= self._recheck_at:
-            loads = self._loads
-            local, load_failure = self._local_model()
-            if self._loads != loads:  # loading a new version (once per version) is not part of a prediction
-                started = time.perf_counter()
-            if local is None:
-                detail = load_failure or "no local model installed"
-                code = FallbackReason.NO_LOCAL_MODEL if detail.startswith("no local") else FallbackReason.LOAD_FAILED
-                arrays = {name: np.asarray(a) for name, a in inputs.items()}
-                rows = min((a.shape[0] for a in arrays.values() if a.ndim), default=1)
-                policy = self.policy.for_rows(rows)
-                return self._fallback(arrays, None, code, detail, started, started + policy.deadline_s, policy)
-        arrays, rows = local.check(inputs)
-        if local is not self._tracked:
-            self._track(local)
-        key: CacheKey | None = None
-        if self._caching:
-            if rows > 1 and self.cache_rows:
-                keys = local.row_keys(arrays, rows)
-                if keys is not None:
-                    return self._predict_rows(arrays, rows, local, keys, started)
-            key = local.cache_key(arrays, rows)
-            cached = self.cache.get(key)
-            if cached is not None:
-                return self._answer(cached, Source.CACHE, local.version, started)
-        return self._run(arrays, rows, local, key, started)
+        try:
+            started = time.perf_counter()
+            local = self._local
+            if local is None or started >= self._recheck_at:
+                loads = self._loads
+                local, load_failure = self._local_model()
+                if self._loads != loads:  # loading a new version (once per version) is not part of a prediction
+                    started = time.perf_counter()
+                if local is None:
+                    detail = load_failure or "no local model installed"
+                    code = (
+                        FallbackReason.NO_LOCAL_MODEL if detail.startswith("no local") else FallbackReason.LOAD_FAILED
+                    )
+                    arrays = {name: np.asarray(a) for name, a in inputs.items()}
+                    rows = min((a.shape[0] for a in arrays.values() if a.ndim), default=1)
+                    policy = self.policy.for_rows(rows)
+                    return self._fallback(arrays, None, code, detail, started, started + policy.deadline_s, policy)
+            arrays, rows = local.check(inputs)
+            if local is not self._tracked:
+                self._track(local)
+            key: CacheKey | None = None
+            if self._caching:
+                if rows > 1 and self.cache_rows:
+                    keys = local.row_keys(arrays, rows)
+                    if keys is not None:
+                        return self._predict_rows(arrays, rows, local, keys, started)
+                key = local.cache_key(arrays, rows)
+                cached = self.cache.get(key)
+                if cached is not None:
+                    return self._answer(cached, Source.CACHE, local.version, started)
+            return self._run(arrays, rows, local, key, started)
+        except InvalidInputError:
+            self.counters.count_rejected()  # the caller's mistake: counts against neither the model nor the server
+            raise
 
     def _run(
         self, arrays: dict[str, np.ndarray], rows: int, local: LocalModel, key: CacheKey | None, started: float
@@ -291,6 +319,8 @@ class EdgeClient:
             # The common case: the model has been fast, so it runs here (no thread hand-off).
             try:
                 scores = local.score(arrays)
+            except InvalidInputError:
+                raise  # the request's fault, not the model's
             except EdgerecError as exc:
                 self._note_local_time(time.perf_counter() - started, rows)
                 return self._local_failed(exc, arrays, local, started, self.policy.for_rows(rows))
@@ -415,6 +445,10 @@ class EdgeClient:
             if local_call.done():
                 try:
                     scores = local_call.result()
+                except InvalidInputError:
+                    if server_call is not None:
+                        server_call.cancel()
+                    raise  # the request's fault, not the model's
                 except EdgerecError as exc:
                     return self._local_failed(exc, arrays, local, started, policy, deadline, server_call)
                 self.local_breaker.record_success()
@@ -460,7 +494,7 @@ class EdgeClient:
         deadline: float | None = None,
         server_call: Future[Prediction] | None = None,
     ) -> Prediction:
-        """The local run raised or returned non-finite scores: count it and ask the server."""
+        """The local model failed (a runtime error or non-finite scores): count it and ask the server."""
         code = FallbackReason.NON_FINITE if isinstance(exc, NonFiniteScoresError) else FallbackReason.LOCAL_ERROR
         detail = f"local inference failed: {exc}"
         log.warning("%s; falling back to the server", detail)
@@ -526,7 +560,9 @@ class EdgeClient:
         self.cache.observe_version(local.version)
 
     def _count_local_failure(self, version: int) -> None:
-        """After ``max_local_failures`` failures in a row, roll back to the previous version."""
+        """A fault of the model (a runtime error or non-finite scores; never a refused request): after
+        ``max_local_failures`` in a row, roll back to the previous version and hold this one back.
+        """
         self._consecutive_failures += 1
         if self._consecutive_failures < self.max_local_failures or self.store.previous() is None:
             return

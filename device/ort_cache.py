@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from edgerec.device.storage import ModelStore
+from edgerec.device.storage import FLOOR_FILE, STATE_FILE, ModelStore
 from edgerec.errors import EdgerecError
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,8 @@ def prune_ort_cache(data_dir: Path, cache_dir: Path) -> list[str]:
         return []
     keep: set[str] = set()
     for folder in data_dir.iterdir():
-        if folder.name.startswith(".") or not (folder / "state.json").is_file():
-            continue
+        if folder.name.startswith(".") or not any((folder / name).is_file() for name in (STATE_FILE, FLOOR_FILE)):
+            continue  # not a model's folder (a model that lost state.json still has floor.json)
         try:
             store = ModelStore(data_dir, folder.name)
             held = [store.current(), store.previous()]

@@ -204,6 +204,7 @@ class PredictCounters:
         self._pooled = 0
         self._cancelled = 0
         self._errors = 0
+        self._rejected = 0
 
     def count(self, source: Source, reason: FallbackReason | None, latency_s: float) -> None:
         """One answer (on the hot path: one append)."""
@@ -237,6 +238,11 @@ class PredictCounters:
         with self._lock:
             self._reasons[reason] += 1
             self._errors += 1
+
+    def count_rejected(self) -> None:
+        """A request refused as the caller's mistake (InvalidInputError): no fault of the model or the server."""
+        with self._lock:
+            self._rejected += 1
 
     def count_server_failure(self) -> None:
         with self._lock:
@@ -282,6 +288,11 @@ class PredictCounters:
     def errors(self) -> int:
         with self._lock:
             return self._errors
+
+    @property
+    def rejected(self) -> int:
+        with self._lock:
+            return self._rejected
 
     @property
     def pooled(self) -> int:

@@ -62,6 +62,10 @@ class SyncResult:
     fell_back_to_full: bool = False
     # Why the delta failed ("WrongBaseError: ..."), when the sync fell back to full files.
     fallback_reason: str | None = None
+    # The version offered but not installed because this device rolled back from it (see
+    # EdgeClient.clear_rollback), with why; None when nothing was held back.
+    held_back_version: int | None = None
+    held_back_reason: str | None = None
 
 
 class Syncer:
@@ -97,18 +101,20 @@ class Syncer:
             current = None
             response = self.connection.check_update(self._request(None, target_version))
         active = current if current is not None else self._readable_current()
-        if not response.update_available:
-            assert active is not None
+        held_back = self._held_back(response, current)
+        if not response.update_available or held_back is not None:
             self.store.clear_downloads()
             return SyncResult(
-                version=active.version,
+                version=active.version if active else 0,
                 previous_version=self._previous_version(),
                 updated=False,
                 codec="none",
                 payload_bytes=0,
                 full_bytes=response.full_bytes,
                 seconds=time.perf_counter() - started,
-                recipe=active.recipe,
+                recipe=active.recipe if active else "",
+                held_back_version=held_back,
+                held_back_reason=None if held_back is None else _held_back_reason(held_back),
             )
         fallback_reason = None
         try:
@@ -172,6 +178,13 @@ class Syncer:
         self.store.clear_downloads()
         return installed
 
+    def _held_back(self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None) -> int | None:
+        """The offered version when it is the one this device rolled back from (checked like any offer), else None."""
+        held_back = self.store.held_back()
+        if held_back is None or not response.update_available:
+            return None
+        return held_back if self._check_manifest(response, current).version == held_back else None
+
     def _readable_current(self) -> InstalledVersion | None:
         """The active version even when its files are damaged; None when its state cannot be read."""
         try:
@@ -213,6 +226,10 @@ class Syncer:
         highest = self.store.highest_activated()
         # Re-installing the version this device already trusted is no rollback (its copy is damaged).
         floor = highest if current is not None else max(highest - 1, 0)
+        reinstallable = self.store.reinstallable()
+        if reinstallable and parse_manifest(response.manifest).version == reinstallable:
+            # Nor is the version a rollback left (activated here before): exactly that version passes.
+            floor = min(floor, reinstallable - 1)
         if self.verifier is not None:
             manifest = self.verifier.verify(response.manifest, activated_version=floor, now=datetime.now(UTC))
         else:
@@ -262,6 +279,13 @@ class Syncer:
         except (IntegrityError, PatchError):
             finished.unlink(missing_ok=True)  # a bad payload must be fetched again, not reused
             raise
+
+
+def _held_back_reason(version: int) -> str:
+    return (
+        f"version {version} is held back: this device rolled back from it after it failed here; it is "
+        "installed again once an operator clears the rollback (edgerec device clear-rollback) or a newer version comes"
+    )
 
 
 def _discard(staged: Path | None) -> None:

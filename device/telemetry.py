@@ -9,6 +9,7 @@ the server is away), bounds every send by a timeout, and logs failures instead o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import random
 import threading
@@ -41,6 +42,7 @@ class SyncOutcomes:
     failed: int = 0
     last_error: str = ""
     last_attempt_unix_s: float = 0.0
+    held_back: int = 0
 
 
 class SyncStats:
@@ -57,11 +59,13 @@ class SyncStats:
             now = time.time()
             if error is not None:
                 text = f"{type(error).__name__}: {error}"[:MAX_ERROR_CHARS]
-                self._outcomes = SyncOutcomes(o.updated, o.up_to_date, o.failed + 1, text, now)
+                self._outcomes = dataclasses.replace(o, failed=o.failed + 1, last_error=text, last_attempt_unix_s=now)
             elif result is not None and result.updated:
-                self._outcomes = SyncOutcomes(o.updated + 1, o.up_to_date, o.failed, o.last_error, now)
+                self._outcomes = dataclasses.replace(o, updated=o.updated + 1, last_attempt_unix_s=now)
+            elif result is not None and result.held_back_version is not None:
+                self._outcomes = dataclasses.replace(o, held_back=o.held_back + 1, last_attempt_unix_s=now)
             else:
-                self._outcomes = SyncOutcomes(o.updated, o.up_to_date + 1, o.failed, o.last_error, now)
+                self._outcomes = dataclasses.replace(o, up_to_date=o.up_to_date + 1, last_attempt_unix_s=now)
 
     def snapshot(self) -> SyncOutcomes:
         with self._lock:
@@ -77,8 +81,12 @@ def build_report(
     counters: PredictCounters,
     sync: SyncOutcomes,
     rollbacks: Sequence[tuple[int, int]],
+    held_back_version: int = 0,
 ) -> telemetry_pb2.StatusReport:
-    """A StatusReport from a client's state (counters are cumulative since the client started)."""
+    """A StatusReport from a client's state (counters are cumulative since the client started).
+
+    ``held_back_version`` is the version the device rolled back from and holds back (0: none).
+    """
     percentiles = counters.latency_percentiles((0.5, 0.9, 0.99))
     report = telemetry_pb2.StatusReport(
         device_id=device_id,
@@ -88,6 +96,7 @@ def build_report(
         predictions_by_source=counters.by_source,
         fallbacks_by_reason=counters.by_reason,
         errors=counters.errors,
+        rejected_requests=counters.rejected,
         server_failures=counters.server_failures,
         latency=telemetry_pb2.LatencyPercentiles(
             p50_s=percentiles.get(0.5, 0.0),
@@ -101,9 +110,11 @@ def build_report(
             failed=sync.failed,
             last_error=sync.last_error,
             last_attempt_unix_s=sync.last_attempt_unix_s,
+            held_back=sync.held_back,
         ),
         rollbacks=[telemetry_pb2.Rollback(from_version=a, to_version=b) for a, b in rollbacks[-64:]],
         created_unix_s=time.time(),
+        held_back_version=held_back_version,
     )
     return report
 

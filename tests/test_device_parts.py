@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from edgerec.device.cache import PredictionCache, request_key
-from edgerec.device.storage import ModelStore
+from edgerec.device.storage import ModelStore, StoreState
 from edgerec.errors import IntegrityError, ManifestError
 from edgerec.manifest import FORMAT_VERSION, ArtifactFile, Manifest, make_artifact, sign_nothing
 from edgerec.ratelimit import TokenBucket
@@ -48,7 +51,14 @@ def test_activate_keeps_current_and_previous_and_prunes_older(tmp_path: Path) ->
     assert (current.version, previous.version) == (3, 2)
     assert sorted(p.name for p in store.versions_dir.iterdir()) == ["2", "3"]
     assert current.entrypoint.read_bytes() == b"model 3"
-    assert json.loads((store.root / "state.json").read_text()) == {"current": 3, "previous": 2, "highest": 3}
+    assert json.loads((store.root / "state.json").read_text()) == {
+        "current": 3,
+        "previous": 2,
+        "highest": 3,
+        "held_back": None,
+        "released": None,
+    }
+    assert json.loads((store.root / "floor.json").read_text()) == {"highest": 3, "held_back": None, "released": None}
     store.rollback()
     assert store.highest_activated() == 3, "a rollback must not let version 3 be replayed"
 
@@ -90,6 +100,93 @@ def test_verify_notices_damage_and_stale_staging_is_cleaned(tmp_path: Path) -> N
     _stage(store, 2, b"half-done")
     store.clean_stale()
     assert not any(store.staging_dir.iterdir())
+
+
+def _three_versions(tmp_path: Path) -> ModelStore:
+    store = ModelStore(tmp_path, "ctr")
+    for version in (1, 2, 3):
+        _install(store, version, f"model {version}".encode())
+    return store
+
+
+def _active(store: ModelStore) -> tuple[int | None, int | None]:
+    current, previous = store.current(), store.previous()
+    return (current.version if current else None, previous.version if previous else None)
+
+
+@pytest.mark.parametrize("damage", [b'{"current": 3, "prev', b"", b"\x00" * 64, b'{"current": "3"}', b"[1, 2]"])
+def test_a_damaged_state_is_rebuilt_from_the_versions_that_verify(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: bytes
+) -> None:
+    store = _three_versions(tmp_path)
+    (store.root / "state.json").write_bytes(damage)
+    with caplog.at_level(logging.WARNING, logger="edgerec.device.storage"):
+        assert _active(ModelStore(tmp_path, "ctr")) == (3, 2)
+    assert "state.json is unreadable" in caplog.text and "rebuilt it" in caplog.text
+    assert json.loads((store.root / "state.json").read_text())["current"] == 3, "the rebuilt state is written back"
+    assert store.highest_activated() == 3
+
+
+def test_a_rebuilt_state_skips_damaged_versions_and_the_held_back_one(tmp_path: Path) -> None:
+    store = _three_versions(tmp_path)
+    store.rollback()  # from 3 to 2: 3 is held back
+    (store.root / "state.json").unlink()
+    assert _active(store) == (2, None) and store.held_back() == 3 and store.highest_activated() == 3
+    _install(store, 4, b"model 4")
+    _install(store, 5, b"model 5")
+    (store.versions_dir / "5" / "int8" / "model.onnx").write_bytes(b"model 6")
+    (store.root / "state.json").write_bytes(b"{")
+    assert _active(store) == (4, None), "version 5's files no longer verify"
+    assert store.highest_activated() == 5, "but it was activated: the floor stays"
+
+
+@pytest.mark.parametrize("lost", [["state.json"], ["floor.json"], ["state.json", "floor.json"]])
+def test_losing_a_state_file_keeps_the_anti_rollback_floor(tmp_path: Path, lost: list[str]) -> None:
+    store = _three_versions(tmp_path)
+    store.rollback()
+    for name in lost:
+        (store.root / name).unlink()
+    assert store.highest_activated() == 3, "the installed manifests keep it when both files are lost"
+    both = len(lost) == 2
+    # With both files gone nothing tells which version failed: the newest intact one runs again.
+    assert (store.held_back(), _active(store)[0]) == ((None, 3) if both else (3, 2))
+
+
+def test_an_older_copy_of_state_json_does_not_lower_the_floor(tmp_path: Path) -> None:
+    store = ModelStore(tmp_path, "ctr")
+    _install(store, 1, b"one")
+    old = (store.root / "state.json").read_bytes()
+    _install(store, 2, b"two")
+    (store.root / "state.json").write_bytes(old)
+    assert store.highest_activated() == 2
+
+
+def test_a_rollback_holds_the_version_back_until_cleared_or_a_newer_one_comes(tmp_path: Path) -> None:
+    store = _three_versions(tmp_path)
+    assert store.held_back() is None and store.clear_rollback() is None
+    store.rollback()
+    assert (store.held_back(), store.reinstallable()) == (3, 3)
+    assert store.clear_rollback() == 3
+    assert (store.held_back(), store.reinstallable(), store.highest_activated()) == (None, 3, 3)
+    _install(store, 3, b"model 3")
+    assert (store.held_back(), store.reinstallable(), _active(store)) == (None, None, (3, 2))
+    store.rollback()
+    _install(store, 4, b"model 4")
+    assert (store.held_back(), store.reinstallable(), _active(store)) == (None, None, (4, 2))
+
+
+@given(st.binary(max_size=5000) | st.text(max_size=200).map(str.encode))
+def test_any_state_bytes_parse_or_raise_value_error(raw: bytes) -> None:
+    try:
+        state = StoreState.parse(raw)
+    except ValueError:
+        return
+    assert all(v is None or (type(v) is int and v > 0) for v in (state.current, state.previous, state.held_back))
+
+
+def test_deeply_nested_state_bytes_are_damage() -> None:
+    with pytest.raises(ValueError):
+        StoreState.parse(b"[" * 4000)
 
 
 def test_model_names_cannot_escape_the_data_dir(tmp_path: Path) -> None:

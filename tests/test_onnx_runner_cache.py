@@ -1,8 +1,13 @@
-"""OnnxRunner's optimized-model cache: saved once per artifact, reused, damaged entries rebuilt."""
+"""OnnxRunner's optimized-model cache: saved once per artifact, reused, damaged or replaced entries rebuilt.
+
+Also which run failures are the request's fault rather than the model's.
+"""
 
 from __future__ import annotations
 
 import logging
+import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +18,9 @@ pytest.importorskip("onnxruntime")
 
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnxtools import linear_model
 
+from edgerec.errors import InvalidInputError, ModelRuntimeError
 from edgerec.runtimes import OnnxRunner
 from edgerec.runtimes.onnx import cache_key_of_files
 from edgerec.server.publish.export import save_canonical
@@ -85,7 +92,7 @@ def test_each_artifact_gets_its_own_entry(tmp_path: Path) -> None:
     np.testing.assert_allclose(run_b.run(IDS)["out"], _expected(other_table), rtol=1e-6, atol=1e-6)
 
 
-def test_damaged_entry_is_bypassed_then_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_damaged_entry_is_rebuilt(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = _model(tmp_path / "a" / "model.onnx")
     cache = tmp_path / "cache"
     path = OnnxRunner(model, cache_dir=cache, cache_key="k").cache_path
@@ -93,12 +100,69 @@ def test_damaged_entry_is_bypassed_then_rebuilt(tmp_path: Path, caplog: pytest.L
     path.write_bytes(b"not an onnx model")
     with caplog.at_level(logging.WARNING, logger="edgerec.runtimes.onnx"):
         runner = OnnxRunner(model, cache_dir=cache, cache_key="k")
-    assert "dropping unreadable cached model" in caplog.text
-    assert not runner.optimized_from_cache
+    assert "model.onnx differs from its digest record" in caplog.text
+    assert runner.optimized_from_cache and path.read_bytes() != b"not an onnx model"
     np.testing.assert_allclose(runner.run(IDS)["out"], _expected(), rtol=1e-6, atol=1e-6)
-    rebuilt = OnnxRunner(model, cache_dir=cache, cache_key="k")
-    assert rebuilt.optimized_from_cache
-    np.testing.assert_allclose(rebuilt.run(IDS)["out"], _expected(), rtol=1e-6, atol=1e-6)
+
+
+def _swap_in_other_model(entry: Path, other: Path) -> None:
+    """Replace the entry's files by another valid optimized model's (same signature, other weights)."""
+    for name in ("model.onnx", "model.onnx.data"):
+        shutil.copyfile(other / name, entry / name)
+
+
+@pytest.mark.parametrize(
+    "attack",
+    ["swap the files", "swap the files and drop the record", "move another artifact's entry in"],
+)
+def test_a_replaced_cache_entry_never_runs(tmp_path: Path, caplog: pytest.LogCaptureFixture, attack: str) -> None:
+    genuine = _model(tmp_path / "a" / "model.onnx")
+    other_table = TABLE * 3
+    other = _model(tmp_path / "b" / "model.onnx", other_table)
+    cache = tmp_path / "cache"
+    entry_path = OnnxRunner(genuine, cache_dir=cache, cache_key="digest-a").cache_path
+    other_path = OnnxRunner(other, cache_dir=cache, cache_key="digest-b").cache_path
+    assert entry_path is not None and other_path is not None
+    entry, other_entry = entry_path.parent, other_path.parent
+    if attack == "move another artifact's entry in":
+        shutil.rmtree(entry)
+        shutil.copytree(other_entry, entry)  # files and digest record agree, but name artifact b
+    else:
+        _swap_in_other_model(entry, other_entry)
+        if attack == "swap the files and drop the record":
+            (entry / "digests.json").unlink()
+    with caplog.at_level(logging.WARNING, logger="edgerec.runtimes.onnx"):
+        runner = OnnxRunner(genuine, cache_dir=cache, cache_key="digest-a")
+    assert "rebuilding the optimized model" in caplog.text
+    assert runner.optimized_from_cache and runner.cache_path == entry_path
+    np.testing.assert_allclose(runner.run(IDS)["out"], _expected(), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(_expected(other_table), _expected()), "the attack would have changed the scores"
+
+
+def test_cache_entries_are_private(tmp_path: Path) -> None:
+    model = _model(tmp_path / "a" / "model.onnx")
+    path = OnnxRunner(model, cache_dir=tmp_path / "cache", cache_key="k").cache_path
+    assert path is not None
+    assert stat.S_IMODE((tmp_path / "cache").stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    files = sorted(p.name for p in path.parent.iterdir())
+    assert files == ["digests.json", "model.onnx", "model.onnx.data"]
+    assert {stat.S_IMODE(p.stat().st_mode) for p in path.parent.iterdir()} == {0o600}
+
+
+def test_out_of_range_ids_are_the_requests_fault_other_failures_the_models(tmp_path: Path) -> None:
+    runner = OnnxRunner(_model(tmp_path / "a" / "model.onnx"))
+    for ids in (np.array([0, 500]), np.array([-501])):
+        with pytest.raises(InvalidInputError, match="out of data bounds"):
+            runner.run({"ids": ids})
+        with pytest.raises(InvalidInputError, match="out of data bounds"):
+            runner.score({"ids": ids})
+    fragile = OnnxRunner(linear_model(tmp_path / "fragile.onnx", [0.1, 0.2, 0.3, 0.4], odd_batches_fail=True))
+    odd = {"x": np.ones((3, 4), dtype=np.float32)}  # its graph cannot reshape an odd batch: the model's fault
+    for run in (fragile.run, fragile.score):
+        with pytest.raises(ModelRuntimeError) as caught:
+            run(odd)
+        assert not isinstance(caught.value, InvalidInputError)
 
 
 def test_unwritable_cache_is_bypassed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -5,18 +5,23 @@ A real server on loopback, real onnxruntime, the small hand-built models of test
 
 from __future__ import annotations
 
+import logging
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
+from onnxtools import constant_model
 from servertools import registry_server
 from test_policy import RELAXED, SAFE, _model
 
 from edgerec.device import EdgeClient
 from edgerec.device.ort_cache import ORT_CACHE_DIR, ORT_STAGING_STALE_S, prune_ort_cache
 from edgerec.registry import Registry
+from edgerec.runtimes import OnnxRunner
 
 pytest.importorskip("onnx")
 
@@ -96,9 +101,31 @@ def test_nothing_is_pruned_when_a_models_state_is_unreadable(server: str, tmp_pa
     (cache / STALE).mkdir()
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / "state.json").write_text("{not json")
+    (broken / "state.json").write_text('{"current": 7}')  # a version whose folder cannot be read
     assert prune_ort_cache(tmp_path, cache) == []
     assert _entries(cache) == {entry, STALE}
     (broken / "state.json").unlink()
     assert prune_ort_cache(tmp_path, cache) == [STALE]
     assert prune_ort_cache(tmp_path, tmp_path / "missing") == []
+
+
+def test_a_replaced_optimized_model_never_answers(
+    server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0) as client:
+        client.sync()
+        entry = tmp_path / ORT_CACHE_DIR / _loaded_entry(client)
+        genuine = client.predict(SAFE).scores
+    # The attacker's file: a valid model of the same signature that scores 0.999 whatever it is asked.
+    planted = constant_model(tmp_path / "planted.onnx", 0.999)
+    assert np.allclose(OnnxRunner(planted).score(SAFE), 0.999)
+    shutil.copyfile(planted, entry / "model.onnx")
+    with (
+        caplog.at_level(logging.WARNING, logger="edgerec.runtimes.onnx"),
+        EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0) as restarted,
+    ):
+        answer = restarted.predict(SAFE)
+        assert restarted.runtime_info()["optimized_cache"] == str(entry / "model.onnx"), "rebuilt, then used"
+    assert "model.onnx differs from its digest record" in caplog.text
+    assert answer.source == "local" and np.array_equal(answer.scores, genuine)
+    assert not np.allclose(genuine, 0.999)

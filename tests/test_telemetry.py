@@ -87,11 +87,13 @@ def test_rollbacks_and_failed_syncs_are_reported(running: RunningServer, tmp_pat
         for _ in range(2):
             assert c.predict(ODD).fallback == "local_error"
         assert c.rollbacks == [(2, 1)] and c.active_version == 1
+        assert c.sync().held_back_version == 2  # the server still offers 2: held back, not an error
         c.report_status()
     report = running.telemetry.latest("tv-7", "flaky")
-    assert report is not None and report.active_version == 1
+    assert report is not None and report.active_version == 1 and report.held_back_version == 2
     assert [(r.from_version, r.to_version) for r in report.rollbacks] == [(2, 1)]
     assert report.fallbacks_by_reason["local_error"] == 2 and report.sync.updated == 2
+    assert (report.sync.held_back, report.sync.up_to_date, report.sync.failed) == (1, 0, 0)
 
     quick = TransportConfig(check_timeout_s=0.5, max_attempts=1, backoff_initial_s=0.01)
     with EdgeClient(_dead_port(), "flaky", tmp_path, device_id="tv-7", transport=quick) as offline:

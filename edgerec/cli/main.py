@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from edgerec.cli import delta, demo, keys, predict, profile, publish, registry, serve, sync, tokens
+from edgerec.cli import delta, demo, device, keys, predict, profile, publish, registry, serve, sync, tokens
 from edgerec.errors import EdgerecError
 
 
@@ -45,5 +45,6 @@ for command in (
     tokens.tokens,
     profile.profile,
     demo.demo,
+    device.device,
 ):
     cli.add_command(command)

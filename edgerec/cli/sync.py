@@ -98,3 +98,5 @@ def sync(
             )
         ],
     )
+    if result.held_back_reason:
+        click.echo(f"{model}: {result.held_back_reason}")

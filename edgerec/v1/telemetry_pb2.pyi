@@ -19,18 +19,20 @@ class LatencyPercentiles(_message.Message):
     def __init__(self, p50_s: _Optional[float] = ..., p90_s: _Optional[float] = ..., p99_s: _Optional[float] = ..., count: _Optional[int] = ...) -> None: ...
 
 class SyncOutcomes(_message.Message):
-    __slots__ = ("updated", "up_to_date", "failed", "last_error", "last_attempt_unix_s")
+    __slots__ = ("updated", "up_to_date", "failed", "last_error", "last_attempt_unix_s", "held_back")
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     UP_TO_DATE_FIELD_NUMBER: _ClassVar[int]
     FAILED_FIELD_NUMBER: _ClassVar[int]
     LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
     LAST_ATTEMPT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    HELD_BACK_FIELD_NUMBER: _ClassVar[int]
     updated: int
     up_to_date: int
     failed: int
     last_error: str
     last_attempt_unix_s: float
-    def __init__(self, updated: _Optional[int] = ..., up_to_date: _Optional[int] = ..., failed: _Optional[int] = ..., last_error: _Optional[str] = ..., last_attempt_unix_s: _Optional[float] = ...) -> None: ...
+    held_back: int
+    def __init__(self, updated: _Optional[int] = ..., up_to_date: _Optional[int] = ..., failed: _Optional[int] = ..., last_error: _Optional[str] = ..., last_attempt_unix_s: _Optional[float] = ..., held_back: _Optional[int] = ...) -> None: ...
 
 class Rollback(_message.Message):
     __slots__ = ("from_version", "to_version")
@@ -41,7 +43,7 @@ class Rollback(_message.Message):
     def __init__(self, from_version: _Optional[int] = ..., to_version: _Optional[int] = ...) -> None: ...
 
 class StatusReport(_message.Message):
-    __slots__ = ("device_id", "model", "active_version", "recipe", "predictions_by_source", "fallbacks_by_reason", "errors", "server_failures", "latency", "sync", "rollbacks", "created_unix_s")
+    __slots__ = ("device_id", "model", "active_version", "recipe", "predictions_by_source", "fallbacks_by_reason", "errors", "server_failures", "latency", "sync", "rollbacks", "created_unix_s", "rejected_requests", "held_back_version")
     class PredictionsBySourceEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +70,8 @@ class StatusReport(_message.Message):
     SYNC_FIELD_NUMBER: _ClassVar[int]
     ROLLBACKS_FIELD_NUMBER: _ClassVar[int]
     CREATED_UNIX_S_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    HELD_BACK_VERSION_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     model: str
     active_version: int
@@ -80,7 +84,9 @@ class StatusReport(_message.Message):
     sync: SyncOutcomes
     rollbacks: _containers.RepeatedCompositeFieldContainer[Rollback]
     created_unix_s: float
-    def __init__(self, device_id: _Optional[str] = ..., model: _Optional[str] = ..., active_version: _Optional[int] = ..., recipe: _Optional[str] = ..., predictions_by_source: _Optional[_Mapping[str, int]] = ..., fallbacks_by_reason: _Optional[_Mapping[str, int]] = ..., errors: _Optional[int] = ..., server_failures: _Optional[int] = ..., latency: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., sync: _Optional[_Union[SyncOutcomes, _Mapping]] = ..., rollbacks: _Optional[_Iterable[_Union[Rollback, _Mapping]]] = ..., created_unix_s: _Optional[float] = ...) -> None: ...
+    rejected_requests: int
+    held_back_version: int
+    def __init__(self, device_id: _Optional[str] = ..., model: _Optional[str] = ..., active_version: _Optional[int] = ..., recipe: _Optional[str] = ..., predictions_by_source: _Optional[_Mapping[str, int]] = ..., fallbacks_by_reason: _Optional[_Mapping[str, int]] = ..., errors: _Optional[int] = ..., server_failures: _Optional[int] = ..., latency: _Optional[_Union[LatencyPercentiles, _Mapping]] = ..., sync: _Optional[_Union[SyncOutcomes, _Mapping]] = ..., rollbacks: _Optional[_Iterable[_Union[Rollback, _Mapping]]] = ..., created_unix_s: _Optional[float] = ..., rejected_requests: _Optional[int] = ..., held_back_version: _Optional[int] = ...) -> None: ...
 
 class StatusAck(_message.Message):
     __slots__ = ("received_unix_s",)
