@@ -315,7 +315,10 @@ def verify_freshness(
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     if signed is None:
-        raise FreshnessError("answer carries no signed freshness statement: cannot tell it is current")
+        raise FreshnessError(
+            "answer carries no signed freshness statement, so it may be stale or forged "
+            "(a server without a signing key sends none)"
+        )
     size = signed.ByteSize()
     if size > MAX_FRESHNESS_BYTES:
         raise FreshnessError(f"freshness statement of {size} bytes exceeds the {MAX_FRESHNESS_BYTES}-byte limit")
