@@ -23,6 +23,9 @@ A. Freshness (:func:`verify_freshness`; skipped when verification is off): the a
    statement), with RFC 3339 times where ``issued_at`` is at most ``max_clock_skew`` ahead of
    ``now``, ``expires_at`` is after ``issued_at`` and ``expires_at`` is after ``now``
    (-> FreshnessError).
+   The statement answers what the request asked: its ``target_version`` is the requested version,
+   or, when the request asked for the latest (0), at least its ``latest_version`` (-> StaleAnswerError;
+   the request is unsigned, so this is what keeps a rewritten request from freezing the device).
 B. "No update" (``update_available`` false): the device runs a version (the request's
    ``current_version`` is not 0) and, when verifying, it is the statement's ``target_version``
    (-> StaleAnswerError: the answer withholds that version).
@@ -233,6 +236,7 @@ class UpdateVerifier:
                 now=now,
                 max_clock_skew=self.max_clock_skew,
             )
+            _check_target(request.target_version, freshness)
         if not response.update_available:
             _check_current(request.current_version, freshness)
             return VerifiedAnswer(None, None, freshness)
@@ -391,6 +395,25 @@ def _check_signatures(
             f"{what} has {len(valid)} valid signature(s) by trusted keys, {trusted.threshold} required"
         )
     return valid
+
+
+def _check_target(requested: int, freshness: Freshness) -> None:
+    """The statement's target is the version asked for, or (asked for the latest) not older than the latest.
+
+    The request travels unsigned: this keeps a rewritten ``target_version`` from making the server
+    itself sign "run version N" for an old N. A partial version is numbered above the full one it
+    approximates, so a budgeted answer passes.
+    """
+    if requested and freshness.target_version != requested:
+        raise StaleAnswerError(
+            f"this device asked for version {requested}, but the signed statement answers version "
+            f"{freshness.target_version}: the request was rewritten on the way"
+        )
+    if not requested and freshness.target_version < freshness.latest_version:
+        raise StaleAnswerError(
+            f"this device asked for the latest version, but the signed statement answers version "
+            f"{freshness.target_version} (latest {freshness.latest_version}): the request was rewritten on the way"
+        )
 
 
 def _check_current(current_version: int, freshness: Freshness | None) -> None:
