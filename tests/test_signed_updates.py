@@ -128,7 +128,7 @@ def test_a_nonce_longer_than_the_bound_is_an_invalid_argument(signed_server: str
         request = update_pb2.CheckUpdateRequest(model="ctr", nonce=b"\x01" * MAX_NONCE_BYTES)
         assert connection.check_update(request).freshness.signatures
         request.nonce = b"\x01" * (MAX_NONCE_BYTES + 1)
-        with pytest.raises(InvalidInputError, match="INVALID_ARGUMENT.*nonce"):
+        with pytest.raises(InvalidInputError, match=r"INVALID_ARGUMENT.*nonce"):
             connection.check_update(request)
     finally:
         connection.close()
