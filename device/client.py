@@ -671,9 +671,12 @@ class EdgeClient:
 
 def _verifier(model: str, keys: Sequence[Path | str] | TrustedKeys | None, insecure: bool) -> UpdateVerifier | None:
     """The verifier sync uses: by the trusted keys, insecure only when asked; None when neither."""
-    trusted = keys if isinstance(keys, TrustedKeys) else None
-    if keys is not None and not isinstance(keys, TrustedKeys) and len(keys) > 0:
+    if isinstance(keys, TrustedKeys):
+        trusted: TrustedKeys | None = keys
+    elif keys:  # public key files; an empty list trusts nothing
         trusted = TrustedKeys.from_public_keys([load_public_key(Path(path)) for path in keys])
+    else:
+        trusted = None
     if insecure:
         if trusted is not None:
             raise ValueError("pass trusted_keys or insecure=True, not both")

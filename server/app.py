@@ -48,7 +48,8 @@ class ServerConfig:
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
     generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES
-    # Ed25519 private key (PEM) to sign manifests with; None serves them unsigned.
+    # Ed25519 private key (PEM) to sign manifests and freshness statements with; None serves them unsigned
+    # (devices then refuse them unless they opted out of verification).
     signing_key: Path | None = None
     manifest_ttl: timedelta = DEFAULT_TTL
     # Lifetime, > 0, of the signed freshness statement in each CheckUpdate answer (with a signing key):

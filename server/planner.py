@@ -61,6 +61,7 @@ class UpdatePlanner:
 
     def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
         check_nonce(request)
+        # Read before the plan's target: a version published in between makes the target newer, never older.
         latest_version = self.registry.resolve_version(request.model)
         version, response = self._choose(request)
         if self.freshness is not None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -148,3 +148,10 @@ def test_an_older_version_is_never_installed_again(signed_server: str, keys: dic
         with pytest.raises(RollbackError):
             restarted.sync()
         assert restarted.active_version == 1
+
+
+def test_a_freshness_lifetime_must_be_positive(tmp_path: Path) -> None:
+    from edgerec.server.app import ServerConfig
+
+    with pytest.raises(ValueError, match="freshness_ttl"):
+        ServerConfig(registry=tmp_path, freshness_ttl=timedelta(0))
