@@ -28,6 +28,7 @@ from edgerec.errors import (
     EdgerecError,
     InvalidInputError,
     NoModelAvailableError,
+    NoTrustedKeysError,
 )
 from edgerec.runtimes import NonFiniteScoresError
 from edgerec.signing import load_public_key
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 
 # How often predict checks whether another process switched the active version (seconds).
 STATE_CHECK_INTERVAL_S = 0.05
+# How sync verifies when it has neither trusted keys nor the insecure opt-out (it refuses).
+UNCONFIGURED = "unconfigured"
+NO_TRUSTED_KEYS = (
+    "no trusted keys: refusing to sync updates nobody can verify. Pass the server's public key "
+    "(EdgeClient(trusted_keys=['server.pub']), edgerec sync --trusted-key server.pub), "
+    "or opt out explicitly with EdgeClient(insecure=True) (edgerec sync --insecure-skip-verify)"
+)
 # Share of the deadline kept back from a server call's gRPC timeout (5 ms of the default 50 ms).
 DEADLINE_MARGIN = 0.1
 
@@ -54,7 +62,11 @@ class _LocalCall:
 class EdgeClient:
     """A device's handle on one model.
 
-    >>> client = EdgeClient(server="127.0.0.1:50051", model="ctr", data_dir="/var/lib/edgerec")
+    Sync verifies every update by the server's public key(s) in ``trusted_keys``; without keys it
+    refuses (NoTrustedKeysError) unless ``insecure=True`` opts out of verification explicitly.
+
+    >>> client = EdgeClient(server="127.0.0.1:50051", model="ctr", data_dir="/var/lib/edgerec",
+    ...                     trusted_keys=["/etc/edgerec/server.pub"])
     >>> client.sync()
     >>> client.predict({"dense_features": dense, "sparse_ids": ids}).scores
     """
@@ -74,6 +86,7 @@ class EdgeClient:
         max_payload_bytes: int = 0,
         max_local_failures: int = 3,
         trusted_keys: Sequence[Path | str] | TrustedKeys | None = None,
+        insecure: bool = False,
         tls_ca: Path | str | None = None,
         token: str | None = None,
         transport: TransportConfig | None = None,
@@ -95,7 +108,8 @@ class EdgeClient:
         self._consecutive_failures = 0
         # (from version, to version) of every rollback this client made, oldest first.
         self.rollbacks: list[tuple[int, int]] = []
-        self.verifier = UpdateVerifier(model, _trusted(trusted_keys)) if trusted_keys is not None else None
+        # How sync verifies updates; None: no keys and no opt-out, so sync refuses.
+        self.verifier = _verifier(model, trusted_keys, insecure)
         config = transport or TransportConfig()
         if rate is not None:
             rate_bytes = parse_rate(rate) if isinstance(rate, str) else float(rate)
@@ -161,13 +175,17 @@ class EdgeClient:
         """Install the server's latest (or ``target_version``) if newer; the old version is kept."""
         if self._connection is None:
             raise NoModelAvailableError("no server configured; cannot sync")
+        if self.verifier is None:
+            refused = NoTrustedKeysError(NO_TRUSTED_KEYS)
+            self.sync_stats.record(None, refused)
+            raise refused
         syncer = Syncer(
             self.store,
             self._connection,
+            verifier=self.verifier,
             recipes=self.recipes,
             device_id=self.device_id,
             max_payload_bytes=self.max_payload_bytes,
-            verifier=self.verifier,
         )
         try:
             result = syncer.sync(target_version, progress)
@@ -200,6 +218,11 @@ class EdgeClient:
         return self.store.clear_rollback()
 
     @property
+    def verification(self) -> str:
+        """How sync verifies updates: "ed25519" (trusted keys), "off" (insecure=True) or "unconfigured" (refuses)."""
+        return self.verifier.verification if self.verifier is not None else UNCONFIGURED
+
+    @property
     def active_version(self) -> int | None:
         """The installed active version, or None (also when a crash left it unreadable)."""
         try:
@@ -213,12 +236,18 @@ class EdgeClient:
     def runtime_info(self) -> dict[str, str]:
         """What predict runs: the loaded artifact's ``describe()`` (recipe, runtime, model files, batch sizes,
         optimized-model cache) and its version; loads the active version if needed. Without a usable local
-        model: ``runtime`` is empty and ``error`` says why.
+        model: ``runtime`` is empty and ``error`` says why. ``verification`` is how sync verifies updates.
         """
         local, failure = self._local_model()
         if local is None:
-            return {"version": "", "recipe": "", "runtime": "", "error": failure or "no local model installed"}
-        return {"version": str(local.version), **local.loaded.describe()}
+            return {
+                "version": "",
+                "recipe": "",
+                "runtime": "",
+                "error": failure or "no local model installed",
+                "verification": self.verification,
+            }
+        return {"version": str(local.version), **local.loaded.describe(), "verification": self.verification}
 
     def status_report(self) -> telemetry_pb2.StatusReport:
         """What this client runs and did since it started: answers by source, fallbacks, latency, syncs."""
@@ -676,8 +705,16 @@ class EdgeClient:
             self._recheck_at = 0.0
 
 
-def _trusted(keys: Sequence[Path | str] | TrustedKeys) -> TrustedKeys:
-    """Trusted keys from public key files (or as given)."""
+def _verifier(model: str, keys: Sequence[Path | str] | TrustedKeys | None, insecure: bool) -> UpdateVerifier | None:
+    """The verifier sync uses: by the trusted keys, insecure only when asked; None when neither."""
     if isinstance(keys, TrustedKeys):
-        return keys
-    return TrustedKeys.from_public_keys([load_public_key(Path(path)) for path in keys])
+        trusted: TrustedKeys | None = keys
+    elif keys:  # public key files; an empty list trusts nothing
+        trusted = TrustedKeys.from_public_keys([load_public_key(Path(path)) for path in keys])
+    else:
+        trusted = None
+    if insecure:
+        if trusted is not None:
+            raise ValueError("pass trusted_keys or insecure=True, not both")
+        return UpdateVerifier.insecure(model)
+    return UpdateVerifier(model, trusted) if trusted is not None else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -26,13 +27,11 @@ from edgerec.errors import (
     ManifestError,
     PatchError,
     PayloadBudgetError,
-    RollbackError,
     UnknownBaseVersionError,
-    WrongModelError,
 )
-from edgerec.manifest import Artifact, Manifest, find_artifact, parse_manifest
+from edgerec.manifest import Artifact, Manifest, find_artifact
 from edgerec.runtimes import ModelRunner
-from edgerec.trust import UpdateVerifier
+from edgerec.trust import ED25519, OFF, UpdateVerifier, VerifiedAnswer
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
@@ -40,6 +39,9 @@ log = logging.getLogger(__name__)
 SUPPORTED_CODECS = CODEC_NAMES
 # The runtimes installed here (onnxruntime, and litert with the tflite extra): the server plans only those.
 SUPPORTED_RUNTIMES = available_runtimes()
+
+# Random bytes sent with each check; the server echoes them in its signed freshness statement.
+NONCE_BYTES = 16
 
 # (file path, bytes received for it, its payload size)
 FileProgress = Callable[[str, int, int], None]
@@ -66,6 +68,10 @@ class SyncResult:
     # EdgeClient.clear_rollback), with why; None when nothing was held back.
     held_back_version: int | None = None
     held_back_reason: str | None = None
+    # "ed25519": signatures and freshness were verified; "off": the caller opted out (insecure).
+    verification: str = ED25519
+    # The newest full version the server's signed statement named; None when verification is off.
+    latest_version: int | None = None
 
 
 class Syncer:
@@ -76,10 +82,10 @@ class Syncer:
         store: ModelStore,
         connection: ServerConnection,
         *,
+        verifier: UpdateVerifier,
         recipes: tuple[str, ...] = ("int8", "fp32"),
         device_id: str = "",
         max_payload_bytes: int = 0,
-        verifier: UpdateVerifier | None = None,
     ) -> None:
         self.verifier = verifier
         self.store = store
@@ -92,17 +98,24 @@ class Syncer:
         """Install the target version if it is newer; on a patch that fails, retry once with full files."""
         started = time.perf_counter()
         received_before = self.connection.bytes_received
+        if self.verifier.verification == OFF:
+            log.warning(
+                "syncing %s with verification OFF (insecure): nothing the server sends is checked for a signature",
+                self.store.model,
+            )
         self.store.clean_stale()
         current = self._usable_current()
         try:
-            response = self.connection.check_update(self._request(current, target_version))
+            response, answer = self._ask(current, target_version)
         except UnknownBaseVersionError as exc:
             log.warning("server cannot diff from what this device runs (%s); asking for full files", exc)
             current = None
-            response = self.connection.check_update(self._request(None, target_version))
+            response, answer = self._ask(None, target_version)
         active = current if current is not None else self._readable_current()
-        held_back = self._held_back(response, current)
-        if not response.update_available or held_back is not None:
+        latest = answer.freshness.latest_version if answer.freshness is not None else None
+        held_back = self.store.held_back()
+        offered = answer.manifest.version if answer.manifest is not None else None
+        if offered is None or offered == held_back:
             self.store.clear_downloads()
             return SyncResult(
                 version=active.version if active else 0,
@@ -113,19 +126,21 @@ class Syncer:
                 full_bytes=response.full_bytes,
                 seconds=time.perf_counter() - started,
                 recipe=active.recipe if active else "",
-                held_back_version=held_back,
-                held_back_reason=None if held_back is None else _held_back_reason(held_back),
+                held_back_version=held_back if offered is not None else None,
+                held_back_reason=_held_back_reason(offered) if offered is not None else None,
+                verification=self.verifier.verification,
+                latest_version=latest,
             )
         fallback_reason = None
         try:
-            installed = self._install(response, current, progress)
+            installed = self._install(response, answer, current, progress)
         except (PatchError, IntegrityError) as exc:
             if current is None or all(p.codec == "full" for p in response.payloads):
                 raise
             log.warning("applying the delta failed (%s); downloading the full files once instead", exc)
             fallback_reason = f"{type(exc).__name__}: {exc}"
-            response = self.connection.check_update(self._request(None, target_version))
-            installed = self._install(response, None, progress)
+            response, answer = self._ask(None, target_version)
+            installed = self._install(response, answer, None, progress)
         codecs = sorted({p.codec for p in response.payloads if p.codec != "copy"}) or ["copy"]
         return SyncResult(
             version=installed.version,
@@ -142,16 +157,37 @@ class Syncer:
             ],
             fell_back_to_full=fallback_reason is not None,
             fallback_reason=fallback_reason,
+            verification=self.verifier.verification,
+            latest_version=latest,
         )
+
+    def _ask(
+        self, current: InstalledVersion | None, target_version: int
+    ) -> tuple[update_pb2.CheckUpdateResponse, VerifiedAnswer]:
+        """One CheckUpdate (with a fresh nonce) and the verified answer to it."""
+        request = self._request(current, target_version)
+        request.nonce = secrets.token_bytes(NONCE_BYTES)
+        # The connection names its token's device when the request names none: the statement echoes that id.
+        request.device_id = request.device_id or self.connection.device_id
+        response = self.connection.check_update(request)
+        answer = self.verifier.verify_answer(
+            request,
+            response,
+            highest_activated=self.store.highest_activated(),
+            reinstallable=self.store.reinstallable(),
+            now=datetime.now(UTC),
+        )
+        return response, answer
 
     def _install(
         self,
         response: update_pb2.CheckUpdateResponse,
+        answer: VerifiedAnswer,
         current: InstalledVersion | None,
         progress: FileProgress | None,
     ) -> InstalledVersion:
-        """Verify, fetch, build, check and activate the offered version; on failure nothing changes."""
-        manifest = self._check_manifest(response, current)
+        """Fetch, build, check and activate the verified offered version; on failure nothing changes."""
+        manifest = self._check_manifest(response, answer)
         if self.max_payload_bytes and response.payload_bytes > self.max_payload_bytes:
             raise PayloadBudgetError(
                 f"version {manifest.version} costs {response.payload_bytes} payload bytes, "
@@ -163,7 +199,7 @@ class Syncer:
             for payload in response.payloads:
                 self._build_file(payload, current, staged, progress)
             artifact = find_artifact(manifest, response.recipe)
-            assert artifact is not None  # checked in _check_manifest
+            assert artifact is not None  # checked by the verifier
             verify_files(staged, artifact)
             health_check(staged, manifest, artifact)
             installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
@@ -177,13 +213,6 @@ class Syncer:
             raise
         self.store.clear_downloads()
         return installed
-
-    def _held_back(self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None) -> int | None:
-        """The offered version when it is the one this device rolled back from (checked like any offer), else None."""
-        held_back = self.store.held_back()
-        if held_back is None or not response.update_available:
-            return None
-        return held_back if self._check_manifest(response, current).version == held_back else None
 
     def _readable_current(self) -> InstalledVersion | None:
         """The active version even when its files are damaged; None when its state cannot be read."""
@@ -221,27 +250,10 @@ class Syncer:
             max_payload_bytes=self.max_payload_bytes,
         )
 
-    def _check_manifest(self, response: update_pb2.CheckUpdateResponse, current: InstalledVersion | None) -> Manifest:
+    def _check_manifest(self, response: update_pb2.CheckUpdateResponse, answer: VerifiedAnswer) -> Manifest:
         """The verified manifest of the offered version, checked against the payload plan."""
-        highest = self.store.highest_activated()
-        # Re-installing the version this device already trusted is no rollback (its copy is damaged).
-        floor = highest if current is not None else max(highest - 1, 0)
-        reinstallable = self.store.reinstallable()
-        if reinstallable and parse_manifest(response.manifest).version == reinstallable:
-            # Nor is the version a rollback left (activated here before): exactly that version passes.
-            floor = min(floor, reinstallable - 1)
-        if self.verifier is not None:
-            manifest = self.verifier.verify(response.manifest, activated_version=floor, now=datetime.now(UTC))
-        else:
-            log.warning("no trusted keys configured: version offered by the server is not signature-checked")
-            manifest = parse_manifest(response.manifest)
-            if manifest.model != self.store.model:
-                raise WrongModelError(f"server sent a manifest for {manifest.model!r}, not {self.store.model!r}")
-            if manifest.version <= floor:
-                raise RollbackError(f"server offered version {manifest.version}; this device has activated {highest}")
-        artifact = find_artifact(manifest, response.recipe)
-        if artifact is None:
-            raise ManifestError(f"manifest has no {response.recipe!r} artifact")
+        manifest, artifact = answer.manifest, answer.artifact
+        assert manifest is not None and artifact is not None  # an answer offering an update
         planned = {p.path: p for p in response.payloads}
         for f in artifact.files:
             p = planned.get(f.path)

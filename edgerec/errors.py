@@ -118,6 +118,22 @@ class ExpiredError(TrustError):
     """A manifest past its expires_at."""
 
 
+class NoTrustedKeysError(TrustError):
+    """A sync asked of a device that trusts no key and did not opt out of verification explicitly."""
+
+
+class RecipeNotAllowedError(TrustError):
+    """An answer offering an artifact of a recipe (or runtime) the device did not ask for."""
+
+
+class FreshnessError(TrustError):
+    """A missing, malformed, expired or mismatched (other model, device or nonce) freshness statement."""
+
+
+class StaleAnswerError(FreshnessError):
+    """An answer that disagrees with its signed freshness statement: a version is being withheld or swapped."""
+
+
 class SigningKeyError(EdgerecError):
     """A key file that cannot be read, holds no Ed25519 key, or would be overwritten."""
 

@@ -1,9 +1,11 @@
-"""Ed25519 keys and manifest signatures: the publisher's side of trust.
+"""Ed25519 keys, manifest and freshness signatures: the publisher's (and server's) side of trust.
 
 A key pair lives in two PEM files (PKCS#8 private key, mode 0600, unencrypted; SubjectPublicKeyInfo
-public key). A key is named by its id, the hex sha256 of its raw 32-byte public key. A signature
-covers the exact serialized manifest bytes carried in ``SignedManifest.manifest``; the device
-checks it with :mod:`edgerec.trust`.
+public key). A key is named by its id, the hex sha256 of its raw 32-byte public key. A manifest
+signature covers the exact serialized manifest bytes carried in ``SignedManifest.manifest``; a
+freshness signature covers :data:`FRESHNESS_DOMAIN` followed by the exact serialized Freshness
+bytes in ``SignedFreshness.freshness``, so neither kind can pass as the other. The device checks
+both with :mod:`edgerec.trust`.
 """
 
 from __future__ import annotations
@@ -21,12 +23,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from edgerec.errors import SigningKeyError
 from edgerec.fsutil import fsync_dir
 from edgerec.manifest import Manifest, SignedManifest, check_manifest, parse_manifest
-from edgerec.v1 import manifest_pb2
+from edgerec.v1 import manifest_pb2, update_pb2
 
 logger = logging.getLogger(__name__)
 
 # A PEM Ed25519 key is about 120 bytes; anything far larger is not a key file.
 MAX_KEY_FILE_BYTES = 64 * 1024
+# Prefix of every freshness signature's message: a signature over a freshness statement can never
+# verify as one over a manifest (whose signed bytes are the bare manifest), nor the other way round.
+FRESHNESS_DOMAIN = b"edgerec-freshness-v1\0"
+# Most bytes a CheckUpdateRequest.nonce may have (a device sends 16); the server refuses longer ones.
+MAX_NONCE_BYTES = 64
 _PRIVATE_MODE = 0o600
 _PUBLIC_MODE = 0o644
 
@@ -127,6 +134,18 @@ def add_signature(signed: SignedManifest, private_key: Ed25519PrivateKey) -> Sig
     kept = [s for s in signed.signatures if s.key_id != signature.key_id]
     logger.info("co-signed %s version %d with key %s", manifest.model, manifest.version, signature.key_id)
     return SignedManifest(manifest=signed.manifest, signatures=[*kept, signature])
+
+
+def freshness_message(freshness_bytes: bytes) -> bytes:
+    """The exact bytes a freshness signature covers: the domain prefix, then the serialized Freshness."""
+    return FRESHNESS_DOMAIN + freshness_bytes
+
+
+def sign_freshness(freshness: update_pb2.Freshness, private_key: Ed25519PrivateKey) -> update_pb2.SignedFreshness:
+    """Serialize ``freshness`` deterministically and sign those bytes (domain-separated from manifests)."""
+    data = freshness.SerializeToString(deterministic=True)
+    signature = _sign(freshness_message(data), private_key)
+    return update_pb2.SignedFreshness(freshness=data, signatures=[signature])
 
 
 def _sign(data: bytes, private_key: Ed25519PrivateKey) -> manifest_pb2.Signature:

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 from edgerec.registry import Registry
 from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
+from edgerec.server.freshness import DEFAULT_FRESHNESS_TTL, FreshnessSigner
 from edgerec.server.inference_service import InferenceService
 from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.metrics_http import MetricsHttpServer, ServerMetrics
@@ -47,9 +48,14 @@ class ServerConfig:
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
     generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES
-    # Ed25519 private key (PEM) to sign manifests with; None serves them unsigned.
+    # Ed25519 private key (PEM) to sign manifests and freshness statements with; None serves them unsigned
+    # (devices then refuse them unless they opted out of verification).
     signing_key: Path | None = None
     manifest_ttl: timedelta = DEFAULT_TTL
+    # Lifetime, > 0, of the signed freshness statement in each CheckUpdate answer (with a signing key):
+    # how long a recorded "no update" or "this is the latest" can be shown to a device that sent no nonce.
+    # A verifying device's clock must be within about this much of the server's.
+    freshness_ttl: timedelta = DEFAULT_FRESHNESS_TTL
     # --- who may talk to the server, and how much (edgerec.server.security) ---
     # PEM certificate chain and private key: both set serves TLS only; both None serves plain text.
     tls_cert: Path | None = None
@@ -95,6 +101,8 @@ class ServerConfig:
             rate = getattr(self, name)
             if rate is not None and rate <= 0:
                 raise ValueError(f"{name} must be > 0 bytes/s or None, got {rate}")
+        if self.freshness_ttl <= timedelta(0):
+            raise ValueError(f"freshness_ttl must be > 0, got {self.freshness_ttl}")
 
     def stream_limits(self) -> StreamLimits:
         """The FetchPayload limits, with max_streams' default filled in."""
@@ -143,9 +151,14 @@ def start_server(config: ServerConfig) -> RunningServer:
     """Start serving ``config.registry`` on ``config.listen`` and return at once."""
     registry = Registry(config.registry)
     payloads = PayloadStore(registry, generic_diff_max_bytes=config.generic_diff_max_bytes)
-    signer = ManifestSigner(load_private_key(config.signing_key), config.manifest_ttl) if config.signing_key else None
-    if signer is None:
-        log.warning("no signing key: manifests are served unsigned; devices that trust keys will refuse them")
+    signing_key = load_private_key(config.signing_key) if config.signing_key else None
+    signer = ManifestSigner(signing_key, config.manifest_ttl) if signing_key else None
+    freshness = FreshnessSigner(signing_key, config.freshness_ttl) if signing_key else None
+    if signing_key is None:
+        log.warning(
+            "no signing key: manifests and answers are served unsigned; devices refuse them unless they "
+            "opted out of verification (insecure)"
+        )
     open_services = (health.SERVICE_NAME, reflection.SERVICE_NAME)
     tokens = TokenTable(config.tokens_file) if config.tokens_file else None
     if tokens is None:
@@ -161,7 +174,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer)), server
+        ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer, freshness)), server
     )
     batcher = (
         MicroBatcher(config.batch_wait_s, config.max_batch, observer=metrics.observe_batch)

@@ -1,4 +1,8 @@
-"""Plans an update: which artifact a device gets and the smallest payload for each of its files."""
+"""Plans an update: which artifact a device gets and the smallest payload for each of its files.
+
+With a signing key, each answer's manifest is signed (``ManifestSigner``) and the answer carries a
+signed freshness statement naming the version it tells the device to run (``FreshnessSigner``).
+"""
 
 from __future__ import annotations
 
@@ -9,14 +13,15 @@ from dataclasses import dataclass
 from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
 from edgerec.manifest import Artifact, ArtifactFile, Manifest, find_artifact
 from edgerec.registry import Registry
+from edgerec.server.freshness import FreshnessSigner, check_nonce
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
 from edgerec.server.signer import ManifestSigner
+from edgerec.trust import DEFAULT_RECIPES, DEFAULT_RUNTIMES
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RECIPES = ("int8", "fp32")
-DEFAULT_RUNTIMES = ("onnxruntime",)
+__all__ = ["DEFAULT_RECIPES", "DEFAULT_RUNTIMES", "Base", "UpdatePlanner", "choose_artifact"]
 
 
 @dataclass(frozen=True)
@@ -42,12 +47,31 @@ def choose_artifact(manifest: Manifest, recipes: Sequence[str], runtimes: Sequen
 class UpdatePlanner:
     """Answers CheckUpdate from the registry, making missing payloads once."""
 
-    def __init__(self, registry: Registry, payloads: PayloadStore, signer: ManifestSigner | None = None) -> None:
+    def __init__(
+        self,
+        registry: Registry,
+        payloads: PayloadStore,
+        signer: ManifestSigner | None = None,
+        freshness: FreshnessSigner | None = None,
+    ) -> None:
         self.registry = registry
         self.payloads = payloads
         self.signer = signer
+        self.freshness = freshness
 
     def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
+        check_nonce(request)
+        # Read before the plan's target: a version published in between makes the target newer, never older.
+        latest_version = self.registry.resolve_version(request.model)
+        version, response = self._choose(request)
+        if self.freshness is not None:
+            # The version the device should run after this answer: the one offered, or the one it runs.
+            statement = self.freshness.sign(request, latest_version=latest_version, target_version=version)
+            response.freshness.CopyFrom(statement)
+        return response
+
+    def _choose(self, request: update_pb2.CheckUpdateRequest) -> tuple[int, update_pb2.CheckUpdateResponse]:
+        """The version this device should run and the plan to it (the version it runs when current)."""
         target_version = self.registry.resolve_version(request.model, request.target_version)
         base = self._base(request)
         if base is not None and request.target_version == 0 and target_version < base.version:
@@ -60,8 +84,8 @@ class UpdatePlanner:
                 candidate = self._plan_to(request, partial, base)
                 if candidate.payload_bytes <= budget:
                     log.info("offering partial version %d: the full plan exceeds the device's budget", partial)
-                    return candidate
-        return response
+                    return partial, candidate
+        return target_version, response
 
     def _plan_to(
         self, request: update_pb2.CheckUpdateRequest, target_version: int, base: Base | None

@@ -29,9 +29,9 @@ from edgerec.device.transport import ServerConnection, TransportConfig
 from edgerec.errors import (
     EdgerecError,
     ExpiredError,
+    FreshnessError,
     IntegrityError,
     ManifestError,
-    RollbackError,
     SignatureError,
     TransportError,
     UnknownKeyError,
@@ -41,6 +41,7 @@ from edgerec.errors import (
 from edgerec.hashing import sha256_file
 from edgerec.manifest import Manifest, SignedManifest, parse_manifest
 from edgerec.registry import PayloadRecord, Registry
+from edgerec.server.freshness import FreshnessSigner
 from edgerec.server.payloads import PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.signer import ManifestSigner
@@ -78,7 +79,7 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> Keys:
 
 
 def _planner(registry: Registry, signer: ManifestSigner) -> UpdatePlanner:
-    return UpdatePlanner(registry, PayloadStore(registry), signer)
+    return UpdatePlanner(registry, PayloadStore(registry), signer, FreshnessSigner(signer.private_key))
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,7 @@ def test_a_replayed_older_version_is_refused(
         published_registry, _planner(published_registry, ManifestSigner(keys.server)), devices.v1_answer
     )
     with update_server(service) as address:
-        attack(address, _device(devices.at_v2, tmp_path), keys, published_registry, RollbackError)
+        attack(address, _device(devices.at_v2, tmp_path), keys, published_registry, FreshnessError)
 
 
 class BackdatedSigner(ManifestSigner):

@@ -32,7 +32,7 @@ def test_partial_version_fits_the_budget_and_takes_the_largest_changes(
     from edgerec.server.publish.budget import publish_partial
 
     registry, address = served_copy
-    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "rich") as rich:
+    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "rich", insecure=True) as rich:
         rich.sync(target_version=1)
         full_delta = rich.sync().payload_bytes
     budget = full_delta // 2
@@ -60,20 +60,24 @@ def test_partial_version_fits_the_budget_and_takes_the_largest_changes(
     assert len(taken_changes) == result.rows_taken
     assert min(taken_changes) >= max(left_changes)
 
-    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "poor") as first_install:
+    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "poor", insecure=True) as first_install:
         first_install.sync(target_version=1)
-    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "poor", max_payload_bytes=budget) as poor:
+    with EdgeClient(
+        server=address, model="ctr", data_dir=tmp_path / "poor", max_payload_bytes=budget, insecure=True
+    ) as poor:
         quick = poor.sync()
         assert quick.version == 3 and quick.payload_bytes <= budget
         assert poor.predict(validation.inputs()).version == 3
         again = poor.sync()  # nothing newer than the partial version until the next full one
         assert not again.updated and again.version == 3
 
-    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "other") as unlimited:
+    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "other", insecure=True) as unlimited:
         unlimited.sync(target_version=1)
         assert unlimited.sync().version == 2, "devices without a budget get the full version"
 
-    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "tiny", max_payload_bytes=100) as tiny:
+    with EdgeClient(
+        server=address, model="ctr", data_dir=tmp_path / "tiny", max_payload_bytes=100, insecure=True
+    ) as tiny:
         with pytest.raises(PayloadBudgetError):
             tiny.sync()
         assert tiny.active_version is None and not any(tiny.store.downloads_dir.iterdir())

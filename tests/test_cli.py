@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from edgerec.registry import Registry
+from edgerec.signing import generate_keypair
 
 pytestmark = pytest.mark.torch
 
@@ -53,7 +54,8 @@ def test_sync_and_predict_json(
     data_dir = tmp_path / "device"
     synced = json.loads(
         edgerec(
-            "sync", "--server", address, "--model", "ctr", "--data-dir", data_dir, "--rate", "50mbit", "--json"
+            *("sync", "--server", address, "--model", "ctr", "--data-dir", data_dir, "--rate", "50mbit"),
+            *("--insecure-skip-verify", "--json"),
         ).stdout
     )
     assert synced["version"] == 2 and synced["previous_version"] is None
@@ -73,8 +75,11 @@ def test_sync_and_predict_json(
 
 def test_failure_is_one_line_and_nonzero(served: tuple[Registry, str], tmp_path: Path) -> None:
     _, address = served
+    generate_keypair(tmp_path / "server.pem", tmp_path / "server.pub")
     result = edgerec(
-        "sync", "--server", address, "--model", "missing", "--data-dir", tmp_path, "--json", expect_ok=False
+        *("sync", "--server", address, "--model", "missing", "--data-dir", tmp_path, "--json"),
+        *("--trusted-key", tmp_path / "server.pub"),
+        expect_ok=False,
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

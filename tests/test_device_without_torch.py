@@ -20,7 +20,7 @@ import numpy as np
 from edgerec.device import EdgeClient
 
 server, data_dir, request = sys.argv[1:4]
-with EdgeClient(server=server, model="ctr", data_dir=data_dir) as client:
+with EdgeClient(server=server, model="ctr", data_dir=data_dir, insecure=True) as client:
     synced = client.sync()
     with np.load(request) as npz:
         prediction = client.predict({name: npz[name] for name in npz.files})

@@ -43,7 +43,7 @@ def _assert_matches_registry(client: EdgeClient, registry: Registry, version: in
 
 def test_sync_full_then_delta(served: tuple[Registry, str], tmp_path: Path) -> None:
     registry, address = served
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
         first = client.sync(target_version=1)
         assert (first.version, first.previous_version, first.codec) == (1, None, "full")
         _assert_matches_registry(client, registry, 1)
@@ -70,7 +70,9 @@ def test_resume_after_connection_dropped_at_random_offset(served: tuple[Registry
     proxy.cut_after(cut)
     config = TransportConfig(backoff_initial_s=0.05, max_chunk_bytes=16 * 1024)
     try:
-        with EdgeClient(server=f"127.0.0.1:{proxy.port}", model=MODEL, data_dir=tmp_path, transport=config) as client:
+        with EdgeClient(
+            server=f"127.0.0.1:{proxy.port}", model=MODEL, data_dir=tmp_path, transport=config, insecure=True
+        ) as client:
             result = client.sync()
             assert proxy.cuts == 1, "the proxy did not cut the download"
             assert result.version == 2
@@ -85,7 +87,7 @@ def test_predict_local_cache_and_server_fallback(
     served: tuple[Registry, str], tmp_path: Path, request_inputs: dict[str, np.ndarray]
 ) -> None:
     _, address = served
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
         before_sync = client.predict(request_inputs)
         assert before_sync.source == "server" and before_sync.fallback_reason
 
@@ -112,7 +114,7 @@ def test_predict_local_cache_and_server_fallback(
 def test_unknown_model_is_a_typed_error(served: tuple[Registry, str], tmp_path: Path) -> None:
     _, address = served
     with (
-        EdgeClient(server=address, model="nope", data_dir=tmp_path) as client,
+        EdgeClient(server=address, model="nope", data_dir=tmp_path, insecure=True) as client,
         pytest.raises(ModelNotFoundError),
     ):
         client.sync()
@@ -132,7 +134,7 @@ def test_wrong_base_version_is_refused_and_device_falls_back_to_full(
                     )
                 )
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
         client.sync(target_version=1)
         current = client.store.current()
         assert current is not None
@@ -145,7 +147,7 @@ def test_wrong_base_version_is_refused_and_device_falls_back_to_full(
 
 def test_corrupt_payload_is_rejected_and_current_model_kept(served_copy: tuple[Registry, str], tmp_path: Path) -> None:
     registry, address = served_copy
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
         client.sync(target_version=1)
         before = {p: p.read_bytes() for p in client.store.versions_dir.rglob("*") if p.is_file()}
         for payload in (registry.root / "payloads" / MODEL).iterdir():  # every delta and full file goes bad
@@ -189,7 +191,7 @@ def test_malformed_tensors_are_invalid_argument(
             stub.Predict(inference_pb2.PredictRequest(model="nope"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
         with pytest.raises(InvalidInputError):  # through the server (no local model yet)
             client.predict({name: a.astype(np.float64) for name, a in request_inputs.items()})
         client.sync()
@@ -220,7 +222,7 @@ def test_a_delta_that_fails_falls_back_to_the_full_files_once(
         data = bytearray(path.read_bytes())
         data[len(data) // 2] ^= 0xFF
         path.write_bytes(bytes(data))
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
         client.sync(target_version=1)
         result = client.sync()
         assert result.fell_back_to_full and result.codec == "full" and result.version == 2
@@ -242,7 +244,7 @@ def test_a_download_slower_than_its_deadline_fails_without_installing(
     _, address = served
     # The full int8 payloads are ~75 kB: at 2 kB/s after a 16 kB burst they take far longer than 0.5 s.
     slow = TransportConfig(rate_bytes_per_s=2_000, max_chunk_bytes=4096, download_deadline_s=0.5)
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, transport=slow) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, transport=slow, insecure=True) as client:
         started = time.monotonic()
         with pytest.raises(TransportError, match="deadline"):
             client.sync()

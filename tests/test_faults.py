@@ -149,7 +149,9 @@ def test_a_cut_update_check_is_retried_within_the_sync(
     cut = int(fraction * _clean_check_bytes(address))
     host, port = address.rsplit(":", 1)
     with LinkProxy(host, int(port), cut_after=[cut]) as proxy:
-        with EdgeClient(server=proxy.address, model="ctr", data_dir=tmp_path / "device", transport=FAST_RETRY) as c:
+        with EdgeClient(
+            server=proxy.address, model="ctr", data_dir=tmp_path / "device", transport=FAST_RETRY, insecure=True
+        ) as c:
             result = c.sync()
         assert proxy.cuts == 1 and proxy.connections >= 2
     assert result.updated and result.version == registry.versions("ctr")[-1]
@@ -181,7 +183,7 @@ def test_no_space_for_the_staging_folder_is_disk_full_and_keeps_the_model(
     """ENOSPC from the very first write of an install (making the staging folder) is a DiskFullError too."""
     registry, address = served
     old = registry.versions("ctr")[0]
-    with EdgeClient(server=address, model="ctr", data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model="ctr", data_dir=tmp_path, insecure=True) as client:
         client.sync(target_version=old)
         before = {p: p.read_bytes() for p in sorted(client.store.versions_dir.rglob("*")) if p.is_file()}
         staging = client.store.staging_dir

@@ -33,7 +33,9 @@ def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server
 
     registry, address, folder = linear_server
     safe = {"x": np.full((2, 4), 10.0, dtype=np.float32)}
-    with EdgeClient(server=address, model="linear", data_dir=folder / "device", max_local_failures=3) as client:
+    with EdgeClient(
+        server=address, model="linear", data_dir=folder / "device", max_local_failures=3, insecure=True
+    ) as client:
         client.sync()
         assert client.predict(safe).source == "local"
         # v2 passes its golden cases (standard normal inputs stay below 5) but gives NaN on real traffic.
@@ -51,7 +53,7 @@ def test_a_version_failing_its_golden_cases_is_never_activated(linear_server: tu
     from edgerec.server.publish import publish
 
     registry, address, folder = linear_server
-    with EdgeClient(server=address, model="linear", data_dir=folder / "device") as client:
+    with EdgeClient(server=address, model="linear", data_dir=folder / "device", insecure=True) as client:
         client.sync()
         before = {p: p.read_bytes() for p in client.store.versions_dir.rglob("*") if p.is_file()}
         publish(linear_model(folder / "v2.onnx", [1.0, 1.0, 1.0, 1.0], sqrt=False), "linear", registry)

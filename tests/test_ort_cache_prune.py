@@ -59,8 +59,8 @@ def test_only_the_current_and_previous_versions_of_every_model_keep_their_optimi
 ) -> None:
     cache = tmp_path / ORT_CACHE_DIR
     with (
-        EdgeClient(server, "ctr", tmp_path, policy=RELAXED, cache_entries=0) as ctr,
-        EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0) as other,
+        EdgeClient(server, "ctr", tmp_path, policy=RELAXED, cache_entries=0, insecure=True) as ctr,
+        EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0, insecure=True) as other,
     ):
         other.sync()
         kept_other = _loaded_entry(other)
@@ -94,7 +94,7 @@ def test_only_the_current_and_previous_versions_of_every_model_keep_their_optimi
 
 
 def test_nothing_is_pruned_when_a_models_state_is_unreadable(server: str, tmp_path: Path) -> None:
-    with EdgeClient(server, "ctr", tmp_path, policy=RELAXED, cache_entries=0) as ctr:
+    with EdgeClient(server, "ctr", tmp_path, policy=RELAXED, cache_entries=0, insecure=True) as ctr:
         ctr.sync(target_version=1)
         entry = _loaded_entry(ctr)
     cache = tmp_path / ORT_CACHE_DIR

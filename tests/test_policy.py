@@ -92,7 +92,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def _client(
     server: str, model: str, folder: Path, policy: FallbackPolicy | None = None, sync: bool = True
 ) -> EdgeClient:
-    client = EdgeClient(server=server, model=model, data_dir=folder, policy=policy or RELAXED)
+    client = EdgeClient(server=server, model=model, data_dir=folder, policy=policy or RELAXED, insecure=True)
     if sync:
         client.sync()
     return client
@@ -357,8 +357,12 @@ def test_the_cache_never_answers_with_a_previous_version(server: str, tmp_path: 
 def test_row_caching_runs_the_model_on_new_rows_only(server: str, tmp_path: Path) -> None:
     rows = np.arange(24, dtype=np.float32).reshape(6, 4) / 10
     with (
-        EdgeClient(server=server, model="safe", data_dir=tmp_path / "rows", policy=RELAXED, cache_rows=True) as client,
-        EdgeClient(server=server, model="safe", data_dir=tmp_path / "plain", policy=RELAXED, cache_entries=0) as plain,
+        EdgeClient(
+            server=server, model="safe", data_dir=tmp_path / "rows", policy=RELAXED, cache_rows=True, insecure=True
+        ) as client,
+        EdgeClient(
+            server=server, model="safe", data_dir=tmp_path / "plain", policy=RELAXED, cache_entries=0, insecure=True
+        ) as plain,
     ):
         client.sync()
         plain.sync()
@@ -375,7 +379,9 @@ def test_row_caching_runs_the_model_on_new_rows_only(server: str, tmp_path: Path
 
 def test_row_caching_never_mixes_versions(server: str, tmp_path: Path) -> None:
     x = np.full((3, 4), 1.0, dtype=np.float32)
-    with EdgeClient(server=server, model="versioned", data_dir=tmp_path, policy=RELAXED, cache_rows=True) as client:
+    with EdgeClient(
+        server=server, model="versioned", data_dir=tmp_path, policy=RELAXED, cache_rows=True, insecure=True
+    ) as client:
         client.sync(target_version=1)
         old = client.predict({"x": x[:2]})
         client.sync()

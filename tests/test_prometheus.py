@@ -73,14 +73,16 @@ def test_metrics_count_transfers_predictions_batches_and_what_devices_report(
     busy, idle = servers
     assert busy.metrics_port and idle.metrics_port and busy.metrics_port != idle.metrics_port
     target = f"127.0.0.1:{busy.port}"
-    with EdgeClient(target, "safe", tmp_path / "a", device_id="a", cache_entries=0, policy=RELAXED) as first:
+    with EdgeClient(
+        target, "safe", tmp_path / "a", device_id="a", cache_entries=0, policy=RELAXED, insecure=True
+    ) as first:
         first.predict(SAFE)  # no local model yet: the server answers
         result = first.sync()
         first.sync()  # already current
         first.predict(SAFE)
         first.report_status()
     policy = dataclasses.replace(RELAXED, default_score=0.5)
-    with EdgeClient(target, "fragile", tmp_path / "b", device_id="b", policy=policy) as second:
+    with EdgeClient(target, "fragile", tmp_path / "b", device_id="b", policy=policy, insecure=True) as second:
         second.sync()
         second.predict(ODD)  # fails locally and on the server: a default answer, reason local_error
         second.report_status()

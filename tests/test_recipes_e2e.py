@@ -116,7 +116,9 @@ def test_recipe_round_trips_and_matches_the_server(
 ) -> None:
     version = published.resolve_version(MODEL, 0)
     _, manifest = published.load_manifest(MODEL, version)
-    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, recipes=(recipe,), cache_entries=0) as client:
+    with EdgeClient(
+        server=address, model=MODEL, data_dir=tmp_path, recipes=(recipe,), cache_entries=0, insecure=True
+    ) as client:
         synced = client.sync()
         assert (synced.version, synced.recipe) == (version, recipe)
         info = client.runtime_info()
@@ -156,7 +158,9 @@ def test_cli_sync_allows_only_the_given_recipes_and_predict_says_what_runs(
 
     runner = CliRunner()
     device = ["--model", MODEL, "--data-dir", str(tmp_path)]
-    synced = runner.invoke(cli, ["sync", "--server", address, *device, "--recipes", "int4, fp32", "--json"])
+    synced = runner.invoke(
+        cli, ["sync", "--server", address, *device, "--recipes", "int4, fp32", "--insecure-skip-verify", "--json"]
+    )
     assert synced.exit_code == 0, synced.output
     assert json.loads(synced.output)["recipe"] == "int4"
     request = tmp_path / "request.npz"

@@ -38,6 +38,7 @@ from edgerec.registry import Registry
 from edgerec.server.app import RunningServer, ServerConfig, start_server
 from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamLimits
 from edgerec.server.security import add_device_token, revoke_device_token
+from edgerec.trust import UpdateVerifier
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
@@ -223,7 +224,9 @@ def test_device_with_a_valid_token_syncs_and_predicts(
 ) -> None:
     connection = _connect(secure, pki, tokens[1]["syncer"])
     try:
-        result = Syncer(ModelStore(tmp_path, MODEL), connection, device_id="syncer").sync()
+        result = Syncer(
+            ModelStore(tmp_path, MODEL), connection, device_id="syncer", verifier=UpdateVerifier.insecure(MODEL)
+        ).sync()
         assert (result.version, result.updated) == (2, True)
         response = connection.predict(MODEL, request_inputs)
         assert response.version == 2 and len(response.scores) == len(next(iter(request_inputs.values())))
@@ -342,7 +345,7 @@ def test_a_device_claiming_another_id_gets_a_typed_error_and_installs_nothing(
 ) -> None:
     token = tokens[1]["impersonator"]
     with EdgeClient(
-        server=secure, model=MODEL, data_dir=tmp_path, tls_ca=pki.ca, token=token, device_id="honest"
+        server=secure, model=MODEL, data_dir=tmp_path, tls_ca=pki.ca, token=token, device_id="honest", insecure=True
     ) as client:
         with pytest.raises(PermissionDeniedError, match="PERMISSION_DENIED"):
             client.sync()

@@ -39,7 +39,7 @@ def test_versions_published_while_serving_are_seen(
     from edgerec.server.publish import publish
 
     registry, address = served_copy
-    with EdgeClient(server=address, model="ctr", data_dir=tmp_path) as client:
+    with EdgeClient(server=address, model="ctr", data_dir=tmp_path, insecure=True) as client:
         assert client.sync().version == 2
         publish(model_pair[1], "ctr", registry)  # the same weights again, as version 3
         result = client.sync()

@@ -61,7 +61,7 @@ def _dead_port() -> str:
 
 def test_a_report_carries_version_answers_fallbacks_latency_and_syncs(running: RunningServer, tmp_path: Path) -> None:
     assert running.telemetry is not None
-    with EdgeClient(_target(running), "safe", tmp_path, device_id="kiosk-1", policy=RELAXED) as client:
+    with EdgeClient(_target(running), "safe", tmp_path, device_id="kiosk-1", policy=RELAXED, insecure=True) as client:
         assert client.predict(SAFE).fallback == "no_local_model"  # answered by the server
         assert client.sync().updated and not client.sync().updated
         client.predict(SAFE)
@@ -81,7 +81,9 @@ def test_a_report_carries_version_answers_fallbacks_latency_and_syncs(running: R
 def test_rollbacks_and_failed_syncs_are_reported(running: RunningServer, tmp_path: Path) -> None:
     assert running.telemetry is not None
     policy = dataclasses.replace(RELAXED, default_score=0.5, local_failure_threshold=10)
-    with EdgeClient(_target(running), "flaky", tmp_path, device_id="tv-7", max_local_failures=2, policy=policy) as c:
+    with EdgeClient(
+        _target(running), "flaky", tmp_path, device_id="tv-7", max_local_failures=2, policy=policy, insecure=True
+    ) as c:
         c.sync(target_version=1)
         c.sync()  # version 2: fails on odd batches, so two of them roll it back to 1
         for _ in range(2):
@@ -96,7 +98,7 @@ def test_rollbacks_and_failed_syncs_are_reported(running: RunningServer, tmp_pat
     assert (report.sync.held_back, report.sync.up_to_date, report.sync.failed) == (1, 0, 0)
 
     quick = TransportConfig(check_timeout_s=0.5, max_attempts=1, backoff_initial_s=0.01)
-    with EdgeClient(_dead_port(), "flaky", tmp_path, device_id="tv-7", transport=quick) as offline:
+    with EdgeClient(_dead_port(), "flaky", tmp_path, device_id="tv-7", transport=quick, insecure=True) as offline:
         with pytest.raises(TransportError):
             offline.sync()
         status = offline.status_report()
@@ -167,7 +169,7 @@ def test_the_server_refuses_malformed_reports_and_keeps_a_bounded_number(running
 
 
 def test_report_latency_matches_the_counters(running: RunningServer, tmp_path: Path) -> None:
-    with EdgeClient(_target(running), "safe", tmp_path, cache_entries=0, policy=RELAXED) as client:
+    with EdgeClient(_target(running), "safe", tmp_path, cache_entries=0, policy=RELAXED, insecure=True) as client:
         client.sync()
         for i in range(20):
             client.predict({"x": SAFE["x"] + i})

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import hashlib
 import json
+import logging
 import stat
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,10 +29,13 @@ from edgerec.cli.keys import keys
 from edgerec.errors import (
     EdgerecError,
     ExpiredError,
+    FreshnessError,
     ManifestError,
+    RecipeNotAllowedError,
     RollbackError,
     SignatureError,
     SigningKeyError,
+    StaleAnswerError,
     TrustError,
     UnknownKeyError,
     WrongModelError,
@@ -47,14 +51,29 @@ from edgerec.manifest import (
 )
 from edgerec.signing import (
     add_signature,
+    freshness_message,
     generate_keypair,
     key_id,
     load_private_key,
     load_public_key,
+    sign_freshness,
     sign_manifest,
 )
-from edgerec.trust import TrustedKeys, UpdateVerifier, parse_rfc3339, verify_manifest
+from edgerec.trust import (
+    DEFAULT_RECIPES,
+    MAX_CLOCK_SKEW,
+    MAX_FRESHNESS_BYTES,
+    Freshness,
+    SignedFreshness,
+    TrustedKeys,
+    UpdateVerifier,
+    VerifiedAnswer,
+    parse_rfc3339,
+    verify_freshness,
+    verify_manifest,
+)
 from edgerec.v1 import manifest_pb2
+from edgerec.v1.update_pb2 import CheckUpdateRequest, CheckUpdateResponse
 
 OLD = Ed25519PrivateKey.generate()
 NEW = Ed25519PrivateKey.generate()
@@ -661,3 +680,383 @@ def test_cli_id_of_a_key_of_another_type_is_a_typed_error(tmp_path: Path) -> Non
     result = CliRunner().invoke(keys, ["id", str(tmp_path / "rsa.pub")])
     assert isinstance(result.exception, SigningKeyError)
     assert isinstance(result.exception, EdgerecError)
+
+
+# --- freshness statements (verify_freshness) ----------------------------------------------
+
+DEVICE = "kiosk-1"
+NONCE = b"\x07" * 16
+TTL = timedelta(minutes=5)
+
+
+def _statement(
+    *,
+    model: str = "ctr",
+    latest: int = 3,
+    target: int = 3,
+    device_id: str = DEVICE,
+    nonce: bytes = NONCE,
+    issued: datetime = NOW,
+    expires: datetime | None = None,
+) -> Freshness:
+    return Freshness(
+        model=model,
+        latest_version=latest,
+        target_version=target,
+        device_id=device_id,
+        nonce=nonce,
+        issued_at=issued.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        expires_at=(expires or issued + TTL).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+    )
+
+
+def _signed_statement(statement: Freshness, *signers: Ed25519PrivateKey) -> SignedFreshness:
+    signed = sign_freshness(statement, signers[0])
+    for signer in signers[1:]:
+        message = freshness_message(signed.freshness)
+        signed.signatures.append(
+            manifest_pb2.Signature(key_id=key_id(signer.public_key()), signature=signer.sign(message))
+        )
+    return signed
+
+
+def _fresh(
+    signed: SignedFreshness | None,
+    trusted: TrustedKeys | None = None,
+    *,
+    device_id: str = DEVICE,
+    nonce: bytes = NONCE,
+    now: datetime = NOW,
+) -> Freshness:
+    return verify_freshness(
+        signed,
+        model="ctr",
+        device_id=device_id,
+        nonce=nonce,
+        trusted=_trusting(OLD) if trusted is None else trusted,
+        now=now,
+    )
+
+
+def test_a_signed_statement_verifies_to_exactly_the_signed_bytes() -> None:
+    signed = _signed_statement(_statement(), OLD)
+    assert _fresh(signed).SerializeToString(deterministic=True) == signed.freshness
+    assert signed.freshness == _statement().SerializeToString(deterministic=True)
+
+
+def test_a_missing_statement_is_a_freshness_error() -> None:
+    with pytest.raises(FreshnessError, match="no signed freshness statement"):
+        _fresh(None)
+
+
+@pytest.mark.parametrize(
+    ("signers", "trusted", "expected"),
+    [
+        ((), (OLD,), SignatureError),
+        ((STRANGER,), (OLD,), UnknownKeyError),
+        ((OLD,), (OLD, NEW), SignatureError),  # threshold 2 below
+        ((OLD, NEW), (OLD, NEW), None),
+    ],
+    ids=["unsigned", "untrusted", "below-threshold", "threshold-met"],
+)
+def test_statement_signatures_follow_the_manifest_rules(
+    signers: tuple[Ed25519PrivateKey, ...], trusted: tuple[Ed25519PrivateKey, ...], expected: type[Exception] | None
+) -> None:
+    statement = _statement()
+    if signers:
+        signed = _signed_statement(statement, *signers)
+    else:
+        signed = SignedFreshness(freshness=statement.SerializeToString(deterministic=True))
+    keys_ = _trusting(*trusted, threshold=len(trusted))
+    if expected is None:
+        assert _fresh(signed, keys_).target_version == 3
+        return
+    with pytest.raises(expected, match="freshness statement"):
+        _fresh(signed, keys_)
+
+
+@pytest.mark.parametrize("position", [0, 9, 40])
+def test_a_statement_changed_after_signing_is_rejected(position: int) -> None:
+    signed = _signed_statement(_statement(), OLD)
+    signed.freshness = _flip(signed.freshness, position)
+    with pytest.raises(SignatureError, match="invalid signature"):
+        _fresh(signed)
+
+
+def test_freshness_and_manifest_signatures_cannot_stand_in_for_each_other() -> None:
+    """The freshness domain prefix: a signature over bare bytes is no statement's, and the reverse."""
+    statement_bytes = _statement().SerializeToString(deterministic=True)
+    as_manifest = _sign_bytes(statement_bytes, OLD)  # how a manifest's bytes are signed
+    with pytest.raises(SignatureError):
+        _fresh(SignedFreshness(freshness=statement_bytes, signatures=as_manifest.signatures))
+    manifest_bytes = _manifest().SerializeToString(deterministic=True)
+    as_statement = sign_freshness(Freshness.FromString(b""), OLD)  # any statement signature by the trusted key
+    as_statement.signatures[0].signature = OLD.sign(freshness_message(manifest_bytes))
+    with pytest.raises(SignatureError):
+        _verify(SignedManifest(manifest=manifest_bytes, signatures=as_statement.signatures))
+
+
+@pytest.mark.parametrize(
+    ("statement", "match"),
+    [
+        (_statement(model="news"), "for model 'news'"),
+        (_statement(device_id="kiosk-2"), "for device 'kiosk-2'"),
+        (_statement(nonce=b"\x08" * 16), "nonce differs"),
+        (_statement(nonce=b""), "nonce differs"),
+    ],
+    ids=["other-model", "other-device", "other-nonce", "no-nonce"],
+)
+def test_a_statement_for_another_model_device_or_check_is_rejected(statement: Freshness, match: str) -> None:
+    with pytest.raises(FreshnessError, match=match):
+        _fresh(_signed_statement(statement, OLD))
+
+
+def test_a_device_that_sent_no_nonce_accepts_a_statement_without_one() -> None:
+    assert _fresh(_signed_statement(_statement(nonce=b""), OLD), nonce=b"").nonce == b""
+
+
+def test_a_statement_expires_at_its_expiry_instant_and_is_valid_just_before() -> None:
+    signed = _signed_statement(_statement(), OLD)
+    assert _fresh(signed, now=NOW + TTL - timedelta(microseconds=1))
+    with pytest.raises(FreshnessError, match="expired at"):
+        _fresh(signed, now=NOW + TTL)
+
+
+def test_a_statement_from_the_future_is_accepted_within_the_clock_skew_only() -> None:
+    assert _fresh(_signed_statement(_statement(issued=NOW + MAX_CLOCK_SKEW), OLD))
+    with pytest.raises(FreshnessError, match="is the clock right"):
+        _fresh(_signed_statement(_statement(issued=NOW + MAX_CLOCK_SKEW + timedelta(seconds=1)), OLD))
+
+
+def test_a_statement_expiring_before_it_is_issued_is_rejected() -> None:
+    with pytest.raises(FreshnessError, match="before it is issued"):
+        _fresh(_signed_statement(_statement(issued=NOW, expires=NOW - timedelta(seconds=1)), OLD))
+
+
+@pytest.mark.parametrize("field", ["issued_at", "expires_at"])
+def test_a_statement_with_a_malformed_time_is_a_freshness_error(field: str) -> None:
+    statement = _statement()
+    setattr(statement, field, "soon")
+    with pytest.raises(FreshnessError, match=field):
+        _fresh(_signed_statement(statement, OLD))
+
+
+def test_an_oversized_statement_is_rejected_before_its_signatures_are_read() -> None:
+    signed = _signed_statement(_statement(device_id="d" * MAX_FRESHNESS_BYTES), OLD)
+    signed.signatures[0].signature = b"not even a signature"
+    with pytest.raises(FreshnessError, match="exceeds"):
+        _fresh(signed)
+
+
+def test_statement_bytes_that_do_not_parse_are_a_freshness_error() -> None:
+    data = b"\xff\xff\xff"
+    signed = SignedFreshness(
+        freshness=data,
+        signatures=[
+            manifest_pb2.Signature(key_id=key_id(OLD.public_key()), signature=OLD.sign(freshness_message(data)))
+        ],
+    )
+    with pytest.raises(FreshnessError, match="does not parse"):
+        _fresh(signed)
+
+
+@given(st.binary(max_size=512), _signatures, st.binary(max_size=64))
+def test_arbitrary_statement_fields_give_only_typed_errors(
+    data: bytes, signatures: list[manifest_pb2.Signature], nonce: bytes
+) -> None:
+    with pytest.raises(TrustError):
+        _fresh(SignedFreshness(freshness=data, signatures=signatures), _trusting(OLD, NEW), nonce=nonce)
+
+
+@given(st.binary(max_size=512), st.binary(max_size=32))
+def test_arbitrary_bytes_signed_by_a_trusted_key_give_a_matching_statement_or_a_typed_error(
+    data: bytes, nonce: bytes
+) -> None:
+    signed = SignedFreshness(
+        freshness=data,
+        signatures=[
+            manifest_pb2.Signature(key_id=key_id(OLD.public_key()), signature=OLD.sign(freshness_message(data)))
+        ],
+    )
+    try:
+        statement = _fresh(signed, nonce=nonce)
+    except TrustError:
+        return
+    assert (statement.model, statement.device_id, statement.nonce) == ("ctr", DEVICE, nonce)
+    issued_at, expires_at = parse_rfc3339(statement.issued_at), parse_rfc3339(statement.expires_at)
+    assert issued_at <= NOW + MAX_CLOCK_SKEW and expires_at > NOW and expires_at > issued_at
+
+
+# --- whole answers (UpdateVerifier.verify_answer) --------------------------------------------
+
+
+def _two_recipe_manifest(version: int = 3, model: str = "ctr") -> Manifest:
+    manifest = _manifest(version=version, model=model)
+    files = [ArtifactFile(path="fp32/model.onnx", size=20, sha256="b" * 64)]
+    manifest.artifacts.append(make_artifact("fp32", "onnxruntime", "fp32/model.onnx", files))
+    return manifest
+
+
+def _request(
+    *,
+    current: int = 2,
+    target: int = 0,
+    recipes: tuple[str, ...] = ("int8", "fp32"),
+    runtimes: tuple[str, ...] = ("onnxruntime",),
+) -> CheckUpdateRequest:
+    return CheckUpdateRequest(
+        model="ctr",
+        current_version=current,
+        recipes=list(recipes),
+        runtimes=list(runtimes),
+        target_version=target,
+        device_id=DEVICE,
+        nonce=NONCE,
+    )
+
+
+def _response(
+    *,
+    update: bool = True,
+    version: int = 3,
+    recipe: str = "int8",
+    statement: Freshness | None = None,
+    manifest: Manifest | None = None,
+    signer: Ed25519PrivateKey | None = OLD,
+) -> CheckUpdateResponse:
+    manifest = _two_recipe_manifest(version) if manifest is None else manifest
+    signed = _signed(manifest, signer) if signer is not None else sign_nothing(manifest)
+    response = CheckUpdateResponse(update_available=update, manifest=signed, recipe=recipe)
+    if statement is not None:
+        response.freshness.CopyFrom(_signed_statement(statement, OLD))
+    return response
+
+
+def _answer(
+    request: CheckUpdateRequest, response: CheckUpdateResponse, *, insecure: bool = False, highest: int = 2
+) -> VerifiedAnswer:
+    verifier = UpdateVerifier.insecure("ctr") if insecure else UpdateVerifier("ctr", _trusting(OLD))
+    return verifier.verify_answer(request, response, highest_activated=highest, now=NOW)
+
+
+def test_an_update_agreeing_with_its_statement_is_accepted() -> None:
+    answer = _answer(_request(), _response(statement=_statement()))
+    assert answer.manifest is not None and answer.manifest.version == 3
+    assert answer.artifact is not None and answer.artifact.recipe == "int8"
+    assert answer.freshness is not None and answer.freshness.latest_version == 3
+
+
+def test_no_update_agreeing_with_its_statement_is_accepted() -> None:
+    answer = _answer(_request(current=3), _response(update=False, statement=_statement()), highest=3)
+    assert (answer.manifest, answer.artifact) == (None, None)
+    assert answer.freshness is not None and answer.freshness.target_version == 3
+
+
+def test_a_verifying_device_refuses_an_answer_without_a_statement() -> None:
+    with pytest.raises(FreshnessError):
+        _answer(_request(), _response())
+
+
+def test_no_update_while_the_statement_names_a_newer_version_is_a_withheld_version() -> None:
+    with pytest.raises(StaleAnswerError, match="withholds version 3"):
+        _answer(_request(current=2), _response(update=False, statement=_statement()))
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+def test_no_update_for_a_device_that_runs_nothing_is_refused(insecure: bool) -> None:
+    statement = _statement() if not insecure else None
+    with pytest.raises(StaleAnswerError, match="runs no version"):
+        _answer(_request(current=0), _response(update=False, statement=statement), insecure=insecure)
+
+
+def test_an_update_to_another_version_than_the_statement_names_is_refused() -> None:
+    """A signed version 4 (a partial one built for another base, say) in an answer whose statement says 3."""
+    with pytest.raises(StaleAnswerError, match="offers ctr version 4"):
+        _answer(_request(), _response(version=4, statement=_statement(latest=3, target=3)))
+
+
+@pytest.mark.parametrize(
+    ("target", "statement", "match"),
+    [
+        (3, _statement(latest=3, target=2), "asked for version 3"),
+        (0, _statement(latest=3, target=2), "asked for the latest version"),
+    ],
+    ids=["given-version", "latest"],
+)
+def test_a_statement_answering_another_request_is_refused(target: int, statement: Freshness, match: str) -> None:
+    with pytest.raises(StaleAnswerError, match=match):
+        _answer(_request(current=2, target=target), _response(update=False, statement=statement))
+
+
+def test_a_partial_version_above_the_latest_full_one_answers_a_request_for_the_latest() -> None:
+    answer = _answer(_request(), _response(version=4, statement=_statement(latest=3, target=4)))
+    assert answer.manifest is not None and answer.manifest.version == 4
+
+
+@pytest.mark.parametrize("insecure", [False, True])
+@pytest.mark.parametrize(
+    ("recipes", "runtimes", "recipe", "match"),
+    [
+        (("int8",), ("onnxruntime",), "fp32", r"recipe 'fp32'; this device allows only \['int8'\]"),
+        (("int4", "fp32"), ("onnxruntime",), "int8", "allows only"),
+        (("int8",), ("litert",), "int8", "runs on 'onnxruntime'"),
+    ],
+    ids=["recipe", "default-not-implied", "runtime"],
+)
+def test_an_artifact_the_device_did_not_ask_for_is_refused(
+    insecure: bool, recipes: tuple[str, ...], runtimes: tuple[str, ...], recipe: str, match: str
+) -> None:
+    request = _request(recipes=recipes, runtimes=runtimes)
+    response = _response(recipe=recipe, statement=None if insecure else _statement())
+    with pytest.raises(RecipeNotAllowedError, match=match):
+        _answer(request, response, insecure=insecure)
+
+
+def test_an_empty_recipe_list_allows_the_protocol_default() -> None:
+    answer = _answer(_request(recipes=(), runtimes=()), _response(recipe="fp32", statement=_statement()))
+    assert answer.artifact is not None and answer.artifact.recipe == "fp32" and "fp32" in DEFAULT_RECIPES
+
+
+def test_an_allowed_recipe_the_manifest_lacks_is_a_manifest_error() -> None:
+    response = _response(manifest=_manifest(), recipe="fp32", statement=_statement())
+    with pytest.raises(ManifestError, match="no 'fp32' artifact"):
+        _answer(_request(recipes=("fp32",)), response)
+
+
+def test_a_damaged_device_may_reinstall_the_version_it_trusted_but_nothing_older() -> None:
+    """Asking as a device that runs nothing (its copy is damaged) lowers the floor by one, no more."""
+    same = _response(version=3, statement=_statement())
+    assert _answer(_request(current=0), same, highest=3).manifest is not None
+    with pytest.raises(RollbackError):
+        _answer(_request(current=3), same, highest=3)
+    with pytest.raises(RollbackError):
+        _answer(_request(current=0), _response(version=2, statement=_statement(latest=2, target=2)), highest=3)
+
+
+def test_the_insecure_verifier_checks_everything_but_signatures_and_warns(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="edgerec.trust"):
+        answer = _answer(_request(), _response(signer=None), insecure=True)
+    assert answer.manifest is not None and answer.freshness is None
+    assert any("WITHOUT checking signatures" in r.getMessage() for r in caplog.records)
+    with pytest.raises(WrongModelError):
+        _answer(_request(), _response(signer=None, manifest=_two_recipe_manifest(model="news")), insecure=True)
+    with pytest.raises(RollbackError):
+        _answer(_request(), _response(signer=None, version=2), insecure=True)
+    with pytest.raises(ManifestError):
+        bad = _response(signer=None)
+        bad.manifest.manifest = b"\xff"
+        _answer(_request(), bad, insecure=True)
+
+
+def test_verification_names_the_mode_and_insecure_needs_its_own_constructor() -> None:
+    assert UpdateVerifier("ctr", _trusting(OLD)).verification == "ed25519"
+    assert UpdateVerifier.insecure("ctr").verification == "off"
+    with pytest.raises(TypeError, match="insecure"):
+        UpdateVerifier("ctr", None)  # type: ignore[arg-type]
+
+
+def test_an_answer_to_a_request_for_another_model_is_a_programming_error() -> None:
+    request = _request()
+    request.model = "news"
+    with pytest.raises(ValueError, match="request is for model 'news'"):
+        _answer(request, _response(statement=_statement()))

@@ -136,9 +136,15 @@ def build(settings: Settings, work: Path) -> tuple[Path, list[dict[str, np.ndarr
 
 @contextmanager
 def serve(registry: Path, work: Path, batch_wait_ms: float) -> Iterator[tuple[str, int]]:
-    """``edgerec serve`` in a subprocess on a free loopback port; yields its address and process id."""
+    """``edgerec serve`` in a subprocess on a free loopback port, signing with ``work``/server.pem (made once,
+    devices trust ``work``/server.pub); yields its address and process id."""
+    from edgerec.signing import generate_keypair
+
+    if not (work / "server.pem").exists():
+        generate_keypair(work / "server.pem", work / "server.pub")
     command = [sys.executable, "-m", "edgerec", "serve", "--registry", str(registry), "--listen", "127.0.0.1:0"]
     command += ["--workers", str(SERVER_WORKERS), "--batch-wait-ms", str(batch_wait_ms)]
+    command += ["--signing-key", str(work / "server.pem")]
     with _serving(command, work / f"serve-{batch_wait_ms:g}.log") as served:
         yield served
 
@@ -343,7 +349,9 @@ def device_rows(
     rows: list[Row] = []
     facts: dict[str, float] = {}
     device = work / "device"
-    with EdgeClient(address, MODEL_NAME, device, recipes=("fp32",), cache_entries=0) as client:
+    with EdgeClient(
+        address, MODEL_NAME, device, recipes=("fp32",), cache_entries=0, trusted_keys=[work / "server.pub"]
+    ) as client:
         client.sync()
         installed = client.store.current()
         assert installed is not None

@@ -176,7 +176,8 @@ def summary_rows(report: DemoReport) -> list[tuple[str, str]]:
     """Facts about the run as (what, value) rows."""
     return [
         ("embedding rows changed v1 -> v2", f"{report.changed_rows_fraction:.1%}"),
-        ("manifests signed by key", report.signing_key_id[:16]),
+        ("manifests and freshness statements signed by key", report.signing_key_id[:16]),
+        ("device verified its updates with", ", ".join(sorted({sync.verification for sync in report.syncs}))),
         ("int8 AUC drop against fp32 at publish (gate: <= 0.001)", f"{report.gate_auc_drop:.5f}"),
         ("AUC of the local model (20k validation rows)", f"{report.local_auc:.4f}"),
         ("AUC of the true click probability", f"{report.oracle_auc:.4f}"),

@@ -25,7 +25,8 @@ disk-full
     folder cannot be made): the sync must raise DiskFullError and leave the active model intact
     and loadable; once space is freed the sync must complete.
 
-Prints a summary table; the exit code is non-zero on any failure.
+Prints a summary table; the exit code is non-zero on any failure. The runs exercise transport and
+storage, not trust: devices sync from unsigned servers with verification off (``insecure=True``).
 """
 
 from __future__ import annotations
@@ -454,7 +455,9 @@ def _drop_sync(
     started = time.perf_counter()
     shutil.rmtree(data_dir, ignore_errors=True)
     result = None
-    with EdgeClient(server=proxy.address, model=MODEL, data_dir=data_dir, rate=rate, transport=config) as client:
+    with EdgeClient(
+        server=proxy.address, model=MODEL, data_dir=data_dir, rate=rate, transport=config, insecure=True
+    ) as client:
         while result is None and run.attempts < attempts:
             run.attempts += 1
             try:
@@ -609,11 +612,11 @@ class KillBench:
         old, new = versions_under_test(registry)
         shutil.rmtree(root, ignore_errors=True)
         templates: dict[str, Path | None] = {"fresh": None, "old": root / "template-old"}
-        with EdgeClient(server=address, model=MODEL, data_dir=root / "template-old") as client:
+        with EdgeClient(server=address, model=MODEL, data_dir=root / "template-old", insecure=True) as client:
             client.sync(target_version=old)
         damaged = root / "template-damaged"
         shutil.copytree(root / "template-old", damaged)
-        with EdgeClient(server=address, model=MODEL, data_dir=damaged) as client:
+        with EdgeClient(server=address, model=MODEL, data_dir=damaged, insecure=True) as client:
             client.sync(target_version=new)
             current = client.store.current()
         assert current is not None
@@ -641,7 +644,7 @@ class KillBench:
     def calibrate(self, start: str, download_seconds: float) -> dict[str, Any]:
         """Sync once in-process (sizes, warm payloads), then in a traced child: lines per phase, seconds."""
         data_dir = self.data_dir(f"calibrate-{start}", start)
-        with EdgeClient(server=self.address, model=MODEL, data_dir=data_dir) as client:
+        with EdgeClient(server=self.address, model=MODEL, data_dir=data_dir, insecure=True) as client:
             payload = sum(int(p["size"]) for p in client.sync().payloads)  # type: ignore[call-overload]
         rate = max(payload / download_seconds, 32 * 1024)
         data_dir = self.data_dir(f"calibrate-{start}", start)
@@ -1004,7 +1007,7 @@ def _child_sync(spec: dict[str, Any]) -> int:
     config = TransportConfig(max_chunk_bytes=int(spec["chunk_bytes"]), backoff_initial_s=0.05)
     rate = float(spec["rate"]) if spec.get("rate") else None
     with EdgeClient(
-        server=spec["server"], model=MODEL, data_dir=spec["data_dir"], rate=rate, transport=config
+        server=spec["server"], model=MODEL, data_dir=spec["data_dir"], rate=rate, transport=config, insecure=True
     ) as client:
         sys.settrace(tracer.global_trace)
         try:
@@ -1052,7 +1055,11 @@ def _child_recover(spec: dict[str, Any]) -> dict[str, Any]:
             else:
                 report["predict_error"] = error
         with EdgeClient(
-            server=spec["server"], model=MODEL, data_dir=data_dir, transport=TransportConfig(backoff_initial_s=0.05)
+            server=spec["server"],
+            model=MODEL,
+            data_dir=data_dir,
+            transport=TransportConfig(backoff_initial_s=0.05),
+            insecure=True,
         ) as client:
             try:
                 result = client.sync()
@@ -1169,7 +1176,7 @@ def run_disk_full(
     roomy = 8 * artifact_bytes + 4 * 1024 * 1024
     template = workdir / "diskfull-template"  # the old version installed, copied onto the tmpfs for each try
     shutil.rmtree(template, ignore_errors=True)
-    with EdgeClient(server=address, model=MODEL, data_dir=template) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=template, insecure=True) as client:
         client.sync(target_version=old)
     mount_point = workdir / "diskfull"
     mount_point.mkdir(parents=True, exist_ok=True)
@@ -1255,7 +1262,7 @@ def _full_disk_sync(
     ModelStore(data_dir, MODEL)  # its folders exist before the space is measured
     cap = _used_inodes(mount_point) if inodes else None
     _mount_tmpfs(mount_point, _used_bytes(mount_point) + free, remount=True, inodes=cap)
-    with EdgeClient(server=address, model=MODEL, data_dir=data_dir) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=data_dir, insecure=True) as client:
         try:
             client.sync()
             case.outcome = "installed"
@@ -1279,7 +1286,7 @@ def _freed_sync(
 ) -> DiskFullCase:
     case = DiskFullCase(name, size)
     _mount_tmpfs(mount_point, size + _used_bytes(mount_point), remount=True)
-    with EdgeClient(server=address, model=MODEL, data_dir=data_dir) as client:
+    with EdgeClient(server=address, model=MODEL, data_dir=data_dir, insecure=True) as client:
         try:
             result = client.sync()
             case.outcome = "installed" if result.updated else "current"

@@ -44,7 +44,15 @@ def parse_recipes(value: str) -> tuple[str, ...]:
     "trusted_keys",
     multiple=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="Public key (PEM) whose signature makes a manifest acceptable; repeat for several.",
+    help="Public key (PEM) whose signature makes a manifest acceptable; repeat for several. "
+    "Required unless --insecure-skip-verify.",
+)
+@click.option(
+    "--insecure-skip-verify",
+    "insecure",
+    is_flag=True,
+    help="Install updates without checking any signature (testing only): anyone on the network path "
+    "can then install a model of their own or hold this device back.",
 )
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -57,6 +65,7 @@ def sync(
     budget: str | None,
     recipes: str,
     trusted_keys: tuple[Path, ...],
+    insecure: bool,
     tls_ca: Path | None,
     token_file: Path | None,
     as_json: bool,
@@ -64,6 +73,8 @@ def sync(
     """Check for a newer version, download the smallest payload, verify and switch."""
     from edgerec.device import EdgeClient
 
+    if insecure and trusted_keys:
+        raise click.UsageError("--trusted-key and --insecure-skip-verify exclude each other")
     max_payload_bytes = parse_size(budget) if budget else 0
     allowed = parse_recipes(recipes)
     with (
@@ -75,6 +86,7 @@ def sync(
             recipes=allowed,
             max_payload_bytes=max_payload_bytes,
             trusted_keys=list(trusted_keys) or None,
+            insecure=insecure,
             tls_ca=tls_ca,
             token=read_token(token_file),
         ) as client,
@@ -86,7 +98,7 @@ def sync(
         return
     print_table(
         f"{model} sync",
-        ["version", "previous", "codec", "shipped", "full size", "seconds"],
+        ["version", "previous", "codec", "shipped", "full size", "seconds", "verification"],
         [
             (
                 result.version,
@@ -95,6 +107,7 @@ def sync(
                 format_bytes(result.payload_bytes),
                 format_bytes(result.full_bytes),
                 f"{result.seconds:.2f}",
+                result.verification,
             )
         ],
     )

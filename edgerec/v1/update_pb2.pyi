@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CheckUpdateRequest(_message.Message):
-    __slots__ = ("model", "current_version", "current_sha256", "current_recipe", "runtimes", "codecs", "recipes", "target_version", "device_id", "max_payload_bytes")
+    __slots__ = ("model", "current_version", "current_sha256", "current_recipe", "runtimes", "codecs", "recipes", "target_version", "device_id", "max_payload_bytes", "nonce")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -19,6 +19,7 @@ class CheckUpdateRequest(_message.Message):
     TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     model: str
     current_version: int
     current_sha256: str
@@ -29,7 +30,8 @@ class CheckUpdateRequest(_message.Message):
     target_version: int
     device_id: str
     max_payload_bytes: int
-    def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ...) -> None: ...
+    nonce: bytes
+    def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class Payload(_message.Message):
     __slots__ = ("path", "codec", "payload_id", "size", "sha256", "base_path", "base_sha256", "target_sha256", "target_size")
@@ -54,20 +56,48 @@ class Payload(_message.Message):
     def __init__(self, path: _Optional[str] = ..., codec: _Optional[str] = ..., payload_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., base_path: _Optional[str] = ..., base_sha256: _Optional[str] = ..., target_sha256: _Optional[str] = ..., target_size: _Optional[int] = ...) -> None: ...
 
 class CheckUpdateResponse(_message.Message):
-    __slots__ = ("update_available", "manifest", "recipe", "payloads", "full_bytes", "payload_bytes")
+    __slots__ = ("update_available", "manifest", "recipe", "payloads", "full_bytes", "payload_bytes", "freshness")
     UPDATE_AVAILABLE_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_FIELD_NUMBER: _ClassVar[int]
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     PAYLOADS_FIELD_NUMBER: _ClassVar[int]
     FULL_BYTES_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FRESHNESS_FIELD_NUMBER: _ClassVar[int]
     update_available: bool
     manifest: _manifest_pb2.SignedManifest
     recipe: str
     payloads: _containers.RepeatedCompositeFieldContainer[Payload]
     full_bytes: int
     payload_bytes: int
-    def __init__(self, update_available: _Optional[bool] = ..., manifest: _Optional[_Union[_manifest_pb2.SignedManifest, _Mapping]] = ..., recipe: _Optional[str] = ..., payloads: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., full_bytes: _Optional[int] = ..., payload_bytes: _Optional[int] = ...) -> None: ...
+    freshness: SignedFreshness
+    def __init__(self, update_available: _Optional[bool] = ..., manifest: _Optional[_Union[_manifest_pb2.SignedManifest, _Mapping]] = ..., recipe: _Optional[str] = ..., payloads: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., full_bytes: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., freshness: _Optional[_Union[SignedFreshness, _Mapping]] = ...) -> None: ...
+
+class Freshness(_message.Message):
+    __slots__ = ("model", "latest_version", "target_version", "device_id", "nonce", "issued_at", "expires_at")
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
+    EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    latest_version: int
+    target_version: int
+    device_id: str
+    nonce: bytes
+    issued_at: str
+    expires_at: str
+    def __init__(self, model: _Optional[str] = ..., latest_version: _Optional[int] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at: _Optional[str] = ..., expires_at: _Optional[str] = ...) -> None: ...
+
+class SignedFreshness(_message.Message):
+    __slots__ = ("freshness", "signatures")
+    FRESHNESS_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURES_FIELD_NUMBER: _ClassVar[int]
+    freshness: bytes
+    signatures: _containers.RepeatedCompositeFieldContainer[_manifest_pb2.Signature]
+    def __init__(self, freshness: _Optional[bytes] = ..., signatures: _Optional[_Iterable[_Union[_manifest_pb2.Signature, _Mapping]]] = ...) -> None: ...
 
 class FetchPayloadRequest(_message.Message):
     __slots__ = ("model", "payload_id", "offset", "max_chunk_bytes", "device_id", "max_bytes_per_second")

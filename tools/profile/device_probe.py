@@ -81,7 +81,7 @@ class CodecSyncer(Syncer):
         *,
         codecs: Sequence[str],
         recipe: str,
-        verifier: UpdateVerifier | None = None,
+        verifier: UpdateVerifier,
     ) -> None:
         super().__init__(store, connection, recipes=(recipe,), verifier=verifier)
         self.codecs = tuple(codecs)
@@ -125,16 +125,14 @@ def probe(
     recipe: str = "int8",
     chunk_bytes: int = 64 * 1024,
     timeout_s: float = 600.0,
-    trusted_key: Path | None = None,
+    trusted_key: Path,
     progress: FileProgress | None = None,
 ) -> dict[str, Any]:
     """Update ``data_dir`` to ``version`` offering only ``codec``, predict once; return the measurements."""
     before = resource.getrusage(resource.RUSAGE_SELF)
     started = time.perf_counter()
     config = TransportConfig(max_chunk_bytes=chunk_bytes, check_timeout_s=timeout_s, download_deadline_s=timeout_s)
-    verifier = (
-        UpdateVerifier(model, TrustedKeys.from_public_keys([load_public_key(trusted_key)])) if trusted_key else None
-    )
+    verifier = UpdateVerifier(model, TrustedKeys.from_public_keys([load_public_key(trusted_key)]))
     connection = TimedConnection(server, config)
     try:
         syncer = CodecSyncer(ModelStore(data_dir, model), connection, codecs=[codec], recipe=recipe, verifier=verifier)
@@ -179,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--chunk-bytes", type=int, default=64 * 1024)
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument(
-        "--trusted-key", type=Path, default=None, help="public key (PEM) the manifest must be signed by"
+        "--trusted-key", type=Path, required=True, help="public key (PEM) the server's answers must be signed by"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
