@@ -53,8 +53,12 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
     assert registry.lookups == lookups, "an unchanged registry is not asked again within the TTL"
 
     publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+    noticed = service.Predict(_request(), context)
+    assert noticed.version == 1, "the request that notices a publish does not wait for its load"
+    assert service.wait_for_warm_ups(60)
+    assert ("ctr", 2, "int8") in service.loaded_models(), "the new version warmed up in the background"
     latest = service.Predict(_request(), context)
-    assert latest.version == 2, "a publish is seen by the very next request"
+    assert latest.version == 2, "once warm, the new version answers"
     assert not np.allclose(latest.scores, first.scores)
     assert service.Predict(_request(version=1), context).version == 1, "the version a device asks for"
     np.testing.assert_allclose(service.Predict(_request(version=1), context).scores, first.scores)
