@@ -68,6 +68,8 @@ class LoadedModel:
         self.runner = runner
         self.input_specs = [(s.name, s.dtype, list(s.shape)) for s in manifest.inputs]
         self.first_output = runner.output_names[0]
+        # True once a run on neutral inputs succeeded (see warm_up).
+        self.warmed = False
 
     def warm_up(self) -> None:
         """One run on neutral inputs (zeros, batch 1): onnxruntime's first run allocates and prepares."""
@@ -76,6 +78,8 @@ class LoadedModel:
             self.runner.run(inputs)
         except ModelRuntimeError as exc:  # loaded all the same: zeros are not the model's health check
             log.warning("warm-up run of %s failed: %s", self.runner.model_path, exc)
+        else:
+            self.warmed = True
 
 
 class InferenceService(inference_pb2_grpc.InferenceServicer):
@@ -168,10 +172,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             warmed.append((name, loaded.version, loaded.recipe))
         return warmed
 
-    def loaded_models(self) -> list[ModelKey]:
-        """(model, version, recipe) of every loaded model, least recently used first."""
+    def loaded_models(self) -> dict[ModelKey, LoadedModel]:
+        """Every loaded model by (model, version, recipe), least recently used first."""
         with self._lock:
-            return list(self._loaded)
+            return dict(self._loaded)
 
     def wait_for_warm_ups(self, timeout_s: float) -> bool:
         """Wait until the background warm-ups started so far have ended; False if some still run after ``timeout_s``."""
