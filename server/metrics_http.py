@@ -202,9 +202,8 @@ class DeviceCollector(Collector):
         return []  # computed at scrape time: nothing to check for clashes up front
 
     def collect(self) -> Iterator[Metric]:
-        reports = self.telemetry.reports()
         published = self.telemetry.published_models()
-        versions = {model: set(self.telemetry.registry.versions(model)) for model in {r.model for r in reports}}
+        versions = {model: set(self.telemetry.registry.versions(model)) for model in published}
         devices = GaugeMetricFamily(
             "edgerec_devices",
             "Devices by model and active version (0: none installed; other: not published).",
@@ -225,7 +224,7 @@ class DeviceCollector(Collector):
         by_source: Tally[tuple[str, str]] = Tally()
         by_sync: Tally[tuple[str, str]] = Tally()
         by_rollback: Tally[str] = Tally()
-        for r in reports:
+        for r in self.telemetry.each_report():
             if r.model not in published:  # removed from the registry since it reported
                 continue
             known = r.active_version == 0 or r.active_version in versions[r.model]

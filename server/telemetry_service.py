@@ -13,6 +13,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import grpc
 
@@ -35,6 +36,8 @@ SOURCES = frozenset(s.value for s in Source)
 REASONS = frozenset(r.value for r in FallbackReason)
 # How long the list of published models is trusted before the registry is asked again.
 MODELS_TTL_S = 1.0
+# Bytes a kept report costs beside its serialized form: its key, the dict entry, the objects' headers.
+ENTRY_OVERHEAD = 256
 
 
 class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
@@ -58,8 +61,9 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         self.max_devices = max_devices
         self.max_report_bytes = max_report_bytes
         self.max_bytes = max_bytes
-        # (device, model) -> (report, bytes it counts for)
-        self._reports: OrderedDict[tuple[str, str], tuple[telemetry_pb2.StatusReport, int]] = OrderedDict()
+        # (device, model) -> the report, serialized: what it costs is then what it counts for (a parsed
+        # message holds far more, and keeps the memory of what it was copied from).
+        self._reports: OrderedDict[tuple[str, str], bytes] = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         self._models: tuple[float, frozenset[str]] = (-float("inf"), frozenset())
@@ -89,19 +93,18 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
             raise InvalidInputError(f"a status report carries at most {MAX_ROLLBACKS} rollbacks")
         if report.model not in self.published_models():
             raise ModelNotFoundError(f"no model named {report.model[:64]!r} is published")
-        kept = _folded(report)
+        kept = _folded(report).SerializeToString()
         key = (report.device_id, report.model)
-        cost = kept.ByteSize() + len(report.device_id)
         with self._lock:
             old = self._reports.pop(key, None)
             if old is not None:
-                self._bytes -= old[1]
-            self._reports[key] = (kept, cost)
-            self._bytes += cost
+                self._bytes -= _cost(key, old)
+            self._reports[key] = kept
+            self._bytes += _cost(key, kept)
             self.received += 1
             while len(self._reports) > self.max_devices or self._bytes > self.max_bytes:
-                _, (_, freed) = self._reports.popitem(last=False)
-                self._bytes -= freed
+                gone, freed = self._reports.popitem(last=False)
+                self._bytes -= _cost(gone, freed)
                 self.evicted += 1
 
     def published_models(self) -> frozenset[str]:
@@ -117,26 +120,32 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         """The device's last report for ``model`` as kept (a copy), or None."""
         with self._lock:
             kept = self._reports.get((device_id, model))
-        if kept is None:
-            return None
-        copy = telemetry_pb2.StatusReport()
-        copy.CopyFrom(kept[0])
-        return copy
+        return None if kept is None else telemetry_pb2.StatusReport.FromString(kept)
 
     def reports(self) -> list[telemetry_pb2.StatusReport]:
-        """Every kept report, least recently received first (the stored objects: do not modify)."""
+        """Every kept report as kept, least recently received first."""
+        return list(self.each_report())
+
+    def each_report(self) -> Iterator[telemetry_pb2.StatusReport]:
+        """:meth:`reports` one at a time: only one is parsed at once however many are kept."""
         with self._lock:
-            return [report for report, _ in self._reports.values()]
+            kept = list(self._reports.values())
+        for blob in kept:
+            yield telemetry_pb2.StatusReport.FromString(blob)
 
     @property
     def kept_bytes(self) -> int:
-        """Bytes the kept reports count for (their serialized size plus their device ids)."""
+        """Bytes the kept reports count for: serialized, with their keys and ENTRY_OVERHEAD each."""
         with self._lock:
             return self._bytes
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._reports)
+
+
+def _cost(key: tuple[str, str], kept: bytes) -> int:
+    return len(kept) + len(key[0]) + len(key[1]) + ENTRY_OVERHEAD
 
 
 def _folded(report: telemetry_pb2.StatusReport) -> telemetry_pb2.StatusReport:
