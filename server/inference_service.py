@@ -45,7 +45,7 @@ _INDEX_FILES = ("index.sqlite", "index.sqlite-wal")
 # request that starts this long after it committed. Two os.stat per request cost more than the look
 # itself: each releases the GIL, a thread switch when dozens of RPC threads wait for it.
 INDEX_CHECK_S = 0.002
-# Rows one request may carry, and rows of all requests being decoded and run at once (4 requests' worth).
+# Rows one request may carry by default; all requests being decoded and run at once: four times as many.
 DEFAULT_MAX_ROWS = 4096
 # The model label of a Predict for no published model: metrics never carry a name the caller chose.
 UNKNOWN_MODEL = "other"
@@ -318,7 +318,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
     def _warm_up(self, key: ModelKey, manifest: Manifest, artifact: Artifact) -> None:
         try:
             self._load(key, manifest, artifact)
-        except EdgerecError as exc:  # requests keep the previous version; the next one after a change retries
+        except EdgerecError as exc:  # requests keep the previous version; the next resolution tries again
             log.warning("cannot warm %s version %d (%s): %s", *key, exc)
         finally:
             with self._lock:
