@@ -120,6 +120,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         # New versions warm up here, one at a time, while requests keep the previous one.
         self._warmer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgerec-warm")
         self._warming: dict[ModelKey, futures.Future[None]] = {}
+        self._loads = 0  # models loaded so far: resolutions made across a load are not kept
         # (model, asked version, asked recipe) -> (index stamp, monotonic time, model): a Predict costs
         # four SQLite transactions and a manifest parse without it, 20x the runtime call of a small model.
         self.resolve_ttl_s = RESOLVE_TTL_S
@@ -242,11 +243,14 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                     # Past the TTL with the index unchanged: this request asks the registry again while
                     # the others keep the answer (else every request in flight would queue on SQLite).
                     self._resolved[asked] = (stamp, now, known[2])
+            loads = self._loads
         loaded = self._resolve(model, version, recipe)
         with self._lock:
-            if len(self._resolved) >= 4 * self.max_loaded and asked not in self._resolved:
-                self._resolved.clear()  # bounded: requests may name any version or recipe
-            self._resolved[asked] = (stamp, now, loaded)
+            # A load since may have replaced what this resolution found (a stand-in): it is not kept.
+            if self._loads == loads:
+                if len(self._resolved) >= 4 * self.max_loaded and asked not in self._resolved:
+                    self._resolved.clear()  # bounded: requests may name any version or recipe
+                self._resolved[asked] = (stamp, now, loaded)
         return loaded
 
     def _index_stamp(self, now: float) -> tuple[tuple[int, int] | None, ...]:
@@ -355,6 +359,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             while len(self._loaded) > self.max_loaded:
                 self._loaded.popitem(last=False)
             self._resolved.clear()  # a resolution may name the stand-in this model replaces
+            self._loads += 1
         pending.set_result(loaded)
         return loaded
 
