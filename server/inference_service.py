@@ -120,7 +120,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         # New versions warm up here, one at a time, while requests keep the previous one.
         self._warmer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgerec-warm")
         self._warming: dict[ModelKey, futures.Future[None]] = {}
-        self._loads = 0  # models loaded so far: resolutions made across a load are not kept
+        self._loads = 0  # models loaded so far: a stand-in found across a load is not kept
         # (model, asked version, asked recipe) -> (index stamp, monotonic time, model): a Predict costs
         # four SQLite transactions and a manifest parse without it, 20x the runtime call of a small model.
         self.resolve_ttl_s = RESOLVE_TTL_S
@@ -244,10 +244,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                     # the others keep the answer (else every request in flight would queue on SQLite).
                     self._resolved[asked] = (stamp, now, known[2])
             loads = self._loads
-        loaded = self._resolve(model, version, recipe)
+        loaded, stand_in = self._resolve(model, version, recipe)
         with self._lock:
-            # A load since may have replaced what this resolution found (a stand-in): it is not kept.
-            if self._loads == loads:
+            # A stand-in found before a load that may have replaced it is not kept (it would answer for the TTL).
+            if not stand_in or self._loads == loads:
                 if len(self._resolved) >= 4 * self.max_loaded and asked not in self._resolved:
                     self._resolved.clear()  # bounded: requests may name any version or recipe
                 self._resolved[asked] = (stamp, now, loaded)
@@ -274,7 +274,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 stamps.append((st.st_mtime_ns, st.st_size) if st.st_size else None)
         return tuple(stamps)
 
-    def _resolve(self, model: str, version: int, recipe: str) -> LoadedModel:
+    def _resolve(self, model: str, version: int, recipe: str) -> tuple[LoadedModel, bool]:
+        """The model for a request, and whether it is a stand-in (the previous version, while the new one warms)."""
         try:
             validate_model_name(model)
         except ManifestError:  # no such name can be published; the caller's string is not echoed in full
@@ -295,11 +296,11 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             loaded = self._loaded.get(key)
             if loaded is not None:
                 self._loaded.move_to_end(key)
-                return loaded
+                return loaded, False
             stand_in = self._previous_loaded(key) if latest_asked else None
         if stand_in is not None and self._warm_in_background(key, manifest, artifact):
-            return stand_in  # the new latest version warms up; until then the previous one answers
-        return self._load(key, manifest, artifact)
+            return stand_in, True  # the new latest version warms up; until then the previous one answers
+        return self._load(key, manifest, artifact), False
 
     def _previous_loaded(self, key: ModelKey) -> LoadedModel | None:
         """The newest loaded older version of ``key``'s model and recipe (caller holds the lock)."""
