@@ -60,6 +60,10 @@ class InvalidInputError(EdgerecError):
     """Tensors that do not match the model's signature (names, dtypes, ranks, sizes)."""
 
 
+class ResourceLimitError(EdgerecError):
+    """A request over one of the server's limits (rows per request, work in flight): smaller or later may pass."""
+
+
 class PublishError(EdgerecError):
     """Publishing refused a model (unreadable source, unsupported graph, failed gate)."""
 

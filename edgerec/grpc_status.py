@@ -17,6 +17,7 @@ _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
     (errors.UnknownBaseVersionError, grpc.StatusCode.FAILED_PRECONDITION),
     (errors.InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.ResourceLimitError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (errors.ManifestError, grpc.StatusCode.INTERNAL),
     (errors.IntegrityError, grpc.StatusCode.DATA_LOSS),
     (errors.PatchError, grpc.StatusCode.DATA_LOSS),

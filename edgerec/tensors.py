@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -57,11 +57,14 @@ def from_proto(tensor: tensor_pb2.Tensor, *, name: str = "tensor", max_bytes: in
     shape = tuple(tensor.shape)
     if len(shape) > MAX_RANK or (shape and min(shape) < 0):
         raise InvalidInputError(f"{name}: invalid shape {list(shape)}")
-    expected = wire.itemsize
+    # Every dimension counts, even beside a zero one: numpy refuses a shape whose other dimensions
+    # overflow its index type, and an empty batch of absurd rows is no more valid than a full one.
+    extent = wire.itemsize
     for d in shape:
-        expected *= d
-        if expected > max_bytes:
+        extent *= max(d, 1)
+        if extent > max_bytes:
             raise InvalidInputError(f"{name}: shape {list(shape)} exceeds the {max_bytes}-byte limit")
+    expected = 0 if 0 in shape else extent
     data = tensor.data
     if len(data) != expected:
         raise InvalidInputError(
@@ -71,6 +74,22 @@ def from_proto(tensor: tensor_pb2.Tensor, *, name: str = "tensor", max_bytes: in
     return array if _LITTLE_ENDIAN_HOST else array.astype(_HOST_DTYPES[tensor.dtype])
 
 
+def leading_dimension(tensor: tensor_pb2.Tensor) -> int:
+    """The first dimension a Tensor declares (its rows; 1 for a scalar), read before any data is decoded."""
+    return tensor.shape[0] if tensor.shape else 1
+
+
+def check_input_names(names: Collection[str], specs: Sequence[tuple[str, str, Sequence[int]]]) -> None:
+    """InvalidInputError unless ``names`` are exactly the specs' input names (checkable before decoding)."""
+    if len(names) != len(specs) or any(name not in names for name, _, _ in specs):
+        expected_names = [name for name, _, _ in specs]
+        missing = [n for n in expected_names if n not in names]
+        extra = sorted(set(names) - set(expected_names))
+        # The names come from the caller: a few of them, cut short, are enough to say what is wrong.
+        shown = [n[:64] for n in extra[:8]] + ([f"... {len(extra) - 8} more"] if len(extra) > 8 else [])
+        raise InvalidInputError(f"inputs must be exactly {expected_names}; missing {missing}, unexpected {shown}")
+
+
 def check_inputs(
     inputs: Mapping[str, np.ndarray], specs: Sequence[tuple[str, str, Sequence[int]]]
 ) -> dict[str, np.ndarray]:
@@ -78,11 +97,7 @@ def check_inputs(
 
     Returns the inputs in spec order. Raises InvalidInputError naming what is wrong.
     """
-    if len(inputs) != len(specs) or any(name not in inputs for name, _, _ in specs):
-        expected_names = [name for name, _, _ in specs]
-        missing = [n for n in expected_names if n not in inputs]
-        extra = sorted(set(inputs) - set(expected_names))
-        raise InvalidInputError(f"inputs must be exactly {expected_names}; missing {missing}, unexpected {extra}")
+    check_input_names(inputs, specs)
     checked: dict[str, np.ndarray] = {}
     batch: int | None = None
     for name, dtype, shape in specs:

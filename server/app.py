@@ -16,20 +16,23 @@ from edgerec.registry import Registry
 from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
 from edgerec.server.freshness import DEFAULT_FRESHNESS_TTL, FreshnessSigner
-from edgerec.server.inference_service import InferenceService
+from edgerec.server.inference_service import DEFAULT_MAX_ROWS, InferenceService
 from edgerec.server.limits import StreamLimiter, StreamLimits
+from edgerec.server.message_limits import MessageSizeLimits
 from edgerec.server.metrics_http import MetricsHttpServer, ServerMetrics
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
-from edgerec.server.telemetry_service import TelemetryService
+from edgerec.server.telemetry_service import DEFAULT_MAX_BYTES as DEFAULT_MAX_TELEMETRY_BYTES
+from edgerec.server.telemetry_service import DEFAULT_MAX_REPORT_BYTES, TelemetryService
 from edgerec.server.update_service import ModelUpdateService
 from edgerec.signing import load_private_key
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, telemetry_pb2, telemetry_pb2_grpc, update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+REPORT_STATUS = f"/{telemetry_pb2.DESCRIPTOR.services_by_name['Telemetry'].full_name}/ReportStatus"
 SERVICE_NAMES = (
     update_pb2.DESCRIPTOR.services_by_name["ModelUpdate"].full_name,
     inference_pb2.DESCRIPTOR.services_by_name["Inference"].full_name,
@@ -79,6 +82,15 @@ class ServerConfig:
     metrics_host: str = "127.0.0.1"
     # Devices whose latest status report is kept, >= 1; the least recently reporting go first.
     max_telemetry_devices: int = 10_000
+    # Bytes of one status report, >= 1 KiB (larger ones get RESOURCE_EXHAUSTED unparsed), and of all the
+    # reports kept, >= max_telemetry_report_bytes (the least recently reporting devices go first).
+    max_telemetry_report_bytes: int = DEFAULT_MAX_REPORT_BYTES
+    max_telemetry_bytes: int = DEFAULT_MAX_TELEMETRY_BYTES
+    # --- Predict limits (edgerec.server.inference_service); beyond them: RESOURCE_EXHAUSTED ---
+    # Rows one request may carry, >= 1, and rows of all requests decoded and run at once, >= max_predict_rows
+    # (None: four requests' worth).
+    max_predict_rows: int = DEFAULT_MAX_ROWS
+    max_predict_rows_in_flight: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers < 2:
@@ -97,6 +109,18 @@ class ServerConfig:
             raise ValueError(f"need batch_wait_s >= 0 and max_batch >= 1, got {self.batch_wait_s}, {self.max_batch}")
         if self.max_telemetry_devices < 1:
             raise ValueError(f"max_telemetry_devices must be >= 1, got {self.max_telemetry_devices}")
+        if not 1024 <= self.max_telemetry_report_bytes <= self.max_telemetry_bytes:
+            raise ValueError(
+                "need 1024 <= max_telemetry_report_bytes <= max_telemetry_bytes, "
+                f"got {self.max_telemetry_report_bytes}, {self.max_telemetry_bytes}"
+            )
+        if self.max_predict_rows < 1:
+            raise ValueError(f"max_predict_rows must be >= 1, got {self.max_predict_rows}")
+        if self.max_predict_rows_in_flight is not None and self.max_predict_rows_in_flight < self.max_predict_rows:
+            raise ValueError(
+                f"max_predict_rows_in_flight must be >= max_predict_rows ({self.max_predict_rows}) or None, "
+                f"got {self.max_predict_rows_in_flight}"
+            )
         for name in ("per_device_rate", "global_rate"):
             rate = getattr(self, name)
             if rate is not None and rate <= 0:
@@ -140,6 +164,8 @@ class RunningServer:
     def stop(self, grace: float = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.inference is not None:
+            self.inference.close()
         if self._metrics_http is not None:
             self._metrics_http.stop()
 
@@ -166,11 +192,21 @@ def start_server(config: ServerConfig) -> RunningServer:
     elif config.tls_cert is None:
         log.warning("device tokens without TLS: they cross the network in plain text")
     interceptor = SecurityInterceptor(tokens, StreamLimiter(config.stream_limits()), open_services)
-    telemetry = TelemetryService(config.max_telemetry_devices)
+    telemetry = TelemetryService(
+        registry,
+        config.max_telemetry_devices,
+        max_report_bytes=config.max_telemetry_report_bytes,
+        max_bytes=config.max_telemetry_bytes,
+    )
     metrics = ServerMetrics(telemetry, registry)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
-        interceptors=[interceptor, metrics.interceptor()],
+        # Innermost, the size bounds: the security interceptor still answers an unauthenticated caller first.
+        interceptors=[
+            interceptor,
+            metrics.interceptor(),
+            MessageSizeLimits({REPORT_STATUS: telemetry.max_report_bytes}),
+        ],
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
@@ -182,8 +218,15 @@ def start_server(config: ServerConfig) -> RunningServer:
         else None
     )
     inference = InferenceService(
-        registry, batcher=batcher, observer=metrics.observe_predict, batch_observer=metrics.observe_batch
+        registry,
+        batcher=batcher,
+        observer=metrics.observe_predict,
+        batch_observer=metrics.observe_batch,
+        max_rows=config.max_predict_rows,
+        max_rows_in_flight=config.max_predict_rows_in_flight,
     )
+    # The first Predict after a start must not pay for loading its model.
+    inference.warm()
     inference_pb2_grpc.add_InferenceServicer_to_server(inference, server)  # type: ignore[no-untyped-call]
     telemetry_pb2_grpc.add_TelemetryServicer_to_server(telemetry, server)  # type: ignore[no-untyped-call]
     health_servicer = health.HealthServicer()

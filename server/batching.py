@@ -74,6 +74,11 @@ class MicroBatcher:
                 else:
                     del self._inflight[group]
 
+    def in_flight(self) -> int:
+        """Requests inside :meth:`run` that may share a runtime call (running, or waiting for others)."""
+        with self._lock:
+            return sum(self._inflight.values())
+
     def _run_grouped(self, group: Hashable, request: _Request, run: RunFn) -> Arrays:
         rows = request.rows
         with self._lock:

@@ -16,6 +16,11 @@ can run in one process (tests, benchmarks). What is measured:
   ``edgerec_device_predictions{model,source}``, ``edgerec_device_syncs{model,outcome}`` and
   ``edgerec_device_rollbacks{model}`` (gauges: sums of the devices' counts since their clients started),
   and ``edgerec_status_reports_total``.
+
+Label values come only from sets the server knows, never from a caller's free text: models and versions
+from the registry (a version no longer published is ``other``), reasons and sources from the device SDK's
+names (the telemetry service folds any other into ``other``), outcomes and codecs from the server's code.
+Device ids are never labels.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from prometheus_client.registry import Collector
 
 from edgerec.errors import EdgerecError
 from edgerec.registry import Registry
-from edgerec.server.telemetry_service import TelemetryService
+from edgerec.server.telemetry_service import OTHER, TelemetryService
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
@@ -197,9 +202,12 @@ class DeviceCollector(Collector):
         return []  # computed at scrape time: nothing to check for clashes up front
 
     def collect(self) -> Iterator[Metric]:
-        reports = self.telemetry.reports()
+        published = self.telemetry.published_models()
+        versions = {model: set(self.telemetry.registry.versions(model)) for model in published}
         devices = GaugeMetricFamily(
-            "edgerec_devices", "Devices by model and active version (0: none installed).", labels=["model", "version"]
+            "edgerec_devices",
+            "Devices by model and active version (0: none installed; other: not published).",
+            labels=["model", "version"],
         )
         fallbacks = GaugeMetricFamily(
             "edgerec_device_fallbacks", "Fallbacks the devices reported, by reason.", labels=["model", "reason"]
@@ -216,8 +224,11 @@ class DeviceCollector(Collector):
         by_source: Tally[tuple[str, str]] = Tally()
         by_sync: Tally[tuple[str, str]] = Tally()
         by_rollback: Tally[str] = Tally()
-        for r in reports:
-            by_version[(r.model, str(r.active_version))] += 1
+        for r in self.telemetry.each_report():
+            if r.model not in published:  # removed from the registry since it reported
+                continue
+            known = r.active_version == 0 or r.active_version in versions[r.model]
+            by_version[(r.model, str(r.active_version) if known else OTHER)] += 1
             for reason, n in r.fallbacks_by_reason.items():
                 by_reason[(r.model, reason)] += n
             for source, n in r.predictions_by_source.items():

@@ -1,4 +1,11 @@
-"""The Telemetry gRPC service: keeps each device's latest status report, bounded, for metrics and operators."""
+"""The Telemetry gRPC service: keeps each device's latest status report, bounded, for metrics and operators.
+
+Every report comes from a caller the server cannot vouch for, so what is kept is bounded three ways:
+a report's size (``max_report_bytes``, also enforced on the raw message, see ``message_limits``), the
+number of (device, model) reports and their total bytes (the least recently reporting go first). Only
+reports for published models are kept, and their sources and reasons are folded into the names the
+device SDK defines ("other" for any else): a report never adds a name of its own to what is kept.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +13,60 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 
 import grpc
 
 from edgerec import grpc_status
-from edgerec.errors import InvalidInputError
+from edgerec.device.policy import FallbackReason, Source
+from edgerec.errors import EdgerecError, InvalidInputError, ModelNotFoundError, ResourceLimitError
+from edgerec.registry import Registry
 from edgerec.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-# Map entries (sources, reasons) and rollbacks one report may carry; strings longer than this are refused.
-MAX_REPORT_ENTRIES = 64
-MAX_REPORT_STRING = 1024
+# A device's report is a few hundred bytes; 8 KiB leaves room for a long device id and last error.
+DEFAULT_MAX_REPORT_BYTES = 8 * 1024
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+# Rollbacks one report may carry (the device SDK sends its last 64).
+MAX_ROLLBACKS = 64
+# What a source or reason outside the SDK's names is counted as.
+OTHER = "other"
+SOURCES = frozenset(s.value for s in Source)
+REASONS = frozenset(r.value for r in FallbackReason)
+# How long the list of published models is trusted before the registry is asked again.
+MODELS_TTL_S = 1.0
+# Bytes a kept report costs beside its serialized form: its key, the dict entry, the objects' headers.
+ENTRY_OVERHEAD = 256
 
 
 class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
-    """Stores the latest report per (device, model); the least recently reporting device goes past ``max_devices``."""
+    """Stores the latest report per (device, model) of published models, within ``max_devices`` reports
+    and ``max_bytes`` bytes; each report at most ``max_report_bytes``."""
 
-    def __init__(self, max_devices: int = 10_000) -> None:
-        if max_devices < 1:
-            raise ValueError(f"max_devices must be >= 1, got {max_devices}")
+    def __init__(
+        self,
+        registry: Registry,
+        max_devices: int = 10_000,
+        *,
+        max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        if max_devices < 1 or max_report_bytes < 1 or max_bytes < max_report_bytes:
+            raise ValueError(
+                f"need max_devices >= 1 and 1 <= max_report_bytes <= max_bytes, "
+                f"got {max_devices}, {max_report_bytes}, {max_bytes}"
+            )
+        self.registry = registry
         self.max_devices = max_devices
-        self._reports: OrderedDict[tuple[str, str], telemetry_pb2.StatusReport] = OrderedDict()
+        self.max_report_bytes = max_report_bytes
+        self.max_bytes = max_bytes
+        # (device, model) -> the report, serialized: what it costs is then what it counts for (a parsed
+        # message holds far more, and keeps the memory of what it was copied from).
+        self._reports: OrderedDict[tuple[str, str], bytes] = OrderedDict()
+        self._bytes = 0
         self._lock = threading.Lock()
+        self._models: tuple[float, frozenset[str]] = (-float("inf"), frozenset())
         self.received = 0
         self.evicted = 0
 
@@ -37,53 +75,89 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
     ) -> telemetry_pb2.StatusAck:
         try:
             self.store(request)
-        except InvalidInputError as exc:
+        except EdgerecError as exc:
             log.info("status report refused: %s", exc)
             grpc_status.abort(context, exc)
             raise AssertionError("unreachable") from exc
         return telemetry_pb2.StatusAck(received_unix_s=time.time())
 
     def store(self, report: telemetry_pb2.StatusReport) -> None:
-        """Check and keep ``report`` as its device's latest; InvalidInputError when it is malformed or too big."""
-        _check(report)
+        """Check and keep ``report`` as its device's latest: InvalidInputError when malformed,
+        ResourceLimitError when too big, ModelNotFoundError for a model that is not published."""
+        size = report.ByteSize()
+        if size > self.max_report_bytes:
+            raise ResourceLimitError(f"a {size}-byte status report; the server takes at most {self.max_report_bytes}")
+        if not report.device_id or not report.model:
+            raise InvalidInputError("a status report needs device_id and model")
+        if len(report.rollbacks) > MAX_ROLLBACKS:
+            raise InvalidInputError(f"a status report carries at most {MAX_ROLLBACKS} rollbacks")
+        if report.model not in self.published_models():
+            raise ModelNotFoundError(f"no model named {report.model[:64]!r} is published")
+        kept = _folded(report).SerializeToString()
         key = (report.device_id, report.model)
-        kept = telemetry_pb2.StatusReport()
-        kept.CopyFrom(report)
         with self._lock:
-            self._reports.pop(key, None)
+            old = self._reports.pop(key, None)
+            if old is not None:
+                self._bytes -= _cost(key, old)
             self._reports[key] = kept
+            self._bytes += _cost(key, kept)
             self.received += 1
-            while len(self._reports) > self.max_devices:
-                self._reports.popitem(last=False)
+            while len(self._reports) > self.max_devices or self._bytes > self.max_bytes:
+                gone, freed = self._reports.popitem(last=False)
+                self._bytes -= _cost(gone, freed)
                 self.evicted += 1
 
+    def published_models(self) -> frozenset[str]:
+        """The registry's models, asked again at most every MODELS_TTL_S (reports come from many devices)."""
+        now = time.monotonic()
+        checked, models = self._models
+        if now - checked >= MODELS_TTL_S:
+            models = frozenset(self.registry.models())
+            self._models = (now, models)
+        return models
+
     def latest(self, device_id: str, model: str) -> telemetry_pb2.StatusReport | None:
-        """The device's last report for ``model`` (a copy), or None."""
+        """The device's last report for ``model`` as kept (a copy), or None."""
         with self._lock:
-            report = self._reports.get((device_id, model))
-        if report is None:
-            return None
-        copy = telemetry_pb2.StatusReport()
-        copy.CopyFrom(report)
-        return copy
+            kept = self._reports.get((device_id, model))
+        return None if kept is None else telemetry_pb2.StatusReport.FromString(kept)
 
     def reports(self) -> list[telemetry_pb2.StatusReport]:
-        """Every kept report, least recently received first (the stored objects: do not modify)."""
+        """Every kept report as kept, least recently received first."""
+        return list(self.each_report())
+
+    def each_report(self) -> Iterator[telemetry_pb2.StatusReport]:
+        """:meth:`reports` one at a time: only one is parsed at once however many are kept."""
         with self._lock:
-            return list(self._reports.values())
+            kept = list(self._reports.values())
+        for blob in kept:
+            yield telemetry_pb2.StatusReport.FromString(blob)
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes the kept reports count for: serialized, with their keys and ENTRY_OVERHEAD each."""
+        with self._lock:
+            return self._bytes
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._reports)
 
 
-def _check(report: telemetry_pb2.StatusReport) -> None:
-    if not report.device_id or not report.model:
-        raise InvalidInputError("a status report needs device_id and model")
-    sizes = (len(report.predictions_by_source), len(report.fallbacks_by_reason), len(report.rollbacks))
-    if max(sizes) > MAX_REPORT_ENTRIES:
-        raise InvalidInputError(f"a status report carries at most {MAX_REPORT_ENTRIES} entries per list or map")
-    strings = [report.device_id, report.model, report.recipe, report.sync.last_error]
-    strings += list(report.predictions_by_source) + list(report.fallbacks_by_reason)
-    if any(len(s) > MAX_REPORT_STRING for s in strings):
-        raise InvalidInputError(f"status report strings are at most {MAX_REPORT_STRING} characters")
+def _cost(key: tuple[str, str], kept: bytes) -> int:
+    return len(kept) + len(key[0]) + len(key[1]) + ENTRY_OVERHEAD
+
+
+def _folded(report: telemetry_pb2.StatusReport) -> telemetry_pb2.StatusReport:
+    """A copy of ``report`` whose sources and reasons are the SDK's names, any other counted as OTHER."""
+    kept = telemetry_pb2.StatusReport()
+    kept.CopyFrom(report)
+    for folded, sent, known in (
+        (kept.predictions_by_source, report.predictions_by_source, SOURCES),
+        (kept.fallbacks_by_reason, report.fallbacks_by_reason, REASONS),
+    ):
+        folded.clear()
+        for name, count in sent.items():
+            label = name if name in known else OTHER
+            folded[label] = min(folded[label] + count, 2**64 - 1)
+    return kept

@@ -148,21 +148,32 @@ def test_concurrent_requests_to_a_real_model_share_runs_and_get_their_own_rows(t
 
     runner = OnnxRunner(_model(tmp_path / "safe.onnx", fragile=False))
     calls: list[int] = []
-
-    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        calls.append(len(inputs["x"]))
-        return runner.run(inputs)
-
-    batcher = MicroBatcher(max_wait_s=0.05, max_batch=256)
+    batcher = MicroBatcher(max_wait_s=LONG_WAIT_S, max_batch=256)
     rng = np.random.default_rng(0)
     requests = [{"x": rng.standard_normal((1 + i % 3, 4)).astype(np.float32)} for i in range(16)]
     requests.append({"x": np.ones((2, 5), np.float32)})  # other non-batch shape: runs in its own group (and fails)
+
+    held: list[bool] = []
+
+    def run(inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        calls.append(len(inputs["x"]))
+        if inputs["x"].shape[1] == 4 and not held:
+            held.append(True)
+            # The first runtime call of the model holds until the other requests are in the batcher (however
+            # slowly a busy machine starts their threads): they wait in an open batch, which goes as one
+            # when this call ends. Whatever the machine, batching must then happen.
+            deadline = time.monotonic() + LONG_WAIT_S
+            while batcher.in_flight() < 16 and time.monotonic() < deadline:
+                time.sleep(0.001)
+        return runner.run(inputs)
+
     results = run_together(batcher, requests, run)
     for inputs, got in zip(requests[:-1], results, strict=False):
         assert isinstance(got, dict)
         np.testing.assert_allclose(got["score"], runner.run(inputs)["score"], atol=1e-6)
     assert isinstance(results[-1], Exception), "a malformed request fails alone"
     assert batcher.batches >= 1 and len(calls) < len(requests), f"no batching happened: {calls}"
+    assert batcher.in_flight() == 0
 
 
 @pytest.mark.parametrize("inputs", [{"x": np.float32(1.0)}, {"x": np.ones((300, 2), np.float32)}])

@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import grpc
 import numpy as np
@@ -17,7 +17,10 @@ from test_policy import SAFE, _model
 
 from edgerec import tensors
 from edgerec.registry import Registry
-from edgerec.v1 import inference_pb2
+from edgerec.v1 import inference_pb2, inference_pb2_grpc
+
+if TYPE_CHECKING:
+    from edgerec.server.app import RunningServer
 
 pytest.importorskip("onnx")
 
@@ -53,8 +56,12 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
     assert registry.lookups == lookups, "an unchanged registry is not asked again within the TTL"
 
     publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+    noticed = service.Predict(_request(), context)
+    assert noticed.version == 1, "the request that notices a publish does not wait for its load"
+    assert service.wait_for_warm_ups(60)
+    assert ("ctr", 2, "int8") in service.loaded_models(), "the new version warmed up in the background"
     latest = service.Predict(_request(), context)
-    assert latest.version == 2, "a publish is seen by the very next request"
+    assert latest.version == 2, "once warm, the new version answers"
     assert not np.allclose(latest.scores, first.scores)
     assert service.Predict(_request(version=1), context).version == 1, "the version a device asks for"
     np.testing.assert_allclose(service.Predict(_request(version=1), context).scores, first.scores)
@@ -101,3 +108,53 @@ def test_the_index_is_looked_at_again_once_the_check_interval_passed(tmp_path: P
     (registry.root / "index.sqlite-wal").write_bytes(b"a write")
     assert service._index_stamp(time.monotonic()) == first, "within the interval the last look stands"
     assert service._index_stamp(time.monotonic() + 61.0) != first
+
+
+def _serve_and_predict(server: RunningServer, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = inference_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+        response: inference_pb2.PredictResponse = stub.Predict(request, timeout=60)
+    return response
+
+
+def test_a_started_server_has_loaded_and_run_the_latest_version_of_every_model_before_any_request(
+    tmp_path: Path,
+) -> None:
+    from edgerec.server.app import ServerConfig, start_server
+    from edgerec.server.publish import publish
+
+    registry = Registry(tmp_path / "registry")
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+    publish(_model(tmp_path / "other.onnx", fragile=False), "other", registry)
+    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
+    try:
+        assert server.inference is not None
+        loaded = server.inference.loaded_models()
+        assert sorted(loaded) == [("ctr", 2, "int8"), ("other", 1, "int8")], "what a model-only request gets"
+        assert all(model.warmed for model in loaded.values()), "each ran once already"
+        assert _serve_and_predict(server, _request()).version == 2
+        assert server.inference.loaded_models().keys() == loaded.keys(), "the first request loaded nothing"
+    finally:
+        server.stop(grace=0)
+
+
+def test_a_publish_warms_in_the_background_while_the_previous_version_answers(tmp_path: Path) -> None:
+    from edgerec.server.app import ServerConfig, start_server
+    from edgerec.server.publish import publish
+
+    registry = Registry(tmp_path / "registry")
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
+    try:
+        assert server.inference is not None
+        assert _serve_and_predict(server, _request()).version == 1
+        publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+        assert _serve_and_predict(server, _request()).version == 1, "noticing a publish waits for no load"
+        assert server.inference.wait_for_warm_ups(60)
+        warmed = server.inference.loaded_models()[("ctr", 2, "int8")]
+        assert warmed.warmed, "loaded and run once before its first request"
+        assert _serve_and_predict(server, _request()).version == 2
+        assert _serve_and_predict(server, _request(version=1)).version == 1, "the version a device asks for"
+    finally:
+        server.stop(grace=0)

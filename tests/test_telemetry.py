@@ -21,7 +21,7 @@ from test_policy import NAN, ODD, RELAXED, SAFE, _model
 from edgerec.device import EdgeClient
 from edgerec.device.telemetry import StatusReporter, TelemetrySender
 from edgerec.device.transport import TransportConfig
-from edgerec.errors import InvalidInputError, NoModelAvailableError, TransportError
+from edgerec.errors import InvalidInputError, ModelNotFoundError, NoModelAvailableError, TransportError
 from edgerec.registry import Registry
 
 if TYPE_CHECKING:
@@ -153,10 +153,20 @@ def test_the_server_refuses_malformed_reports_and_keeps_a_bounded_number(running
     try:
         with pytest.raises(InvalidInputError, match="device_id"):
             sender.send(telemetry_pb2.StatusReport(model="safe"))
+        with pytest.raises(ModelNotFoundError, match="nowhere"):
+            sender.send(telemetry_pb2.StatusReport(device_id="d", model="nowhere"))
         too_many = telemetry_pb2.StatusReport(device_id="d", model="safe")
-        too_many.fallbacks_by_reason.update({f"reason{i}": 1 for i in range(65)})
+        too_many.fallbacks_by_reason.update({f"reason{i}": 1 for i in range(65)} | {"local_error": 2})
+        too_many.predictions_by_source.update({"server": 3, "elsewhere": 4})
+        too_many.rollbacks.extend(telemetry_pb2.Rollback(from_version=2, to_version=1) for _ in range(65))
         with pytest.raises(InvalidInputError, match="at most 64"):
             sender.send(too_many)
+        del too_many.rollbacks[64:]
+        sender.send(too_many)
+        kept = telemetry.latest("d", "safe")
+        assert kept is not None and len(kept.rollbacks) == 64
+        assert dict(kept.fallbacks_by_reason) == {"other": 65, "local_error": 2}, "unknown reasons are folded"
+        assert dict(kept.predictions_by_source) == {"other": 4, "server": 3}
         evicted = telemetry.evicted
         for i in range(5):
             sender.send(telemetry_pb2.StatusReport(device_id=f"bulk-{i}", model="safe", active_version=1))

@@ -45,6 +45,19 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="Predict micro-batching: how long a request waits for others to share its runtime call (0: off).",
 )
 @click.option(
+    "--max-predict-rows",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Rows one Predict request may carry; more: RESOURCE_EXHAUSTED.",
+)
+@click.option(
+    "--max-predict-rows-in-flight",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Rows of all Predict requests run at once; beyond: RESOURCE_EXHAUSTED.  [default: 4 x --max-predict-rows]",
+)
+@click.option(
     "--metrics-port",
     type=click.IntRange(0, 65535),
     default=None,
@@ -64,6 +77,8 @@ def serve(
     per_device_rate: str | None,
     global_rate: str | None,
     batch_wait_ms: float,
+    max_predict_rows: int,
+    max_predict_rows_in_flight: int | None,
     metrics_port: int | None,
 ) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
@@ -84,6 +99,8 @@ def serve(
             per_device_rate=parse_rate(per_device_rate) if per_device_rate else None,
             global_rate=parse_rate(global_rate) if global_rate else None,
             batch_wait_s=batch_wait_ms / 1e3,
+            max_predict_rows=max_predict_rows,
+            max_predict_rows_in_flight=max_predict_rows_in_flight,
             metrics_port=metrics_port,
             metrics_host=listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1",
         )

@@ -26,6 +26,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -51,6 +52,29 @@ _MAX_RECORD_BYTES: Final = 64 * 1024
 _EXTERNAL_MIN_BYTES: Final = 1024
 
 
+# onnxruntime's message for a Gather index outside its table.
+_GATHER_OUT_OF_RANGE = re.compile(
+    r"indices element out of data bounds, idx=(-?\d+) must be within the inclusive range \[(-?\d+),(-?\d+)\]"
+)
+
+
+def run_error(exc: Exception, inputs: Mapping[str, np.ndarray]) -> InvalidInputError | ModelRuntimeError:
+    """The typed error of a failed run of ``inputs``: the request's fault or the model's.
+
+    The request's fault (InvalidInputError) only when onnxruntime refused an embedding id that the
+    request itself carries, outside the table it was looked up in: the caller's mistake, which must
+    count against neither the model (no rollback) nor the server. Everything else, including an
+    index the model computed itself from valid inputs, is the model's (ModelRuntimeError).
+    """
+    match = _GATHER_OUT_OF_RANGE.search(str(exc))
+    if match is not None:
+        index, low, high = (int(g) for g in match.groups())
+        for name, array in inputs.items():
+            if array.dtype.kind in "iu" and bool((np.asarray(array) == index).any()):
+                return InvalidInputError(f"input {name!r} holds id {index}, outside the model's table [{low}, {high}]")
+    return ModelRuntimeError(f"onnxruntime failed to run: {exc}")
+
+
 class OnnxRunner:
     """An onnxruntime session on the CPU, loaded once.
 
@@ -72,7 +96,6 @@ class OnnxRunner:
         cache_key: str | None = None,
     ) -> None:
         import onnxruntime as ort  # deferred: the core imports without a runtime installed
-        from onnxruntime.capi.onnxruntime_pybind11_state import InvalidArgument
 
         self.model_path = Path(model_path)
         self.optimized_from_cache = False
@@ -89,7 +112,6 @@ class OnnxRunner:
         if session is None:
             session = _session(ort, self.model_path, _options(ort, threads, optimize=True))
         self._session = session
-        self._invalid_argument: type[Exception] = InvalidArgument
         self.output_names: list[str] = [o.name for o in self._session.get_outputs()]
         self.input_names: list[str] = [i.name for i in self._session.get_inputs()]
         self._first = self.output_names[:1]
@@ -131,33 +153,21 @@ class OnnxRunner:
         try:
             outputs = self._session.run(self.output_names, dict(inputs))
         except Exception as exc:  # onnxruntime raises several unrelated types
-            raise self._run_error(exc) from exc
+            raise run_error(exc, inputs) from exc
         return dict(zip(self.output_names, outputs, strict=True))
 
     def score(self, feeds: dict[str, np.ndarray], run_options: Any = None) -> np.ndarray:
         """The first output as flat float32 scores, for ``feeds`` already checked against the signature.
 
         ``run_options`` (from :meth:`run_options`) can terminate a running call. Raises
-        :class:`InvalidInputError` when onnxruntime refuses the input values (see :meth:`_run_error`),
+        :class:`InvalidInputError` when onnxruntime refuses the input values (see :func:`run_error`),
         :class:`ModelRuntimeError` when the run fails otherwise, :class:`NonFiniteScoresError` on NaN or inf.
         """
         try:
             output = self._session_run(self._first, feeds, run_options)[0]
         except Exception as exc:  # onnxruntime raises several unrelated types
-            raise self._run_error(exc) from exc
+            raise run_error(exc, feeds) from exc
         return flat_scores(output)
-
-    def _run_error(self, exc: Exception) -> InvalidInputError | ModelRuntimeError:
-        """The typed error of a failed run: the request's fault or the model's.
-
-        Inputs reach the session after their names, dtypes and shapes were checked, so an
-        INVALID_ARGUMENT from onnxruntime at run time is about their values (an id outside an
-        embedding table makes Gather refuse it): the caller's mistake, not the model's. Every other
-        failure (a kernel that fails, a shape the graph cannot handle) is the model's.
-        """
-        if isinstance(exc, self._invalid_argument):
-            return InvalidInputError(f"the model refused the input values: {exc}")
-        return ModelRuntimeError(f"onnxruntime failed to run: {exc}")
 
     def run_options(self) -> Any:
         """A fresh ``onnxruntime.RunOptions`` for :meth:`score`: set ``terminate`` to stop the call."""

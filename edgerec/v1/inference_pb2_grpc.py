@@ -29,7 +29,11 @@ class InferenceStub:
     """Fallback inference: runs a published model version on the server.
 
     Errors: NOT_FOUND for an unknown model; INVALID_ARGUMENT for missing, extra or
-    malformed tensors (wrong dtype, rank or byte length).
+    malformed tensors (wrong dtype, rank or byte length, dimensions beyond the size limit)
+    and for ids outside the model's embedding tables; RESOURCE_EXHAUSTED for a request
+    with more rows (first dimension) than the server takes (4096 by default, edgerec serve
+    --max-predict-rows), or while the rows of the requests in flight fill the server's
+    budget (--max-predict-rows-in-flight): retry later or with fewer rows.
     """
 
     def __init__(self, channel):
@@ -49,7 +53,11 @@ class InferenceServicer:
     """Fallback inference: runs a published model version on the server.
 
     Errors: NOT_FOUND for an unknown model; INVALID_ARGUMENT for missing, extra or
-    malformed tensors (wrong dtype, rank or byte length).
+    malformed tensors (wrong dtype, rank or byte length, dimensions beyond the size limit)
+    and for ids outside the model's embedding tables; RESOURCE_EXHAUSTED for a request
+    with more rows (first dimension) than the server takes (4096 by default, edgerec serve
+    --max-predict-rows), or while the rows of the requests in flight fill the server's
+    budget (--max-predict-rows-in-flight): retry later or with fewer rows.
     """
 
     def Predict(self, request, context):
@@ -78,7 +86,11 @@ class Inference:
     """Fallback inference: runs a published model version on the server.
 
     Errors: NOT_FOUND for an unknown model; INVALID_ARGUMENT for missing, extra or
-    malformed tensors (wrong dtype, rank or byte length).
+    malformed tensors (wrong dtype, rank or byte length, dimensions beyond the size limit)
+    and for ids outside the model's embedding tables; RESOURCE_EXHAUSTED for a request
+    with more rows (first dimension) than the server takes (4096 by default, edgerec serve
+    --max-predict-rows), or while the rows of the requests in flight fill the server's
+    budget (--max-predict-rows-in-flight): retry later or with fewer rows.
     """
 
     @staticmethod

@@ -27,10 +27,13 @@ if _version_not_supported:
 
 class TelemetryStub:
     """Device status reports: what a device runs and how its predictions and updates went.
-    The server keeps the latest report per device and model and exports them as metrics.
+    The server keeps the latest report per device and model (of a bounded number of devices
+    and bytes, the least recently reporting go first) and exports them as metrics. Sources and
+    reasons other than the ones listed below are kept and exported as "other".
 
-    Errors: INVALID_ARGUMENT for a report without device_id or model, or with more map
-    entries or rollbacks than the server accepts (64 each).
+    Errors: INVALID_ARGUMENT for a report without device_id or model, or with more than 64
+    rollbacks; NOT_FOUND for a model that is not published; RESOURCE_EXHAUSTED for a report
+    larger than the server accepts (8 KiB by default; a device's report is far smaller).
     """
 
     def __init__(self, channel):
@@ -48,10 +51,13 @@ class TelemetryStub:
 
 class TelemetryServicer:
     """Device status reports: what a device runs and how its predictions and updates went.
-    The server keeps the latest report per device and model and exports them as metrics.
+    The server keeps the latest report per device and model (of a bounded number of devices
+    and bytes, the least recently reporting go first) and exports them as metrics. Sources and
+    reasons other than the ones listed below are kept and exported as "other".
 
-    Errors: INVALID_ARGUMENT for a report without device_id or model, or with more map
-    entries or rollbacks than the server accepts (64 each).
+    Errors: INVALID_ARGUMENT for a report without device_id or model, or with more than 64
+    rollbacks; NOT_FOUND for a model that is not published; RESOURCE_EXHAUSTED for a report
+    larger than the server accepts (8 KiB by default; a device's report is far smaller).
     """
 
     def ReportStatus(self, request, context):
@@ -79,10 +85,13 @@ def add_TelemetryServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class Telemetry:
     """Device status reports: what a device runs and how its predictions and updates went.
-    The server keeps the latest report per device and model and exports them as metrics.
+    The server keeps the latest report per device and model (of a bounded number of devices
+    and bytes, the least recently reporting go first) and exports them as metrics. Sources and
+    reasons other than the ones listed below are kept and exported as "other".
 
-    Errors: INVALID_ARGUMENT for a report without device_id or model, or with more map
-    entries or rollbacks than the server accepts (64 each).
+    Errors: INVALID_ARGUMENT for a report without device_id or model, or with more than 64
+    rollbacks; NOT_FOUND for a model that is not published; RESOURCE_EXHAUSTED for a report
+    larger than the server accepts (8 KiB by default; a device's report is far smaller).
     """
 
     @staticmethod
