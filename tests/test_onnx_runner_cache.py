@@ -153,9 +153,9 @@ def test_cache_entries_are_private(tmp_path: Path) -> None:
 def test_out_of_range_ids_are_the_requests_fault_other_failures_the_models(tmp_path: Path) -> None:
     runner = OnnxRunner(_model(tmp_path / "a" / "model.onnx"))
     for ids in (np.array([0, 500]), np.array([-501])):
-        with pytest.raises(InvalidInputError, match="outside the model.s table"):
+        with pytest.raises(InvalidInputError, match="outside the model's table"):
             runner.run({"ids": ids})
-        with pytest.raises(InvalidInputError, match="outside the model.s table"):
+        with pytest.raises(InvalidInputError, match="outside the model's table"):
             runner.score({"ids": ids})
     fragile = OnnxRunner(linear_model(tmp_path / "fragile.onnx", [0.1, 0.2, 0.3, 0.4], odd_batches_fail=True))
     odd = {"x": np.ones((3, 4), dtype=np.float32)}  # its graph cannot reshape an odd batch: the model's fault

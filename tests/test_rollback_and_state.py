@@ -88,7 +88,7 @@ def test_out_of_range_ids_are_the_callers_mistake_and_count_against_nothing(
     policy = RELAXED if inline else dataclasses.replace(RELAXED, inline_fraction=0.0)
     with _on_version_2(served.client(tmp_path / "device", policy)) as client:
         for _ in range(3 * RELAXED.local_failure_threshold):
-            with pytest.raises(InvalidInputError, match="outside the model.s table"):
+            with pytest.raises(InvalidInputError, match="outside the model's table"):
                 client.predict(OUT_OF_RANGE)
         assert client.rollbacks == [] and client.active_version == 2 and _breakers_closed(client)
         assert client.counters.rejected == 9 and client.counters.server_failures == 0
