@@ -234,7 +234,14 @@ def test_cli_reports_an_unknown_model_before_any_device_starts(published_registr
 
 def test_fleet_report_needs_no_server_pid() -> None:
     settings = FleetSettings(server="127.0.0.1:1", model=MODEL, devices=2, rate_bytes_per_s=16_000, ramp_s=1.0)
-    report = FleetReport(settings, plan_bytes=160_000, device_deadline_s=60.0, results=[], elapsed_s=0.0, sim_cpu_s=0.0,
-                         sim_peak_rss_bytes=0)
+    report = FleetReport(
+        settings,
+        plan_bytes=160_000,
+        device_deadline_s=60.0,
+        results=[],
+        elapsed_s=0.0,
+        sim_cpu_s=0.0,
+        sim_peak_rss_bytes=0,
+    )
     # the last device starts half-way through the ramp of two; then 10 s at its link rate
     assert report.ideal_s == pytest.approx(10.5)

@@ -65,7 +65,7 @@ class FleetRun:
         async with AsyncExitStack() as stack:
             shared = [_channel(s.server) for _ in range(s.channels)]
             for channel in shared:
-                stack.push_async_callback(channel.close)
+                stack.push_async_callback(channel.close, None)
             plan_bytes = await self._probe(shared[0] if shared else None)
             deadline_s = s.device_deadline_s(plan_bytes)
             log.info(
@@ -117,7 +117,7 @@ class FleetRun:
             return int(response.payload_bytes)
         finally:
             if shared is None:
-                await channel.close()
+                await channel.close(None)
 
     async def _device(
         self, index: int, shared: grpc.aio.Channel | None, epoch: float, deadline_s: float
@@ -142,7 +142,7 @@ class FleetRun:
             result = await device.run(epoch, deadline_s)
         finally:
             if shared is None:
-                await channel.close()
+                await channel.close(None)
         self._done += 1
         self._failed += not result.finished
         if not result.finished:

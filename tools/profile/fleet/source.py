@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -56,7 +56,8 @@ def call_error(exc: grpc.aio.AioRpcError, what: str) -> CallError:
     would be the same on a retry, so it is not transient.
     """
     code = exc.code()
-    named = dict(exc.trailing_metadata() or ()).get(ERROR_METADATA_KEY)
+    metadata: Any = exc.trailing_metadata() or ()
+    named = next((str(value) for key, value in metadata if key == ERROR_METADATA_KEY), None)
     transient = code in _RETRYABLE and named is None
     label = f"{code.name} ({named})" if named else code.name
     return CallError(f"{what}: {label}: {exc.details()}", label, transient=transient)
