@@ -211,7 +211,11 @@ def summary_rows(report: FleetReport) -> list[tuple[str, str]]:
     rows = [
         ("devices", f"{s['devices']} at {rate}, ramp {s['ramp_s']:g} s, {s['channels']} connection(s)"),
         ("finished / failed", f"{s['finished']} / {s['failed']}"),
-        ("fleet completion", f"{seconds(s['completion_s'])} ({s['ratio']:.2f}x the link-limited ideal)"),
+        (
+            "fleet completion",
+            f"{seconds(s['completion_s'])} ({s['ratio']:.2f}x the link-limited ideal"
+            + (f"; the last of {s['failed']} failed devices gave up then)" if s["failed"] else ")"),
+        ),
         ("link-limited ideal", f"{seconds(s['ideal_s'])} (ramp + {size(s['plan_bytes'])} at {rate})"),
         (
             "device time p50 / p95 / max",
@@ -278,10 +282,11 @@ def _plot_done(report: FleetReport, ax: Any) -> None:
     ax.set_xlabel("seconds since the first device started")
     ax.set_ylabel("devices done")
     ax.set_ylim(0, s.devices * 1.05)
-    name = f"{report.label}: " if report.label else ""
+    name = report.label or f"{s.devices} devices at {format_bitrate(s.rate_bytes_per_s)}"
+    failed_note = f", {len(failed)} failed" if failed else ""
     ax.set_title(
-        f"{name}{s.devices} devices at {format_bitrate(s.rate_bytes_per_s)}: "
-        f"{report.completion_s:.0f} s vs {report.ideal_s:.0f} s ideal ({report.completion_s / report.ideal_s:.2f}x)",
+        f"{name}: {report.completion_s:.0f} s vs {report.ideal_s:.0f} s ideal "
+        f"({report.completion_s / report.ideal_s:.2f}x{failed_note})",
         fontsize=10,
     )
     ax.legend(fontsize=8, loc="lower right")
@@ -302,8 +307,8 @@ def _plot_server(report: FleetReport, ax: Any) -> None:
     rss_ax = ax.twinx()
     rss_ax.plot(t, [p.rss_bytes / 1e6 for p in samples], color="tab:purple", label="server RSS (MB)")
     rss_ax.set_ylabel("RSS (MB)")
-    rss_ax.set_ylim(bottom=0)
-    ax.set_ylim(bottom=0)
+    rss_ax.set_ylim(0, max(p.rss_bytes for p in samples) / 1e6 * 1.25)
+    ax.set_ylim(0, max(10.0, float(busy.max()) * 1.25))
     handles = ax.get_legend_handles_labels()[0] + rss_ax.get_legend_handles_labels()[0]
     ax.legend(handles=handles, fontsize=8, loc="upper right")
     ax.set_title("server CPU and memory", fontsize=10)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,4 +109,7 @@ class OwnUsage:
 
     @classmethod
     def now(cls) -> OwnUsage:
-        return cls(time.process_time(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        # /proc's peak, not getrusage's ru_maxrss: a process started by fork and exec inherits its
+        # parent's ru_maxrss, while VmHWM belongs to this process's own memory.
+        reading = read_process(os.getpid())
+        return cls(time.process_time(), reading[2] if reading is not None else 0)
