@@ -9,6 +9,7 @@ thousand of them fit in one process beside the server they measure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import random
 import time
@@ -122,8 +123,10 @@ def check_plan(response: update_pb2.CheckUpdateResponse, model: str, verifier: U
         p = planned[f.path]
         if p.target_sha256 != f.sha256 or p.target_size != f.size:
             raise ManifestError(f"payload plan does not match the manifest for {f.path}")
-        if p.codec != "full" or p.size == 0 or p.payload_id != p.sha256:
+        if p.codec != "full":
             raise ManifestError(f"a fresh device needs a full payload for {f.path}, got {p.codec!r}")
+        if p.size == 0 or p.payload_id != p.sha256:
+            raise ManifestError(f"the plan's payload for {f.path} is empty or not named by its sha256")
     if response.payload_bytes != sum(p.size for p in response.payloads):
         raise ManifestError("plan's payload_bytes is not the sum of its payload sizes")
     return manifest
@@ -202,11 +205,13 @@ class SimulatedDevice:
             code = ENDED_EARLY
             failure: EdgerecError | None = None
             try:
-                async for data in self._source.read(self.model, payload, received, self.rate, self._remaining()):
-                    await self._link.take(len(data))
-                    digest.update(data)
-                    received += len(data)
-                    self.result.bytes_by_source[self._source.name] += len(data)
+                chunks = self._source.read(self.model, payload, received, self.rate, self._remaining())
+                async with contextlib.aclosing(chunks):
+                    async for data in chunks:
+                        await self._link.take(len(data))
+                        digest.update(data)
+                        received += len(data)
+                        self.result.bytes_by_source[self._source.name] += len(data)
             except CallError as exc:
                 code, failure = exc.code, exc
             except IntegrityError:

@@ -11,7 +11,7 @@ Failed calls become :class:`CallError`, with the transport's code and whether a 
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, Protocol
 
 import grpc
@@ -73,7 +73,7 @@ class PayloadSource(Protocol):
 
     def read(
         self, model: str, payload: update_pb2.Payload, offset: int, rate_bytes_per_s: float, timeout_s: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """The payload's bytes from ``offset`` on, in order, never past ``payload.size``.
 
         ``rate_bytes_per_s`` is the device's link rate, for a source that can ask the far end to pace.
@@ -95,7 +95,7 @@ class GrpcPayloadSource:
 
     async def read(
         self, model: str, payload: update_pb2.Payload, offset: int, rate_bytes_per_s: float, timeout_s: float
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         request = update_pb2.FetchPayloadRequest(
             model=model,
             payload_id=payload.payload_id,
