@@ -232,7 +232,7 @@ def test_cli_reports_an_unknown_model_before_any_device_starts(published_registr
     assert "NOT_FOUND" in result.output and "Traceback" not in result.output
 
 
-def test_fleet_report_needs_no_server_pid() -> None:
+def test_the_ideal_is_the_last_start_plus_the_plan_at_the_link_rate() -> None:
     settings = FleetSettings(server="127.0.0.1:1", model=MODEL, devices=2, rate_bytes_per_s=16_000, ramp_s=1.0)
     report = FleetReport(
         settings,
@@ -245,3 +245,43 @@ def test_fleet_report_needs_no_server_pid() -> None:
     )
     # the last device starts half-way through the ramp of two; then 10 s at its link rate
     assert report.ideal_s == pytest.approx(10.5)
+
+
+# --- the benchmark's verdicts (``make bench-fleet`` runs the fleets; here only its judging) ------
+
+
+def _synthetic(*, finished: int, failed: int, end_s: float, server_cpu_s: float, peak_rss: int) -> FleetReport:
+    from collections import Counter
+
+    from edgerec.tools.profile.fleet.device import DeviceResult
+    from edgerec.tools.profile.fleet.sampler import SampledUsage
+
+    settings = FleetSettings(server="127.0.0.1:1", model=MODEL, devices=finished + failed, rate_bytes_per_s=16_000)
+    plan = 1_600_000  # 100 s at the link rate
+    results = [
+        DeviceResult(
+            f"sim-{i:05d}",
+            start_s=0.0,
+            end_s=end_s,
+            finished=i < finished,
+            error="" if i < finished else "attempts (last: RESOURCE_EXHAUSTED)",
+            plan_bytes=plan,
+            bytes_by_source=Counter({"grpc": plan if i < finished else 0}),
+        )
+        for i in range(finished + failed)
+    ]
+    usage = SampledUsage(cpu_s=server_cpu_s, peak_rss_bytes=peak_rss)
+    return FleetReport(settings, plan, 300.0, results, end_s, 1.0, 50_000_000, server=usage, label="synthetic")
+
+
+def test_bench_targets_are_met_only_when_every_figure_is_within_its_limit() -> None:
+    from edgerec.tools.bench_fleet import compute_targets
+
+    # 10 devices, 16 MB delivered, ramp 10 s: ideal 109 s
+    good = _synthetic(finished=10, failed=0, end_s=120.0, server_cpu_s=0.2, peak_rss=200 * 10**6)
+    assert [t.met for t in compute_targets(good)] == [True, True, True, True]
+    slow = _synthetic(finished=10, failed=0, end_s=130.0, server_cpu_s=0.3, peak_rss=301 * 10**6)
+    assert [t.met for t in compute_targets(slow)] == [True, False, False, False]
+    # Within the ratio, but a device failed: neither completion target is met.
+    failing = _synthetic(finished=9, failed=1, end_s=100.0, server_cpu_s=0.1, peak_rss=100 * 10**6)
+    assert [t.met for t in compute_targets(failing)] == [False, False, True, True]

@@ -289,7 +289,7 @@ def fleet(
     plots_dir: Path | None,
     no_progress: bool,
 ) -> None:
-    """Simulate DEVICES fresh devices updating MODEL from SERVER at once, each over its own link of RATE.
+    """Simulate --devices fresh devices updating --model from --server at once, each on a link of --rate.
 
     Every device (one asyncio task of this process) checks for an update, verifies the plan (and the
     manifest's signature with --trusted-key), downloads every payload paced to its link, resuming after
