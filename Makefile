@@ -7,7 +7,7 @@ SERVE_VENV := .venv-serve
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow faults bench bench-predict profile protos clean
+.PHONY: demo test lint typecheck unit slow faults bench bench-predict bench-fleet profile protos clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ bench: $(STAMP)
 bench-predict: $(STAMP)
 	$(BIN)/python -m edgerec.tools.bench_predict --out bench-out/predict
 
+# A fleet updating at once: 1,000 fresh devices at 128 kbit/s from one address against a default
+# `edgerec serve` (a subprocess), and 64 at 1 Mbit/s; completion vs the link-limited ideal, server CPU and RSS.
+bench-fleet: $(STAMP)
+	$(BIN)/python -m edgerec.tools.bench_fleet --out bench-out/fleet
+
 # The full fault runs: 200 dropped connections, 100 kill -9 of a syncing device, disk full.
 faults: $(STAMP)
 	$(BIN)/python -m edgerec.tools.faults --drops 200 --kills 100
@@ -73,7 +78,7 @@ faults: $(STAMP)
 profile: $(STAMP)
 	test -d demo-out/registry || $(BIN)/edgerec demo --workdir demo-out
 	mkdir -p bench-out/profile
-	$(BIN)/edgerec profile --registry demo-out/registry --model ctr --json bench-out/profile/rows.json \
+	$(BIN)/edgerec profile update --registry demo-out/registry --model ctr --json bench-out/profile/rows.json \
 		--csv bench-out/profile/rows.csv --plots bench-out/profile
 
 protos: $(STAMP)

@@ -1,4 +1,4 @@
-"""``edgerec profile``: shaped links, one device process per codec and link, reports.
+"""``edgerec profile update``: shaped links, one device process per codec and link, reports.
 
 A small hand-made model pair (an embedding table, 5% of its rows changed) is published
 into a temporary registry; links are chosen so the full int8 payload takes about 1.3 s.
@@ -196,7 +196,7 @@ def test_cli_publishes_old_and_new_and_writes_json(model_files: tuple[Path, Path
     old, new = model_files
     out = tmp_path / "rows.json"
     args = ["--old", str(old), "--new", str(new), "--link", "wifi", "--codec", "tensor", "--method", "tokenbucket"]
-    result = CliRunner().invoke(profile, [*args, "--json", str(out), "--no-progress"])
+    result = CliRunner().invoke(profile, ["update", *args, "--json", str(out), "--no-progress"])
     assert result.exit_code == 0, result.output
     assert "recommendation per link" in result.output
     rows = json.loads(out.read_text())

@@ -1,4 +1,5 @@
-"""``edgerec profile``: what an update costs per payload codec over emulated device links."""
+"""``edgerec profile``: what an update costs per codec over emulated links (``update``), and what a
+fleet of devices updating at once costs the server (``fleet``)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from edgerec.cli.output import console
+from edgerec.cli.output import console, emit_json
 from edgerec.codecs import CODEC_NAMES
 
 if TYPE_CHECKING:
@@ -73,7 +74,12 @@ def _default_versions(
     return older[-1], to
 
 
-@click.command()
+@click.group()
+def profile() -> None:
+    """Profile updates: per codec over emulated links (update), or a simulated fleet against a server (fleet)."""
+
+
+@profile.command("update")
 @click.option("--registry", "registry_dir", type=click.Path(file_okay=False, path_type=Path), help="Registry folder.")
 @click.option("--model", default=None, help="Model name (with --old/--new: the name to publish as, default 'model').")
 @click.option("--from", "from_version", type=int, default=None, help="Version the device runs (default: before --to).")
@@ -129,7 +135,7 @@ def _default_versions(
 @click.option("--chunk", default="64KiB", show_default=True, help="The device's download chunk size.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the emulated segment losses.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def profile(
+def update(
     registry_dir: Path | None,
     model: str | None,
     from_version: int | None,
@@ -207,7 +213,7 @@ def profile(
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    _print_table(f"edgerec profile: {model} {base} -> {target}", out.ROW_COLUMNS, out.table_rows(result.rows))
+    _print_table(f"edgerec profile update: {model} {base} -> {target}", out.ROW_COLUMNS, out.table_rows(result.rows))
     _print_table(
         f"recommendation per link (window {settings.window_s:.0f}s)",
         out.RECOMMENDATION_COLUMNS,
@@ -224,3 +230,114 @@ def profile(
     if plots_dir is not None:
         for path in out.write_plots(result, plots_dir):
             console.print(f"plot written to {path}")
+
+
+@profile.command("fleet")
+@click.option("--server", required=True, help="HOST:PORT of the server (a running `edgerec serve`).")
+@click.option("--model", required=True, help="Model name, as published.")
+@click.option("--devices", default=100, show_default=True, type=click.IntRange(min=1), help="Simulated devices.")
+@click.option("--rate", default="128kbit", show_default=True, help="Each device's link rate, e.g. 128kbit, 1mbit.")
+@click.option("--ramp", default="10s", show_default=True, help="Devices start one after another over this time.")
+@click.option(
+    "--deadline",
+    default=None,
+    help="Time each device has from its start to finish.  [default: 10x its link-limited download, at least 60s]",
+)
+@click.option(
+    "--channels",
+    default=0,
+    show_default=True,
+    type=click.IntRange(min=0),
+    help="Connections shared by the devices (0: one per device, as real devices have).",
+)
+@click.option(
+    "--max-attempts",
+    default=30,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Failed attempts in a row, without new bytes, after which a device gives up.",
+)
+@click.option(
+    "--trusted-key",
+    "trusted_keys",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Ed25519 public key (PEM) the devices trust: manifests must be signed by it (repeat for several).",
+)
+@click.option("--server-pid", type=int, default=None, help="The server's process id: sample its CPU time and RSS.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the devices' retry jitter.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (instead of tables).")
+@click.option("--json-file", type=click.Path(dir_okay=False, path_type=Path), help="Write the report as JSON.")
+@click.option("--csv", "csv_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the summary as CSV.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write the PNG plot here.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def fleet(
+    server: str,
+    model: str,
+    devices: int,
+    rate: str,
+    ramp: str,
+    deadline: str | None,
+    channels: int,
+    max_attempts: int,
+    trusted_keys: tuple[Path, ...],
+    server_pid: int | None,
+    seed: int,
+    as_json: bool,
+    json_file: Path | None,
+    csv_out: Path | None,
+    plots_dir: Path | None,
+    no_progress: bool,
+) -> None:
+    """Simulate --devices fresh devices updating --model from --server at once, each on a link of --rate.
+
+    Every device (one asyncio task of this process) checks for an update, verifies the plan (and the
+    manifest's signature with --trusted-key), downloads every payload paced to its link, resuming after
+    failures, and checks each payload's sha256; nothing is applied. Reports the fleet's completion time
+    against the link-limited ideal, devices done over time, errors by code, bytes by source, and, with
+    --server-pid, the server's CPU seconds per GB delivered and peak RSS.
+    """
+    from edgerec.tools.profile.fleet import FleetSettings, RetryPolicy, run_fleet
+    from edgerec.tools.profile.fleet import report as out
+    from edgerec.tools.profile.links import parse_duration
+    from edgerec.units import parse_rate
+
+    try:
+        settings = FleetSettings(
+            server=server,
+            model=model,
+            devices=devices,
+            rate_bytes_per_s=parse_rate(rate),
+            ramp_s=parse_duration(ramp),
+            deadline_s=parse_duration(deadline) if deadline is not None else None,
+            channels=channels,
+            trusted_keys=trusted_keys,
+            server_pid=server_pid,
+            retry=RetryPolicy(max_attempts=max_attempts),
+            seed=seed,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    try:
+        with _progress_bar(not no_progress) as progress:
+            report = run_fleet(settings, progress)
+    except ProcessLookupError as exc:
+        raise click.UsageError(f"--server-pid: {exc}") from exc
+    written: list[str] = []
+    if json_file is not None:
+        out.write_json([report], json_file)
+        written.append(f"report written to {json_file}")
+    if csv_out is not None:
+        out.write_csv([report], csv_out)
+        written.append(f"summary written to {csv_out}")
+    if plots_dir is not None:
+        path = out.write_plot([report], plots_dir / out.PLOT_NAME)
+        written.append(f"plot written to {path}")
+    if as_json:
+        emit_json(report.as_dict())
+        for line in written:
+            click.echo(line, err=True)
+        return
+    _print_table(f"edgerec profile fleet: {model} from {server}", out.SUMMARY_COLUMNS, out.summary_rows(report))
+    for line in written:
+        console.print(line)
