@@ -34,19 +34,10 @@ ACCESS_KEY = "edgerec-test"
 SECRET_KEY = "edgerec-test-secret"
 START_TIMEOUT_S = 90.0
 STOP_TIMEOUT_S = 15.0
-# Each component listens on an HTTP port and a gRPC port; every one of them is chosen here.
-_PORT_FLAGS = (
-    "-s3.port",
-    "-s3.port.grpc",
-    "-master.port",
-    "-master.port.grpc",
-    "-volume.port",
-    "-volume.port.grpc",
-    "-filer.port",
-    "-filer.port.grpc",
-    "-admin.port",
-    "-admin.port.grpc",
-)
+# Each component listens on an HTTP port and on that port + 10000 for gRPC (some components
+# assume that offset for their peers, so it is kept rather than set apart).
+_PORT_FLAGS = ("-s3.port", "-master.port", "-volume.port", "-filer.port", "-admin.port")
+_GRPC_OFFSET = 10000
 
 
 def weed_binary() -> Path | None:
@@ -95,14 +86,27 @@ class SeaweedS3:
 
 
 def _free_ports(count: int) -> list[int]:
-    """``count`` distinct loopback ports that are free now (held together, so never the same twice)."""
+    """``count`` loopback ports that are free now, each with its gRPC port (+10000) free too.
+
+    All are held open until every one is found, so no two are the same.
+    """
     with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
+        ports: list[int] = []
+        for _ in range(1000):
+            if len(ports) == count:
+                return ports
             sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
             sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
+            port = sock.getsockname()[1]
+            if port + _GRPC_OFFSET > 65535:
+                continue
+            grpc = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                grpc.bind(("127.0.0.1", port + _GRPC_OFFSET))
+            except OSError:
+                continue
+            ports.append(port)
+    raise RuntimeError(f"found only {len(ports)} of {count} free loopback port pairs")
 
 
 def _answers(endpoint: str) -> bool:

@@ -44,6 +44,7 @@ from edgerec.registry.base import (
     check_new_manifest,
     check_payload_record,
     validate_document_key,
+    validate_sha256,
 )
 
 log = logging.getLogger(__name__)
@@ -310,6 +311,7 @@ class LocalRegistry:
 
     def payload(self, model: str, payload_id: str) -> PayloadRecord:
         """The payload with that id; raises PayloadNotFoundError."""
+        validate_sha256(payload_id, "payload_id")
         with self._connect() as db:
             row = db.execute(
                 "SELECT payload_id, model, codec, base_sha256, target_sha256, size, make_seconds FROM payloads "
