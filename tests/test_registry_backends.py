@@ -37,6 +37,7 @@ from edgerec.manifest import (
     PARTIAL_OF,
     ArtifactFile,
     Manifest,
+    SignedManifest,
     make_artifact,
     now_rfc3339,
     sign_nothing,
@@ -119,7 +120,7 @@ def factory(model: str, staged: Path, annotations: dict[str, str] | None = None)
     ]
     artifact = make_artifact("fp32", "onnxruntime", "fp32/model.onnx", files)
 
-    def make(version: int) -> Any:
+    def make(version: int) -> SignedManifest:
         manifest = Manifest(
             format_version=FORMAT_VERSION,
             model=model,
@@ -138,7 +139,10 @@ def publish(reg: ModelRegistry, tmp: Path, data: bytes, *, model: str = MODEL, *
     return reg.add_version(model, staged, factory(model, staged, annotations))
 
 
-def staged_payload(tmp: Path, data: bytes, *, codec: str = "full", base: str = "", target: str = "") -> PayloadRecord:
+def staged_payload(
+    tmp: Path, data: bytes, *, codec: str = "full", base: str = "", target: str = ""
+) -> tuple[PayloadRecord, Path]:
+    """A payload file of ``data`` ready to add, and its record."""
     path = tmp / f"payload-{uuid.uuid4().hex}"
     path.write_bytes(data)
     return PayloadRecord(
@@ -186,7 +190,8 @@ def test_versions_are_numbered_listed_and_loaded(registry: ModelRegistry, tmp_pa
     assert manifest == second
     assert signed.manifest == second.SerializeToString(deterministic=True)
     files = registry.files(MODEL, 2)
-    assert [(f.recipe, f.path, f.size) for f in files] == [("fp32", "fp32/model.onnx", 3), ("fp32", "fp32/weights.bin", 3)]
+    listed = [(f.recipe, f.path, f.size) for f in files]
+    assert listed == [("fp32", "fp32/model.onnx", 3), ("fp32", "fp32/weights.bin", 3)]
     assert files[0].sha256 == hashlib.sha256(b"two").hexdigest()
 
 
@@ -438,7 +443,9 @@ def test_garbage_records_are_left_out_or_refused(s3_registry: S3Registry, tmp_pa
     for version in (2, 3, 4):
         with pytest.raises(IntegrityError):
             s3_registry.load_manifest(MODEL, version)
-    assert publish(s3_registry, tmp_path, b"five").version == 5
+    other = open_registry(s3_registry.location, cache_dir=tmp_path / "other")
+    assert publish(other, tmp_path, b"five").version == 5
+    wait_for(lambda: s3_registry.versions(MODEL) == [1, 5], "version 5 to be listed past the stray key")
 
 
 def test_another_replica_sees_a_publish(s3_env: SeaweedS3, tmp_path: Path) -> None:

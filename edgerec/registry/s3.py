@@ -38,6 +38,7 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -103,6 +104,7 @@ DEFAULT_MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
 PAYLOAD_READ_BUFFER = 1024 * 1024
 _CHUNK = 1024 * 1024
 _MAX_LIST_PAGES = 10_000
+_PARALLEL_READS = 16
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION_NAME = re.compile(r"^(\d{10})\.json$")
@@ -455,10 +457,10 @@ class S3Registry:
         found: list[int] = []
         last_key = start_after
         for key in self._list(prefix, start_after=start_after):
-            last_key = max(last_key, key)
             match = _VERSION_NAME.match(key[len(prefix) :])
             if match and 1 <= int(match.group(1)) <= MAX_VERSION:
                 found.append(int(match.group(1)))
+                last_key = max(last_key, key)  # only record names: a stray key may sort after all of them
             else:
                 log.warning("ignoring %s: not a version record name", key)
         with self._lock:
@@ -506,8 +508,14 @@ class S3Registry:
 
     def versions(self, model: str, *, include_partial: bool = True) -> list[int]:
         validate_model_name(model)
+        numbers = self._version_numbers(model)
+        with self._lock:
+            unread = [v for v in numbers if (model, v) not in self._partials]
+        if len(unread) > 1:  # a replica's first look at a long history: read the records side by side
+            with ThreadPoolExecutor(min(_PARALLEL_READS, len(unread))) as pool:
+                list(pool.map(lambda v: self._partial_info(model, v), unread))
         usable = []
-        for version in self._version_numbers(model):
+        for version in numbers:
             info = self._partial_info(model, version)
             if info is not None and (include_partial or info[0] is None):
                 usable.append(version)
