@@ -6,6 +6,7 @@ in threads and in separate processes, and a second replica seeing a publish.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import multiprocessing
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import event, given
+from hypothesis import strategies as st
 from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, seaweed_s3
 
 from edgerec.errors import (
@@ -372,6 +375,110 @@ def test_the_old_local_add_version_call_still_works(tmp_path: Path) -> None:
         reg.add_version(manifest, signed, stage(tmp_path / "again", {"fp32/model.onnx": b"x"}))
 
 
+# --- records read from a bucket: parsed or refused with a typed error, never anything else ---
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=80),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=20), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+_MISSING = object()
+
+
+def _mutated_records(valid: dict[str, Any], odd: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[bytes]:
+    """Raw bytes, or ``valid`` as JSON with each field kept (3 in 4), made odd, or left out."""
+
+    def field(name: str, value: Any) -> st.SearchStrategy[Any]:
+        other = st.just(_MISSING) | odd.get(name, _json_values) | _json_values
+        return st.integers(0, 3).flatmap(lambda i: st.just(value) if i else other)
+
+    fields = st.fixed_dictionaries({name: field(name, value) for name, value in valid.items()})
+    records = fields.map(lambda d: json.dumps({k: v for k, v in d.items() if v is not _MISSING}).encode())
+    return st.binary(max_size=300) | records
+
+
+def _valid_version_record() -> dict[str, Any]:
+    pytest.importorskip("boto3")
+    from edgerec.registry.s3 import version_record
+
+    files = [ArtifactFile(path="fp32/model.onnx", size=1, sha256="0" * 64)]
+    artifact = make_artifact("fp32", "onnxruntime", "fp32/model.onnx", files)
+    manifest = Manifest(format_version=FORMAT_VERSION, model=MODEL, version=1, artifacts=[artifact])
+    record: dict[str, Any] = json.loads(version_record(MODEL, 1, sign_nothing(manifest), "id", "host"))
+    return record
+
+
+_VALID_PAYLOAD = {
+    "payload_id": "a" * 64,
+    "model": MODEL,
+    "codec": "bsdiff4",
+    "base_sha256": "b" * 64,
+    "target_sha256": "c" * 64,
+    "size": 10,
+    "make_seconds": 0.5,
+}
+_sha = st.sampled_from(["", "0" * 64, "F" * 64, "../x"])
+
+
+@given(st.data())
+def test_version_records_are_parsed_or_refused(data: st.DataObject) -> None:
+    from edgerec.registry.s3 import parse_version_record
+
+    odd = {
+        "format": st.sampled_from([1.0, True, 2]),
+        "model": st.sampled_from(["other", ""]),
+        "version": st.sampled_from([1.0, True, 0, 2]),
+        "signed_manifest": st.binary(max_size=200).map(lambda b: base64.b64encode(b).decode()),
+    }
+    raw = data.draw(_mutated_records(_valid_version_record(), odd))
+    try:
+        record = parse_version_record(raw, MODEL, 1, "k")
+    except (IntegrityError, ManifestError):
+        event("refused")
+        return
+    event("accepted")
+    assert (record.manifest.model, record.manifest.version) == (MODEL, 1)
+
+
+@given(
+    _mutated_records(
+        _VALID_PAYLOAD,
+        {
+            "payload_id": _sha,
+            "target_sha256": _sha,
+            "base_sha256": _sha,
+            "model": st.sampled_from(["../up", ""]),
+            "codec": st.sampled_from(["full", "a/b", ""]),
+            "size": st.integers(min_value=-2, max_value=2**70) | st.booleans() | st.floats(),
+        },
+    )
+)
+def test_payload_records_are_parsed_or_refused(raw: bytes) -> None:
+    pytest.importorskip("boto3")
+    from edgerec.registry.s3 import parse_payload_record
+
+    try:
+        record = parse_payload_record(raw, "k")
+    except IntegrityError:
+        event("refused")
+        return
+    event("accepted")
+    assert record.size >= 0 and len(record.payload_id) == 64 and "/" not in record.codec
+
+
+def test_a_deeply_nested_record_is_refused() -> None:
+    pytest.importorskip("boto3")
+    from edgerec.registry.s3 import parse_payload_record, parse_version_record
+
+    nested = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(IntegrityError):
+        parse_version_record(nested, MODEL, 1, "k")
+    with pytest.raises(IntegrityError):
+        parse_payload_record(nested, "k")
+
+
 # --- S3 only ---------------------------------------------------------------------------
 
 
@@ -408,7 +515,7 @@ def test_a_tampered_blob_is_refused_and_never_cached(s3_registry: S3Registry, tm
     publish(s3_registry, tmp_path, b"honest weights")
     sha = s3_registry.files(MODEL, 1)[0].sha256
     client = s3_registry.client
-    key = s3_registry._blob_key(sha)
+    key = s3_registry.blob_key(sha)
     for forged in (b"forged weights", b"forged", b"honest weights" + b"x" * 10_000):  # same size, shorter, longer
         client.put_object(Bucket=BUCKET, Key=key, Body=forged)
         with pytest.raises(IntegrityError):
@@ -421,7 +528,7 @@ def test_a_tampered_blob_is_refused_and_never_cached(s3_registry: S3Registry, tm
 def test_a_tampered_payload_size_is_refused(s3_registry: S3Registry, tmp_path: Path) -> None:
     record, path = staged_payload(tmp_path, b"payload bytes")
     s3_registry.add_payload(record, path)
-    s3_registry.client.put_object(Bucket=BUCKET, Key=s3_registry._blob_key(record.payload_id), Body=b"longer bytes!!")
+    s3_registry.client.put_object(Bucket=BUCKET, Key=s3_registry.blob_key(record.payload_id), Body=b"longer bytes!!")
     with pytest.raises(IntegrityError):
         s3_registry.open_payload(MODEL, record.payload_id)
 
@@ -431,12 +538,12 @@ def test_garbage_records_are_left_out_or_refused(s3_registry: S3Registry, tmp_pa
 
     publish(s3_registry, tmp_path, b"one")
     client = s3_registry.client
-    client.put_object(Bucket=BUCKET, Key=s3_registry._version_key(MODEL, 2), Body=b"not json")
-    client.put_object(Bucket=BUCKET, Key=s3_registry._versions_prefix(MODEL) + "notes.txt", Body=b"hi")
+    client.put_object(Bucket=BUCKET, Key=s3_registry.version_key(MODEL, 2), Body=b"not json")
+    client.put_object(Bucket=BUCKET, Key=s3_registry.versions_prefix(MODEL) + "notes.txt", Body=b"hi")
     # Version 1's record copied under version 3's key: it names another version.
-    record = json.loads(client.get_object(Bucket=BUCKET, Key=s3_registry._version_key(MODEL, 1))["Body"].read())
-    client.put_object(Bucket=BUCKET, Key=s3_registry._version_key(MODEL, 3), Body=json.dumps(record).encode())
-    client.put_object(Bucket=BUCKET, Key=s3_registry._version_key(MODEL, 4), Body=b"x" * (MAX_VERSION_RECORD_BYTES + 1))
+    record = json.loads(client.get_object(Bucket=BUCKET, Key=s3_registry.version_key(MODEL, 1))["Body"].read())
+    client.put_object(Bucket=BUCKET, Key=s3_registry.version_key(MODEL, 3), Body=json.dumps(record).encode())
+    client.put_object(Bucket=BUCKET, Key=s3_registry.version_key(MODEL, 4), Body=b"x" * (MAX_VERSION_RECORD_BYTES + 1))
 
     assert s3_registry.versions(MODEL) == [1]
     assert s3_registry.next_version(MODEL) == 5  # the numbers stay taken

@@ -150,8 +150,8 @@ def parse_s3_url(url: str) -> tuple[str, str]:
 
 
 @dataclass(frozen=True)
-class _Version:
-    """A committed version record, checked against its key."""
+class VersionRecord:
+    """A committed version record, checked against its key: the signed manifest and who committed it."""
 
     signed: SignedManifest
     manifest: Manifest
@@ -243,24 +243,24 @@ class S3Registry:
     def location(self) -> str:
         return f"s3://{self.bucket}/{self.prefix}"
 
-    # --- keys ---------------------------------------------------------------------
+    # --- keys (the layout in the module docstring) ----------------------------------
 
     def _key(self, relative: str) -> str:
         return f"{self.prefix}/{relative}" if self.prefix else relative
 
-    def _versions_prefix(self, model: str) -> str:
+    def versions_prefix(self, model: str) -> str:
         return self._key(f"models/{validate_model_name(model)}/versions/")
 
-    def _version_key(self, model: str, version: int) -> str:
-        return f"{self._versions_prefix(model)}{version:010d}.json"
+    def version_key(self, model: str, version: int) -> str:
+        return f"{self.versions_prefix(model)}{version:010d}.json"
 
-    def _blob_key(self, sha256: str) -> str:
+    def blob_key(self, sha256: str) -> str:
         return self._key(f"blobs/sha256/{validate_sha256(sha256)}")
 
-    def _payload_id_key(self, model: str, payload_id: str) -> str:
+    def payload_id_key(self, model: str, payload_id: str) -> str:
         return self._key(f"models/{validate_model_name(model)}/payloads/by-id/{validate_sha256(payload_id)}.json")
 
-    def _payload_use_key(self, model: str, codec: str, base_sha256: str, target_sha256: str) -> str:
+    def payload_use_key(self, model: str, codec: str, base_sha256: str, target_sha256: str) -> str:
         validate_payload_use(codec, base_sha256, target_sha256)
         base = base_sha256 or "none"
         return self._key(f"models/{validate_model_name(model)}/payloads/by-use/{codec}/{base}/{target_sha256}.json")
@@ -344,7 +344,7 @@ class S3Registry:
 
     def _upload_blob(self, sha256: str, path: Path, size: int) -> None:
         """Put ``path`` at its content address unless an object of that size is there already."""
-        key = self._blob_key(sha256)
+        key = self.blob_key(sha256)
         if self._head_size(key) == size:
             return
         try:
@@ -398,10 +398,10 @@ class S3Registry:
             signed = make_manifest(version)
             manifest = check_new_manifest(signed, model, version)
             self._upload_files(manifest, staged_dir, uploaded)
-            record = _version_record(model, version, signed, publish_id, self.publisher)
-            key = self._version_key(model, version)
+            record = version_record(model, version, signed, publish_id, self.publisher)
+            key = self.version_key(model, version)
             if self._put(key, record, create=True) is not None or self._committed_by(model, version, publish_id):
-                self._remember(model, version, _Version(signed, manifest, publish_id, len(record)))
+                self._remember(model, version, VersionRecord(signed, manifest, publish_id, len(record)))
                 self._changed(f"version {model}/{version}")
                 log.info("published %s version %d (attempt %d)", model, version, attempt)
                 return manifest
@@ -438,7 +438,7 @@ class S3Registry:
         except (VersionNotFoundError, IntegrityError, ManifestError):
             return False
 
-    def _remember(self, model: str, version: int, record: _Version) -> None:
+    def _remember(self, model: str, version: int, record: VersionRecord) -> None:
         with self._lock:
             self._records.put((model, version), record, record.size)
             self._partials[(model, version)] = record.partial
@@ -452,7 +452,7 @@ class S3Registry:
             if not refresh and time.monotonic() - listing.checked_at < self.listing_ttl_s:
                 return sorted(listing.numbers)
             start_after = listing.last_key
-        prefix = self._versions_prefix(model)
+        prefix = self.versions_prefix(model)
         checked_at = time.monotonic()
         found: list[int] = []
         last_key = start_after
@@ -483,17 +483,17 @@ class S3Registry:
             self._partials[(model, version)] = info
         return info
 
-    def _load(self, model: str, version: int) -> _Version:
+    def _load(self, model: str, version: int) -> VersionRecord:
         """The committed record of a version (cached for good: records never change)."""
         with self._lock:
-            cached: _Version | None = self._records.get((model, version))
+            cached: VersionRecord | None = self._records.get((model, version))
         if cached is not None:
             return cached
-        key = self._version_key(model, version)
+        key = self.version_key(model, version)
         got = self._get(key, MAX_VERSION_RECORD_BYTES)
         if got is None:
             raise VersionNotFoundError(f"{model} has no version {version}")
-        record = _parse_version_record(got[0], model, version, key)
+        record = parse_version_record(got[0], model, version, key)
         with self._lock:
             self._records.put((model, version), record, record.size)
         return record
@@ -577,7 +577,7 @@ class S3Registry:
         listed = next((f for f in self.files(model, version) if f.path == path), None)
         if listed is None:
             raise VersionNotFoundError(f"{model} version {version} has no file {path[:200]!r}")
-        key = self._blob_key(listed.sha256)
+        key = self.blob_key(listed.sha256)
         return self.blobs.get(listed.sha256, listed.size, lambda: self._stream(key, listed.size))
 
     # --- payloads ---------------------------------------------------------------
@@ -588,11 +588,11 @@ class S3Registry:
             cached = self._payloads_by_use.get(use)
         if cached is not None:
             return cached
-        key = self._payload_use_key(*use)
+        key = self.payload_use_key(*use)
         got = self._get(key, MAX_PAYLOAD_RECORD_BYTES)
         if got is None:
             return None
-        record = _parse_payload_record(got[0], key)
+        record = parse_payload_record(got[0], key)
         if (record.model, record.codec, record.base_sha256, record.target_sha256) != use:
             raise IntegrityError(f"payload record {key} describes another payload")
         self._remember_payload(record, by_use=True)
@@ -605,11 +605,11 @@ class S3Registry:
             cached = self._payloads_by_id.get((model, payload_id))
         if cached is not None:
             return cached
-        key = self._payload_id_key(model, payload_id)
+        key = self.payload_id_key(model, payload_id)
         got = self._get(key, MAX_PAYLOAD_RECORD_BYTES)
         if got is None:
             raise PayloadNotFoundError(f"no payload {payload_id!r} for model {model!r}")
-        record = _parse_payload_record(got[0], key)
+        record = parse_payload_record(got[0], key)
         if (record.model, record.payload_id) != (model, payload_id):
             raise IntegrityError(f"payload record {key} describes another payload")
         self._remember_payload(record, by_use=False)
@@ -632,8 +632,8 @@ class S3Registry:
             raise IntegrityError(f"staged payload {staged_file} is not the size and sha256 its record says")
         self._upload_blob(record.payload_id, staged_file, size)
         body = json.dumps(asdict(record), sort_keys=True).encode()
-        self._put(self._payload_id_key(record.model, record.payload_id), body, create=True)
-        use_key = self._payload_use_key(record.model, record.codec, record.base_sha256, record.target_sha256)
+        self._put(self.payload_id_key(record.model, record.payload_id), body, create=True)
+        use_key = self.payload_use_key(record.model, record.codec, record.base_sha256, record.target_sha256)
         if self._put(use_key, body, create=True) is not None:
             self._remember_payload(record, by_use=True)
         else:
@@ -644,7 +644,7 @@ class S3Registry:
 
     def open_payload(self, model: str, payload_id: str) -> BinaryIO:
         record = self.payload(model, payload_id)
-        key = self._blob_key(record.payload_id)
+        key = self.blob_key(record.payload_id)
         size = self._head_size(key)
         if size != record.size:
             raise IntegrityError(f"payload {payload_id[:16]} has {size} bytes in the bucket, its record {record.size}")
@@ -655,7 +655,7 @@ class S3Registry:
         if not 1 <= expires_s <= MAX_PRESIGN_S:
             raise InvalidInputError(f"expires_s must be 1..{MAX_PRESIGN_S}, got {expires_s}")
         record = self.payload(model, payload_id)
-        params = {"Bucket": self.bucket, "Key": self._blob_key(record.payload_id)}
+        params = {"Bucket": self.bucket, "Key": self.blob_key(record.payload_id)}
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s)
 
     # --- change tracking and documents -------------------------------------------
@@ -744,7 +744,7 @@ class _RangeReader(io.RawIOBase):
 # --- records -------------------------------------------------------------------------
 
 
-def _version_record(model: str, version: int, signed: SignedManifest, publish_id: str, publisher: str) -> bytes:
+def version_record(model: str, version: int, signed: SignedManifest, publish_id: str, publisher: str) -> bytes:
     return json.dumps(
         {
             "format": RECORD_FORMAT,
@@ -759,13 +759,13 @@ def _version_record(model: str, version: int, signed: SignedManifest, publish_id
     ).encode()
 
 
-def _parse_version_record(data: bytes, model: str, version: int, key: str) -> _Version:
+def parse_version_record(data: bytes, model: str, version: int, key: str) -> VersionRecord:
     """A version record read from ``key``, checked to be the version that key names."""
     try:
         doc = json.loads(data)
-        if not isinstance(doc, dict) or doc.get("format") != RECORD_FORMAT:
+        if not isinstance(doc, dict) or not _is_int(doc.get("format")) or doc["format"] != RECORD_FORMAT:
             raise ValueError("not a version record of a known format")
-        if doc.get("model") != model or doc.get("version") != version:
+        if doc.get("model") != model or not _is_int(doc.get("version")) or doc["version"] != version:
             raise ValueError("it names another version")
         publish_id = doc.get("publish_id")
         encoded = doc.get("signed_manifest")
@@ -776,27 +776,27 @@ def _parse_version_record(data: bytes, model: str, version: int, key: str) -> _V
             raise ValueError(f"its manifest has {len(raw)} bytes")
         signed = SignedManifest()
         signed.ParseFromString(raw)
-    except (ValueError, binascii.Error, DecodeError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError, binascii.Error, DecodeError) as exc:
         raise IntegrityError(f"version record {key} is malformed: {exc}") from exc
     manifest = parse_manifest(signed)
     if manifest.model != model or manifest.version != version:
         raise IntegrityError(f"version record {key} holds the manifest of {manifest.model} {manifest.version}")
-    return _Version(signed, manifest, publish_id, len(data))
+    return VersionRecord(signed, manifest, publish_id, len(data))
 
 
-def _parse_payload_record(data: bytes, key: str) -> PayloadRecord:
+def parse_payload_record(data: bytes, key: str) -> PayloadRecord:
+    """A payload record read from ``key``, every field checked (the caller checks it is the one asked for)."""
     try:
         doc = json.loads(data)
         if not isinstance(doc, dict) or set(doc) != _PAYLOAD_FIELDS:
             raise ValueError("unexpected fields")
-        for name, kind in (("size", int), ("make_seconds", (int, float))):
-            if isinstance(doc[name], bool) or not isinstance(doc[name], kind):
-                raise ValueError(f"{name} is not a number")
+        if not _is_int(doc["size"]) or not (_is_int(doc["make_seconds"]) or isinstance(doc["make_seconds"], float)):
+            raise ValueError("size or make_seconds is not a number")
         for name in ("payload_id", "model", "codec", "base_sha256", "target_sha256"):
             if not isinstance(doc[name], str):
                 raise ValueError(f"{name} is not a string")
         return check_payload_record(PayloadRecord(**{**doc, "make_seconds": float(doc["make_seconds"])}))
-    except (ValueError, InvalidInputError, ManifestError) as exc:
+    except (ValueError, RecursionError, InvalidInputError, ManifestError) as exc:
         raise IntegrityError(f"payload record {key} is malformed: {exc}") from exc
 
 
@@ -810,6 +810,10 @@ def _read_at_most(chunks: Iterable[bytes], limit: int, what: str) -> bytes:
         if len(out) > limit:
             raise IntegrityError(f"{what} is longer than {limit} bytes")
     return bytes(out)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _status(exc: ClientError) -> int:
