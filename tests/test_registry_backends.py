@@ -31,6 +31,7 @@ from edgerec.errors import (
     ModelNotFoundError,
     PayloadNotFoundError,
     RegistryConflictError,
+    RegistryUnavailableError,
     VersionNotFoundError,
 )
 from edgerec.hashing import sha256_file
@@ -488,6 +489,23 @@ def test_s3_registry_from_url(s3_env: SeaweedS3, tmp_path: Path) -> None:
     reg = open_registry(f"s3://{BUCKET}/a/b/", cache_dir=tmp_path)
     assert isinstance(reg, S3Registry)
     assert (reg.bucket, reg.prefix, reg.location) == (BUCKET, "a/b", f"s3://{BUCKET}/a/b")
+
+
+def test_a_missing_bucket_is_an_error_not_an_empty_registry(s3_env: SeaweedS3, tmp_path: Path) -> None:
+    reg = open_registry("s3://no-such-bucket-here/x", cache_dir=tmp_path)
+    with pytest.raises(RegistryUnavailableError):
+        reg.versions(MODEL)
+    with pytest.raises(RegistryUnavailableError):
+        reg.get_document("policy.json")
+    with pytest.raises(RegistryUnavailableError):
+        reg.load_manifest(MODEL, 1)
+
+
+def test_wrong_credentials_are_an_error(s3_env: SeaweedS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    reg = open_registry(_s3_url(), cache_dir=tmp_path)
+    with pytest.raises(RegistryUnavailableError, match="SignatureDoesNotMatch"):
+        reg.versions(MODEL)
 
 
 def test_presigned_payload_urls_serve_ranges_and_expire(s3_registry: S3Registry, tmp_path: Path) -> None:

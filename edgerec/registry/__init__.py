@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from edgerec.errors import RegistryUnavailableError
 from edgerec.registry.base import Document, ManifestFactory, ModelRegistry, PayloadRecord, VersionFile
 from edgerec.registry.local import LocalRegistry
 
@@ -35,8 +36,12 @@ def open_registry(spec: str | Path, *, s3_endpoint: str | None = None, cache_dir
     """
     text = str(spec)
     if text.startswith("s3://"):
-        from edgerec.registry.s3 import S3Registry  # deferred: boto3 is only in the serve and publish extras
-
+        try:
+            from edgerec.registry.s3 import S3Registry  # deferred: boto3 is only in the serve and publish extras
+        except ImportError as exc:
+            raise RegistryUnavailableError(
+                f"an S3 registry needs boto3 ({exc}): pip install 'edgerec[serve]' or 'edgerec[publish]'"
+            ) from exc
         return S3Registry.from_url(text, endpoint_url=s3_endpoint, cache_dir=cache_dir)
     if "://" in text:
         raise ValueError(f"unsupported registry {text!r}: give a folder or s3://BUCKET/PREFIX")

@@ -821,7 +821,9 @@ def _status(exc: ClientError) -> int:
 
 
 def _missing(exc: ClientError) -> bool:
-    return _status(exc) == 404 or exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "NotFound", "404")
+    """Whether S3 said the key is absent (a missing bucket is also a 404, but an error here)."""
+    code = exc.response.get("Error", {}).get("Code")
+    return code != "NoSuchBucket" and (_status(exc) == 404 or code in ("NoSuchKey", "NotFound", "404"))
 
 
 def _unavailable(operation: str, key: str, exc: Exception) -> RegistryUnavailableError:
