@@ -101,6 +101,7 @@ MAX_PRESIGN_S = 7 * 24 * 3600  # the longest a SigV4 presigned URL may live
 DEFAULT_LISTING_TTL_S = 1.0
 DEFAULT_MAX_COMMIT_ATTEMPTS = 200
 DEFAULT_MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
+PAYLOAD_CACHE_ENTRIES = 50_000
 PAYLOAD_READ_BUFFER = 1024 * 1024
 _CHUNK = 1024 * 1024
 _MAX_LIST_PAGES = 10_000
@@ -175,7 +176,7 @@ class _Listing:
 
 
 class _Lru:
-    """Least-recently-used values bounded by a total byte size."""
+    """Least-recently-used values bounded by their total weight (bytes, or 1 each to count entries)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
@@ -229,8 +230,9 @@ class S3Registry:
         self._records = _Lru(DEFAULT_MANIFEST_CACHE_BYTES)
         # (model, version) -> (partial_of, partial_base), or None for a record that cannot be read.
         self._partials: dict[tuple[str, int], tuple[int | None, int | None] | None] = {}
-        self._payloads_by_use: dict[tuple[str, str, str, str], PayloadRecord] = {}
-        self._payloads_by_id: dict[tuple[str, str], PayloadRecord] = {}
+        # Payload records never change either; these count entries (each weighs 1).
+        self._payloads_by_use = _Lru(PAYLOAD_CACHE_ENTRIES)
+        self._payloads_by_id = _Lru(PAYLOAD_CACHE_ENTRIES)
         self._transfer = TransferConfig(multipart_threshold=64 * 1024**2, multipart_chunksize=16 * 1024**2)
 
     @classmethod
@@ -467,6 +469,8 @@ class S3Registry:
             listing.numbers.update(found)
             listing.last_key = max(listing.last_key, last_key)
             listing.checked_at = max(listing.checked_at, checked_at)
+            if not listing.numbers:  # names devices ask for are not kept unless they exist
+                self._listings.pop(model, None)
             return sorted(listing.numbers)
 
     def _partial_info(self, model: str, version: int) -> tuple[int | None, int | None] | None:
@@ -585,7 +589,7 @@ class S3Registry:
     def find_payload(self, model: str, codec: str, base_sha256: str, target_sha256: str) -> PayloadRecord | None:
         use = (model, codec, base_sha256, target_sha256)
         with self._lock:
-            cached = self._payloads_by_use.get(use)
+            cached: PayloadRecord | None = self._payloads_by_use.get(use)
         if cached is not None:
             return cached
         key = self.payload_use_key(*use)
@@ -602,7 +606,7 @@ class S3Registry:
         validate_model_name(model)
         validate_sha256(payload_id, "payload_id")
         with self._lock:
-            cached = self._payloads_by_id.get((model, payload_id))
+            cached: PayloadRecord | None = self._payloads_by_id.get((model, payload_id))
         if cached is not None:
             return cached
         key = self.payload_id_key(model, payload_id)
@@ -617,9 +621,10 @@ class S3Registry:
 
     def _remember_payload(self, record: PayloadRecord, *, by_use: bool) -> None:
         with self._lock:
-            self._payloads_by_id[(record.model, record.payload_id)] = record
+            self._payloads_by_id.put((record.model, record.payload_id), record, 1)
             if by_use:
-                self._payloads_by_use[(record.model, record.codec, record.base_sha256, record.target_sha256)] = record
+                use = (record.model, record.codec, record.base_sha256, record.target_sha256)
+                self._payloads_by_use.put(use, record, 1)
 
     def add_payload(self, record: PayloadRecord, staged_file: Path) -> None:
         """Upload the payload, then create its records (a record already there is kept). Removes ``staged_file``."""
