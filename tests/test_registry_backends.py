@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -374,6 +375,42 @@ def test_the_old_local_add_version_call_still_works(tmp_path: Path) -> None:
     assert reg.versions(MODEL) == [1]
     with pytest.raises(VersionNotFoundError):
         reg.add_version(manifest, signed, stage(tmp_path / "again", {"fp32/model.onnx": b"x"}))
+
+
+def test_the_blob_cache_keeps_its_bound_and_spares_fresh_copies(tmp_path: Path) -> None:
+    from edgerec.registry.cache import BlobCache
+
+    blobs = [os.urandom(60) for _ in range(3)]
+    shas = [hashlib.sha256(b).hexdigest() for b in blobs]
+    cache = BlobCache(tmp_path / "cache", max_bytes=100, grace_s=0)
+    for i, (sha, data) in enumerate(zip(shas, blobs, strict=True)):
+        path = cache.get(sha, len(data), partial(iter, [data]))
+        os.utime(path, (1000 + i, 1000 + i))  # used in this order
+    cache.evict()
+    assert [cache.path_for(sha).exists() for sha in shas] == [False, False, True]
+
+    fresh = BlobCache(tmp_path / "fresh", max_bytes=100, grace_s=3600)
+    for sha, data in zip(shas, blobs, strict=True):
+        fresh.get(sha, len(data), partial(iter, [data]))
+    assert all(fresh.path_for(sha).exists() for sha in shas)  # all in use: over the bound rather than gone
+
+
+def test_the_blob_cache_stops_a_fetch_that_runs_long(tmp_path: Path) -> None:
+    from edgerec.registry.cache import BlobCache
+
+    cache = BlobCache(tmp_path / "cache")
+    sha = hashlib.sha256(b"abc").hexdigest()
+    served = []
+
+    def endless() -> Iterator[bytes]:
+        while True:
+            served.append(1)
+            yield b"abc"
+
+    with pytest.raises(IntegrityError):
+        cache.get(sha, 3, endless)
+    assert len(served) == 2 and not cache.path_for(sha).exists()
+    assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no temporary file left
 
 
 # --- records read from a bucket: parsed or refused with a typed error, never anything else ---
