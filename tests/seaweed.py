@@ -156,6 +156,7 @@ def seaweed_s3(data_dir: Path) -> Iterator[SeaweedS3]:
     # The server knows exactly one identity (ours), so it checks every signature and expiry.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3_"))}
     env |= {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    env["TMPDIR"] = str(sockets)  # the gRPC sockets weed names itself land here, removed with it
     endpoint = f"http://127.0.0.1:{ports['-s3.port']}"
     log_path = data_dir / "weed.log"
     with log_path.open("wb") as log:
