@@ -158,3 +158,14 @@ class PermissionDeniedError(AuthenticationError):
 
 class AccuracyGateError(PublishError):
     """A quantized artifact scored too far below the fp32 model on the publisher's validation data."""
+
+
+# --- the registry's store (edgerec.registry) ---------------------------------------------
+
+
+class RegistryConflictError(EdgerecError):
+    """A conditional write lost: the document changed since it was read, or a version number stayed taken."""
+
+
+class RegistryUnavailableError(EdgerecError):
+    """The registry's store could not be reached or refused the request (network, credentials, bucket)."""

@@ -23,6 +23,8 @@ _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.PatchError, grpc.StatusCode.DATA_LOSS),
     (errors.PermissionDeniedError, grpc.StatusCode.PERMISSION_DENIED),
     (errors.AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.RegistryConflictError, grpc.StatusCode.ABORTED),
+    (errors.RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[errors.EdgerecError]] = {
