@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 import logging
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -16,7 +15,8 @@ import numpy as np
 from edgerec import tensors
 from edgerec.codecs import CODEC_NAMES, apply_patch
 from edgerec.device.artifacts import available_runtimes, open_artifact
-from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
+from edgerec.device.plan import COPY, check_plan
+from edgerec.device.storage import InstalledVersion, ModelStore, copy_verified, verify_files
 from edgerec.device.transport import ServerConnection
 from edgerec.errors import (
     DiskFullError,
@@ -30,6 +30,7 @@ from edgerec.errors import (
     UnknownBaseVersionError,
     WrongModelError,
 )
+from edgerec.fsutil import make_private_dirs, remove_entry
 from edgerec.manifest import Artifact, Manifest, find_artifact, parse_manifest
 from edgerec.runtimes import ModelRunner
 from edgerec.trust import UpdateVerifier
@@ -85,7 +86,15 @@ class Syncer:
         self.max_payload_bytes = max_payload_bytes
 
     def sync(self, target_version: int = 0, progress: FileProgress | None = None) -> SyncResult:
-        """Install the target version if it is newer; on a patch that fails, retry once with full files."""
+        """Install the target version if it is newer; on a patch that fails, retry once with full files.
+
+        One sync at a time per data dir: another one waits for the store's sync lock, then raises
+        SyncBusyError (see ``ModelStore.sync_lock``).
+        """
+        with self.store.sync_lock():
+            return self._sync_locked(target_version, progress)
+
+    def _sync_locked(self, target_version: int, progress: FileProgress | None) -> SyncResult:
         started = time.perf_counter()
         received_before = self.connection.bytes_received
         self.store.clean_stale()
@@ -146,18 +155,21 @@ class Syncer:
     ) -> InstalledVersion:
         """Verify, fetch, build, check and activate the offered version; on failure nothing changes."""
         manifest = self._check_manifest(response, current)
-        if self.max_payload_bytes and response.payload_bytes > self.max_payload_bytes:
+        artifact = find_artifact(manifest, response.recipe)
+        assert artifact is not None  # checked in _check_manifest
+        plan = check_plan(response.payloads, artifact, current, SUPPORTED_CODECS)
+        payload_bytes = sum(p.size for p in plan)
+        if self.max_payload_bytes and payload_bytes > self.max_payload_bytes:
             raise PayloadBudgetError(
-                f"version {manifest.version} costs {response.payload_bytes} payload bytes, "
+                f"version {manifest.version} costs {payload_bytes} payload bytes, "
                 f"over this device's budget of {self.max_payload_bytes}"
             )
+        self._make_room(plan, manifest.version)
         staged: Path | None = None
         try:
             staged = self.store.begin_staging(manifest.version)
-            for payload in response.payloads:
+            for payload in plan:
                 self._build_file(payload, current, staged, progress)
-            artifact = find_artifact(manifest, response.recipe)
-            assert artifact is not None  # checked in _check_manifest
             verify_files(staged, artifact)
             health_check(staged, manifest, artifact)
             installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
@@ -225,14 +237,15 @@ class Syncer:
         artifact = find_artifact(manifest, response.recipe)
         if artifact is None:
             raise ManifestError(f"manifest has no {response.recipe!r} artifact")
-        planned = {p.path: p for p in response.payloads}
-        for f in artifact.files:
-            p = planned.get(f.path)
-            if p is None or p.target_sha256 != f.sha256 or p.target_size != f.size:
-                raise ManifestError(f"payload plan does not match the manifest for {f.path}")
-        if len(planned) != len(artifact.files):
-            raise ManifestError("payload plan lists files the manifest does not")
         return manifest
+
+    def _make_room(self, plan: list[update_pb2.Payload], version: int) -> None:
+        """Drop downloads this plan does not use, then DiskFullError unless what it still needs fits."""
+        fetched = [p for p in plan if p.codec != COPY]
+        self.store.remove_stale_downloads(p.payload_id for p in fetched)
+        needed = sum(max(p.size - self.store.downloaded_bytes(p.payload_id), 0) for p in fetched)
+        needed += sum(p.target_size for p in plan)  # the staged files
+        self.store.check_room(needed, f"version {version}")
 
     def _build_file(
         self,
@@ -241,14 +254,14 @@ class Syncer:
         staged: Path,
         progress: FileProgress | None,
     ) -> None:
+        """Build one staged file from a checked plan entry (see :func:`edgerec.device.plan.check_plan`)."""
         out = staged / payload.path
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(out.parent)
+        # The plan names a base only as a file of the verified current version.
         base = current.file(payload.base_path) if current is not None and payload.base_path else None
-        if payload.codec != "full" and base is None:
-            raise ManifestError(f"plan for {payload.path} needs a base file this device does not have")
-        if payload.codec == "copy":
+        if payload.codec == COPY:
             assert base is not None
-            shutil.copyfile(base, out)
+            copy_verified(base, out, payload.target_size, payload.target_sha256)
             return
         part = self.store.download_path(payload.payload_id)
 
@@ -258,7 +271,14 @@ class Syncer:
 
         finished = self.connection.download(self.store.model, payload, part, report)
         try:
-            apply_patch(base if payload.codec != "full" else None, finished, out)
+            apply_patch(
+                base,
+                finished,
+                out,
+                codec=payload.codec,
+                target_size=payload.target_size,
+                target_sha256=payload.target_sha256,
+            )
         except (IntegrityError, PatchError):
             finished.unlink(missing_ok=True)  # a bad payload must be fetched again, not reused
             raise
@@ -267,7 +287,7 @@ class Syncer:
 def _discard(staged: Path | None) -> None:
     """Remove a staging folder a failed install leaves (None: it was never made)."""
     if staged is not None:
-        shutil.rmtree(staged, ignore_errors=True)
+        remove_entry(staged)
 
 
 def health_check(version_dir: Path, manifest: Manifest, artifact: Artifact) -> None:

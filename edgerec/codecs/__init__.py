@@ -29,7 +29,7 @@ from edgerec.codecs.container import (
 from edgerec.codecs.full import FullCodec
 from edgerec.codecs.patch_from import PatchFromCodec
 from edgerec.codecs.tensor import TensorCodec
-from edgerec.errors import PatchError
+from edgerec.errors import IntegrityError, PatchError
 
 _CODECS: dict[str, Codec] = {
     codec.name: codec for codec in (FullCodec(), BsdiffCodec(), PatchFromCodec(), TensorCodec())
@@ -85,18 +85,18 @@ def apply_patch(
     device: its plan and signed manifest); a header promising anything else, or a body longer than
     its codec makes for that size, is refused before a byte is decoded or written.
 
-    Raises PatchError (corrupt, truncated, unknown or unexpected codec, another target, target
-    above ``max_target_size``, body over its bound), WrongBaseError (``old`` is not the patch's
-    base) or IntegrityError (the result does not match the header); on any error ``out`` is
-    left as it was.
+    Raises PatchError (corrupt, truncated, unknown or unexpected codec, target above
+    ``max_target_size``, body over its bound), WrongBaseError (``old`` is not the patch's base)
+    or IntegrityError (the header promises another target than expected, or the result does not
+    match the header); on any error ``out`` is left as it was.
     """
-    header = read_patch_info(patch, max_target_size if target_size is None else min(target_size, max_target_size))
+    header = read_patch_info(patch, max_target_size)
     if codec is not None and header.codec != codec:
         raise PatchError(f"patch was made by codec {header.codec!r}, the plan says {codec!r}")
     if target_size is not None and header.target_size != target_size:
-        raise PatchError(f"patch builds {header.target_size} bytes, expected {target_size}")
+        raise IntegrityError(f"patch builds {header.target_size} bytes, expected {target_size}")
     if target_sha256 is not None and header.target_sha256 != target_sha256:
-        raise PatchError(f"patch builds sha256 {header.target_sha256[:16]}…, expected {target_sha256[:16]}…")
+        raise IntegrityError(f"patch builds sha256 {header.target_sha256[:16]}…, expected {target_sha256[:16]}…")
     chosen = get_codec(header.codec)
     check_body_length(header, chosen)  # the codec checks it too; here before the body is even hashed
     chosen.apply(old, patch, out, max_target_size=header.target_size)
