@@ -508,7 +508,7 @@ class KillPoint:
 
 
 DIRECTED_KILLS: Final = (
-    ("fresh", KillPoint(function="ServerConnection.download", text="part_file.replace(finished)")),
+    ("fresh", KillPoint(function="ServerConnection.download", text="os.replace(part_file, finished)")),
     ("old", KillPoint(function="ModelStore.activate", text="os.replace(staged, final)")),
     ("old", KillPoint(function="ModelStore.activate", text="self._write_state(")),
     ("old", KillPoint(function="ModelStore.activate", text="self._prune(")),
