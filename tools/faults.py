@@ -1109,7 +1109,7 @@ class DiskFullReport:
         return Summary("disk-full", len(self.cases), survived, self.failures, details, self.seconds, self.skipped)
 
 
-def _mount_tmpfs(path: Path, size: int, *, remount: bool = False, inodes: int | None = None) -> None:
+def mount_tmpfs(path: Path, size: int, *, remount: bool = False, inodes: int | None = None) -> None:
     """Mount (or remount) a tmpfs of ``size`` bytes; ``inodes`` caps its files and folders (0: no cap)."""
     options = f"{'remount,' if remount else ''}size={-(-size // _PAGE) * _PAGE}"
     if inodes is not None:
@@ -1117,7 +1117,38 @@ def _mount_tmpfs(path: Path, size: int, *, remount: bool = False, inodes: int | 
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True, capture_output=True)
 
 
-def _used_bytes(path: Path) -> int:
+class TmpfsUnavailable(Exception):
+    """A tmpfs cannot be mounted here (not root, no mount command, or the kernel refused)."""
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``path`` for the block (made if missing), then unmounted."""
+    if os.geteuid() != 0:
+        raise TmpfsUnavailable("mounting a tmpfs needs root")
+    if shutil.which("mount") is None:
+        raise TmpfsUnavailable("no mount command")
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        mount_tmpfs(path, size)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+        raise TmpfsUnavailable(f"cannot mount a tmpfs: {detail!r}") from exc
+    try:
+        yield path
+    finally:
+        result = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            log.warning("umount %s failed (%s); detaching it lazily", path, result.stderr.strip())
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def leave_free(mount_point: Path, free: int) -> None:
+    """Resize the tmpfs at ``mount_point`` so that ``free`` bytes (rounded up to a page) are left."""
+    mount_tmpfs(mount_point, used_bytes(mount_point) + free, remount=True)
+
+
+def used_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
@@ -1174,7 +1205,7 @@ def run_disk_full(
     mount_point = workdir / "diskfull"
     mount_point.mkdir(parents=True, exist_ok=True)
     try:
-        _mount_tmpfs(mount_point, roomy)
+        mount_tmpfs(mount_point, roomy)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
         return DiskFullReport([], 0.0, skipped=f"cannot mount a tmpfs: {detail!r}")
@@ -1183,7 +1214,7 @@ def run_disk_full(
 
     def try_update(free: int, name: str = "update") -> DiskFullCase:
         shutil.rmtree(update, ignore_errors=True)
-        _mount_tmpfs(mount_point, roomy + _used_bytes(mount_point), remount=True)
+        mount_tmpfs(mount_point, roomy + used_bytes(mount_point), remount=True)
         shutil.copytree(template, update)
         case = _full_disk_sync(name, update, mount_point, free, registry, address)
         expected = new if case.outcome == "installed" else old
@@ -1225,7 +1256,7 @@ def run_disk_full(
         no_inodes = mount_point / "no-inodes"
         shutil.copytree(template, no_inodes)
         case = _full_disk_sync("update, no inode left", no_inodes, mount_point, roomy, registry, address, inodes=True)
-        _mount_tmpfs(mount_point, roomy + _used_bytes(mount_point), remount=True, inodes=0)
+        mount_tmpfs(mount_point, roomy + used_bytes(mount_point), remount=True, inodes=0)
         case.problems += installed_problems(ModelStore(no_inodes, MODEL), registry, old)
         case.problems += local_prediction_problems(no_inodes, specs, old)
         cases.append(case)
@@ -1254,7 +1285,7 @@ def _full_disk_sync(
     case = DiskFullCase(name, free)
     ModelStore(data_dir, MODEL)  # its folders exist before the space is measured
     cap = _used_inodes(mount_point) if inodes else None
-    _mount_tmpfs(mount_point, _used_bytes(mount_point) + free, remount=True, inodes=cap)
+    mount_tmpfs(mount_point, used_bytes(mount_point) + free, remount=True, inodes=cap)
     with EdgeClient(server=address, model=MODEL, data_dir=data_dir) as client:
         try:
             client.sync()
@@ -1278,7 +1309,7 @@ def _freed_sync(
     name: str, data_dir: Path, mount_point: Path, size: int, registry: Registry, address: str, new: int
 ) -> DiskFullCase:
     case = DiskFullCase(name, size)
-    _mount_tmpfs(mount_point, size + _used_bytes(mount_point), remount=True)
+    mount_tmpfs(mount_point, size + used_bytes(mount_point), remount=True)
     with EdgeClient(server=address, model=MODEL, data_dir=data_dir) as client:
         try:
             result = client.sync()
