@@ -57,11 +57,11 @@ def check_plan(
         raise ManifestError(f"payload plan lists files the manifest does not: {unknown[0][:200]!r}")
     checked = []
     for target in artifact.files:
-        payload = planned.get(target.path)
-        if payload is None or payload.target_sha256 != target.sha256 or payload.target_size != target.size:
+        entry = planned.get(target.path)
+        if entry is None or entry.target_sha256 != target.sha256 or entry.target_size != target.size:
             raise ManifestError(f"payload plan does not match the manifest for {target.path}")
-        _check_payload(payload, target, current, offered_codecs)
-        checked.append(payload)
+        _check_payload(entry, target, current, offered_codecs)
+        checked.append(entry)
     return checked
 
 

@@ -369,7 +369,7 @@ class ServerConnection:
             max_bytes_per_second=max(1, round(rate)) if rate else 0,
         )
         stream = self._update.FetchPayload(request, timeout=timeout_s)
-        watch = _IdleWatch(stream, self.config.idle_timeout_s)
+        watch = _IdleWatch(stream.cancel, self.config.idle_timeout_s)
         try:
             for chunk in stream:
                 watch.touch()
@@ -416,8 +416,8 @@ class _Idle(Exception):
 class _IdleWatch:
     """Cancels a stream that brings no chunk for ``idle_s`` seconds (gRPC's iterator has no read timeout)."""
 
-    def __init__(self, call: grpc.Call, idle_s: float) -> None:
-        self._call = call
+    def __init__(self, cancel: Callable[[], object], idle_s: float) -> None:
+        self._cancel = cancel
         self._idle_s = idle_s
         self._last = time.monotonic()
         self._done = threading.Event()
@@ -436,7 +436,7 @@ class _IdleWatch:
         while not self._done.wait(max(self._last + self._idle_s - time.monotonic(), 0.0)):
             if time.monotonic() - self._last >= self._idle_s:
                 self.fired = True
-                self._call.cancel()
+                self._cancel()
                 return
 
 

@@ -356,7 +356,7 @@ def _bomb(claimed: int) -> bytes:
     body: list[bytes] = []
     for start in range(0, claimed, len(zeros)):
         body += chunker.compress(zeros[: min(len(zeros), claimed - start)])
-    body += chunker.finish()
+    body += chunker.finish()  # type: ignore[no-untyped-call]
     out = io.BytesIO()
     # The target's sha256 is not computed: the device must refuse the header long before it matters.
     write_container(out, codec="full", base_sha256=None, target_sha256="0" * 64, target_size=claimed, body=body)
