@@ -459,7 +459,7 @@ def test_apply_replaces_an_existing_out(small_patches: dict[str, tuple[bytes, by
 def test_the_bounds_are_the_compressors_documented_ones() -> None:
     # ZSTD_COMPRESSBOUND: 64 bytes of margin for an empty input, none from 128 KiB on.
     assert [zstd_compress_bound(n) for n in (0, 1, 128 << 10, 1 << 20)] == [64, 64, (128 << 10) + 512, (1 << 20) + 4096]
-    assert [bz2_compress_bound(n) for n in (0, 1, 100, 101)] == [600, 602, 701, 803]
+    assert [bz2_compress_bound(n) for n in (0, 1, 100, 101)] == [600, 602, 701, 703]
     with pytest.raises(ValueError):
         zstd_compress_bound(-1)
 
