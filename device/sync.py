@@ -84,6 +84,8 @@ class Syncer:
         self.recipes = recipes
         self.device_id = device_id
         self.max_payload_bytes = max_payload_bytes
+        # The payload codecs offered to the server; a plan using another one is refused.
+        self.codecs: tuple[str, ...] = SUPPORTED_CODECS
 
     def sync(self, target_version: int = 0, progress: FileProgress | None = None) -> SyncResult:
         """Install the target version if it is newer; on a patch that fails, retry once with full files.
@@ -157,7 +159,7 @@ class Syncer:
         manifest = self._check_manifest(response, current)
         artifact = find_artifact(manifest, response.recipe)
         assert artifact is not None  # checked in _check_manifest
-        plan = check_plan(response.payloads, artifact, current, SUPPORTED_CODECS)
+        plan = check_plan(response.payloads, artifact, current, self.codecs)
         payload_bytes = sum(p.size for p in plan)
         if self.max_payload_bytes and payload_bytes > self.max_payload_bytes:
             raise PayloadBudgetError(
@@ -213,7 +215,7 @@ class Syncer:
             current_sha256=current.artifact.digest if current else "",
             current_recipe=current.recipe if current else "",
             runtimes=list(SUPPORTED_RUNTIMES),
-            codecs=list(SUPPORTED_CODECS),
+            codecs=list(self.codecs),
             recipes=list(self.recipes),
             target_version=target_version,
             device_id=self.device_id,

@@ -280,6 +280,10 @@ class ServerConnection:
         except IntegrityError:
             part_file.unlink(missing_ok=True)  # bytes this stream sent cannot be resumed from
             raise
+        except BaseException:
+            if os.fstat(fd).st_size == 0:  # nothing to resume: leave no empty file behind
+                part_file.unlink(missing_ok=True)
+            raise
         finally:
             os.close(fd)
         os.replace(part_file, finished)

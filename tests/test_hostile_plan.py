@@ -17,6 +17,8 @@ import io
 import os
 import shutil
 import stat
+import subprocess
+import sys
 import threading
 import zlib
 from collections.abc import Callable, Iterator
@@ -451,6 +453,33 @@ def test_a_stalled_stream_is_cancelled_by_the_idle_timeout(honest: Honest, scene
     finally:
         released.set()
     assert "made no progress" in str(error) and "no byte for 0.3 s" in str(error)
+
+
+def _edgerec_sync(address: str, data_dir: Path, public_key: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "edgerec", "sync", "--server", address, "--model", MODEL]
+    command += ["--data-dir", str(data_dir), "--trusted-key", str(public_key), "--json", *flags]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
+def test_the_sync_command_takes_a_deadline_and_retries(honest: Honest, scene: Scene, mitm: MitmProxy) -> None:
+    def one_byte(
+        request: update_pb2.FetchPayloadRequest, upstream: Iterator[update_pb2.PayloadChunk]
+    ) -> Iterator[update_pb2.PayloadChunk]:
+        chunk = next(upstream)
+        yield update_pb2.PayloadChunk(
+            offset=chunk.offset, data=chunk.data[:1], total_size=chunk.total_size, crc32=zlib.crc32(chunk.data[:1])
+        )
+
+    mitm.on_fetch = one_byte
+    result = _edgerec_sync(mitm.address, scene.data_dir, honest.public_key, "--deadline", "1.5")
+    assert result.returncode == 1 and "TransportError" in result.stderr and "deadline" in result.stderr, result.stderr
+    mitm.on_fetch = _first_chunk_only
+    result = _edgerec_sync(mitm.address, scene.data_dir, honest.public_key, "--retries", "2", "--min-rate", "64kbit")
+    assert result.returncode == 1 and "made no progress in 2 attempts" in result.stderr, result.stderr
+    result = _edgerec_sync(mitm.address, scene.data_dir, honest.public_key, "--min-rate", "fast")
+    assert result.returncode == 2 and "--min-rate" in result.stderr, result.stderr
+    with EdgeClient(None, MODEL, scene.data_dir) as offline:
+        assert offline.active_version == 1
 
 
 # --- 4. downloads that cannot be resumed, and room on the disk ------------------------------------
