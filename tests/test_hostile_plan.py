@@ -256,13 +256,13 @@ def test_a_copy_of_another_file_of_the_artifact_is_refused(honest: Honest, scene
 
     def copy_the_other(payload: update_pb2.Payload) -> None:
         other = next(f for f in files if f.path != payload.path)
-        payload.codec, payload.base_path, payload.base_sha256 = "copy", other.path, payload.target_sha256
+        payload.codec, payload.base_path, payload.base_sha256 = "copy", other.path, other.sha256
         payload.payload_id = payload.sha256 = ""
         payload.size = 0
 
     mitm.on_check = rewrite(copy_the_other)
     error = attack(mitm.address, scene, honest, ManifestError)
-    assert "plan says another" in str(error) or "not the target's" in str(error)
+    assert "whose signed bytes are not the target's" in str(error)
 
 
 def test_a_delta_on_a_base_with_another_digest_is_refused(honest: Honest, scene: Scene, mitm: MitmProxy) -> None:
