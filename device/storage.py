@@ -9,6 +9,7 @@ Layout under ``<data_dir>/<model>/``::
     versions/<N>/         an installed version: manifest.pb, install.json, artifact files
     staging/<N>/          a version being built; removed at start if a sync died
     downloads/<id>.part   a payload being received (resumable), <id>.payload when complete
+    sync.lock             held (flock) by the one sync allowed at a time on this model
 
 A version directory is complete before it is renamed into ``versions/``, and it is
 active only once ``state.json`` names it, so a crash at any point leaves the previous
@@ -17,22 +18,41 @@ state intact. The current and previous versions are kept; older ones are pruned.
 A ``state.json`` that is missing (with versions installed) or unreadable is rebuilt from what
 is on disk: ``floor.json`` and the installed versions whose files verify against their manifest
 (a warning is logged). Losing either file loses neither the floor nor the hold.
+
+Everything the store writes is private (files 0600, folders 0700). The model folder and the
+three managed folders must be real folders: a store whose folder is a symbolic link is refused
+(DataDirError), and cleaning removes links, never what they point to.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
+import stat
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from edgerec.errors import EdgerecError, IntegrityError, ManifestError
-from edgerec.fsutil import atomic_write_bytes, fsync_dir
-from edgerec.hashing import sha256_file
+from edgerec.errors import DataDirError, DiskFullError, EdgerecError, IntegrityError, ManifestError, SyncBusyError
+from edgerec.fsutil import (
+    PRIVATE_DIR,
+    atomic_output,
+    atomic_write_bytes,
+    fsync_dir,
+    is_link_or_not_dir,
+    make_private_dirs,
+    open_private,
+    remove_entry,
+)
+from edgerec.hashing import BLOCK_SIZE, HashingWriter, sha256_file
 from edgerec.manifest import (
     Artifact,
     Manifest,
@@ -106,6 +126,13 @@ def _version_or_none(key: str, value: Any) -> int | None:
     return value or None
 
 
+LOCK_FILE = "sync.lock"
+DEFAULT_LOCK_WAIT_S = 5.0
+"""How long a sync waits for another one on the same model before SyncBusyError (a short overlap passes)."""
+_PAYLOAD_ID = re.compile(r"[0-9a-f]{64}")
+_DOWNLOAD_SUFFIXES = (".part", ".payload")
+
+
 @dataclass(frozen=True)
 class InstalledVersion:
     """A version installed on this device, with the artifact it runs."""
@@ -127,14 +154,19 @@ class InstalledVersion:
 class ModelStore:
     """Installed versions of one model under a data directory."""
 
-    def __init__(self, data_dir: Path | str, model: str) -> None:
+    def __init__(self, data_dir: Path | str, model: str, *, lock_wait_s: float = DEFAULT_LOCK_WAIT_S) -> None:
         self.root = Path(data_dir) / validate_model_name(model)
         self.model = model
         self.versions_dir = self.root / "versions"
         self.staging_dir = self.root / "staging"
         self.downloads_dir = self.root / "downloads"
-        for folder in (self.versions_dir, self.staging_dir, self.downloads_dir):
-            folder.mkdir(parents=True, exist_ok=True)
+        # A second sync on this model waits this long for the first, then raises SyncBusyError.
+        self.lock_wait_s = lock_wait_s
+        make_private_dirs(self.root.parent)
+        for folder in (self.root, self.versions_dir, self.staging_dir, self.downloads_dir):
+            if is_link_or_not_dir(folder):
+                raise DataDirError(f"{folder} is a symbolic link or not a folder; the SDK only manages real folders")
+            make_private_dirs(folder)
         self._restore_replaced()
 
     def _restore_replaced(self) -> None:
@@ -276,16 +308,77 @@ class ModelStore:
 
     # --- writing ----------------------------------------------------------------
 
+    @contextmanager
+    def sync_lock(self) -> Iterator[None]:
+        """Hold this model's sync lock: one sync at a time per data dir, across threads and processes.
+
+        Waits up to ``lock_wait_s`` for a sync holding it, then raises SyncBusyError. The lock is
+        the kernel's (flock), so a sync that dies releases it with its process.
+        """
+        fd = open_private(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT)
+        try:
+            deadline = time.monotonic() + self.lock_wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise SyncBusyError(
+                            f"{self.model}: another sync holds {self.root / LOCK_FILE} (waited {self.lock_wait_s:g} s)"
+                        ) from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
+
     def begin_staging(self, version: int) -> Path:
-        """A fresh, empty staging folder for ``version``."""
+        """A fresh, empty, private staging folder for ``version``."""
         folder = self.staging_dir / str(version)
-        if folder.exists():
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
+        remove_entry(folder)
+        folder.mkdir(mode=PRIVATE_DIR)
         return folder
 
     def download_path(self, payload_id: str) -> Path:
+        """Where the payload ``payload_id`` (64 lowercase hex digits, else ManifestError) is received."""
+        if not _PAYLOAD_ID.fullmatch(payload_id):
+            raise ManifestError(f"payload id {payload_id[:80]!r} is not 64 lowercase hex digits")
         return self.downloads_dir / f"{payload_id}.part"
+
+    def downloaded_bytes(self, payload_id: str) -> int:
+        """Bytes of ``payload_id`` already here (its finished file or its ``.part``); 0 when none."""
+        part = self.download_path(payload_id)
+        for path in (part.with_suffix(".payload"), part):
+            if _is_regular_file(path):
+                return path.stat().st_size
+        return 0
+
+    def remove_stale_downloads(self, keep: Iterable[str]) -> list[str]:
+        """Remove every download that is not of a payload id in ``keep``; returns the names removed."""
+        wanted = set(keep)
+        removed = []
+        for entry in sorted(os.listdir(self.downloads_dir)):
+            path = self.downloads_dir / entry
+            stem, suffix = os.path.splitext(entry)
+            if suffix in _DOWNLOAD_SUFFIXES and stem in wanted and _is_regular_file(path):
+                continue
+            remove_entry(path)
+            removed.append(entry)
+        if removed:
+            log.info("%s: removed %d stale download(s): %s", self.model, len(removed), ", ".join(removed))
+        return removed
+
+    def free_bytes(self) -> int:
+        """Bytes free for this store (for its user) on the filesystem holding it."""
+        return shutil.disk_usage(self.root).free
+
+    def check_room(self, needed: int, what: str) -> None:
+        """Raise DiskFullError unless ``needed`` more bytes fit; nothing is written either way."""
+        free = self.free_bytes()
+        if needed > free:
+            raise DiskFullError(
+                f"no space left for {what} in {self.root}: it needs {needed} more bytes, {free} are free"
+            )
 
     def activate(self, signed: SignedManifest, manifest: Manifest, recipe: str, staged: Path) -> InstalledVersion:
         """Move a verified staged version into place and make it current, keeping the old one."""
@@ -293,19 +386,19 @@ class ModelStore:
         if artifact is None:
             raise ManifestError(f"manifest has no {recipe!r} artifact")
         verify_files(staged, artifact)
-        (staged / "manifest.pb").write_bytes(signed.SerializeToString())
-        (staged / "install.json").write_text(json.dumps({"recipe": recipe}))
+        _write_private(staged / "manifest.pb", signed.SerializeToString())
+        _write_private(staged / "install.json", json.dumps({"recipe": recipe}).encode())
         _fsync_tree(staged)
         state = self._state()  # before the new folder is in place (a store without state.json reads as fresh)
         final = self.versions_dir / str(manifest.version)
         if final.exists():  # a re-install of the same version (its files were damaged): move it aside first,
             # so a crash in between leaves either folder under a name clean_stale() knows, never none.
             aside = self.staging_dir / f"{manifest.version}.replaced"
-            shutil.rmtree(aside, ignore_errors=True)
+            remove_entry(aside)
             os.replace(final, aside)
         os.replace(staged, final)
         fsync_dir(self.versions_dir)
-        shutil.rmtree(self.staging_dir / f"{manifest.version}.replaced", ignore_errors=True)
+        remove_entry(self.staging_dir / f"{manifest.version}.replaced")
         previous = state.current if state.current != manifest.version else state.previous
         hold_ends = manifest.version >= (state.held_back or state.released or 0)
         self._write_state(
@@ -353,19 +446,18 @@ class ModelStore:
         return state.held_back
 
     def clean_stale(self) -> None:
-        """Remove staging folders a dead sync left behind (partial downloads are kept to resume)."""
-        for folder in self.staging_dir.iterdir():
-            shutil.rmtree(folder, ignore_errors=True)
+        """Remove what a dead sync left in staging (partial downloads are kept to resume); links are not followed."""
+        for entry in os.listdir(self.staging_dir):
+            remove_entry(self.staging_dir / entry)
 
     def clear_downloads(self) -> None:
         """Remove every kept download: called once the device is up to date and none can be reused."""
-        for path in self.downloads_dir.iterdir():
-            path.unlink(missing_ok=True)
+        self.remove_stale_downloads(())
 
     def _prune(self, keep: set[int | None]) -> None:
-        for folder in self.versions_dir.iterdir():
-            if folder.name.isdigit() and int(folder.name) not in keep:
-                shutil.rmtree(folder, ignore_errors=True)
+        for entry in os.listdir(self.versions_dir):
+            if entry.isdigit() and int(entry) not in keep:
+                remove_entry(self.versions_dir / entry)
 
 
 def verify_files(directory: Path, artifact: Artifact) -> None:
@@ -373,9 +465,12 @@ def verify_files(directory: Path, artifact: Artifact) -> None:
     for f in artifact.files:
         path = directory / f.path
         try:
-            size = path.stat().st_size
-        except FileNotFoundError as exc:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError) as exc:
             raise IntegrityError(f"{f.path} is missing") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise IntegrityError(f"{f.path} is not a regular file")
+        size = st.st_size
         if size != f.size:
             raise IntegrityError(f"{f.path} has {size} bytes, manifest says {f.size}")
         digest = sha256_file(path)
@@ -387,6 +482,41 @@ def _read_small(path: Path) -> bytes:
     """A state file's bytes (one more than a state holds at most, so an oversized one is noticed)."""
     with path.open("rb") as f:
         return f.read(_MAX_STATE_BYTES + 1)
+
+
+def copy_verified(source: Path, out: Path, size: int, sha256: str) -> None:
+    """Copy the regular file ``source`` to a new private file ``out`` (atomically), reading no more than
+    ``size`` bytes and never through a symbolic link; IntegrityError unless it has ``size`` bytes with ``sha256``."""
+    try:
+        fd = open_private(source, os.O_RDONLY)
+    except OSError as exc:
+        raise IntegrityError(f"cannot read {source.name} as a regular file: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as src:
+        st = os.fstat(src.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+            raise IntegrityError(f"{source.name} is not a regular file of {size} bytes")
+        with atomic_output(out) as dst:
+            writer = HashingWriter(dst)
+            while block := src.read(min(BLOCK_SIZE, size + 1 - writer.size)):
+                if writer.size + len(block) > size:
+                    raise IntegrityError(f"{source.name} grew past {size} bytes while being copied")
+                writer.write(block)
+            if writer.size != size or writer.hexdigest != sha256:
+                raise IntegrityError(f"{source.name} does not have the sha256 its manifest gives")
+
+
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new private file at ``path`` (the caller fsyncs)."""
+    fd = open_private(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
 
 
 def _fsync_tree(root: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import secrets
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,19 +16,20 @@ import numpy as np
 from edgerec import tensors
 from edgerec.codecs import CODEC_NAMES, apply_patch
 from edgerec.device.artifacts import available_runtimes, open_artifact
-from edgerec.device.storage import InstalledVersion, ModelStore, verify_files
+from edgerec.device.plan import COPY, check_plan
+from edgerec.device.storage import InstalledVersion, ModelStore, copy_verified, verify_files
 from edgerec.device.transport import ServerConnection
 from edgerec.errors import (
     DiskFullError,
     EdgerecError,
     HealthCheckError,
     IntegrityError,
-    ManifestError,
     PatchError,
     PayloadBudgetError,
     UnknownBaseVersionError,
 )
-from edgerec.manifest import Artifact, Manifest, find_artifact
+from edgerec.fsutil import make_private_dirs, remove_entry
+from edgerec.manifest import Artifact, Manifest
 from edgerec.runtimes import ModelRunner
 from edgerec.trust import ED25519, OFF, UpdateVerifier, VerifiedAnswer
 from edgerec.v1 import update_pb2
@@ -93,9 +93,19 @@ class Syncer:
         self.recipes = recipes
         self.device_id = device_id
         self.max_payload_bytes = max_payload_bytes
+        # The payload codecs offered to the server; a plan using another one is refused.
+        self.codecs: tuple[str, ...] = SUPPORTED_CODECS
 
     def sync(self, target_version: int = 0, progress: FileProgress | None = None) -> SyncResult:
-        """Install the target version if it is newer; on a patch that fails, retry once with full files."""
+        """Install the target version if it is newer; on a patch that fails, retry once with full files.
+
+        One sync at a time per data dir: another one waits for the store's sync lock, then raises
+        SyncBusyError (see ``ModelStore.sync_lock``).
+        """
+        with self.store.sync_lock():
+            return self._sync_locked(target_version, progress)
+
+    def _sync_locked(self, target_version: int, progress: FileProgress | None) -> SyncResult:
         started = time.perf_counter()
         received_before = self.connection.bytes_received
         if self.verifier.verification == OFF:
@@ -187,19 +197,21 @@ class Syncer:
         progress: FileProgress | None,
     ) -> InstalledVersion:
         """Fetch, build, check and activate the verified offered version; on failure nothing changes."""
-        manifest = self._check_manifest(response, answer)
-        if self.max_payload_bytes and response.payload_bytes > self.max_payload_bytes:
+        manifest, artifact = answer.manifest, answer.artifact
+        assert manifest is not None and artifact is not None  # an answer offering an update
+        plan = check_plan(response.payloads, artifact, current, self.codecs)
+        payload_bytes = sum(p.size for p in plan)
+        if self.max_payload_bytes and payload_bytes > self.max_payload_bytes:
             raise PayloadBudgetError(
-                f"version {manifest.version} costs {response.payload_bytes} payload bytes, "
+                f"version {manifest.version} costs {payload_bytes} payload bytes, "
                 f"over this device's budget of {self.max_payload_bytes}"
             )
+        self._make_room(plan, manifest.version)
         staged: Path | None = None
         try:
             staged = self.store.begin_staging(manifest.version)
-            for payload in response.payloads:
+            for payload in plan:
                 self._build_file(payload, current, staged, progress)
-            artifact = find_artifact(manifest, response.recipe)
-            assert artifact is not None  # checked by the verifier
             verify_files(staged, artifact)
             health_check(staged, manifest, artifact)
             installed = self.store.activate(response.manifest, manifest, response.recipe, staged)
@@ -243,25 +255,20 @@ class Syncer:
             current_sha256=current.artifact.digest if current else "",
             current_recipe=current.recipe if current else "",
             runtimes=list(SUPPORTED_RUNTIMES),
-            codecs=list(SUPPORTED_CODECS),
+            codecs=list(self.codecs),
             recipes=list(self.recipes),
             target_version=target_version,
             device_id=self.device_id,
             max_payload_bytes=self.max_payload_bytes,
         )
 
-    def _check_manifest(self, response: update_pb2.CheckUpdateResponse, answer: VerifiedAnswer) -> Manifest:
-        """The verified manifest of the offered version, checked against the payload plan."""
-        manifest, artifact = answer.manifest, answer.artifact
-        assert manifest is not None and artifact is not None  # an answer offering an update
-        planned = {p.path: p for p in response.payloads}
-        for f in artifact.files:
-            p = planned.get(f.path)
-            if p is None or p.target_sha256 != f.sha256 or p.target_size != f.size:
-                raise ManifestError(f"payload plan does not match the manifest for {f.path}")
-        if len(planned) != len(artifact.files):
-            raise ManifestError("payload plan lists files the manifest does not")
-        return manifest
+    def _make_room(self, plan: list[update_pb2.Payload], version: int) -> None:
+        """Drop downloads this plan does not use, then DiskFullError unless what it still needs fits."""
+        fetched = [p for p in plan if p.codec != COPY]
+        self.store.remove_stale_downloads(p.payload_id for p in fetched)
+        needed = sum(max(p.size - self.store.downloaded_bytes(p.payload_id), 0) for p in fetched)
+        needed += sum(p.target_size for p in plan)  # the staged files
+        self.store.check_room(needed, f"version {version}")
 
     def _build_file(
         self,
@@ -270,14 +277,14 @@ class Syncer:
         staged: Path,
         progress: FileProgress | None,
     ) -> None:
+        """Build one staged file from a checked plan entry (see :func:`edgerec.device.plan.check_plan`)."""
         out = staged / payload.path
-        out.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(out.parent)
+        # The plan names a base only as a file of the verified current version.
         base = current.file(payload.base_path) if current is not None and payload.base_path else None
-        if payload.codec != "full" and base is None:
-            raise ManifestError(f"plan for {payload.path} needs a base file this device does not have")
-        if payload.codec == "copy":
+        if payload.codec == COPY:
             assert base is not None
-            shutil.copyfile(base, out)
+            copy_verified(base, out, payload.target_size, payload.target_sha256)
             return
         part = self.store.download_path(payload.payload_id)
 
@@ -287,7 +294,14 @@ class Syncer:
 
         finished = self.connection.download(self.store.model, payload, part, report)
         try:
-            apply_patch(base if payload.codec != "full" else None, finished, out)
+            apply_patch(
+                base,
+                finished,
+                out,
+                codec=payload.codec,
+                target_size=payload.target_size,
+                target_sha256=payload.target_sha256,
+            )
         except (IntegrityError, PatchError):
             finished.unlink(missing_ok=True)  # a bad payload must be fetched again, not reused
             raise
@@ -303,7 +317,7 @@ def _held_back_reason(version: int) -> str:
 def _discard(staged: Path | None) -> None:
     """Remove a staging folder a failed install leaves (None: it was never made)."""
     if staged is not None:
-        shutil.rmtree(staged, ignore_errors=True)
+        remove_entry(staged)
 
 
 def health_check(version_dir: Path, manifest: Manifest, artifact: Artifact) -> None:

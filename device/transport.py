@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import random
+import threading
 import time
 import zlib
 from collections.abc import Callable, Mapping
@@ -16,6 +19,7 @@ import numpy as np
 from edgerec import tensors
 from edgerec.device.channel import make_channel
 from edgerec.errors import IntegrityError, TransportError
+from edgerec.fsutil import fsync_dir, make_private_dirs, open_private
 from edgerec.grpc_status import ERROR_METADATA_KEY, error_from_rpc
 from edgerec.hashing import sha256_file
 from edgerec.ratelimit import TokenBucket
@@ -49,6 +53,13 @@ _RETRYABLE = {
 DEFAULT_RECEIVE_WINDOW_BYTES: int | None = None
 DEFAULT_CHUNK_BYTES = 16 * 1024
 DEFAULT_READ_PACE_BYTES_PER_S = 12 * 1024 * 1024
+# A download slower than this on average is not worth waiting for: a quarter of the slowest link
+# profile (2g, 64 kbit/s), so a 2g link that loses half its time to drops and retries still finishes.
+DEFAULT_MIN_RATE_BYTES_PER_S = 2 * 1024
+# Fixed time every download gets on top of size / min rate: connecting, and a few retries' backoff.
+DEFAULT_DEADLINE_ALLOWANCE_S = 60.0
+# A stream that brings no byte for this long is cancelled and resumed (a stall without a closed connection).
+DEFAULT_IDLE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -73,10 +84,15 @@ class TransportConfig:
     # LAN and a busy CPU) an unpaced server fills gRPC's window with bytes the device has not read, and a
     # cut loses them. Raise it (or None) for devices on fast LANs that rarely drop.
     read_pace_bytes_per_s: float | None = DEFAULT_READ_PACE_BYTES_PER_S
-    # A payload not complete after this long fails with TransportError (None: no deadline). It bounds
-    # a server that trickles bytes forever or stops sending without closing the stream. It also
-    # bounds an update check with its retries.
+    # A payload not complete after this long fails with TransportError; None (the default): the deadline
+    # is derived from the payload's size, see download_deadline(). A fixed one also bounds an update check
+    # with its retries. Either way a server that trickles bytes forever or stalls cannot hold a sync.
     download_deadline_s: float | None = None
+    # The derived deadline: deadline_allowance_s + payload size / min_rate_bytes_per_s.
+    min_rate_bytes_per_s: float = DEFAULT_MIN_RATE_BYTES_PER_S
+    deadline_allowance_s: float = DEFAULT_DEADLINE_ALLOWANCE_S
+    # A stream silent this long is cancelled and resumed; it counts as an attempt without progress.
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     # A fixed HTTP/2 receive window (grpc.http2.lookahead_bytes, with BDP probing off), >= 1 KiB: what
     # gRPC buffers ahead of the app, hence the most a cut can waste besides the chunk in flight. It also
     # caps a stream near window / round-trip time (16 KiB: ~1.3 Mbit/s at 100 ms). None (the default):
@@ -90,6 +106,26 @@ class TransportConfig:
             raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
         if self.rate_bytes_per_s is not None and self.rate_bytes_per_s <= 0:
             raise ValueError(f"rate_bytes_per_s must be > 0 or None, got {self.rate_bytes_per_s}")
+        for name in ("min_rate_bytes_per_s", "idle_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.deadline_allowance_s < 0:
+            raise ValueError(f"deadline_allowance_s must be >= 0, got {self.deadline_allowance_s}")
+        if self.download_deadline_s is not None and self.download_deadline_s <= 0:
+            raise ValueError(f"download_deadline_s must be > 0 or None, got {self.download_deadline_s}")
+
+    def download_deadline(self, size: int) -> float:
+        """Seconds a ``size``-byte payload may take, retries included.
+
+        ``download_deadline_s`` when set; otherwise ``deadline_allowance_s`` plus the time the payload
+        takes at ``min_rate_bytes_per_s`` (at half the device's own cap, if that is lower).
+        """
+        if self.download_deadline_s is not None:
+            return self.download_deadline_s
+        rate = self.min_rate_bytes_per_s
+        if self.rate_bytes_per_s is not None:
+            rate = min(rate, self.rate_bytes_per_s / 2)
+        return self.deadline_allowance_s + size / rate
 
     def chunk_limit(self) -> int:
         """The chunk size to ask for: ``max_chunk_bytes``, smaller under a rate cap (pauses near 1/8 s)."""
@@ -196,70 +232,117 @@ class ServerConnection:
         part_file: Path,
         progress: ProgressCallback | None = None,
     ) -> Path:
-        """Fetch a payload into ``part_file``, resuming from its current length; return the finished file.
+        """Fetch a payload into ``part_file``, resuming from what it durably holds; return the finished file.
 
-        Each chunk's offset and CRC-32 are checked, nothing past ``payload.size`` is read,
-        and the finished file's sha256 must equal ``payload.sha256``; a server sending other
-        bytes (another offset or length, more than ``payload.size``) raises IntegrityError.
+        Each chunk's offset and CRC-32 are checked and written at its offset, nothing past
+        ``payload.size`` is read, and the finished file's sha256 must equal ``payload.sha256``;
+        a server sending other bytes (another offset or length, more than ``payload.size``)
+        raises IntegrityError and the ``.part`` is removed (it cannot be resumed). A ``.part``
+        longer than the payload, or a resumed one whose bytes turn out wrong, is stale: it is
+        started over, never an error. The whole download, retries included, must end within
+        ``config.download_deadline(payload.size)`` (TransportError; the ``.part`` is kept to resume).
         """
         finished = part_file.with_suffix(".payload")
-        if finished.exists() and sha256_file(finished) == payload.sha256:
-            return finished
-        part_file.parent.mkdir(parents=True, exist_ok=True)
-        if part_file.exists() and part_file.stat().st_size > payload.size:
-            part_file.unlink()
+        if _is_file(finished):
+            if finished.stat().st_size == payload.size and sha256_file(finished) == payload.sha256:
+                return finished
+            finished.unlink()
+        make_private_dirs(part_file.parent)
+        fd = open_private(part_file, os.O_RDWR | os.O_CREAT)
+        try:
+            # Resume from what is on disk: the length is trusted only once fsync has made it durable.
+            os.fsync(fd)
+            received = _Received(os.fstat(fd).st_size)
+            if received.offset > payload.size:
+                log.warning(
+                    "%s holds %d bytes, more than the payload's %d: stale, starting over",
+                    part_file.name,
+                    received.offset,
+                    payload.size,
+                )
+                received.offset = 0
+            os.ftruncate(fd, received.offset)
+            resumed = received.offset > 0
+            while True:
+                self._fetch_rest(model, payload, fd, received, progress)
+                os.fsync(fd)
+                digest = sha256_file(part_file)
+                if digest == payload.sha256:
+                    break
+                if not resumed:
+                    raise IntegrityError(
+                        f"payload for {payload.path} has sha256 {digest[:16]}…, plan says {payload.sha256[:16]}…"
+                    )
+                log.warning("resumed download of %s does not hash right: stale .part, starting over", payload.path)
+                resumed = False
+                received.offset = 0
+                os.ftruncate(fd, 0)
+        except IntegrityError:
+            part_file.unlink(missing_ok=True)  # bytes this stream sent cannot be resumed from
+            raise
+        except BaseException:
+            if os.fstat(fd).st_size == 0:  # nothing to resume: leave no empty file behind
+                part_file.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        os.replace(part_file, finished)
+        fsync_dir(finished.parent)
+        return finished
+
+    def _fetch_rest(
+        self,
+        model: str,
+        payload: update_pb2.Payload,
+        fd: int,
+        received: _Received,
+        progress: ProgressCallback | None,
+    ) -> None:
+        """Receive ``payload`` from ``received.offset`` to its end into ``fd``, retrying within the deadline."""
         # The server paces the stream at rate_bytes_per_s. This bucket is only a guard against one that does
         # not (an older server): it lets a few chunks of jitter through, so it never slows a paced stream.
         rate = self.config.rate_bytes_per_s
         bucket = TokenBucket(rate, burst=4 * self.config.chunk_limit()) if rate else None
-        deadline = self._deadline()
+        allowed = self.config.download_deadline(payload.size)
+        deadline = time.monotonic() + allowed
         failures = 0
-        while True:
-            offset = part_file.stat().st_size if part_file.exists() else 0
-            if offset == payload.size:
-                break
-            remaining = deadline - time.monotonic() if deadline is not None else None
-            if remaining is not None and remaining <= 0:
+        while received.offset < payload.size:
+            offset = received.offset
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise TransportError(
-                    f"download of {payload.path} missed its {self.config.download_deadline_s:.0f} s deadline "
+                    f"download of {payload.path} missed its {allowed:.0f} s deadline "
                     f"at {offset} of {payload.size} bytes"
                 )
             try:
-                self._receive(model, payload, part_file, offset, bucket, progress, remaining)
+                self._receive(model, payload, fd, received, bucket, progress, remaining)
                 reason = "stream ended early"
+            except _Idle as exc:
+                reason = str(exc)
             except grpc.RpcError as exc:
                 if not _transient(exc):
                     raise error_from_rpc(exc, f"FetchPayload {payload.payload_id[:12]}") from exc
                 reason = exc.code().name if isinstance(exc, grpc.Call) else "unknown"
-            received = part_file.stat().st_size if part_file.exists() else 0
-            if received == payload.size:
+            if received.offset == payload.size:
                 break
-            failures = 0 if received > offset else failures + 1
+            failures = 0 if received.offset > offset else failures + 1
             if failures >= self.config.max_attempts:
                 raise TransportError(
                     f"download of {payload.path} made no progress in {failures} attempts; last: {reason}"
                 )
-            delay = self._backoff(failures)
+            delay = min(self._backoff(failures), max(deadline - time.monotonic(), 0.0))
             log.warning(
                 "download of %s interrupted at %d of %d bytes (%s); resuming in %.2fs",
                 payload.path,
-                received,
+                received.offset,
                 payload.size,
                 reason,
                 delay,
             )
             time.sleep(delay)
-        digest = sha256_file(part_file)
-        if digest != payload.sha256:
-            part_file.unlink()
-            raise IntegrityError(
-                f"payload for {payload.path} has sha256 {digest[:16]}…, plan says {payload.sha256[:16]}…"
-            )
-        part_file.replace(finished)
-        return finished
 
     def _deadline(self) -> float | None:
-        """The monotonic time by which a call with its retries must be done (None: no deadline)."""
+        """The monotonic time by which an update check with its retries must be done (None: no deadline)."""
         if self.config.download_deadline_s is None:
             return None
         return time.monotonic() + self.config.download_deadline_s
@@ -273,47 +356,111 @@ class ServerConnection:
         self,
         model: str,
         payload: update_pb2.Payload,
-        part_file: Path,
-        offset: int,
+        fd: int,
+        received: _Received,
         bucket: TokenBucket | None,
         progress: ProgressCallback | None,
-        timeout_s: float | None,
+        timeout_s: float,
     ) -> None:
+        """One FetchPayload stream from ``received.offset``: each checked chunk is written at its offset."""
         rate = min((r for r in (self.config.rate_bytes_per_s, self.config.read_pace_bytes_per_s) if r), default=0)
         request = update_pb2.FetchPayloadRequest(
             model=model,
             payload_id=payload.payload_id,
-            offset=offset,
+            offset=received.offset,
             max_chunk_bytes=self.config.chunk_limit(),
             device_id=self.device_id,
             max_bytes_per_second=max(1, round(rate)) if rate else 0,
         )
         stream = self._update.FetchPayload(request, timeout=timeout_s)
+        watch = _IdleWatch(stream.cancel, self.config.idle_timeout_s)
         try:
-            with part_file.open("ab") as out:
-                for chunk in stream:
-                    # Another payload, or more bytes than the plan's length: refused before a byte is written.
-                    if chunk.offset != offset or chunk.total_size != payload.size:
-                        raise IntegrityError(
-                            f"server sent bytes at {chunk.offset} of {chunk.total_size}, "
-                            f"expected {offset} of {payload.size}"
-                        )
-                    if len(chunk.data) > payload.size - offset:
-                        raise IntegrityError(
-                            f"server sent more bytes than the payload's {payload.size} (at offset {offset})"
-                        )
-                    if zlib.crc32(chunk.data) != chunk.crc32:
-                        raise IntegrityError(f"chunk at {offset} failed its CRC-32 check")
-                    if bucket is not None:
-                        bucket.consume(len(chunk.data))
-                    out.write(chunk.data)
-                    out.flush()
-                    offset += len(chunk.data)
-                    self.bytes_received += len(chunk.data)
-                    if progress is not None:
-                        progress(offset, payload.size)
+            for chunk in stream:
+                watch.touch()
+                offset = received.offset
+                # Another payload, or more bytes than the plan's length: refused before a byte is written.
+                if chunk.offset != offset or chunk.total_size != payload.size:
+                    raise IntegrityError(
+                        f"server sent bytes at {chunk.offset} of {chunk.total_size}, "
+                        f"expected {offset} of {payload.size}"
+                    )
+                if len(chunk.data) > payload.size - offset:
+                    raise IntegrityError(
+                        f"server sent more bytes than the payload's {payload.size} (at offset {offset})"
+                    )
+                if zlib.crc32(chunk.data) != chunk.crc32:
+                    raise IntegrityError(f"chunk at {offset} failed its CRC-32 check")
+                if bucket is not None:
+                    bucket.consume(len(chunk.data))
+                _write_at(fd, chunk.data, offset)
+                received.offset = offset + len(chunk.data)
+                self.bytes_received += len(chunk.data)
+                if progress is not None:
+                    progress(received.offset, payload.size)
+        except grpc.RpcError:
+            if watch.fired:
+                raise _Idle(f"no byte for {self.config.idle_timeout_s:g} s") from None
+            raise
         finally:
+            watch.stop()
             stream.cancel()
+
+
+@dataclass
+class _Received:
+    """How many bytes of a payload are written, in order, to its ``.part``: where the next chunk goes."""
+
+    offset: int
+
+
+class _Idle(Exception):
+    """A stream that stayed silent past the idle timeout (cancelled, to be resumed)."""
+
+
+class _IdleWatch:
+    """Cancels a stream that brings no chunk for ``idle_s`` seconds (gRPC's iterator has no read timeout)."""
+
+    def __init__(self, cancel: Callable[[], object], idle_s: float) -> None:
+        self._cancel = cancel
+        self._idle_s = idle_s
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        self.fired = False
+        self._thread = threading.Thread(target=self._run, name="edgerec-idle-watch", daemon=True)
+        self._thread.start()
+
+    def touch(self) -> None:
+        self._last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._done.wait(max(self._last + self._idle_s - time.monotonic(), 0.0)):
+            if time.monotonic() - self._last >= self._idle_s:
+                self.fired = True
+                self._cancel()
+                return
+
+
+def _write_at(fd: int, data: bytes, offset: int) -> None:
+    """Write all of ``data`` at ``offset`` of ``fd`` (a retry never appends a chunk twice)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        if written == 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+        offset += written
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a regular file (a link is not: it is never read or written through)."""
+    try:
+        return path.is_file() and not path.is_symlink()
+    except OSError:
+        return False
 
 
 def _transient(exc: grpc.RpcError) -> bool:

@@ -83,6 +83,14 @@ class DiskFullError(EdgerecError):
     """The device ran out of disk space while staging an update; the active model is untouched."""
 
 
+class DataDirError(EdgerecError):
+    """A device data dir the SDK will not manage: one of its folders is a symbolic link or not a folder."""
+
+
+class SyncBusyError(EdgerecError):
+    """Another sync (thread or process) holds the data dir's sync lock; try again once it is done."""
+
+
 class HealthCheckError(EdgerecError):
     """A staged model that loads but does not reproduce its manifest's golden outputs."""
 

@@ -24,8 +24,10 @@ from edgerec.codecs import (
     apply_patch,
     get_codec,
     make_patch,
+    max_payload_size,
     read_patch_info,
 )
+from edgerec.codecs.bounds import bz2_compress_bound, zstd_compress_bound
 from edgerec.codecs.container import (
     HEADER_SIZE,
     MAGIC,
@@ -34,6 +36,8 @@ from edgerec.codecs.container import (
     write_container,
 )
 from edgerec.codecs.full import FullCodec
+from edgerec.codecs.tensor import format as tensor_format
+from edgerec.codecs.tensor.encode import literal_body
 from edgerec.errors import IntegrityError, PatchError, WrongBaseError
 from edgerec.hashing import HashingWriter, sha256_file
 
@@ -447,6 +451,122 @@ def test_apply_replaces_an_existing_out(small_patches: dict[str, tuple[bytes, by
     out = write(tmp_path / "old.bin", old)
     apply_patch(out, write(tmp_path / "p.patch", patch), out)  # in place: out is also the base
     assert out.read_bytes() == new
+
+
+# --- size bounds: what a codec makes at most, and a device accepts at most -------------------
+
+
+def test_the_bounds_are_the_compressors_documented_ones() -> None:
+    # ZSTD_COMPRESSBOUND: 64 bytes of margin for an empty input, none from 128 KiB on.
+    assert [zstd_compress_bound(n) for n in (0, 1, 128 << 10, 1 << 20)] == [64, 64, (128 << 10) + 512, (1 << 20) + 4096]
+    assert [bz2_compress_bound(n) for n in (0, 1, 100, 101)] == [600, 602, 701, 703]
+    with pytest.raises(ValueError):
+        zstd_compress_bound(-1)
+
+
+@pytest.mark.parametrize("size", [0, 1, 1000, (128 << 10) - 1, 128 << 10, 300_000])
+def test_incompressible_data_stays_within_the_compressors_bounds(size: int) -> None:
+    import bz2
+
+    data = np.random.default_rng(size).bytes(size)
+    for level in (1, 19):
+        assert len(zstandard.ZstdCompressor(level=level).compress(data)) <= zstd_compress_bound(size)
+    assert len(bz2.compress(data, 9)) <= bz2_compress_bound(size)
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+@pytest.mark.parametrize("size", [0, 5, 70_000, 140_000])
+def test_every_codec_stays_within_its_bound_on_incompressible_files(codec: str, size: int, tmp_path: Path) -> None:
+    rng = np.random.default_rng(size)
+    new = rng.bytes(size)
+    patch = make(codec, rng.bytes(max(size // 2, 3)), new, tmp_path)
+    assert read_patch_info(write(tmp_path / "p", patch)).body_length <= get_codec(codec).max_body_size(size)
+    assert len(patch) <= max_payload_size(codec, size)
+    out = tmp_path / "out.bin"
+    apply_patch(base_for(codec, tmp_path), tmp_path / "p", out, codec=codec, target_size=size)
+    assert out.read_bytes() == new
+
+
+@given(byte_pairs(max_size=2048))
+def test_every_codec_stays_within_its_bound(pair: tuple[bytes, bytes]) -> None:
+    old, new = pair
+    with workdir() as d:
+        for codec in CODEC_NAMES:
+            assert len(make(codec, old, new, d)) <= max_payload_size(codec, len(new))
+
+
+def test_the_tensor_codec_falls_back_to_one_literal_within_its_bound(tmp_path: Path) -> None:
+    """All of the target as one LITERAL op in full frames: the body the bound is made of, and it decodes."""
+    new = np.random.default_rng(1).bytes(tensor_format.FRAME_SIZE + 100)  # two frames
+    old = write(tmp_path / "old.bin", b"old bytes")
+    chunks = literal_body(len(b"old bytes"), new, level=1)
+    assert sum(map(len, chunks)) <= tensor_format.max_body_size(len(new))
+    patch = tmp_path / "p.patch"
+    with patch.open("wb") as f:
+        write_container(
+            f,
+            codec="tensor",
+            base_sha256=hashlib.sha256(b"old bytes").hexdigest(),
+            target_sha256=hashlib.sha256(new).hexdigest(),
+            target_size=len(new),
+            body=chunks,
+        )
+    apply_patch(old, patch, tmp_path / "out.bin", target_size=len(new))
+    assert (tmp_path / "out.bin").read_bytes() == new
+
+
+@pytest.mark.parametrize("codec", CODEC_NAMES)
+def test_a_body_longer_than_its_codec_makes_is_refused_before_decoding(
+    codec: str, small_patches: dict[str, tuple[bytes, bytes, bytes]], tmp_path: Path
+) -> None:
+    old, new, patch = small_patches[codec]
+    write(tmp_path / "old.bin", old)
+    padded = reseal(patch, body_of(patch) + bytes(get_codec(codec).max_body_size(len(new)) + 1 - len(body_of(patch))))
+    assert_refused(codec, padded, tmp_path, match="larger than the")
+    out = tmp_path / "direct.bin"
+    with pytest.raises(PatchError, match="larger than the"):
+        get_codec(codec).apply(base_for(codec, tmp_path), write(tmp_path / "p", padded), out)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("expected", "error", "match"),
+    [
+        ({"target_size": -1}, IntegrityError, "patch builds"),
+        ({"target_size": 1 << 30}, IntegrityError, "patch builds"),
+        ({"target_sha256": "0" * 64}, IntegrityError, "patch builds sha256"),
+        ({"codec": "full"}, PatchError, "the plan says"),
+    ],
+)
+def test_a_header_promising_another_target_is_refused_before_a_byte_is_written(
+    expected: dict[str, object],
+    error: type[Exception],
+    match: str,
+    small_patches: dict[str, tuple[bytes, bytes, bytes]],
+    tmp_path: Path,
+) -> None:
+    old, new, patch = small_patches["bsdiff4"]
+    write(tmp_path / "old.bin", old)
+    if expected.get("target_size") == -1:
+        expected = {"target_size": len(new) - 1}
+    bad = write(tmp_path / "bad.patch", patch)
+    out = write(tmp_path / "out.bin", PREVIOUS)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(error, match=match):
+        apply_patch(tmp_path / "old.bin", bad, out, **expected)  # type: ignore[arg-type]
+    assert out.read_bytes() == PREVIOUS and sorted(p.name for p in tmp_path.iterdir()) == before
+    apply_patch(tmp_path / "old.bin", bad, out, codec="bsdiff4", target_size=len(new))
+    assert out.read_bytes() == new
+
+
+def test_bsdiff_diff_and_extra_blocks_together_cannot_exceed_the_target(tmp_path: Path) -> None:
+    import bz2
+
+    n = 64
+    blocks = [bz2.compress(b""), bz2.compress(bytes(n)), bz2.compress(bytes(1))]
+    body = struct.pack("<8sqqq", b"BSDIFF40", len(blocks[0]), len(blocks[1]), n) + b"".join(blocks)
+    patch = make("bsdiff4", b"old", bytes(n), tmp_path)
+    assert_refused("bsdiff4", reseal(patch, body), tmp_path, match="extra block decompresses past 0 bytes")
 
 
 # --- hashing -------------------------------------------------------------------------

@@ -319,6 +319,46 @@ def test_a_kill_at_a_dangerous_line_is_survived(kill_bench: KillBench, start: st
         raise KillPointMissed(f"the sync never reached {point.describe()} (did the device code change?)")
     assert not run.problems, run.problems
     assert not run.leftovers, f"download files never removed: {run.leftovers}"
+    if point.function == "ServerConnection._receive":  # killed mid-.part: the next process resumes it
+        assert run.resumable and run.resumed, (run.part_bytes, run.resumable, run.resumed)
+
+
+# --- the device's downloads: two syncs at once, stale .part files, a hostile plan on a small disk -------
+
+
+@pytest.mark.parametrize("lock_wait_s", [0.0, 60.0], ids=["second-gives-up", "second-waits"])
+def test_two_syncs_on_one_data_dir_never_grow_a_part(
+    small_served: tuple[Registry, str], tmp_path: Path, lock_wait_s: float
+) -> None:
+    registry, address = small_served
+    case = faults.concurrent_syncs(registry, address, tmp_path, lock_wait_s=lock_wait_s)
+    assert not case.problems, case.problems
+    expected = "SyncBusyError" if lock_wait_s == 0 else "current"
+    assert case.outcome in (f"{expected} + installed", "current + installed"), case.outcome
+
+
+@pytest.mark.parametrize("damage", ["longer", "wrong-bytes"])
+def test_a_stale_part_is_started_over(small_served: tuple[Registry, str], tmp_path: Path, damage: str) -> None:
+    registry, address = small_served
+    case = faults.stale_part(registry, address, tmp_path, damage=damage)
+    assert not case.problems, case.problems
+    assert case.outcome == "installed"
+
+
+@pytest.mark.parametrize("claim", list(faults.HOSTILE_CLAIMS))
+def test_a_hostile_payload_on_a_small_disk_then_a_legitimate_sync(
+    small_served: tuple[Registry, str], tmp_path: Path, claim: str
+) -> None:
+    registry, address = small_served
+    template = tmp_path / "downloads-template"
+    try:
+        with faults.tmpfs(tmp_path / "disk", 256 << 20) as disk:
+            case = faults.hostile_payload_then_legit(registry, address, tmp_path, disk, claim)
+    except faults.TmpfsUnavailable as exc:
+        pytest.skip(str(exc))
+    assert template.exists()
+    assert not case.problems, case.problems
+    assert case.outcome.endswith(", then installed"), case.outcome
 
 
 def test_disk_full_raises_a_typed_error_and_keeps_the_model(small_served: tuple[Registry, str], tmp_path: Path) -> None:

@@ -1,8 +1,15 @@
-"""Bytes from the network: manifests and tensors parse or fail with a typed error, never anything else."""
+"""Bytes from the network: manifests, tensors and payload containers parse or fail with a typed error, never
+anything else."""
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import struct
+import tempfile
+import zlib
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -10,7 +17,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgerec.errors import InvalidInputError, ManifestError
+from edgerec.codecs import CODEC_NAMES, apply_patch, get_codec
+from edgerec.codecs.container import CODEC_IDS, DEFAULT_MAX_TARGET_SIZE, HEADER_SIZE, MAGIC, TRAILER_SIZE, read_header
+from edgerec.errors import IntegrityError, InvalidInputError, ManifestError, PatchError
 from edgerec.manifest import (
     FORMAT_VERSION,
     ArtifactFile,
@@ -131,3 +140,67 @@ def test_check_inputs_names_what_is_wrong() -> None:
         check_inputs({**good, "dense": np.zeros((2, 5), np.float32)}, specs)
     with pytest.raises(InvalidInputError, match="batch"):
         check_inputs({**good, "ids": np.zeros((3, 3), np.int64)}, specs)
+
+
+# --- payload containers with hostile headers ------------------------------------------------
+
+_FIELDS = struct.Struct("<8sHBB32s32sQQ")
+_U64 = st.integers(0, (1 << 64) - 1)
+
+
+@st.composite
+def hostile_containers(draw: st.DrawFn) -> bytes:
+    """A container whose every header field may lie: mostly well-formed enough to reach the later checks."""
+    body = draw(st.binary(max_size=600))
+    fields = _FIELDS.pack(
+        draw(st.sampled_from([MAGIC, MAGIC, MAGIC, b"ERPATCH\x01"])),
+        draw(st.sampled_from([1, 1, 1, 0, 2])),
+        draw(st.sampled_from([*CODEC_IDS.values(), 0, 9, 255])),
+        draw(st.sampled_from([0, 0, 0, 1])),
+        draw(st.sampled_from([bytes(32), hashlib.sha256(b"old").digest(), bytes(range(32))])),
+        draw(st.binary(min_size=32, max_size=32)),
+        draw(st.one_of(st.integers(0, 2048), _U64, st.just(1 << 30))),
+        draw(st.one_of(st.just(len(body)), st.integers(0, 2048), _U64)),
+    )
+    crc = zlib.crc32(fields) if draw(st.integers(0, 9)) else draw(st.integers(0, (1 << 32) - 1))
+    trailer = hashlib.sha256(body).digest() if draw(st.integers(0, 4)) else draw(st.binary(min_size=32, max_size=32))
+    return fields + struct.pack("<I", crc) + body + trailer + draw(st.sampled_from([b"", b"x"]))
+
+
+@given(hostile_containers())
+def test_a_hostile_header_is_refused_or_checked_field_by_field(data: bytes) -> None:
+    try:
+        header = read_header(io.BytesIO(data))
+    except PatchError:
+        return
+    assert header.body_length == len(data) - HEADER_SIZE - TRAILER_SIZE
+    assert header.codec in CODEC_NAMES and header.target_size <= DEFAULT_MAX_TARGET_SIZE
+
+
+@given(hostile_containers(), st.integers(0, 2048), st.sampled_from([None, *CODEC_NAMES]))
+def test_a_hostile_container_never_writes_a_byte_it_was_not_promised(
+    data: bytes, expected_size: int, expected_codec: str | None
+) -> None:
+    """Applied as a device applies a payload (the signed size expected): refused with a typed error before
+    a byte is written unless the header promises exactly that size and a body within its codec's bound."""
+    with tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        (d / "old.bin").write_bytes(b"old")
+        (d / "p.patch").write_bytes(data)
+        out = d / "out.bin"
+        out.write_bytes(b"before")
+        try:
+            apply_patch(d / "old.bin", d / "p.patch", out, codec=expected_codec, target_size=expected_size)
+        except (PatchError, IntegrityError) as exc:
+            assert out.read_bytes() == b"before"
+            assert sorted(p.name for p in d.iterdir()) == ["old.bin", "out.bin", "p.patch"]
+            with contextlib.suppress(PatchError):
+                header = read_header(io.BytesIO(data))
+                if expected_codec is not None and header.codec != expected_codec:
+                    assert "the plan says" in str(exc)
+                elif header.target_size != expected_size:
+                    assert isinstance(exc, IntegrityError) and "patch builds" in str(exc)
+                elif header.body_length > get_codec(header.codec).max_body_size(expected_size):
+                    assert "larger than the" in str(exc)
+            return
+        assert len(out.read_bytes()) == expected_size

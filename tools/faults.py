@@ -24,6 +24,13 @@ disk-full
     pipeline runs out of space once), and with bytes to spare but no inode left (so the staging
     folder cannot be made): the sync must raise DiskFullError and leave the active model intact
     and loadable; once space is freed the sync must complete.
+downloads
+    Two processes sync one data dir at once: one installs, the other waits for it or gives up
+    with SyncBusyError, and no ``.part`` ever outgrows its payload. A ``.part`` longer than its
+    payload, or holding wrong bytes, is started over by the next sync, never an error. A hostile
+    plan (a real server lying in its unsigned plan: a 2**40-byte payload, or payloads at their
+    codec's bound, all zeros) on a tmpfs with room for the update: refused with a typed error,
+    nothing kept in downloads, the active model intact; then the honest update installs there.
 
 Prints a summary table; the exit code is non-zero on any failure. The runs exercise transport and
 storage, not trust: devices sync from unsigned servers with verification off (``insecure=True``).
@@ -36,6 +43,7 @@ import contextlib
 import dataclasses
 import errno
 import filecmp
+import hashlib
 import json
 import linecache
 import logging
@@ -50,6 +58,7 @@ import tempfile
 import threading
 import time
 import traceback
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -61,13 +70,27 @@ import numpy as np
 
 import edgerec
 import edgerec.device
+from edgerec.codecs import CODEC_NAMES, max_payload_size
 from edgerec.device import EdgeClient
 from edgerec.device.storage import ModelStore
-from edgerec.device.transport import DEFAULT_CHUNK_BYTES, DEFAULT_RECEIVE_WINDOW_BYTES, TransportConfig
-from edgerec.errors import DiskFullError, EdgerecError, NoModelAvailableError, TransportError
+from edgerec.device.transport import (
+    DEFAULT_CHUNK_BYTES,
+    DEFAULT_RECEIVE_WINDOW_BYTES,
+    ServerConnection,
+    TransportConfig,
+)
+from edgerec.errors import (
+    DiskFullError,
+    EdgerecError,
+    IntegrityError,
+    ManifestError,
+    NoModelAvailableError,
+    TransportError,
+)
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
 from edgerec.tools.linkproxy import LinkProxy
+from edgerec.v1 import update_pb2
 
 MODULE: Final = "edgerec.tools.faults"
 log = logging.getLogger(MODULE)
@@ -494,8 +517,8 @@ STARTS: Final = ("fresh", "old", "damaged")
 class KillPoint:
     """Where a sync child stops for its SIGKILL.
 
-    Line ``at`` of ``phase``; or in ``function`` (a qualified name), the first line holding
-    ``text``, or the first line after its call to ``after_call`` returned.
+    Line ``at`` of ``phase``; or in ``function`` (a qualified name), the ``hits``-th time a line
+    holding ``text`` runs, or the first line after its call to ``after_call`` returned.
     """
 
     phase: str | None = None
@@ -503,15 +526,19 @@ class KillPoint:
     function: str | None = None
     text: str | None = None
     after_call: str | None = None
+    hits: int = 1
 
     def describe(self) -> str:
         if self.function is None:
             return f"{self.phase} line {self.at}"
-        return f"{self.function}: {self.text}" if self.text else f"{self.function}: after {self.after_call}"
+        where = f"{self.function}: {self.text}" if self.text else f"{self.function}: after {self.after_call}"
+        return f"{where} (run {self.hits})" if self.hits > 1 else where
 
 
 DIRECTED_KILLS: Final = (
-    ("fresh", KillPoint(function="ServerConnection.download", text="part_file.replace(finished)")),
+    ("fresh", KillPoint(function="ServerConnection.download", text="os.replace(part_file, finished)")),
+    # Mid-.part: three chunks written, the fourth about to be; the next process must resume after the third.
+    ("fresh", KillPoint(function="ServerConnection._receive", text="_write_at(fd, chunk.data, offset)", hits=4)),
     ("old", KillPoint(function="ModelStore.activate", text="os.replace(staged, final)")),
     ("old", KillPoint(function="ModelStore.activate", text="self._write_state(")),
     ("old", KillPoint(function="ModelStore.activate", text="self._prune(")),
@@ -951,6 +978,7 @@ class PhaseTracer:
         self.counts: Counter[str] = Counter()
         self._marker: FrameType | None = None
         self._returned_to: FrameType | None = None  # the frame a call to point.after_call returned to
+        self._text_hits = 0  # times a line holding point.text ran
 
     def global_trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         module = str(frame.f_globals.get("__name__", ""))
@@ -974,6 +1002,9 @@ class PhaseTracer:
                 reached = False
             elif point.text is not None:
                 reached = point.text in linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+                if reached:
+                    self._text_hits += 1
+                    reached = self._text_hits == point.hits
             else:
                 reached = frame is self._returned_to
             if reached:
@@ -995,13 +1026,36 @@ def child_main(spec_json: str) -> int:
     spec: dict[str, Any] = json.loads(spec_json)
     if spec["mode"] == "sync":
         return _child_sync(spec)
+    if spec["mode"] == "plain-sync":
+        _emit(_child_plain_sync(spec))
+        return 0
     _emit(_child_recover(spec))
     return 0
 
 
+def _child_plain_sync(spec: dict[str, Any]) -> dict[str, Any]:
+    """One sync, untraced: its outcome ("installed", "current" or the error's class) as the last line."""
+    config = TransportConfig(max_chunk_bytes=int(spec["chunk_bytes"]), backoff_initial_s=0.05)
+    rate = float(spec["rate"]) if spec.get("rate") else None
+    with EdgeClient(
+        server=spec["server"], model=MODEL, data_dir=spec["data_dir"], rate=rate, transport=config, insecure=True
+    ) as client:
+        client.store.lock_wait_s = float(spec["lock_wait_s"])
+        try:
+            result = client.sync()
+        except EdgerecError as exc:
+            return {"event": "done", "outcome": type(exc).__name__, "error": str(exc)}
+    return {"event": "done", "outcome": "installed" if result.updated else "current"}
+
+
 def _child_sync(spec: dict[str, Any]) -> int:
     point = KillPoint(
-        spec.get("phase"), int(spec.get("at") or 0), spec.get("function"), spec.get("text"), spec.get("after_call")
+        spec.get("phase"),
+        int(spec.get("at") or 0),
+        spec.get("function"),
+        spec.get("text"),
+        spec.get("after_call"),
+        int(spec.get("hits") or 1),
     )
     tracer = PhaseTracer(point, _emit)
     config = TransportConfig(max_chunk_bytes=int(spec["chunk_bytes"]), backoff_initial_s=0.05)
@@ -1116,7 +1170,7 @@ class DiskFullReport:
         return Summary("disk-full", len(self.cases), survived, self.failures, details, self.seconds, self.skipped)
 
 
-def _mount_tmpfs(path: Path, size: int, *, remount: bool = False, inodes: int | None = None) -> None:
+def mount_tmpfs(path: Path, size: int, *, remount: bool = False, inodes: int | None = None) -> None:
     """Mount (or remount) a tmpfs of ``size`` bytes; ``inodes`` caps its files and folders (0: no cap)."""
     options = f"{'remount,' if remount else ''}size={-(-size // _PAGE) * _PAGE}"
     if inodes is not None:
@@ -1124,7 +1178,38 @@ def _mount_tmpfs(path: Path, size: int, *, remount: bool = False, inodes: int | 
     subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], check=True, capture_output=True)
 
 
-def _used_bytes(path: Path) -> int:
+class TmpfsUnavailable(Exception):
+    """A tmpfs cannot be mounted here (not root, no mount command, or the kernel refused)."""
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: int) -> Iterator[Path]:
+    """A tmpfs of ``size`` bytes mounted at ``path`` for the block (made if missing), then unmounted."""
+    if os.geteuid() != 0:
+        raise TmpfsUnavailable("mounting a tmpfs needs root")
+    if shutil.which("mount") is None:
+        raise TmpfsUnavailable("no mount command")
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        mount_tmpfs(path, size)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
+        raise TmpfsUnavailable(f"cannot mount a tmpfs: {detail!r}") from exc
+    try:
+        yield path
+    finally:
+        result = subprocess.run(["umount", str(path)], capture_output=True, text=True)
+        if result.returncode != 0:
+            log.warning("umount %s failed (%s); detaching it lazily", path, result.stderr.strip())
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def leave_free(mount_point: Path, free: int) -> None:
+    """Resize the tmpfs at ``mount_point`` so that ``free`` bytes (rounded up to a page) are left."""
+    mount_tmpfs(mount_point, used_bytes(mount_point) + free, remount=True)
+
+
+def used_bytes(path: Path) -> int:
     st = os.statvfs(path)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
@@ -1181,7 +1266,7 @@ def run_disk_full(
     mount_point = workdir / "diskfull"
     mount_point.mkdir(parents=True, exist_ok=True)
     try:
-        _mount_tmpfs(mount_point, roomy)
+        mount_tmpfs(mount_point, roomy)
     except (OSError, subprocess.CalledProcessError) as exc:
         detail = exc.stderr.strip() if isinstance(exc, subprocess.CalledProcessError) else exc
         return DiskFullReport([], 0.0, skipped=f"cannot mount a tmpfs: {detail!r}")
@@ -1190,7 +1275,7 @@ def run_disk_full(
 
     def try_update(free: int, name: str = "update") -> DiskFullCase:
         shutil.rmtree(update, ignore_errors=True)
-        _mount_tmpfs(mount_point, roomy + _used_bytes(mount_point), remount=True)
+        mount_tmpfs(mount_point, roomy + used_bytes(mount_point), remount=True)
         shutil.copytree(template, update)
         case = _full_disk_sync(name, update, mount_point, free, registry, address)
         expected = new if case.outcome == "installed" else old
@@ -1232,7 +1317,7 @@ def run_disk_full(
         no_inodes = mount_point / "no-inodes"
         shutil.copytree(template, no_inodes)
         case = _full_disk_sync("update, no inode left", no_inodes, mount_point, roomy, registry, address, inodes=True)
-        _mount_tmpfs(mount_point, roomy + _used_bytes(mount_point), remount=True, inodes=0)
+        mount_tmpfs(mount_point, roomy + used_bytes(mount_point), remount=True, inodes=0)
         case.problems += installed_problems(ModelStore(no_inodes, MODEL), registry, old)
         case.problems += local_prediction_problems(no_inodes, specs, old)
         cases.append(case)
@@ -1261,7 +1346,7 @@ def _full_disk_sync(
     case = DiskFullCase(name, free)
     ModelStore(data_dir, MODEL)  # its folders exist before the space is measured
     cap = _used_inodes(mount_point) if inodes else None
-    _mount_tmpfs(mount_point, _used_bytes(mount_point) + free, remount=True, inodes=cap)
+    mount_tmpfs(mount_point, used_bytes(mount_point) + free, remount=True, inodes=cap)
     with EdgeClient(server=address, model=MODEL, data_dir=data_dir, insecure=True) as client:
         try:
             client.sync()
@@ -1285,7 +1370,7 @@ def _freed_sync(
     name: str, data_dir: Path, mount_point: Path, size: int, registry: Registry, address: str, new: int
 ) -> DiskFullCase:
     case = DiskFullCase(name, size)
-    _mount_tmpfs(mount_point, size + _used_bytes(mount_point), remount=True)
+    mount_tmpfs(mount_point, size + used_bytes(mount_point), remount=True)
     with EdgeClient(server=address, model=MODEL, data_dir=data_dir, insecure=True) as client:
         try:
             result = client.sync()
@@ -1296,6 +1381,303 @@ def _freed_sync(
         store = client.store
     case.problems += installed_problems(store, registry, new)
     return case
+
+
+# --- the device's downloads: two syncs at once, an over-long .part, a hostile payload on a small disk -----
+
+
+@dataclass
+class DownloadCase:
+    """One run of a downloads scenario."""
+
+    name: str
+    outcome: str = ""
+    details: str = ""
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class DownloadsReport:
+    """Every downloads case, or why some were skipped."""
+
+    cases: list[DownloadCase]
+    seconds: float
+    skipped: str | None = None
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{c.name}: {p}" for c in self.cases for p in c.problems]
+
+    def summary(self) -> Summary:
+        details = "; ".join(f"{c.name}: {c.outcome}{f' ({c.details})' if c.details else ''}" for c in self.cases)
+        survived = sum(not c.problems for c in self.cases)
+        return Summary("downloads", len(self.cases), survived, self.failures, details, self.seconds, self.skipped)
+
+
+def planned_update(address: str, data_dir: Path) -> update_pb2.CheckUpdateResponse:
+    """The server's plan from the version active in ``data_dir`` to the latest, asked as a device asks."""
+    current = ModelStore(data_dir, MODEL).current()
+    request = update_pb2.CheckUpdateRequest(
+        model=MODEL,
+        current_version=current.version if current else 0,
+        current_sha256=current.artifact.digest if current else "",
+        current_recipe=current.recipe if current else "",
+        runtimes=["onnxruntime"],
+        codecs=list(CODEC_NAMES),
+        recipes=list(DEVICE_RECIPES),
+    )
+    connection = ServerConnection(address, TransportConfig(backoff_initial_s=0.05))
+    try:
+        return connection.check_update(request)
+    finally:
+        connection.close()
+
+
+def bytes_needed(plan: update_pb2.CheckUpdateResponse) -> int:
+    """What a sync of ``plan`` writes at most: its payloads and the files they build."""
+    return sum(p.size + p.target_size for p in plan.payloads)
+
+
+def _old_device(registry: Registry, address: str, data_dir: Path) -> Path:
+    """A data dir with the old version installed (made once, at ``data_dir``)."""
+    if not data_dir.exists():
+        old, _ = versions_under_test(registry)
+        with EdgeClient(server=address, model=MODEL, data_dir=data_dir, insecure=True) as client:
+            client.sync(target_version=old)
+    return data_dir
+
+
+def _part_overruns(downloads: Path, registry: Registry) -> dict[str, int]:
+    """``.part`` files longer than their payload: name -> bytes over."""
+    over = {}
+    for part in downloads.glob("*.part"):
+        with contextlib.suppress(OSError, EdgerecError):
+            excess = part.stat().st_size - registry.payload(MODEL, part.name.removesuffix(".part")).size
+            if excess > 0:
+                over[part.name] = excess
+    return over
+
+
+def concurrent_syncs(
+    registry: Registry, address: str, workdir: Path, *, lock_wait_s: float, download_seconds: float = 1.0
+) -> DownloadCase:
+    """Two processes sync one data dir at once (rate-limited so they overlap): one installs, the other
+    waits for it (``lock_wait_s``) or gives up with SyncBusyError; no ``.part`` ever outgrows its payload."""
+    name = f"two syncs at once, lock wait {lock_wait_s:g} s"
+    case = DownloadCase(name)
+    template = _old_device(registry, address, workdir / "downloads-template")
+    data_dir = workdir / f"concurrent-{lock_wait_s:g}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.copytree(template, data_dir)
+    payload = sum(p.size for p in planned_update(address, data_dir).payloads)
+    spec = {
+        "mode": "plain-sync",
+        "server": address,
+        "data_dir": str(data_dir),
+        "rate": max(payload / download_seconds, 16 * 1024),
+        "chunk_bytes": 16 * 1024,
+        "lock_wait_s": lock_wait_s,
+    }
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", CHILD_CODE, json.dumps(spec)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    overruns: dict[str, int] = {}
+    deadline = time.monotonic() + 120
+    while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+        overruns |= _part_overruns(data_dir / MODEL / "downloads", registry)
+        time.sleep(0.005)
+    outcomes = []
+    for child in children:
+        try:
+            stdout, _ = child.communicate(timeout=max(deadline - time.monotonic(), 1))
+            outcomes.append(str(json.loads(stdout.strip().splitlines()[-1])["outcome"]))
+        except (subprocess.TimeoutExpired, ValueError, IndexError, KeyError):
+            child.kill()
+            child.wait()
+            outcomes.append("no answer")
+    case.outcome = " + ".join(sorted(outcomes))
+    allowed = {"installed", "current", "SyncBusyError"} if lock_wait_s < download_seconds else {"installed", "current"}
+    if sorted(outcomes).count("installed") != 1 or not set(outcomes) <= allowed:
+        case.problems.append(f"outcomes {outcomes}: one sync must install, the other {sorted(allowed - {'installed'})}")
+    if overruns:
+        case.problems.append(f".part files outgrew their payload: {overruns}")
+    case.problems += installed_problems(ModelStore(data_dir, MODEL), registry, versions_under_test(registry)[1])
+    if leftovers := leftover_files(ModelStore(data_dir, MODEL)):
+        case.problems.append(f"download files never removed: {leftovers}")
+    if not case.problems:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return case
+
+
+def stale_part(registry: Registry, address: str, workdir: Path, *, damage: str) -> DownloadCase:
+    """The biggest payload's ``.part`` is longer than the payload ("longer") or holds other bytes
+    ("wrong-bytes"): the next sync starts it over, never fails on it, and installs."""
+    case = DownloadCase(f"a .part with {'more bytes than its payload' if damage == 'longer' else 'wrong bytes'}")
+    template = _old_device(registry, address, workdir / "downloads-template")
+    data_dir = workdir / f"stale-part-{damage}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.copytree(template, data_dir)
+    plan = planned_update(address, data_dir)
+    biggest = max((p for p in plan.payloads if p.payload_id), key=lambda p: p.size)
+    part = ModelStore(data_dir, MODEL).download_path(biggest.payload_id)
+    size = biggest.size + 4096 if damage == "longer" else biggest.size // 2
+    part.write_bytes(os.urandom(size))
+    with EdgeClient(server=address, model=MODEL, data_dir=data_dir, insecure=True) as client:
+        try:
+            result = client.sync()
+            case.outcome = "installed" if result.updated else "current"
+            case.details = f"{size} B .part for a {biggest.size} B payload; fetched {result.payload_bytes} B"
+        except EdgerecError as exc:
+            case.outcome = type(exc).__name__
+            case.problems.append(f"the sync failed on a stale .part: {type(exc).__name__}: {exc}")
+        store = client.store
+    case.problems += installed_problems(store, registry, versions_under_test(registry)[1])
+    if leftovers := leftover_files(store):
+        case.problems.append(f"download files never removed: {leftovers}")
+    if not case.problems:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return case
+
+
+class HostilePlanService:
+    """A real update service whose plans claim payloads of ``claim(payload)`` bytes and stream zeros for them.
+
+    The signed manifest is the server's own; only the unsigned plan lies, as a man-in-the-middle's would.
+    """
+
+    def __init__(self, registry: Registry, claim: Callable[[update_pb2.Payload], int]) -> None:
+        from edgerec.server.payloads import PayloadStore
+        from edgerec.server.planner import UpdatePlanner
+        from edgerec.server.update_service import ModelUpdateService
+
+        outer = self
+
+        class Service(ModelUpdateService):
+            def CheckUpdate(self, request: Any, context: Any) -> update_pb2.CheckUpdateResponse:
+                response = super().CheckUpdate(request, context)
+                for payload in response.payloads:
+                    if payload.codec != "copy":
+                        payload.size = claim(payload)
+                        payload.payload_id = payload.sha256 = sha256_hex(f"hostile {payload.path}".encode())
+                        outer.claims[payload.payload_id] = payload.size
+                return response
+
+            def FetchPayload(self, request: Any, context: Any) -> Iterator[update_pb2.PayloadChunk]:
+                size = outer.claims.get(request.payload_id)
+                if size is None:
+                    yield from super().FetchPayload(request, context)
+                    return
+                block = bytes(64 * 1024)
+                offset = request.offset
+                while context.is_active() and offset < size:
+                    outer.sent += len(block)
+                    yield update_pb2.PayloadChunk(offset=offset, data=block, total_size=size, crc32=zlib.crc32(block))
+                    offset += len(block)
+
+        self.claims: dict[str, int] = {}
+        self.sent = 0
+        self.service = Service(registry, UpdatePlanner(registry, PayloadStore(registry)))
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[str]:
+        """This service on a free loopback port; yields its address."""
+        from concurrent import futures
+
+        import grpc
+
+        from edgerec.v1 import update_pb2_grpc
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="faults-hostile"))
+        update_pb2_grpc.add_ModelUpdateServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        try:
+            yield f"127.0.0.1:{port}"
+        finally:
+            server.stop(grace=0).wait()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+HOSTILE_CLAIMS: Final[dict[str, Callable[[update_pb2.Payload], int]]] = {
+    "a 2**40-byte payload": lambda payload: 1 << 40,
+    "payloads at their codec's bound": lambda payload: max_payload_size(payload.codec, payload.target_size),
+}
+"""What a hostile plan claims for each payload it replaces."""
+
+
+def hostile_payload_then_legit(
+    registry: Registry, address: str, workdir: Path, mount_point: Path, claim_name: str
+) -> DownloadCase:
+    """On a disk with room for the update, a hostile plan's payload (zeros) must neither fill the disk nor
+    outlive its sync: refused with a typed error, nothing active changed, then the honest update installs."""
+    case = DownloadCase(f"hostile plan ({claim_name}), then the honest server")
+    old, new = versions_under_test(registry)
+    template = _old_device(registry, address, workdir / "downloads-template")
+    data_dir = mount_point / "hostile"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.copytree(template, data_dir)
+    specs = input_specs(registry, old)
+    local_prediction_problems(data_dir, specs, old)  # makes the optimized-model cache before space is measured
+    leave_free(mount_point, bytes_needed(planned_update(address, data_dir)) + (1 << 20))
+    hostile = HostilePlanService(registry, HOSTILE_CLAIMS[claim_name])
+    with hostile.serving() as hostile_address, EdgeClient(hostile_address, MODEL, data_dir, insecure=True) as client:
+        try:
+            client.sync()
+            case.problems.append("the hostile plan was installed")
+        except (ManifestError, DiskFullError, IntegrityError) as exc:
+            case.outcome = type(exc).__name__
+        except Exception as exc:  # anything else is a finding
+            case.outcome = type(exc).__name__
+            case.problems.append(f"the hostile plan raised {type(exc).__name__}: {exc}")
+        downloads = sum(p.stat().st_size for p in client.store.downloads_dir.iterdir())
+    case.details = f"{hostile.sent} B of zeros sent, {downloads} B kept in downloads"
+    if downloads:
+        case.problems.append(f"the refused payload left {downloads} B in downloads")
+    case.problems += installed_problems(ModelStore(data_dir, MODEL), registry, old)
+    case.problems += local_prediction_problems(data_dir, specs, old)
+    with EdgeClient(server=address, model=MODEL, data_dir=data_dir, insecure=True) as client:
+        try:
+            client.sync()
+            case.outcome += ", then installed"
+        except Exception as exc:
+            case.outcome += f", then {type(exc).__name__}"
+            case.problems.append(f"the honest sync after the attack raised {type(exc).__name__}: {exc}")
+    case.problems += installed_problems(ModelStore(data_dir, MODEL), registry, new)
+    if not case.problems:
+        shutil.rmtree(data_dir, ignore_errors=True)
+    return case
+
+
+def run_downloads(registry: Registry, address: str, *, workdir: Path) -> DownloadsReport:
+    """Two syncs at once (one gives up, one waits), stale ``.part`` files, and hostile plans on a small disk."""
+    started = time.perf_counter()
+    cases = [
+        concurrent_syncs(registry, address, workdir, lock_wait_s=0.0),
+        concurrent_syncs(registry, address, workdir, lock_wait_s=60.0),
+        stale_part(registry, address, workdir, damage="longer"),
+        stale_part(registry, address, workdir, damage="wrong-bytes"),
+    ]
+    skipped = None
+    try:
+        _old_device(registry, address, workdir / "downloads-template")
+        room = 8 * bytes_needed(planned_update(address, workdir / "downloads-template")) + (64 << 20)
+        with tmpfs(workdir / "downloads-disk", room) as mount_point:
+            for claim_name in HOSTILE_CLAIMS:
+                cases.append(hostile_payload_then_legit(registry, address, workdir, mount_point, claim_name))
+    except TmpfsUnavailable as exc:
+        skipped = f"hostile plans on a small disk: {exc}"
+    for case in cases:
+        log.info("downloads: %s: %s %s %s", case.name, case.outcome, case.details, case.problems or "")
+    return DownloadsReport(cases, time.perf_counter() - started, skipped)
 
 
 # --- the command line ----------------------------------------------------------------------
@@ -1310,6 +1692,7 @@ class FaultSettings:
     throttled_drops: int
     directed_kills: bool
     disk_full: bool
+    downloads: bool
     registry: Path | None
     size: str
     seed: int
@@ -1332,6 +1715,9 @@ def parse_args(argv: Sequence[str] | None) -> FaultSettings:
     )
     parser.add_argument("--no-directed-kills", action="store_true", help="skip the kills at fixed dangerous lines")
     parser.add_argument("--no-disk-full", action="store_true", help="skip the full-disk scenario")
+    parser.add_argument(
+        "--no-downloads", action="store_true", help="skip two syncs at once, stale .part files and hostile plans"
+    )
     parser.add_argument("--registry", type=Path, help="registry to use (built there if missing)")
     parser.add_argument("--size", choices=("tiny", "small"), default="small", help="reference model size to build")
     parser.add_argument("--seed", type=int, default=0)
@@ -1358,6 +1744,7 @@ def parse_args(argv: Sequence[str] | None) -> FaultSettings:
         throttled,
         not a.no_directed_kills,
         not a.no_disk_full,
+        not a.no_downloads,
         a.registry,
         a.size,
         a.seed,
@@ -1419,6 +1806,8 @@ def run(settings: FaultSettings, workdir: Path) -> list[Summary]:
             rows.append(run_directed_kills(registry, address, workdir=workdir).summary("kills, directed"))
         if settings.disk_full:
             rows.append(run_disk_full(registry, address, workdir=workdir).summary())
+        if settings.downloads:
+            rows.append(run_downloads(registry, address, workdir=workdir).summary())
     return rows
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from edgerec.cli.connection import connection_options, read_token
 from edgerec.cli.output import emit_json, print_table, transfer_progress
-from edgerec.units import format_bytes, parse_size
+from edgerec.units import format_bytes, parse_rate, parse_size
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def parse_recipes(value: str) -> tuple[str, ...]:
@@ -21,6 +25,46 @@ def parse_recipes(value: str) -> tuple[str, ...]:
     if not names:
         raise click.UsageError("--recipes needs at least one recipe name")
     return tuple(names)
+
+
+def download_limit_options(command: F) -> F:
+    """--deadline, --min-rate and --retries; the command receives ``deadline``, ``min_rate`` and ``retries``."""
+    command = click.option(
+        "--retries",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Tries per download (and update check) without progress before giving up [default: 8].",
+    )(command)
+    command = click.option(
+        "--min-rate",
+        default=None,
+        help="Slowest download worth waiting for, e.g. 16kbit or 2kB/s: each payload gets 60 s plus its "
+        "size at this rate [default: 2KiB/s].",
+    )(command)
+    command = click.option(
+        "--deadline",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Seconds each payload download may take, retries included (overrides --min-rate).",
+    )(command)
+    return command
+
+
+def transport_config(deadline: float | None, min_rate: str | None, retries: int | None) -> Any:
+    """The device's TransportConfig with the download limits given on the command line."""
+    from edgerec.device.transport import TransportConfig
+
+    limits: dict[str, Any] = {}
+    if deadline is not None:
+        limits["download_deadline_s"] = deadline
+    if min_rate is not None:
+        try:
+            limits["min_rate_bytes_per_s"] = parse_rate(min_rate)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--min-rate") from exc
+    if retries is not None:
+        limits["max_attempts"] = retries
+    return TransportConfig(**limits)
 
 
 @click.command()
@@ -54,6 +98,7 @@ def parse_recipes(value: str) -> tuple[str, ...]:
     help="Install updates without checking any signature (testing only): anyone on the network path "
     "can then install a model of their own or hold this device back.",
 )
+@download_limit_options
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def sync(
@@ -66,6 +111,9 @@ def sync(
     recipes: str,
     trusted_keys: tuple[Path, ...],
     insecure: bool,
+    deadline: float | None,
+    min_rate: str | None,
+    retries: int | None,
     tls_ca: Path | None,
     token_file: Path | None,
     as_json: bool,
@@ -89,6 +137,7 @@ def sync(
             insecure=insecure,
             tls_ca=tls_ca,
             token=read_token(token_file),
+            transport=transport_config(deadline, min_rate, retries),
         ) as client,
         transfer_progress(not as_json) as progress,
     ):

@@ -41,6 +41,10 @@ class Codec(Protocol):
         """Rebuild the patch's target at ``out`` atomically, or raise and leave ``out`` untouched."""
         ...
 
+    def max_body_size(self, target_size: int) -> int:
+        """The largest body this codec makes for a target of ``target_size`` bytes (and the largest it applies)."""
+        ...
+
 
 @contextmanager
 def verified_output(out: Path, header: PatchHeader) -> Iterator[HashingWriter]:
@@ -56,13 +60,25 @@ def verified_output(out: Path, header: PatchHeader) -> Iterator[HashingWriter]:
 
 
 def check_codec(header: PatchHeader, codec: Codec) -> None:
-    """Raise PatchError unless the header names ``codec`` and has a base digest exactly when it needs one."""
+    """Raise PatchError unless the header names ``codec``, has a base digest exactly when it needs one,
+    and its body is no longer than the codec makes for its target size."""
     if header.codec != codec.name:
         raise PatchError(f"patch was made by codec {header.codec!r}, not {codec.name!r}")
     if codec.needs_base and header.base_sha256 is None:
         raise PatchError(f"{codec.name!r} patch has no base sha256")
     if not codec.needs_base and header.base_sha256 is not None:
         raise PatchError(f"{codec.name!r} patch must not name a base file")
+    check_body_length(header, codec)
+
+
+def check_body_length(header: PatchHeader, codec: Codec) -> None:
+    """Raise PatchError if the body is longer than ``codec`` makes for the header's target size."""
+    limit = codec.max_body_size(header.target_size)
+    if header.body_length > limit:
+        raise PatchError(
+            f"{codec.name!r} body of {header.body_length} bytes is larger than the {limit} bytes "
+            f"that codec makes at most for a {header.target_size}-byte target"
+        )
 
 
 def check_base(header: PatchHeader, old: Path | None, digest: str | None = None) -> None:

@@ -11,6 +11,14 @@ bsdiff4's reader trusts the patch's lengths and decompresses its bz2 blocks with
 so this module parses the 32-byte BSDIFF40 header and decompresses the blocks itself, each
 bounded by what a patch for the header's target size can hold, then hands them to
 ``bsdiff4.core.patch``, which checks every control entry against the buffers.
+
+Worst-case body for an ``n``-byte target: the 32-byte BSDIFF40 header and three bzip2 streams,
+of the control block (at most one 24-byte entry per target byte, plus one: ``24 (n + 1)``
+bytes) and of the diff and extra blocks (every target byte comes from one of them: ``n``
+bytes together), each at most bzip2's documented bound (see :mod:`edgerec.codecs.bounds`):
+``32 + bz2(24 (n + 1)) + bz2(n) + 601`` bytes, about 25 times the target. The control block
+of a real patch compresses far better; the server ships a delta only when it is smaller than
+the full payload.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import bsdiff4
 from bsdiff4 import core as bsdiff4_core
 
 from edgerec.codecs.base import check_base, check_codec, verified_output
+from edgerec.codecs.bounds import bz2_compress_bound
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, PatchHeader, open_patch, write_container
 from edgerec.errors import PatchError
 from edgerec.fsutil import atomic_output
@@ -59,6 +68,12 @@ class BsdiffCodec:
                 body=[body],
             )
         logger.info("bsdiff4 patch %s: %d -> %d bytes", out, len(new_bytes), len(body))
+
+    def max_body_size(self, target_size: int) -> int:
+        """The BSDIFF40 header and its three blocks, each at bzip2's worst case."""
+        # Two streams share the n diff and extra bytes: bz2(d) + bz2(e) <= bz2(n) + 600 + 1 (rounding).
+        control = _CONTROL_ENTRY * (target_size + 1)
+        return _BSDIFF_HEADER.size + bz2_compress_bound(control) + bz2_compress_bound(target_size) + 601
 
     def apply(
         self, old: Path | None, patch: Path, out: Path, *, max_target_size: int = DEFAULT_MAX_TARGET_SIZE
@@ -96,12 +111,10 @@ def _read_blocks(body: bytes, header: PatchHeader) -> tuple[bytes, bytes, bytes]
         body[start + control_length + diff_length :],
     )
     # bsdiff4 writes at most one control entry per target byte, plus one; every diff and
-    # extra byte lands in the target once.
-    limits = (_CONTROL_ENTRY * (new_size + 1), new_size, new_size)
-    control, diff, extra = (
-        _bz2_bounded(block, limit, name)
-        for block, limit, name in zip(blocks, limits, ("control", "diff", "extra"), strict=True)
-    )
+    # extra byte lands in the target once, so the two hold the target's size together.
+    control = _bz2_bounded(blocks[0], _CONTROL_ENTRY * (new_size + 1), "control")
+    diff = _bz2_bounded(blocks[1], new_size, "diff")
+    extra = _bz2_bounded(blocks[2], new_size - len(diff), "extra")
     if len(control) % _CONTROL_ENTRY:
         raise PatchError(f"bsdiff4 control block is {len(control)} bytes, not a multiple of {_CONTROL_ENTRY}")
     return control, diff, extra

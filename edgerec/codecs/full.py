@@ -8,6 +8,9 @@ while compression speed keeps falling (fp32 on this machine: 72 MiB/s at 9, 53 a
 35 at 12, 2.7 at 19). Files above 128 MiB also get long-distance matching with a 128 MiB
 window: it finds repeats further apart than level 9's 4 MiB window, at the cost of about
 128 MiB more memory on the device while decompressing.
+
+Worst-case body: one zstd frame of the target, at most ``zstd_compress_bound(target size)``
+bytes (about 0.4% over the target, see :mod:`edgerec.codecs.bounds`); a device refuses a larger one.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import zstandard
 
 from edgerec.codecs.base import check_codec, decompress_into, verified_output
+from edgerec.codecs.bounds import zstd_compress_bound
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, open_patch, write_container
 from edgerec.fsutil import atomic_output
 from edgerec.hashing import BLOCK_SIZE, sha256_file
@@ -69,6 +73,10 @@ class FullCodec:
             self.level,
             long_distance,
         )
+
+    def max_body_size(self, target_size: int) -> int:
+        """One zstd frame of the target: zstd's compress bound."""
+        return zstd_compress_bound(target_size)
 
     def apply(
         self, old: Path | None, patch: Path, out: Path, *, max_target_size: int = DEFAULT_MAX_TARGET_SIZE

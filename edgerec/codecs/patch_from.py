@@ -15,6 +15,9 @@ before anything is decoded.
 
 ``backports.zstd`` (``compression.zstd`` from Python 3.14) is imported only when making a patch:
 devices need not install it.
+
+Worst-case body: one zstd frame of the target; a prefix never makes a frame larger, so the
+bound is the full codec's, ``zstd_compress_bound(target size)``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import zstandard
 
 from edgerec.codecs.base import check_base, check_codec, decompress_into, verified_output
+from edgerec.codecs.bounds import zstd_compress_bound
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, open_patch, write_container
 from edgerec.errors import PatchError
 from edgerec.fsutil import atomic_output
@@ -159,6 +163,10 @@ class PatchFromCodec:
             self.level,
             window_log,
         )
+
+    def max_body_size(self, target_size: int) -> int:
+        """One zstd frame of the target: zstd's compress bound, whatever the prefix."""
+        return zstd_compress_bound(target_size)
 
     def apply(
         self, old: Path | None, patch: Path, out: Path, *, max_target_size: int = DEFAULT_MAX_TARGET_SIZE

@@ -16,7 +16,7 @@ from edgerec.codecs.base import check_base, check_codec, verified_output
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, open_patch, write_container
 from edgerec.codecs.tensor import format as fmt
 from edgerec.codecs.tensor.decode import apply_body
-from edgerec.codecs.tensor.encode import DEFAULT_LEVEL, Settings, encode_body
+from edgerec.codecs.tensor.encode import DEFAULT_LEVEL, Settings, Stats, encode_body, literal_body
 from edgerec.codecs.tensor.onnx_layout import locate_tensors
 from edgerec.fsutil import atomic_output
 
@@ -53,6 +53,10 @@ class TensorCodec:
             whole, whole_stats = encode_body(old_bytes, new_bytes, [], [], self.settings)
             if sum(map(len, whole)) < sum(map(len, chunks)):
                 chunks, stats = whole, whole_stats
+        if sum(map(len, chunks)) > self.max_body_size(len(new_bytes)):
+            # Never larger than a device accepts: all new bytes as one LITERAL op always fit.
+            chunks = literal_body(len(old_bytes), new_bytes, self.settings.level)
+            stats = Stats(literal=1, remainder="none")
         with atomic_output(out) as f:
             header = write_container(
                 f,
@@ -74,6 +78,10 @@ class TensorCodec:
             stats.literal,
             stats.remainder,
         )
+
+    def max_body_size(self, target_size: int) -> int:
+        """The target as one LITERAL op in full frames (see :func:`~.format.max_body_size`)."""
+        return fmt.max_body_size(target_size)
 
     def apply(
         self, old: Path | None, patch: Path, out: Path, *, max_target_size: int = DEFAULT_MAX_TARGET_SIZE

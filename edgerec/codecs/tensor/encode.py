@@ -167,6 +167,19 @@ def encode_body(
     return chunks, stats
 
 
+def literal_body(old_size: int, new: bytes, level: int = DEFAULT_LEVEL) -> list[bytes]:
+    """A body sending all of ``new`` as one LITERAL op: never larger than :func:`~.format.max_body_size`."""
+    stream = b"".join((bytes([fmt.OP_LITERAL]), fmt.LENGTH_ARG.pack(len(new)), new, bytes([fmt.OP_END])))
+    compressor = _frame_compressor(level)
+    chunks = [fmt.HEADER.pack(fmt.MAGIC, old_size, 0, 0, 0)]
+    start = 0
+    for size in fmt.frame_sizes(len(stream)):
+        frame = compressor.compress(stream[start : start + size])
+        chunks.append(fmt.FRAME_LENGTH.pack(len(frame)) + frame)
+        start += size
+    return chunks
+
+
 def _gaps(spans: list[TensorSpan], size: int) -> list[tuple[int, int]]:
     """The ranges of a file of ``size`` bytes that no span covers."""
     gaps, pos = [], 0

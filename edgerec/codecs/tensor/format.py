@@ -44,6 +44,11 @@ dictionary id; op frames <= FRAME_SIZE + MAX_FRAME_OVERHEAD bytes; DENSE length 
 ``count * (row bytes + 4)`` <= MAX_OP_PAYLOAD, ``length`` and ``row bytes`` multiples of elem;
 no op writes past the target size; the ops use the whole remainder and write exactly the
 target size; nothing follows END.
+
+Worst-case body (:func:`max_body_size`): any target can be sent as one LITERAL op of all its
+bytes, cut into frames of FRAME_SIZE decoded bytes, each at most zstd's compress bound. The
+encoder falls back to that body whenever its own would be larger, and a decoder refuses a
+larger body before decoding it.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ from typing import Final
 
 import numpy as np
 import numpy.typing as npt
+
+from edgerec.codecs.bounds import zstd_frames_bound
 
 MAGIC: Final = b"ERT1"
 HEADER: Final = struct.Struct("<4sQQIQ")
@@ -92,6 +99,22 @@ MAX_FRAME_OVERHEAD: Final = 1 << 16
 """How much larger than its content a legitimate zstd frame of at most FRAME_SIZE bytes may be."""
 
 U8 = npt.NDArray[np.uint8]
+
+
+def literal_stream_size(target_size: int) -> int:
+    """Length of the op stream that sends a target as one LITERAL op: code, length, bytes, END."""
+    return 1 + LENGTH_ARG.size + target_size + 1
+
+
+def frame_sizes(stream_size: int) -> list[int]:
+    """Decoded sizes of the frames an op stream of ``stream_size`` bytes is cut into when every frame is full."""
+    full, rest = divmod(stream_size, FRAME_SIZE)
+    return [FRAME_SIZE] * full + ([rest] if rest else [])
+
+
+def max_body_size(target_size: int) -> int:
+    """The largest body of a ``target_size``-byte target: the body header and its LITERAL op's frames."""
+    return HEADER.size + zstd_frames_bound(frame_sizes(literal_stream_size(target_size)), FRAME_LENGTH.size)
 
 
 def to_planes(data: U8, elem: int) -> U8:
