@@ -34,7 +34,7 @@ class CheckUpdateRequest(_message.Message):
     def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
 
 class Payload(_message.Message):
-    __slots__ = ("path", "codec", "payload_id", "size", "sha256", "base_path", "base_sha256", "target_sha256", "target_size")
+    __slots__ = ("path", "codec", "payload_id", "size", "sha256", "base_path", "base_sha256", "target_sha256", "target_size", "urls")
     PATH_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_ID_FIELD_NUMBER: _ClassVar[int]
@@ -44,6 +44,7 @@ class Payload(_message.Message):
     BASE_SHA256_FIELD_NUMBER: _ClassVar[int]
     TARGET_SHA256_FIELD_NUMBER: _ClassVar[int]
     TARGET_SIZE_FIELD_NUMBER: _ClassVar[int]
+    URLS_FIELD_NUMBER: _ClassVar[int]
     path: str
     codec: str
     payload_id: str
@@ -53,7 +54,8 @@ class Payload(_message.Message):
     base_sha256: str
     target_sha256: str
     target_size: int
-    def __init__(self, path: _Optional[str] = ..., codec: _Optional[str] = ..., payload_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., base_path: _Optional[str] = ..., base_sha256: _Optional[str] = ..., target_sha256: _Optional[str] = ..., target_size: _Optional[int] = ...) -> None: ...
+    urls: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, path: _Optional[str] = ..., codec: _Optional[str] = ..., payload_id: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ..., base_path: _Optional[str] = ..., base_sha256: _Optional[str] = ..., target_sha256: _Optional[str] = ..., target_size: _Optional[int] = ..., urls: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CheckUpdateResponse(_message.Message):
     __slots__ = ("update_available", "manifest", "recipe", "payloads", "full_bytes", "payload_bytes", "freshness")
