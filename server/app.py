@@ -20,6 +20,7 @@ from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.metrics_http import MetricsHttpServer, ServerMetrics
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
+from edgerec.server.request_guard import MalformedRequestGuard
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
 from edgerec.server.telemetry_service import TelemetryService
@@ -157,7 +158,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     metrics = ServerMetrics(telemetry, registry)
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
-        interceptors=[interceptor, metrics.interceptor()],
+        interceptors=[MalformedRequestGuard(), interceptor, metrics.interceptor()],
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
