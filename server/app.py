@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgerec.errors import ConfigError
 from edgerec.registry import Registry
 from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
@@ -20,6 +21,13 @@ from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.metrics_http import MetricsHttpServer, ServerMetrics
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
+from edgerec.server.progress import (
+    DEFAULT_GRACE_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MIN_RATE,
+    DEFAULT_WINDOW_S,
+    ProgressRules,
+)
 from edgerec.server.request_guard import MalformedRequestGuard
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
@@ -39,7 +47,8 @@ SERVICE_NAMES = (
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Server settings, with their defaults. The bounds beside each field are checked at construction."""
+    """Server settings, with their defaults. The bounds beside each field are checked at construction
+    (ConfigError, a ValueError)."""
 
     registry: Path
     listen: str = "127.0.0.1:50051"
@@ -65,6 +74,13 @@ class ServerConfig:
     # Payload bytes per second, > 0, for each device and for the whole server; None: unlimited.
     per_device_rate: float | None = None
     global_rate: float | None = None
+    # The least a payload stream must move to keep its slot (edgerec.server.progress), > 0 each: bytes
+    # per second over a window of seconds spent waiting on the client (also the slowest pace a device may
+    # ask for), seconds one chunk may wait on the client, and seconds beyond remaining bytes / min rate.
+    min_stream_rate: float = DEFAULT_MIN_RATE
+    stream_rate_window_s: float = DEFAULT_WINDOW_S
+    stream_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    stream_grace_s: float = DEFAULT_GRACE_S
     # --- Predict micro-batching (edgerec.server.batching): wait bound in seconds (0: off) and rows per batch ---
     batch_wait_s: float = 0.002
     max_batch: int = 256
@@ -76,26 +92,39 @@ class ServerConfig:
     max_telemetry_devices: int = 10_000
 
     def __post_init__(self) -> None:
+        if self.manifest_ttl <= timedelta(0):
+            raise ConfigError(f"manifest_ttl must be positive, got {self.manifest_ttl}")
+        if self.generic_diff_max_bytes < 0:
+            raise ConfigError(f"generic_diff_max_bytes must be >= 0, got {self.generic_diff_max_bytes}")
+        if not self.listen.strip():
+            raise ConfigError("listen must be HOST:PORT, got an empty string")
         if self.workers < 2:
-            raise ValueError(f"workers must be >= 2, got {self.workers}")
+            raise ConfigError(f"workers must be >= 2, got {self.workers}")
         if self.max_receive_bytes < 64 * 1024:
-            raise ValueError(f"max_receive_bytes must be >= 64 KiB, got {self.max_receive_bytes}")
+            raise ConfigError(f"max_receive_bytes must be >= 64 KiB, got {self.max_receive_bytes}")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: set both or neither")
+            raise ConfigError("tls_cert and tls_key go together: set both or neither")
         if self.max_streams_per_device is not None and self.max_streams_per_device < 1:
-            raise ValueError(f"max_streams_per_device must be >= 1 or None, got {self.max_streams_per_device}")
+            raise ConfigError(f"max_streams_per_device must be >= 1 or None, got {self.max_streams_per_device}")
         if self.max_streams is not None and not 1 <= self.max_streams < self.workers:
-            raise ValueError(f"max_streams must be in 1..{self.workers - 1} (workers - 1), got {self.max_streams}")
+            raise ConfigError(f"max_streams must be in 1..{self.workers - 1} (workers - 1), got {self.max_streams}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port must be in 0..65535 or None, got {self.metrics_port}")
+            raise ConfigError(f"metrics_port must be in 0..65535 or None, got {self.metrics_port}")
         if self.batch_wait_s < 0 or self.max_batch < 1:
-            raise ValueError(f"need batch_wait_s >= 0 and max_batch >= 1, got {self.batch_wait_s}, {self.max_batch}")
+            raise ConfigError(f"need batch_wait_s >= 0 and max_batch >= 1, got {self.batch_wait_s}, {self.max_batch}")
         if self.max_telemetry_devices < 1:
-            raise ValueError(f"max_telemetry_devices must be >= 1, got {self.max_telemetry_devices}")
+            raise ConfigError(f"max_telemetry_devices must be >= 1, got {self.max_telemetry_devices}")
         for name in ("per_device_rate", "global_rate"):
             rate = getattr(self, name)
-            if rate is not None and rate <= 0:
-                raise ValueError(f"{name} must be > 0 bytes/s or None, got {rate}")
+            if rate is not None and not rate > 0:
+                raise ConfigError(f"{name} must be > 0 bytes/s or None, got {rate}")
+        self.progress_rules()  # raises ConfigError on a bad stream rule
+
+    def progress_rules(self) -> ProgressRules:
+        """The progress a payload stream must make to keep its slot."""
+        return ProgressRules(
+            self.min_stream_rate, self.stream_rate_window_s, self.stream_idle_timeout_s, self.stream_grace_s
+        )
 
     def stream_limits(self) -> StreamLimits:
         """The FetchPayload limits, with max_streams' default filled in."""
@@ -104,6 +133,7 @@ class ServerConfig:
             max_streams=self.max_streams if self.max_streams is not None else max(1, self.workers // 2),
             per_device_rate=self.per_device_rate,
             global_rate=self.global_rate,
+            progress=self.progress_rules(),
         )
 
 
@@ -162,7 +192,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer)), server
+        ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer), min_stream_rate=config.min_stream_rate),
+        server,
     )
     batcher = (
         MicroBatcher(config.batch_wait_s, config.max_batch, observer=metrics.observe_batch)

@@ -37,6 +37,7 @@ from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
 from edgerec.server.app import RunningServer, ServerConfig, start_server
 from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamLimits
+from edgerec.server.progress import ProgressRules
 from edgerec.server.security import add_device_token, revoke_device_token
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
@@ -556,7 +557,7 @@ def test_stream_limiter_counts_per_device_and_in_total() -> None:
     assert limiter.open_streams("a") == 0
     assert StreamLimits(per_device_rate=RATE).chunk_limit(1 << 20) == RATE // 8
     assert StreamLimits(global_rate=1000).chunk_limit(1 << 20) == 4096
-    assert StreamLimits().chunk_limit(1 << 20) is None
+    assert StreamLimits().chunk_limit(1 << 20) == ProgressRules().chunk_limit()  # one the progress rules can watch
 
 
 def test_config_rejects_out_of_bounds_values(tmp_path: Path, pki: Pki) -> None:
