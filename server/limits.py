@@ -79,10 +79,12 @@ class StreamSlot:
     def __init__(self, limiter: StreamLimiter, device: str, bucket: TokenBucket | None) -> None:
         self.device = device
         self.progress = StreamProgress(limiter.limits.progress)
+        self.opened_at = time.monotonic()
         self._limiter = limiter
         self._bucket = bucket
         self._closed = False
-        self._on_expire: Callable[[str], None] | None = None
+        self._end_stream: Callable[[str], None] | None = None
+        self._end_reason: str | None = None
         self._lock = threading.Lock()
 
     def pace(self, nbytes: int) -> None:
@@ -97,32 +99,48 @@ class StreamSlot:
             self._limiter.global_bucket.consume(nbytes)
         self.progress.paused(time.monotonic() - started)
 
-    def on_expire(self, end_stream: Callable[[str], None]) -> None:
-        """Call ``end_stream(reason)`` if the stream breaks a progress rule (then the slot is closed)."""
-        self._on_expire = end_stream
-
-    def expire(self, reason: str) -> None:
-        """End the stream for breaking a progress rule (``reason``) and give its place back."""
+    def on_end(self, end_stream: Callable[[str], None]) -> None:
+        """How to end the stream when the server takes its slot back: ``end_stream(reason)``."""
         with self._lock:
-            if self._closed:
+            self._end_stream = end_stream
+            reason = self._end_reason
+        if reason is not None:  # taken back before the stream said how to end it
+            end_stream(reason)
+
+    def end(self, reason: str) -> None:
+        """Take the slot back: end the stream (see :meth:`on_end`) for ``reason``, once, and close the slot."""
+        with self._lock:
+            if self._end_reason is not None:
                 return
+            self._end_reason = reason
+            end_stream = self._end_stream
         _ended.info("ending the payload stream of %s after %d bytes: %s", self.device, self.progress.taken, reason)
         try:
-            if self._on_expire is not None:
-                self._on_expire(reason)
+            if end_stream is not None:
+                end_stream(reason)
         finally:
             self.close()
 
     def close(self) -> None:
+        if self._mark_closed():
+            self._limiter.release(self)
+
+    def _mark_closed(self) -> bool:
+        """Mark the slot closed; False if it was already."""
         with self._lock:
             if self._closed:
-                return
+                return False
             self._closed = True
-        self._limiter.release(self)
+            return True
 
 
 class StreamLimiter:
-    """Hands out stream slots within the limits; one per-device bucket, kept while it matters."""
+    """Hands out stream slots within the limits; one per-device bucket, kept while it matters.
+
+    A thread checks the open streams' progress while any is open and ends those that break a rule
+    (edgerec.server.progress). When every slot is taken, a device with no stream open takes one from
+    the device holding the most (if it holds two or more): its newest stream ends, and resumes later.
+    """
 
     def __init__(self, limits: StreamLimits) -> None:
         self.limits = limits
@@ -136,12 +154,16 @@ class StreamLimiter:
     def open(self, device: str) -> StreamSlot:
         """A slot for one more stream of ``device``; StreamLimitError when a limit is reached."""
         limits = self.limits
+        taken: StreamSlot | None = None
         with self._lock:
-            if limits.max_streams is not None and len(self._slots) >= limits.max_streams:
-                raise StreamLimitError(
-                    f"the server already streams {len(self._slots)} payloads (limit {limits.max_streams})"
-                )
             state = self._devices.get(device)
+            if limits.max_streams is not None and len(self._slots) >= limits.max_streams:
+                taken = self._fair_share() if state is None or state.streams == 0 else None
+                if taken is None:
+                    raise StreamLimitError(
+                        f"the server already streams {len(self._slots)} payloads (limit {limits.max_streams})"
+                    )
+                self._forget(taken)
             if state is None:
                 self._prune()
                 bucket = TokenBucket(limits.per_device_rate) if limits.per_device_rate else None
@@ -158,18 +180,37 @@ class StreamLimiter:
             if not self._watching:
                 self._watching = True
                 threading.Thread(target=self._watch, name="edgerec-stream-watch", daemon=True).start()
-            return slot
+        if taken is not None:
+            taken.end(f"the server is full and device {device} had no stream: {taken.device} keeps its others")
+        return slot
 
     def release(self, slot: StreamSlot) -> None:
         """Give ``slot``'s place back (StreamSlot.close calls this once)."""
         with self._lock:
-            self._slots.discard(slot)
-            state = self._devices[slot.device]
-            state.streams -= 1
-            state.last_used = time.monotonic()
+            self._forget(slot)
+
+    def _forget(self, slot: StreamSlot) -> None:
+        """Drop ``slot`` from the counts, once (caller holds the lock)."""
+        if slot not in self._slots:
+            return
+        slot._mark_closed()
+        self._slots.discard(slot)
+        state = self._devices[slot.device]
+        state.streams -= 1
+        state.last_used = time.monotonic()
+
+    def _fair_share(self) -> StreamSlot | None:
+        """The newest stream of the device holding the most, if it holds two or more (caller holds the lock)."""
+        by_device: dict[str, list[StreamSlot]] = {}
+        for slot in self._slots:
+            by_device.setdefault(slot.device, []).append(slot)
+        busiest = max(by_device.values(), key=len, default=[])
+        if len(busiest) < 2:
+            return None
+        return max(busiest, key=lambda slot: slot.opened_at)
 
     def _watch(self) -> None:
-        """Check the open streams' progress until none is open; expire those that break a rule."""
+        """Check the open streams' progress until none is open; end those that break a rule."""
         interval = self.limits.progress.check_interval()
         while True:
             time.sleep(interval)
@@ -182,7 +223,7 @@ class StreamLimiter:
                 try:
                     reason = slot.progress.check()
                     if reason is not None:
-                        slot.expire(reason)
+                        slot.end(reason)
                 except Exception:  # a bug must not stop the watch over the other streams
                     log.exception("cannot check or end the payload stream of %s", slot.device)
 

@@ -153,7 +153,7 @@ class SecurityInterceptor(_ServerInterceptor):
             if not context.add_callback(slot.close):  # the call ended already
                 slot.close()
                 return iter(())
-            slot.on_expire(lambda reason: _end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, _ended(reason)))
+            slot.on_end(lambda reason: _end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, _ended(reason)))
             if not 0 < request.max_chunk_bytes <= self._chunk_limit:
                 # Small chunks keep a capped stream's pauses short and let the progress rules see each one arrive.
                 request.max_chunk_bytes = self._chunk_limit
