@@ -118,7 +118,11 @@ class ServerConfig:
             rate = getattr(self, name)
             if rate is not None and not rate > 0:
                 raise ConfigError(f"{name} must be > 0 bytes/s or None, got {rate}")
-        self.progress_rules()  # raises ConfigError on a bad stream rule
+        for name in ("min_stream_rate", "stream_rate_window_s", "stream_idle_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.stream_grace_s >= 0:
+            raise ConfigError(f"stream_grace_s must be >= 0, got {self.stream_grace_s}")
 
     def progress_rules(self) -> ProgressRules:
         """The progress a payload stream must make to keep its slot."""
@@ -237,11 +241,14 @@ def start_server(config: ServerConfig) -> RunningServer:
 
 def _bind(server: grpc.Server, config: ServerConfig) -> int:
     """Listen on ``config.listen``, over TLS when a certificate is configured; return the port."""
-    if config.tls_cert is not None and config.tls_key is not None:
-        credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
+    try:
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError:  # gRPC's "failed to bind"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+        raise OSError(f"cannot listen on {config.listen}: address in use or not available")
     return port

@@ -133,7 +133,7 @@ def payload(published_registry: Registry) -> update_pb2.Payload:
             )
             for recipe in ("int8", "fp32")
         ]
-    found = max((p for plan in plans for p in plan.payloads), key=lambda p: p.size)
+    found: update_pb2.Payload = max((p for plan in plans for p in plan.payloads), key=lambda p: p.size)
     assert found.size >= 150_000, "these tests need a payload that does not fit in gRPC's buffers"
     return found
 
