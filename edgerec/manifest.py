@@ -31,6 +31,7 @@ _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Manifest = manifest_pb2.Manifest
 Artifact = manifest_pb2.Artifact
+AccuracyGate = manifest_pb2.AccuracyGate
 ArtifactFile = manifest_pb2.ArtifactFile
 FixedBatchFile = manifest_pb2.FixedBatchFile
 SignedManifest = manifest_pb2.SignedManifest

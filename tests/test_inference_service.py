@@ -39,10 +39,10 @@ def _request(version: int = 0) -> inference_pb2.PredictRequest:
 
 def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path) -> None:
     from edgerec.server.inference_service import InferenceService
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = CountingRegistry(tmp_path / "registry")
-    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
     service = InferenceService(registry)
     context = cast(grpc.ServicerContext, None)  # only an error would use it
     first = service.Predict(_request(), context)
@@ -52,7 +52,7 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
         assert service.Predict(_request(), context).version == 1
     assert registry.lookups == lookups, "an unchanged registry is not asked again within the TTL"
 
-    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry, PublishOptions(no_gate=True))
     latest = service.Predict(_request(), context)
     assert latest.version == 2, "a publish is seen by the very next request"
     assert not np.allclose(latest.scores, first.scores)
@@ -68,10 +68,10 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
 def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> None:
     """Connections opening and closing (SQLite's empty WAL file coming and going) do not count as changes."""
     from edgerec.server.inference_service import InferenceService
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = CountingRegistry(tmp_path / "registry")
-    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
     service = InferenceService(registry)
     context = cast(grpc.ServicerContext, None)
     versions: list[int] = []
