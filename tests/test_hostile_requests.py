@@ -78,9 +78,9 @@ def test_server_config_refuses_bad_values_with_a_typed_error(tmp_path: Path, bad
 
 def test_serve_with_a_zero_manifest_ttl_exits_with_one_line_and_serves_nothing(tmp_path: Path) -> None:
     """It used to start, then fail every CheckUpdate with UNKNOWN."""
+    command = ["serve", "--registry", str(tmp_path), "--listen", "127.0.0.1:0", "--manifest-ttl-hours", "0"]
     result = subprocess.run(
-        [sys.executable, "-m", "edgerec", "serve", "--registry", str(tmp_path), "--listen", "127.0.0.1:0"]
-        + ["--manifest-ttl-hours", "0"],
+        [sys.executable, "-m", "edgerec", *command],
         capture_output=True,
         text=True,
         timeout=120,
