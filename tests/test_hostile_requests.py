@@ -8,7 +8,7 @@ import random
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,7 @@ from edgerec.registry import Registry
 from edgerec.server.app import ServerConfig
 from edgerec.server.throttled_log import DEFAULT_BURST, DEFAULT_PER_SECOND, ThrottledLog
 from edgerec.trust import parse_rfc3339
-from edgerec.v1 import inference_pb2, update_pb2
+from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch  # publishing the model served needs the server extra (onnx)
 
@@ -131,20 +131,14 @@ def test_a_100000_character_model_name_gets_a_short_typed_refusal(
 ) -> None:
     """The name used to come back whole in the status, past the client's metadata limit."""
     with caplog.at_level(logging.INFO), grpc.insecure_channel(address) as channel:
-        calls = [
-            lambda: channel.unary_unary(
-                "/edgerec.v1.ModelUpdate/CheckUpdate",
-                request_serializer=update_pb2.CheckUpdateRequest.SerializeToString,
-            )(update_pb2.CheckUpdateRequest(model=LONG_NAME), timeout=30),
+        updates = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
+        inference = inference_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
+        calls: list[Callable[[], object]] = [
+            lambda: updates.CheckUpdate(update_pb2.CheckUpdateRequest(model=LONG_NAME), timeout=30),
             lambda: list(
-                channel.unary_stream(
-                    "/edgerec.v1.ModelUpdate/FetchPayload",
-                    request_serializer=update_pb2.FetchPayloadRequest.SerializeToString,
-                )(update_pb2.FetchPayloadRequest(model=LONG_NAME, payload_id="0" * 64), timeout=30)
+                updates.FetchPayload(update_pb2.FetchPayloadRequest(model=LONG_NAME, payload_id="0" * 64), timeout=30)
             ),
-            lambda: channel.unary_unary(
-                "/edgerec.v1.Inference/Predict", request_serializer=inference_pb2.PredictRequest.SerializeToString
-            )(inference_pb2.PredictRequest(model=LONG_NAME), timeout=30),
+            lambda: inference.Predict(inference_pb2.PredictRequest(model=LONG_NAME), timeout=30),
         ]
         for call in calls:
             with pytest.raises(grpc.RpcError) as info:
@@ -181,12 +175,13 @@ def test_malformed_requests_are_refused_with_one_throttled_line_each_and_no_trac
         for i in range(500):
             try:
                 if i % 50 == 0:
-                    list(channel.unary_stream("/edgerec.v1.ModelUpdate/FetchPayload")(_junk(rng), timeout=30))
+                    fetch = channel.unary_stream("/edgerec.v1.ModelUpdate/FetchPayload", None, None)
+                    list(fetch(_junk(rng), timeout=30))
                 elif i % 50 == 1:
                     reflection = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
-                    list(channel.stream_stream(reflection)(iter([_junk(rng)]), timeout=30))
+                    list(channel.stream_stream(reflection, None, None)(iter([_junk(rng)]), timeout=30))
                 else:
-                    channel.unary_unary(METHODS[i % len(METHODS)])(_junk(rng), timeout=30)
+                    channel.unary_unary(METHODS[i % len(METHODS)], None, None)(_junk(rng), timeout=30)
             except grpc.RpcError as exc:
                 codes.add(exc.code())
                 assert "not a valid" in (exc.details() or "")
