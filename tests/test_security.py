@@ -50,7 +50,7 @@ FAST = TransportConfig(check_timeout_s=5, predict_timeout_s=5, max_attempts=2, b
 ONE_TRY_WORTH = TransportConfig(check_timeout_s=3, download_deadline_s=3)
 DEVICES = (
     *("syncer", "predictor", "revocable", "streamer", "neighbour", "downloader", "big-sender", "a", "b", "cli"),
-    *("honest", "impersonator", "cut-off", "hog", "newcomer"),
+    *("honest", "impersonator", "cut-off", "hog", "latecomer"),
 )
 
 
@@ -492,17 +492,17 @@ def test_a_device_holding_every_slot_yields_one_to_a_device_that_has_none(
         for _ in range(2):  # one after the other, so the second is the newest
             hogs.append(_stream(address, pki, issued["hog"], big_payload, rate=1))
             next(hogs[-1][1])
-        newcomer = _connect(address, pki, issued["newcomer"], TransportConfig(download_deadline_s=30))
+        latecomer = _connect(address, pki, issued["latecomer"], TransportConfig(download_deadline_s=30))
         try:
-            finished = newcomer.download(MODEL, big_payload, tmp_path / "newcomer.part")
+            finished = latecomer.download(MODEL, big_payload, tmp_path / "latecomer.part")
         finally:
-            newcomer.close()
+            latecomer.close()
         assert sha256_file(finished) == big_payload.sha256
         with pytest.raises(grpc.RpcError) as info:
             for _ in hogs[1][1]:  # what gRPC buffered, then the status
                 pass
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "the server is full and device newcomer had no stream" in (info.value.details() or "")
+        assert "the server is full and device latecomer had no stream" in (info.value.details() or "")
     finally:
         for channel, _ in hogs:
             channel.close()
