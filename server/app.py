@@ -142,7 +142,10 @@ class ServerConfig:
 
 
 class RunningServer:
-    """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one."""
+    """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one.
+
+    ``payload_streams`` hands out the FetchPayload slots (``open_streams()`` counts those taken).
+    """
 
     def __init__(
         self,
@@ -154,8 +157,10 @@ class RunningServer:
         telemetry: TelemetryService | None = None,
         inference: InferenceService | None = None,
         metrics_http: MetricsHttpServer | None = None,
+        payload_streams: StreamLimiter | None = None,
     ) -> None:
         self.server = server
+        self.payload_streams = payload_streams
         self.port = port
         self.health = health_servicer
         self.metrics = metrics
@@ -187,7 +192,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         log.warning("no tokens file: any caller may fetch models and predict")
     elif config.tls_cert is None:
         log.warning("device tokens without TLS: they cross the network in plain text")
-    interceptor = SecurityInterceptor(tokens, StreamLimiter(config.stream_limits()), open_services)
+    payload_streams = StreamLimiter(config.stream_limits())
+    interceptor = SecurityInterceptor(tokens, payload_streams, open_services)
     telemetry = TelemetryService(config.max_telemetry_devices)
     metrics = ServerMetrics(telemetry, registry)
     server = grpc.server(
@@ -236,6 +242,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         telemetry=telemetry,
         inference=inference,
         metrics_http=metrics_http,
+        payload_streams=payload_streams,
     )
 
 

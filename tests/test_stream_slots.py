@@ -8,10 +8,12 @@ download) with a deadline far above what it needs on a loaded machine.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -20,6 +22,7 @@ from servertools import registry_server
 from edgerec.device.transport import ServerConnection, TransportConfig
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
+from edgerec.server.app import ServerConfig, start_server
 from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamLimits
 from edgerec.server.progress import ProgressRules, StreamProgress
 from edgerec.v1 import update_pb2, update_pb2_grpc
@@ -178,25 +181,26 @@ def _wait_for(thread: threading.Thread, timeout: float = 60.0) -> None:
     assert not thread.is_alive(), f"still running after {timeout} s"
 
 
-def _both_slots_free(address: str, payload: update_pb2.Payload, deadline_s: float = 60.0) -> None:
-    """Wait until two streams at once get their first chunk: the server holds no other stream."""
+@contextlib.contextmanager
+def serving(registry: Registry, **settings: Any) -> Iterator[tuple[str, StreamLimiter]]:
+    """The real server with two slots and ``settings``; its address and the limiter that hands out its slots."""
+    server = start_server(
+        ServerConfig(
+            registry=registry.root, listen="127.0.0.1:0", max_streams=2, max_streams_per_device=None, **settings
+        )
+    )
+    assert server.payload_streams is not None
+    try:
+        yield f"127.0.0.1:{server.port}", server.payload_streams
+    finally:
+        server.stop(grace=0)
+
+
+def _wait_until_no_stream_is_open(streams: StreamLimiter, deadline_s: float = 60.0) -> None:
     deadline = time.monotonic() + deadline_s
-    with grpc.insecure_channel(address) as channel:
-        stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
-        request = update_pb2.FetchPayloadRequest(model=MODEL, payload_id=payload.payload_id, max_chunk_bytes=4096)
-        while True:
-            streams = [stub.FetchPayload(request, timeout=30) for _ in range(2)]
-            try:
-                for stream in streams:
-                    next(stream)
-                break
-            except grpc.RpcError as exc:
-                assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, exc
-                assert time.monotonic() < deadline, f"a slot is still taken after {deadline_s} s"
-                time.sleep(0.1)
-            finally:
-                for stream in streams:
-                    stream.cancel()  # type: ignore[attr-defined]
+    while streams.open_streams():
+        assert time.monotonic() < deadline, f"{streams.open_streams()} slots still taken after {deadline_s} s"
+        time.sleep(0.05)
 
 
 def test_streams_below_the_minimum_rate_lose_their_slots_and_an_honest_download_then_succeeds(
@@ -204,7 +208,7 @@ def test_streams_below_the_minimum_rate_lose_their_slots_and_an_honest_download_
 ) -> None:
     """Two hostile streams hold both slots, one reading 8 KiB/s and one nothing; both are ended."""
     limits = {"min_stream_rate": MIN_RATE, "stream_rate_window_s": 1.0, "stream_idle_timeout_s": 60.0}
-    with registry_server(published_registry, max_streams=2, max_streams_per_device=None, **limits) as address:
+    with serving(published_registry, **limits) as (address, streams):
         crawler, staller = HostileStream(address, payload), HostileStream(address, payload)
         try:
             crawler.first_chunk()
@@ -218,8 +222,8 @@ def test_streams_below_the_minimum_rate_lose_their_slots_and_an_honest_download_
                 honest.close()
             assert sha256_file(finished) == payload.sha256
             _wait_for(crawling)
-            _both_slots_free(address, payload)  # so the staller's stream has ended too
-            staller.crawl(0)  # what gRPC buffered for it, then the status
+            _wait_until_no_stream_is_open(streams)  # the staller's stream has ended too
+            staller.crawl(0)  # its status (gRPC drops what it buffered)
             for stream in (crawler, staller):
                 code, details = _status(stream)
                 assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -234,14 +238,14 @@ def test_a_client_that_stops_reading_is_ended_after_the_idle_timeout_and_vanishe
     published_registry: Registry, payload: update_pb2.Payload
 ) -> None:
     limits = {"min_stream_rate": MIN_RATE, "stream_rate_window_s": 600.0, "stream_idle_timeout_s": 1.0}
-    with registry_server(published_registry, max_streams=2, max_streams_per_device=None, **limits) as address:
+    with serving(published_registry, **limits) as (address, streams):
         staller, vanishing = HostileStream(address, payload), HostileStream(address, payload)
         try:
             staller.first_chunk()
             vanishing.first_chunk()
             vanishing.close()  # gone without a word: its slot must come back too
-            _both_slots_free(address, payload)  # the staller reads nothing meanwhile
-            staller.crawl(0)  # what gRPC buffered for it, then the status
+            _wait_until_no_stream_is_open(streams)  # the staller reads nothing meanwhile
+            staller.crawl(0)  # its status (gRPC drops what it buffered)
             code, details = _status(staller)
             assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "no progress for" in details and "the client did not read" in details
