@@ -74,9 +74,10 @@ class ServerConfig:
     # Payload bytes per second, > 0, for each device and for the whole server; None: unlimited.
     per_device_rate: float | None = None
     global_rate: float | None = None
-    # The least a payload stream must move to keep its slot (edgerec.server.progress), > 0 each: bytes
-    # per second over a window of seconds spent waiting on the client (also the slowest pace a device may
-    # ask for), seconds one chunk may wait on the client, and seconds beyond remaining bytes / min rate.
+    # What a payload stream must do to keep its slot (edgerec.server.progress): move min_stream_rate
+    # bytes/s (> 0; also the slowest pace a device may ask for) over each window of stream_rate_window_s
+    # (> 0) seconds spent waiting on its client, never wait stream_idle_timeout_s (> 0) on one chunk, and
+    # end within its remaining bytes / min_stream_rate plus stream_grace_s (>= 0) seconds.
     min_stream_rate: float = DEFAULT_MIN_RATE
     stream_rate_window_s: float = DEFAULT_WINDOW_S
     stream_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
