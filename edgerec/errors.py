@@ -68,6 +68,13 @@ class PublishError(EdgerecError):
     """Publishing refused a model (unreadable source, unsupported graph, failed gate)."""
 
 
+# --- settings ------------------------------------------------------------------------
+
+
+class ConfigError(EdgerecError, ValueError):
+    """A setting out of its bounds, refused when the configuration is built (before anything starts)."""
+
+
 # --- the device ----------------------------------------------------------------------
 
 

@@ -3,6 +3,9 @@
 The server also names the precise error class in the trailing metadata key
 ``edgerec-error``, so a client can raise ModelNotFoundError rather than a bare
 NotFoundError; clients that do not know the key still get a meaningful status code.
+Status details echo what callers sent (a model name, a device id), so :func:`abort` bounds
+them (:func:`bounded_details`): gRPC carries them in a header, and a client refuses headers
+above its metadata limit (8 KiB by default) before it reads the status.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ import grpc
 from edgerec import errors
 
 ERROR_METADATA_KEY = "edgerec-error"
+# Longest status details, in UTF-8 bytes: gRPC percent-encodes bytes outside printable ASCII, so
+# the header is at most three times this, well inside a client's 8 KiB metadata limit.
+MAX_DETAILS_BYTES = 1024
 
 _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
@@ -49,7 +55,17 @@ def status_for(error: errors.EdgerecError) -> grpc.StatusCode:
 def abort(context: grpc.ServicerContext, error: errors.EdgerecError) -> None:
     """End the call with the status for ``error``, naming its class in the trailing metadata."""
     context.set_trailing_metadata(((ERROR_METADATA_KEY, type(error).__name__),))
-    context.abort(status_for(error), str(error))
+    context.abort(status_for(error), bounded_details(str(error)))
+
+
+def bounded_details(text: str, max_bytes: int = MAX_DETAILS_BYTES) -> str:
+    """``text`` cut to ``max_bytes`` UTF-8 bytes, its end replaced by "…" and the original length when cut."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= max_bytes:
+        return text
+    suffix = f"… ({len(text)} characters in all)"
+    head = encoded[: max(0, max_bytes - len(suffix.encode()))].decode("utf-8", "ignore")
+    return head + suffix
 
 
 def error_from_rpc(exc: grpc.RpcError, what: str) -> errors.EdgerecError:

@@ -26,11 +26,13 @@ FORMAT_VERSION = 1
 PARTIAL_OF = "edgerec.partial_of"
 PARTIAL_BASE = "edgerec.partial_base"
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
-_MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Matched with fullmatch: a "$" would also match before a final newline ("cli\n").
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
 
 Manifest = manifest_pb2.Manifest
 Artifact = manifest_pb2.Artifact
+AccuracyGate = manifest_pb2.AccuracyGate
 ArtifactFile = manifest_pb2.ArtifactFile
 FixedBatchFile = manifest_pb2.FixedBatchFile
 SignedManifest = manifest_pb2.SignedManifest
@@ -40,9 +42,10 @@ GoldenCase = manifest_pb2.GoldenCase
 
 def validate_model_name(name: str) -> str:
     """Return ``name`` if it is a usable model name (it becomes a folder name), else raise."""
-    if not _MODEL_NAME.match(name):
+    if not _MODEL_NAME.fullmatch(name):
+        shown = repr(name[:80]) + (f"… ({len(name)} characters)" if len(name) > 80 else "")
         raise ManifestError(
-            f"invalid model name {name!r}: use 1-128 letters, digits, '.', '_' or '-', starting alphanumeric"
+            f"invalid model name {shown}: use 1-128 letters, digits, '.', '_' or '-', starting alphanumeric"
         )
     return name
 
@@ -110,7 +113,7 @@ def check_manifest(manifest: Manifest) -> None:
         if artifact.entrypoint not in paths:
             raise ManifestError(f"artifact {artifact.recipe!r} entrypoint {artifact.entrypoint!r} not in files")
         for f in artifact.files:
-            if not _SHA256_HEX.match(f.sha256):
+            if not _SHA256_HEX.fullmatch(f.sha256):
                 raise ManifestError(f"file {f.path!r} has a malformed sha256")
         if artifact.digest != artifact_digest(artifact.files):
             raise ManifestError(f"artifact {artifact.recipe!r} digest does not match its files")

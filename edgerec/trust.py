@@ -114,7 +114,7 @@ logger = logging.getLogger(__name__)
 
 # RFC 3339 date-time (section 5.6): full date, 'T', time, optional fraction, 'Z' or an offset.
 _RFC3339 = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$",
+    r"(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})",
     re.ASCII,
 )
 
@@ -462,7 +462,7 @@ def _statement_time(text: str, name: str) -> datetime:
 
 def parse_rfc3339(text: str) -> datetime:
     """A timezone-aware datetime from an RFC 3339 date-time; ManifestError if it is not one."""
-    match = _RFC3339.match(text)
+    match = _RFC3339.fullmatch(text)
     if match is None:
         raise ManifestError(f"not an RFC 3339 time: {text!r}")
     date, time, fraction, offset = match.groups()

@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from edgerec.errors import ConfigError
 from edgerec.registry import Registry
 from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
@@ -22,6 +23,14 @@ from edgerec.server.message_limits import MessageSizeLimits
 from edgerec.server.metrics_http import MetricsHttpServer, ServerMetrics
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
+from edgerec.server.progress import (
+    DEFAULT_GRACE_S,
+    DEFAULT_IDLE_TIMEOUT_S,
+    DEFAULT_MIN_RATE,
+    DEFAULT_WINDOW_S,
+    ProgressRules,
+)
+from edgerec.server.request_guard import MalformedRequestGuard
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
 from edgerec.server.telemetry_service import DEFAULT_MAX_BYTES as DEFAULT_MAX_TELEMETRY_BYTES
@@ -42,7 +51,8 @@ SERVICE_NAMES = (
 
 @dataclass(frozen=True)
 class ServerConfig:
-    """Server settings, with their defaults. The bounds beside each field are checked at construction."""
+    """Server settings, with their defaults. The bounds beside each field are checked at construction
+    (ConfigError, a ValueError)."""
 
     registry: Path
     listen: str = "127.0.0.1:50051"
@@ -73,6 +83,14 @@ class ServerConfig:
     # Payload bytes per second, > 0, for each device and for the whole server; None: unlimited.
     per_device_rate: float | None = None
     global_rate: float | None = None
+    # What a payload stream must do to keep its slot (edgerec.server.progress): move min_stream_rate
+    # bytes/s (> 0; also the slowest pace a device may ask for) over each window of stream_rate_window_s
+    # (> 0) seconds spent waiting on its client, never wait stream_idle_timeout_s (> 0) on one chunk, and
+    # end within its remaining bytes / min_stream_rate plus stream_grace_s (>= 0) seconds.
+    min_stream_rate: float = DEFAULT_MIN_RATE
+    stream_rate_window_s: float = DEFAULT_WINDOW_S
+    stream_idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    stream_grace_s: float = DEFAULT_GRACE_S
     # --- Predict micro-batching (edgerec.server.batching): wait bound in seconds (0: off) and rows per batch ---
     batch_wait_s: float = 0.002
     max_batch: int = 256
@@ -93,40 +111,57 @@ class ServerConfig:
     max_predict_rows_in_flight: int | None = None
 
     def __post_init__(self) -> None:
+        if self.manifest_ttl <= timedelta(0):
+            raise ConfigError(f"manifest_ttl must be positive, got {self.manifest_ttl}")
+        if self.generic_diff_max_bytes < 0:
+            raise ConfigError(f"generic_diff_max_bytes must be >= 0, got {self.generic_diff_max_bytes}")
+        if not self.listen.strip():
+            raise ConfigError("listen must be HOST:PORT, got an empty string")
         if self.workers < 2:
-            raise ValueError(f"workers must be >= 2, got {self.workers}")
+            raise ConfigError(f"workers must be >= 2, got {self.workers}")
         if self.max_receive_bytes < 64 * 1024:
-            raise ValueError(f"max_receive_bytes must be >= 64 KiB, got {self.max_receive_bytes}")
+            raise ConfigError(f"max_receive_bytes must be >= 64 KiB, got {self.max_receive_bytes}")
         if (self.tls_cert is None) != (self.tls_key is None):
-            raise ValueError("tls_cert and tls_key go together: set both or neither")
+            raise ConfigError("tls_cert and tls_key go together: set both or neither")
         if self.max_streams_per_device is not None and self.max_streams_per_device < 1:
-            raise ValueError(f"max_streams_per_device must be >= 1 or None, got {self.max_streams_per_device}")
+            raise ConfigError(f"max_streams_per_device must be >= 1 or None, got {self.max_streams_per_device}")
         if self.max_streams is not None and not 1 <= self.max_streams < self.workers:
-            raise ValueError(f"max_streams must be in 1..{self.workers - 1} (workers - 1), got {self.max_streams}")
+            raise ConfigError(f"max_streams must be in 1..{self.workers - 1} (workers - 1), got {self.max_streams}")
         if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
-            raise ValueError(f"metrics_port must be in 0..65535 or None, got {self.metrics_port}")
+            raise ConfigError(f"metrics_port must be in 0..65535 or None, got {self.metrics_port}")
         if self.batch_wait_s < 0 or self.max_batch < 1:
-            raise ValueError(f"need batch_wait_s >= 0 and max_batch >= 1, got {self.batch_wait_s}, {self.max_batch}")
+            raise ConfigError(f"need batch_wait_s >= 0 and max_batch >= 1, got {self.batch_wait_s}, {self.max_batch}")
         if self.max_telemetry_devices < 1:
-            raise ValueError(f"max_telemetry_devices must be >= 1, got {self.max_telemetry_devices}")
+            raise ConfigError(f"max_telemetry_devices must be >= 1, got {self.max_telemetry_devices}")
         if not 1024 <= self.max_telemetry_report_bytes <= self.max_telemetry_bytes:
-            raise ValueError(
+            raise ConfigError(
                 "need 1024 <= max_telemetry_report_bytes <= max_telemetry_bytes, "
                 f"got {self.max_telemetry_report_bytes}, {self.max_telemetry_bytes}"
             )
         if self.max_predict_rows < 1:
-            raise ValueError(f"max_predict_rows must be >= 1, got {self.max_predict_rows}")
+            raise ConfigError(f"max_predict_rows must be >= 1, got {self.max_predict_rows}")
         if self.max_predict_rows_in_flight is not None and self.max_predict_rows_in_flight < self.max_predict_rows:
-            raise ValueError(
+            raise ConfigError(
                 f"max_predict_rows_in_flight must be >= max_predict_rows ({self.max_predict_rows}) or None, "
                 f"got {self.max_predict_rows_in_flight}"
             )
         for name in ("per_device_rate", "global_rate"):
             rate = getattr(self, name)
-            if rate is not None and rate <= 0:
-                raise ValueError(f"{name} must be > 0 bytes/s or None, got {rate}")
+            if rate is not None and not rate > 0:
+                raise ConfigError(f"{name} must be > 0 bytes/s or None, got {rate}")
+        for name in ("min_stream_rate", "stream_rate_window_s", "stream_idle_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0, got {getattr(self, name)}")
+        if not self.stream_grace_s >= 0:
+            raise ConfigError(f"stream_grace_s must be >= 0, got {self.stream_grace_s}")
         if self.freshness_ttl <= timedelta(0):
-            raise ValueError(f"freshness_ttl must be > 0, got {self.freshness_ttl}")
+            raise ConfigError(f"freshness_ttl must be > 0, got {self.freshness_ttl}")
+
+    def progress_rules(self) -> ProgressRules:
+        """The progress a payload stream must make to keep its slot."""
+        return ProgressRules(
+            self.min_stream_rate, self.stream_rate_window_s, self.stream_idle_timeout_s, self.stream_grace_s
+        )
 
     def stream_limits(self) -> StreamLimits:
         """The FetchPayload limits, with max_streams' default filled in."""
@@ -135,11 +170,15 @@ class ServerConfig:
             max_streams=self.max_streams if self.max_streams is not None else max(1, self.workers // 2),
             per_device_rate=self.per_device_rate,
             global_rate=self.global_rate,
+            progress=self.progress_rules(),
         )
 
 
 class RunningServer:
-    """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one."""
+    """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one.
+
+    ``payload_streams`` hands out the FetchPayload slots (``open_streams()`` counts those taken).
+    """
 
     def __init__(
         self,
@@ -151,8 +190,10 @@ class RunningServer:
         telemetry: TelemetryService | None = None,
         inference: InferenceService | None = None,
         metrics_http: MetricsHttpServer | None = None,
+        payload_streams: StreamLimiter | None = None,
     ) -> None:
         self.server = server
+        self.payload_streams = payload_streams
         self.port = port
         self.health = health_servicer
         self.metrics = metrics
@@ -191,7 +232,8 @@ def start_server(config: ServerConfig) -> RunningServer:
         log.warning("no tokens file: any caller may fetch models and predict")
     elif config.tls_cert is None:
         log.warning("device tokens without TLS: they cross the network in plain text")
-    interceptor = SecurityInterceptor(tokens, StreamLimiter(config.stream_limits()), open_services)
+    payload_streams = StreamLimiter(config.stream_limits())
+    interceptor = SecurityInterceptor(tokens, payload_streams, open_services)
     telemetry = TelemetryService(
         registry,
         config.max_telemetry_devices,
@@ -203,6 +245,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
         # Innermost, the size bounds: the security interceptor still answers an unauthenticated caller first.
         interceptors=[
+            MalformedRequestGuard(),
             interceptor,
             metrics.interceptor(),
             MessageSizeLimits({REPORT_STATUS: telemetry.max_report_bytes}),
@@ -210,7 +253,10 @@ def start_server(config: ServerConfig) -> RunningServer:
         options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
-        ModelUpdateService(registry, UpdatePlanner(registry, payloads, signer, freshness)), server
+        ModelUpdateService(
+            registry, UpdatePlanner(registry, payloads, signer, freshness), min_stream_rate=config.min_stream_rate
+        ),
+        server,
     )
     batcher = (
         MicroBatcher(config.batch_wait_s, config.max_batch, observer=metrics.observe_batch)
@@ -256,16 +302,20 @@ def start_server(config: ServerConfig) -> RunningServer:
         telemetry=telemetry,
         inference=inference,
         metrics_http=metrics_http,
+        payload_streams=payload_streams,
     )
 
 
 def _bind(server: grpc.Server, config: ServerConfig) -> int:
     """Listen on ``config.listen``, over TLS when a certificate is configured; return the port."""
-    if config.tls_cert is not None and config.tls_key is not None:
-        credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
+    try:
+        if config.tls_cert is not None and config.tls_key is not None:
+            credentials = grpc.ssl_server_credentials([(config.tls_key.read_bytes(), config.tls_cert.read_bytes())])
+            port = server.add_secure_port(config.listen, credentials)
+        else:
+            port = server.add_insecure_port(config.listen)
+    except RuntimeError:  # gRPC's "failed to bind"
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {config.listen}")
+        raise OSError(f"cannot listen on {config.listen}: address in use or not available")
     return port

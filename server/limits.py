@@ -1,17 +1,23 @@
-"""Limits on payload streams: how many each device (and the server) may hold open, and how fast they flow."""
+"""Limits on payload streams: how many each device (and the server) may hold open, how fast they flow,
+and how little progress ends one (see edgerec.server.progress)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from edgerec.ratelimit import TokenBucket
+from edgerec.server.progress import ProgressRules, StreamProgress
+from edgerec.server.throttled_log import ThrottledLog
+
+log = logging.getLogger(__name__)
+_ended = ThrottledLog(log)
 
 MIN_PACED_CHUNK_BYTES = 4096
-# The slowest pace a device may ask for (FetchPayloadRequest.max_bytes_per_second): a lower rate is raised
-# to it, so that a stream ends within payload size / 1 KiB/s seconds and cannot hold its slot forever.
-MIN_DEVICE_RATE = 1024.0
+MIN_CHUNK_BYTES = 1024
 
 
 class StreamLimitError(Exception):
@@ -26,24 +32,28 @@ class StreamLimits:
     max_streams: int | None = None
     per_device_rate: float | None = None
     global_rate: float | None = None
+    progress: ProgressRules = field(default_factory=ProgressRules)
 
-    def chunk_limit(self, max_chunk_bytes: int) -> int | None:
-        """The chunk size that keeps each pause of a rate-capped stream near 1/8 s; None when uncapped."""
+    def chunk_limit(self, max_chunk_bytes: int) -> int:
+        """The largest chunk a stream sends: one the progress rules can see cross the slowest allowed
+        link in time, and under a rate cap one whose pause stays near 1/8 s."""
+        limit = min(max_chunk_bytes, max(MIN_CHUNK_BYTES, self.progress.chunk_limit()))
         rates = [r for r in (self.per_device_rate, self.global_rate) if r is not None]
-        if not rates:
-            return None
-        return max(MIN_PACED_CHUNK_BYTES, min(max_chunk_bytes, int(min(rates) / 8)))
+        if rates:
+            limit = min(limit, max(MIN_PACED_CHUNK_BYTES, int(min(rates) / 8)))
+        return limit
 
 
-def device_rate(requested: int) -> float | None:
+def device_rate(requested: int, min_rate: float) -> float | None:
     """The pace, in bytes per second, for a stream whose device asked ``requested`` (0: no cap, None).
 
     The device's own bandwidth cap: the server sends no faster, so the device reads as fast as bytes
-    arrive and nothing piles up unread in its receive window. At least :data:`MIN_DEVICE_RATE`.
+    arrive and nothing piles up unread in its receive window. Never below ``min_rate``, the least a
+    stream must move to keep its slot (see edgerec.server.progress).
     """
     if requested <= 0:
         return None
-    return max(float(requested), MIN_DEVICE_RATE)
+    return max(float(requested), min_rate)
 
 
 def paced_chunk_bytes(rate: float, max_chunk_bytes: int) -> int:
@@ -64,13 +74,17 @@ class _Device:
 
 
 class StreamSlot:
-    """One open stream: paces its bytes; ``close`` (idempotent) gives its place back."""
+    """One open stream: paces its bytes, tracks its progress; ``close`` (idempotent) gives its place back."""
 
     def __init__(self, limiter: StreamLimiter, device: str, bucket: TokenBucket | None) -> None:
         self.device = device
+        self.progress = StreamProgress(limiter.limits.progress)
+        self.opened_at = time.monotonic()
         self._limiter = limiter
         self._bucket = bucket
         self._closed = False
+        self._end_stream: Callable[[str], None] | None = None
+        self._end_reason: str | None = None
         self._lock = threading.Lock()
 
     def pace(self, nbytes: int) -> None:
@@ -78,39 +92,78 @@ class StreamSlot:
 
         Only this stream's thread sleeps: the buckets' locks are not held while waiting.
         """
+        started = time.monotonic()
         if self._bucket is not None:
             self._bucket.consume(nbytes)
         if self._limiter.global_bucket is not None:
             self._limiter.global_bucket.consume(nbytes)
+        self.progress.paused(time.monotonic() - started)
+
+    def on_end(self, end_stream: Callable[[str], None]) -> None:
+        """How to end the stream when the server takes its slot back: ``end_stream(reason)``."""
+        with self._lock:
+            self._end_stream = end_stream
+            reason = self._end_reason
+        if reason is not None:  # taken back before the stream said how to end it
+            end_stream(reason)
+
+    def end(self, reason: str) -> None:
+        """Take the slot back: end the stream (see :meth:`on_end`) for ``reason``, once, and close the slot."""
+        with self._lock:
+            if self._end_reason is not None:
+                return
+            self._end_reason = reason
+            end_stream = self._end_stream
+        _ended.info("ending the payload stream of %s after %d bytes: %s", self.device, self.progress.taken, reason)
+        try:
+            if end_stream is not None:
+                end_stream(reason)
+        finally:
+            self.close()
 
     def close(self) -> None:
+        if self._mark_closed():
+            self._limiter.release(self)
+
+    def _mark_closed(self) -> bool:
+        """Mark the slot closed; False if it was already."""
         with self._lock:
             if self._closed:
-                return
+                return False
             self._closed = True
-        self._limiter.release(self.device)
+            return True
 
 
 class StreamLimiter:
-    """Hands out stream slots within the limits; one per-device bucket, kept while it matters."""
+    """Hands out stream slots within the limits; one per-device bucket, kept while it matters.
+
+    A thread checks the open streams' progress while any is open and ends those that break a rule
+    (edgerec.server.progress). When every slot is taken, a device with no stream open takes one from
+    the device holding the most (if it holds two or more): its newest stream ends, and resumes later.
+    """
 
     def __init__(self, limits: StreamLimits) -> None:
         self.limits = limits
         self.global_bucket = TokenBucket(limits.global_rate) if limits.global_rate else None
         self._devices: dict[str, _Device] = {}
-        self._streams = 0
+        self._slots: set[StreamSlot] = set()
         self._prune_at = 1024
         self._lock = threading.Lock()
+        self._watching = False
 
     def open(self, device: str) -> StreamSlot:
         """A slot for one more stream of ``device``; StreamLimitError when a limit is reached."""
         limits = self.limits
+        taken: StreamSlot | None = None
         with self._lock:
-            if limits.max_streams is not None and self._streams >= limits.max_streams:
-                raise StreamLimitError(
-                    f"the server already streams {self._streams} payloads (limit {limits.max_streams})"
-                )
             state = self._devices.get(device)
+            if limits.max_streams is not None and len(self._slots) >= limits.max_streams:
+                taken = self._fair_share() if state is None or state.streams == 0 else None
+                if taken is None:
+                    raise StreamLimitError(
+                        f"the server already streams {len(self._slots)} payloads (limit {limits.max_streams})"
+                    )
+                self._forget(taken)
             if state is None:
                 self._prune()
                 bucket = TokenBucket(limits.per_device_rate) if limits.per_device_rate else None
@@ -122,21 +175,63 @@ class StreamLimiter:
                 )
             state.streams += 1
             state.last_used = time.monotonic()
-            self._streams += 1
-            return StreamSlot(self, device, state.bucket)
+            slot = StreamSlot(self, device, state.bucket)
+            self._slots.add(slot)
+            if not self._watching:
+                self._watching = True
+                threading.Thread(target=self._watch, name="edgerec-stream-watch", daemon=True).start()
+        if taken is not None:
+            taken.end(f"the server is full and device {device} had no stream: {taken.device} keeps its others")
+        return slot
 
-    def release(self, device: str) -> None:
+    def release(self, slot: StreamSlot) -> None:
+        """Give ``slot``'s place back (StreamSlot.close calls this once)."""
         with self._lock:
-            state = self._devices[device]
-            state.streams -= 1
-            state.last_used = time.monotonic()
-            self._streams -= 1
+            self._forget(slot)
+
+    def _forget(self, slot: StreamSlot) -> None:
+        """Drop ``slot`` from the counts, once (caller holds the lock)."""
+        if slot not in self._slots:
+            return
+        slot._mark_closed()
+        self._slots.discard(slot)
+        state = self._devices[slot.device]
+        state.streams -= 1
+        state.last_used = time.monotonic()
+
+    def _fair_share(self) -> StreamSlot | None:
+        """The newest stream of the device holding the most, if it holds two or more (caller holds the lock)."""
+        by_device: dict[str, list[StreamSlot]] = {}
+        for slot in self._slots:
+            by_device.setdefault(slot.device, []).append(slot)
+        busiest = max(by_device.values(), key=len, default=[])
+        if len(busiest) < 2:
+            return None
+        return max(busiest, key=lambda slot: slot.opened_at)
+
+    def _watch(self) -> None:
+        """Check the open streams' progress until none is open; end those that break a rule."""
+        interval = self.limits.progress.check_interval()
+        while True:
+            time.sleep(interval)
+            with self._lock:
+                slots = list(self._slots)
+                if not slots:
+                    self._watching = False
+                    return
+            for slot in slots:
+                try:
+                    reason = slot.progress.check()
+                    if reason is not None:
+                        slot.end(reason)
+                except Exception:  # a bug must not stop the watch over the other streams
+                    log.exception("cannot check or end the payload stream of %s", slot.device)
 
     def open_streams(self, device: str | None = None) -> int:
         """Streams open now, for one device or all."""
         with self._lock:
             if device is None:
-                return self._streams
+                return len(self._slots)
             state = self._devices.get(device)
             return state.streams if state else 0
 

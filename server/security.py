@@ -5,6 +5,9 @@ means the caller's IP address for the stream limits; with one, it means the toke
 a request whose ``device_id`` names another device is refused (PERMISSION_DENIED), a status
 report without one is filed under the token's device, and a payload stream whose token is
 revoked ends with UNAUTHENTICATED within ``recheck_s``.
+A payload stream that breaks a progress rule (edgerec.server.progress: a client that reads too
+slowly or not at all, or a stream far longer than its bytes need) ends with RESOURCE_EXHAUSTED,
+which frees its slot; the device resumes from the bytes it has.
 Issue tokens with :func:`add_device_token`; revoke with :func:`revoke_device_token`.
 """
 
@@ -150,8 +153,10 @@ class SecurityInterceptor(_ServerInterceptor):
             if not context.add_callback(slot.close):  # the call ended already
                 slot.close()
                 return iter(())
-            if self._chunk_limit is not None and not 0 < request.max_chunk_bytes <= self._chunk_limit:
-                request.max_chunk_bytes = self._chunk_limit  # small chunks keep a capped stream's pauses short
+            slot.on_end(lambda reason: _end_call(context, grpc.StatusCode.RESOURCE_EXHAUSTED, _ended(reason)))
+            if not 0 < request.max_chunk_bytes <= self._chunk_limit:
+                # Small chunks keep a capped stream's pauses short and let the progress rules see each one arrive.
+                request.max_chunk_bytes = self._chunk_limit
             return _paced(fetch(request, context), slot, still_valid, context, device)
 
         return behavior
@@ -164,16 +169,45 @@ def _paced(
     context: grpc.ServicerContext,
     device: str,
 ) -> Iterator[update_pb2.PayloadChunk]:
-    """``chunks`` at the slot's pace, ended with UNAUTHENTICATED as soon as the token is revoked."""
+    """``chunks`` at the slot's pace, ended with UNAUTHENTICATED as soon as the token is revoked.
+
+    Tells the slot's progress when each chunk goes to gRPC and when gRPC has taken it (the next
+    chunk is asked for): the time between is spent waiting on the client.
+    """
+    progress = slot.progress
+    first = True
     try:
         for chunk in chunks:
+            if first:
+                progress.expect(chunk.total_size - chunk.offset)
+                first = False
             slot.pace(len(chunk.data))
             if not still_valid():
                 log.warning("ending the payload stream of device %s: its token was revoked", device)
                 _refuse(context, AuthenticationError("device token revoked during the stream"))
+            progress.sending(len(chunk.data))
             yield chunk
+            progress.sent()
     finally:
         slot.close()
+
+
+def _ended(reason: str) -> str:
+    return f"payload stream ended: {reason}; ask again from the bytes received"
+
+
+def _end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str) -> None:
+    """End ``context``'s call from another thread, with ``code`` and ``details`` when gRPC allows.
+
+    The stream's own thread may be blocked inside gRPC (a client that does not read), where no
+    abort can reach it. The public API can only cancel the call (the client sees CANCELLED); the
+    call object of gRPC's synchronous server can also cancel it with a status.
+    """
+    call: Any = getattr(getattr(context, "_rpc_event", None), "call", None)
+    try:
+        call.cancel(code.value[0], details)
+    except (AttributeError, TypeError):
+        context.cancel()  # type: ignore[no-untyped-call]
 
 
 def _refuse(context: grpc.ServicerContext, error: EdgerecError) -> NoReturn:

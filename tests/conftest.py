@@ -51,11 +51,11 @@ def model_pair(tmp_path_factory: pytest.TempPathFactory, reference_generator: Cl
 
 @pytest.fixture(scope="session")
 def published_registry(tmp_path_factory: pytest.TempPathFactory, model_pair: tuple[Path, Path]) -> Registry:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = Registry(tmp_path_factory.mktemp("registry"))
     for source in model_pair:
-        publish(source, MODEL, registry)
+        publish(source, MODEL, registry, PublishOptions(no_gate=True))
     return registry
 
 

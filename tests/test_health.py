@@ -20,16 +20,21 @@ pytestmark = pytest.mark.torch  # the publishing side needs the server extra (on
 
 @pytest.fixture
 def linear_server(tmp_path: Path) -> Iterator[tuple[Registry, str, Path]]:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = Registry(tmp_path / "registry")
-    publish(linear_model(tmp_path / "v1.onnx", [0.1, 0.2, 0.3, 0.4], sqrt=False), "linear", registry)
+    publish(
+        linear_model(tmp_path / "v1.onnx", [0.1, 0.2, 0.3, 0.4], sqrt=False),
+        "linear",
+        registry,
+        PublishOptions(no_gate=True),
+    )
     with registry_server(registry) as address:
         yield registry, address, tmp_path
 
 
 def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server: tuple[Registry, str, Path]) -> None:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry, address, folder = linear_server
     safe = {"x": np.full((2, 4), 10.0, dtype=np.float32)}
@@ -39,7 +44,12 @@ def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server
         client.sync()
         assert client.predict(safe).source == "local"
         # v2 passes its golden cases (standard normal inputs stay below 5) but gives NaN on real traffic.
-        publish(linear_model(folder / "v2.onnx", [0.4, 0.3, 0.2, 0.1], sqrt=True), "linear", registry)
+        publish(
+            linear_model(folder / "v2.onnx", [0.4, 0.3, 0.2, 0.1], sqrt=True),
+            "linear",
+            registry,
+            PublishOptions(no_gate=True),
+        )
         assert client.sync().version == 2
         for i in range(3):
             answer = client.predict({"x": safe["x"] + i})
@@ -50,13 +60,18 @@ def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server
 
 
 def test_a_version_failing_its_golden_cases_is_never_activated(linear_server: tuple[Registry, str, Path]) -> None:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry, address, folder = linear_server
     with EdgeClient(server=address, model="linear", data_dir=folder / "device", insecure=True) as client:
         client.sync()
         before = {p: p.read_bytes() for p in client.store.versions_dir.rglob("*") if p.is_file()}
-        publish(linear_model(folder / "v2.onnx", [1.0, 1.0, 1.0, 1.0], sqrt=False), "linear", registry)
+        publish(
+            linear_model(folder / "v2.onnx", [1.0, 1.0, 1.0, 1.0], sqrt=False),
+            "linear",
+            registry,
+            PublishOptions(no_gate=True),
+        )
         # Corrupt the expected outputs (as a miscompiled artifact would disagree with them).
         manifest_file = registry.version_dir("linear", 2) / "manifest.pb"
         signed = SignedManifest.FromString(manifest_file.read_bytes())

@@ -42,10 +42,10 @@ def _request(version: int = 0) -> inference_pb2.PredictRequest:
 
 def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path) -> None:
     from edgerec.server.inference_service import InferenceService
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = CountingRegistry(tmp_path / "registry")
-    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
     service = InferenceService(registry)
     context = cast(grpc.ServicerContext, None)  # only an error would use it
     first = service.Predict(_request(), context)
@@ -55,7 +55,7 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
         assert service.Predict(_request(), context).version == 1
     assert registry.lookups == lookups, "an unchanged registry is not asked again within the TTL"
 
-    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry, PublishOptions(no_gate=True))
     noticed = service.Predict(_request(), context)
     assert noticed.version == 1, "the request that notices a publish does not wait for its load"
     assert service.wait_for_warm_ups(60)
@@ -75,10 +75,10 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
 def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> None:
     """Connections opening and closing (SQLite's empty WAL file coming and going) do not count as changes."""
     from edgerec.server.inference_service import InferenceService
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = CountingRegistry(tmp_path / "registry")
-    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
     service = InferenceService(registry)
     context = cast(grpc.ServicerContext, None)
     versions: list[int] = []
@@ -121,12 +121,12 @@ def test_a_started_server_has_loaded_and_run_the_latest_version_of_every_model_b
     tmp_path: Path,
 ) -> None:
     from edgerec.server.app import ServerConfig, start_server
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = Registry(tmp_path / "registry")
-    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
-    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
-    publish(_model(tmp_path / "other.onnx", fragile=False), "other", registry)
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
+    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry, PublishOptions(no_gate=True))
+    publish(_model(tmp_path / "other.onnx", fragile=False), "other", registry, PublishOptions(no_gate=True))
     server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
     try:
         assert server.inference is not None
@@ -141,15 +141,15 @@ def test_a_started_server_has_loaded_and_run_the_latest_version_of_every_model_b
 
 def test_a_publish_warms_in_the_background_while_the_previous_version_answers(tmp_path: Path) -> None:
     from edgerec.server.app import ServerConfig, start_server
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = Registry(tmp_path / "registry")
-    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry)
+    publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
     server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
     try:
         assert server.inference is not None
         assert _serve_and_predict(server, _request()).version == 1
-        publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry)
+        publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry, PublishOptions(no_gate=True))
         assert _serve_and_predict(server, _request()).version == 1, "noticing a publish waits for no load"
         assert server.inference.wait_for_warm_ups(60)
         warmed = server.inference.loaded_models()[("ctr", 2, "int8")]

@@ -31,13 +31,18 @@ STALE = "0" * 32  # an entry no installed version names (another onnxruntime rel
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """ "ctr" with versions 1, 2, 3 (different weights, so different digests) and "other" with one version."""
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     folder = tmp_path_factory.mktemp("ort-cache")
     registry = Registry(folder / "registry")
     for version in (1, 2, 3):
-        publish(_model(folder / f"ctr{version}.onnx", fragile=False, scale=float(version)), "ctr", registry)
-    publish(_model(folder / "other.onnx", fragile=False, scale=-1.0), "other", registry)
+        publish(
+            _model(folder / f"ctr{version}.onnx", fragile=False, scale=float(version)),
+            "ctr",
+            registry,
+            PublishOptions(no_gate=True),
+        )
+    publish(_model(folder / "other.onnx", fragile=False, scale=-1.0), "other", registry, PublishOptions(no_gate=True))
     with registry_server(registry) as address:
         yield address
 

@@ -77,14 +77,19 @@ def _model(path: Path, *, fragile: bool, scale: float = 1.0) -> Path:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     pytest.importorskip("onnx")
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     folder = tmp_path_factory.mktemp("policy")
     registry = Registry(folder / "registry")
-    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry)
-    publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry)
-    publish(_model(folder / "versioned1.onnx", fragile=False), "versioned", registry)
-    publish(_model(folder / "versioned2.onnx", fragile=False, scale=-1.0), "versioned", registry)
+    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry, PublishOptions(no_gate=True))
+    publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry, PublishOptions(no_gate=True))
+    publish(_model(folder / "versioned1.onnx", fragile=False), "versioned", registry, PublishOptions(no_gate=True))
+    publish(
+        _model(folder / "versioned2.onnx", fragile=False, scale=-1.0),
+        "versioned",
+        registry,
+        PublishOptions(no_gate=True),
+    )
     with registry_server(registry) as address:
         yield address
 
@@ -260,11 +265,11 @@ def test_a_server_that_is_down_fails_fast_within_the_deadline(tmp_path: Path) ->
 def test_a_local_error_goes_to_a_server_that_answers(server: str, tmp_path: Path) -> None:
     """The device's "fragile" fails on odd batches; a second server publishes a sound model under that name."""
     from edgerec.server.app import ServerConfig, start_server
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     _client(server, "fragile", tmp_path / "device").close()
     registry = Registry(tmp_path / "sound")
-    publish(_model(tmp_path / "sound.onnx", fragile=False), "fragile", registry)
+    publish(_model(tmp_path / "sound.onnx", fragile=False), "fragile", registry, PublishOptions(no_gate=True))
     sound = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
     try:
         with _client(f"127.0.0.1:{sound.port}", "fragile", tmp_path / "device", sync=False) as client:
@@ -315,10 +320,10 @@ def test_the_server_breaker_opens_fails_fast_half_opens_and_closes_when_the_serv
 
 def _registry_root(tmp_path: Path) -> Path:
     """A registry with "safe" version 1, for a server started inside a test."""
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = Registry(tmp_path / "revived-registry")
-    publish(_model(tmp_path / "revived.onnx", fragile=False), "safe", registry)
+    publish(_model(tmp_path / "revived.onnx", fragile=False), "safe", registry, PublishOptions(no_gate=True))
     return registry.root
 
 

@@ -77,11 +77,11 @@ def model_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory, model_files: tuple[Path, Path]) -> Registry:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry = Registry(tmp_path_factory.mktemp("profile-registry"))
     for source in model_files:
-        publish(source, MODEL, registry)
+        publish(source, MODEL, registry, PublishOptions(no_gate=True))
     return registry
 
 

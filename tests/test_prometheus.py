@@ -43,12 +43,12 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     folder = tmp_path_factory.mktemp("prometheus")
     registry = Registry(folder / "registry")
-    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry)
-    publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry)
+    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry, PublishOptions(no_gate=True))
+    publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry, PublishOptions(no_gate=True))
     return registry
 
 

@@ -64,7 +64,7 @@ def published(tmp_path_factory: pytest.TempPathFactory, reference_generator: Cli
     model = build_and_train(reference_generator.config, reference_generator, day=0, num_samples=4_000, epochs=1)
     source = export_program(model, root / "ctr.pt2", reference_generator.day(99, 4))
     recipes = ONNX_RECIPES + (TFLITE_RECIPES if TFLITE_MISSING is None else ())
-    options = PublishOptions(recipes=recipes, delta_depth=0, tflite_batch_sizes=BATCH_SIZES)
+    options = PublishOptions(recipes=recipes, delta_depth=0, tflite_batch_sizes=BATCH_SIZES, no_gate=True)
     registry = Registry(root / "registry")
     publish(source, MODEL, registry, options)
     return registry

@@ -51,10 +51,10 @@ class Served:
         return EdgeClient(self.address, MODEL, data_dir, policy=policy, trusted_keys=[self.public_key], cache_entries=0)
 
     def publish(self, name: str, *, sqrt: bool, scale: float = 1.0) -> None:
-        from edgerec.server.publish import publish
+        from edgerec.server.publish import PublishOptions, publish
 
         model = embedding_model(self.folder / f"{name}.onnx", [scale * w for w in WEIGHTS], ROWS, sqrt=sqrt)
-        publish(model, MODEL, self.registry)
+        publish(model, MODEL, self.registry, PublishOptions(no_gate=True))
 
 
 @pytest.fixture

@@ -37,6 +37,7 @@ from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
 from edgerec.server.app import RunningServer, ServerConfig, start_server
 from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamLimits
+from edgerec.server.progress import ProgressRules
 from edgerec.server.security import add_device_token, revoke_device_token
 from edgerec.trust import UpdateVerifier
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
@@ -50,7 +51,7 @@ FAST = TransportConfig(check_timeout_s=5, predict_timeout_s=5, max_attempts=2, b
 ONE_TRY_WORTH = TransportConfig(check_timeout_s=3, download_deadline_s=3)
 DEVICES = (
     *("syncer", "predictor", "revocable", "streamer", "neighbour", "downloader", "big-sender", "a", "b", "cli"),
-    *("honest", "impersonator", "cut-off"),
+    *("honest", "impersonator", "cut-off", "hog", "latecomer"),
 )
 
 
@@ -207,11 +208,15 @@ def _connect(address: str, pki: Pki, token: str | None, config: TransportConfig 
     return ServerConnection(address, config, tls_ca=pki.ca, token=token)
 
 
-def _stream(address: str, pki: Pki, token: str, payload: update_pb2.Payload) -> tuple[grpc.Channel, Iterator[object]]:
-    """A raw FetchPayload stream in small chunks, and its channel."""
+def _stream(
+    address: str, pki: Pki, token: str, payload: update_pb2.Payload, rate: int = 0
+) -> tuple[grpc.Channel, Iterator[object]]:
+    """A raw FetchPayload stream in small chunks (at ``rate`` bytes/s, 0: unpaced), and its channel."""
     channel = make_channel(address, tls_ca=pki.ca, token=token)
     stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
-    request = update_pb2.FetchPayloadRequest(model=MODEL, payload_id=payload.payload_id, max_chunk_bytes=4096)
+    request = update_pb2.FetchPayloadRequest(
+        model=MODEL, payload_id=payload.payload_id, max_chunk_bytes=4096, max_bytes_per_second=rate
+    )
     stream: Iterator[object] = stub.FetchPayload(request, timeout=20)
     return channel, stream
 
@@ -474,6 +479,39 @@ def test_more_streams_than_allowed_are_resource_exhausted(
         neighbour_channel.close()
 
 
+def test_a_device_holding_every_slot_yields_one_to_a_device_that_has_none(
+    published_registry: Registry,
+    pki: Pki,
+    tokens: tuple[Path, dict[str, str]],
+    big_payload: update_pb2.Payload,
+    tmp_path: Path,
+) -> None:
+    """One device takes both slots with streams at the slowest pace (minutes each); another still downloads."""
+    issued = tokens[1]
+    server = _start(published_registry, pki, tokens[0], max_streams=2, max_streams_per_device=2)
+    address = f"127.0.0.1:{server.port}"
+    hogs = []
+    try:
+        for _ in range(2):  # one after the other, so the second is the newest
+            hogs.append(_stream(address, pki, issued["hog"], big_payload, rate=1))
+            next(hogs[-1][1])
+        latecomer = _connect(address, pki, issued["latecomer"], TransportConfig(download_deadline_s=30))
+        try:
+            finished = latecomer.download(MODEL, big_payload, tmp_path / "latecomer.part")
+        finally:
+            latecomer.close()
+        assert sha256_file(finished) == big_payload.sha256
+        with pytest.raises(grpc.RpcError) as info:
+            for _ in hogs[1][1]:  # what gRPC buffered, then the status
+                pass
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "the server is full and device latecomer had no stream" in (info.value.details() or "")
+    finally:
+        for channel, _ in hogs:
+            channel.close()
+        server.stop(grace=0)
+
+
 def test_per_device_rate_caps_a_transfer_without_holding_up_other_calls(
     limited: str,
     pki: Pki,
@@ -546,20 +584,23 @@ def test_stream_limiter_counts_per_device_and_in_total() -> None:
     a1, a2 = limiter.open("a"), limiter.open("a")
     with pytest.raises(StreamLimitError, match="device a"):
         limiter.open("a")
-    limiter.open("b")
+    b1 = limiter.open("b")
     with pytest.raises(StreamLimitError, match="the server"):
-        limiter.open("c")
+        limiter.open("b")  # b holds a stream already, so it takes none of a's
     a1.close()
     a1.close()  # closing twice frees one place, not two
     assert limiter.open_streams("a") == 1 and limiter.open_streams() == 2
-    limiter.open("c")
+    c1 = limiter.open("c")
     with pytest.raises(StreamLimitError):
         limiter.open("a")
     a2.close()
     assert limiter.open_streams("a") == 0
+    b1.close()
+    c1.close()
+    assert limiter.open_streams() == 0
     assert StreamLimits(per_device_rate=RATE).chunk_limit(1 << 20) == RATE // 8
     assert StreamLimits(global_rate=1000).chunk_limit(1 << 20) == 4096
-    assert StreamLimits().chunk_limit(1 << 20) is None
+    assert StreamLimits().chunk_limit(1 << 20) == ProgressRules().chunk_limit()  # one the progress rules can watch
 
 
 def test_config_rejects_out_of_bounds_values(tmp_path: Path, pki: Pki) -> None:

@@ -13,8 +13,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edgerec.device import EdgeClient
 from edgerec.registry import PayloadRecord, Registry
-from edgerec.server.limits import MIN_DEVICE_RATE, device_rate, paced_chunk_bytes
+from edgerec.server.limits import StreamLimits, device_rate, paced_chunk_bytes
 from edgerec.server.payloads import PayloadStore
+from edgerec.server.progress import DEFAULT_MIN_RATE
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
@@ -36,12 +37,12 @@ def test_health_and_reflection(served: tuple[Registry, str]) -> None:
 def test_versions_published_while_serving_are_seen(
     served_copy: tuple[Registry, str], model_pair: tuple[Path, Path], tmp_path: Path
 ) -> None:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     registry, address = served_copy
     with EdgeClient(server=address, model="ctr", data_dir=tmp_path, insecure=True) as client:
         assert client.sync().version == 2
-        publish(model_pair[1], "ctr", registry)  # the same weights again, as version 3
+        publish(model_pair[1], "ctr", registry, PublishOptions(no_gate=True))  # the same weights again, as version 3
         result = client.sync()
     assert result.version == 3 and result.previous_version == 2
     # Export is deterministic, so every file is already on the device: nothing to download.
@@ -81,11 +82,11 @@ def test_a_missing_delta_is_made_once_for_many_devices(
 
 
 def test_device_rates_are_bounded_and_set_the_chunk_size() -> None:
-    assert device_rate(0) is None  # no cap asked: only the server's limits
-    assert device_rate(1) == MIN_DEVICE_RATE  # a stream cannot be held open forever
-    assert device_rate(250_000) == 250_000.0
+    assert device_rate(0, DEFAULT_MIN_RATE) is None  # no cap asked: only the server's limits
+    assert device_rate(1, DEFAULT_MIN_RATE) == DEFAULT_MIN_RATE  # never below what keeps a slot
+    assert device_rate(250_000, DEFAULT_MIN_RATE) == 250_000.0
     assert paced_chunk_bytes(250_000, 1 << 20) == 31_250  # pauses near 1/8 s
-    assert paced_chunk_bytes(MIN_DEVICE_RATE, 1 << 20) == 4096  # at least 4 KiB
+    assert paced_chunk_bytes(DEFAULT_MIN_RATE, 1 << 20) == 4096  # at least 4 KiB
     assert paced_chunk_bytes(250_000, 16 * 1024) == 16 * 1024  # never above what the device asked
     assert paced_chunk_bytes(250_000, 16) == 16
 
@@ -109,5 +110,6 @@ def test_a_device_rate_is_paced_by_the_server_in_chunks_it_sets(served: tuple[Re
                 stream.cancel()
 
         assert first_chunks(64_000, 3) == [8000] * 3
-        assert first_chunks(1, 1) == [4096]  # 1 B/s counts as 1 KiB/s
-        assert first_chunks(0, 1) == [32 * 1024]  # unpaced: the chunk the device asked
+        assert first_chunks(1, 1) == [4096]  # 1 B/s counts as the minimum stream rate, 4 KiB/s
+        # Unpaced: the chunk the device asked, within what the progress rules can watch arrive.
+        assert first_chunks(0, 1) == [StreamLimits().chunk_limit(32 * 1024)]

@@ -78,14 +78,16 @@ def embedding_model(path: Path, *, index_scale: int = 1) -> Path:
 
 @pytest.fixture(scope="module")
 def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     folder = tmp_path_factory.mktemp("hostile")
     registry = Registry(folder / "registry")
-    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry)
-    publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry)
-    publish(embedding_model(folder / "emb.onnx"), "emb", registry)
-    publish(embedding_model(folder / "doubling.onnx", index_scale=2), "doubling", registry)
+    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry, PublishOptions(no_gate=True))
+    publish(_model(folder / "fragile.onnx", fragile=True), "fragile", registry, PublishOptions(no_gate=True))
+    publish(embedding_model(folder / "emb.onnx"), "emb", registry, PublishOptions(no_gate=True))
+    publish(
+        embedding_model(folder / "doubling.onnx", index_scale=2), "doubling", registry, PublishOptions(no_gate=True)
+    )
     return registry
 
 

@@ -35,13 +35,13 @@ pytest.importorskip("onnx")
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningServer]:
     """A server with "safe" (one version) and "flaky" (v1 safe, v2 fragile: odd batches fail)."""
     from edgerec.server.app import ServerConfig, start_server
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     folder = tmp_path_factory.mktemp("telemetry")
     registry = Registry(folder / "registry")
-    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry)
-    publish(_model(folder / "v1.onnx", fragile=False), "flaky", registry)
-    publish(_model(folder / "v2.onnx", fragile=True), "flaky", registry)
+    publish(_model(folder / "safe.onnx", fragile=False), "safe", registry, PublishOptions(no_gate=True))
+    publish(_model(folder / "v1.onnx", fragile=False), "flaky", registry, PublishOptions(no_gate=True))
+    publish(_model(folder / "v2.onnx", fragile=True), "flaky", registry, PublishOptions(no_gate=True))
     server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0", max_telemetry_devices=3))
     try:
         yield server
@@ -199,7 +199,7 @@ def test_with_tokens_a_report_is_kept_only_under_its_tokens_device(tmp_path: Pat
     from edgerec.device.channel import make_channel
     from edgerec.errors import PermissionDeniedError
     from edgerec.server.app import ServerConfig, start_server
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
     from edgerec.server.security import add_device_token
     from edgerec.v1 import telemetry_pb2_grpc
 
@@ -214,7 +214,7 @@ def test_with_tokens_a_report_is_kept_only_under_its_tokens_device(tmp_path: Pat
     tokens_file = tmp_path / "tokens.json"
     token = {device: add_device_token(tokens_file, device) for device in ("kiosk-a", "kiosk-b")}
     registry = Registry(tmp_path / "registry")
-    publish(_model(tmp_path / "safe.onnx", fragile=False), "safe", registry)
+    publish(_model(tmp_path / "safe.onnx", fragile=False), "safe", registry, PublishOptions(no_gate=True))
     config = ServerConfig(
         registry=registry.root, listen="127.0.0.1:0", tls_cert=cert_file, tls_key=key_file, tokens_file=tokens_file
     )

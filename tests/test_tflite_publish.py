@@ -119,7 +119,7 @@ def test_device_choice_without_a_fitting_runtime_names_what_was_offered(
 ) -> None:
     source, _ = program
     registry = Registry(tmp_path / "registry")
-    manifest = publish(source, "ctr", registry, PublishOptions(recipes=("fp32", "int8"), delta_depth=0))
+    manifest = publish(source, "ctr", registry, PublishOptions(recipes=("fp32", "int8"), delta_depth=0, no_gate=True))
     with pytest.raises(ManifestError, match=r"offers \['fp32 \(onnxruntime\)', 'int8 \(onnxruntime\)'\]"):
         choose_artifact(manifest, ("tflite_wi8",))
     artifact = choose_artifact(manifest, ("tflite_wi8", "int8"))

@@ -125,7 +125,7 @@ def build_registry(root: Path, *, size: str = "small", seed: int = 3, samples: i
     """Train, export and publish two versions of the reference model (v2: one more small day on v1)."""
     from edgerec.reference.data import ClickGenerator, ReferenceConfig
     from edgerec.reference.train import build_and_train, export_program
-    from edgerec.server.publish import publish
+    from edgerec.server.publish import PublishOptions, publish
 
     config = ReferenceConfig.from_name(size)
     generator = ClickGenerator(config, seed=seed)
@@ -134,7 +134,12 @@ def build_registry(root: Path, *, size: str = "small", seed: int = 3, samples: i
     v1 = build_and_train(config, generator, day=0, num_samples=samples, epochs=1)
     v2 = build_and_train(config, generator, day=1, num_samples=max(samples // 20, 256), base_state=v1.state_dict())
     for name, model in (("v1", v1), ("v2", v2)):
-        publish(export_program(model, root / "sources" / f"{name}.pt2", sample), MODEL, registry)
+        publish(
+            export_program(model, root / "sources" / f"{name}.pt2", sample),
+            MODEL,
+            registry,
+            PublishOptions(no_gate=True),
+        )
     log.info("built a %s registry with versions %s in %s", size, registry.versions(MODEL), root)
     return registry
 

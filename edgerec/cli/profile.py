@@ -183,13 +183,13 @@ def update(
     try:
         if old is not None and new is not None and scratch is not None:
             from edgerec.registry import Registry
-            from edgerec.server.publish import publish
+            from edgerec.server.publish import PublishOptions, publish
 
             model = model or "model"
             registry = Registry(scratch / "registry")
             console.print(f"publishing {old.name} and {new.name} as {model} 1 and 2 in a temporary registry")
-            publish(old, model, registry)
-            publish(new, model, registry)
+            publish(old, model, registry, PublishOptions(no_gate=True))
+            publish(new, model, registry, PublishOptions(no_gate=True))
             registry_dir, from_version, to_version = registry.root, 1, 2
         assert registry_dir is not None and model is not None
         base, target = _default_versions(registry_dir, model, from_version, to_version)

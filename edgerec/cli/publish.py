@@ -10,7 +10,7 @@ import click
 import numpy as np
 
 from edgerec.cli.output import emit_json, print_table
-from edgerec.manifest import Manifest
+from edgerec.manifest import AccuracyGate, Manifest
 from edgerec.units import parse_size
 
 # Kept in step with edgerec.server.publish.pipeline.RECIPES (not imported: it pulls in the publishing stack).
@@ -88,7 +88,13 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--validation",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
-    help="An .npz with one array per model input plus 'labels': the accuracy gate's data (and golden cases).",
+    help="An .npz with one array per model input plus 'labels': the accuracy gate's data (and golden cases). "
+    "Needed for every recipe but fp32, unless --no-gate.",
+)
+@click.option(
+    "--no-gate",
+    is_flag=True,
+    help="Publish recipes other than fp32 without comparing them to fp32 (the manifest records it).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def publish(
@@ -102,6 +108,7 @@ def publish(
     budget: str | None,
     base_version: int | None,
     validation: Path | None,
+    no_gate: bool,
     as_json: bool,
 ) -> None:
     """Publish SOURCE (a torch.export .pt2 program or an .onnx file) as the next version of NAME.
@@ -130,7 +137,9 @@ def publish(
     arrays = dict(np.load(validation)) if validation is not None else None
     published: list[dict[str, Any]] = []
     if source is not None:
-        options = PublishOptions(recipes=recipes, delta_depth=delta_depth, validation=arrays, max_auc_drop=max_auc_drop)
+        options = PublishOptions(
+            recipes=recipes, delta_depth=delta_depth, validation=arrays, max_auc_drop=max_auc_drop, no_gate=no_gate
+        )
         if batch_sizes is not None:
             options = dataclasses.replace(options, tflite_batch_sizes=batch_sizes)
         manifest = run_publish(source, name, registry, options)
@@ -138,7 +147,7 @@ def publish(
     if budget is not None and base_version is not None:
         from edgerec.server.publish.budget import publish_partial
 
-        result = publish_partial(registry, name, base_version, parse_size(budget), validation=arrays)
+        result = publish_partial(registry, name, base_version, parse_size(budget), validation=arrays, no_gate=no_gate)
         published.append(
             _describe(result.manifest)
             | {
@@ -153,9 +162,16 @@ def publish(
     for entry in published:
         print_table(
             f"{entry['model']} version {entry['version']}",
-            ["recipe", "runtime", "batches", "bytes", "digest"],
+            ["recipe", "runtime", "batches", "gate", "bytes", "digest"],
             [
-                (a["recipe"], a["runtime"], ",".join(map(str, a["batch_sizes"])) or "any", a["bytes"], a["digest"][:16])
+                (
+                    a["recipe"],
+                    a["runtime"],
+                    ",".join(map(str, a["batch_sizes"])) or "any",
+                    a["gate"],
+                    a["bytes"],
+                    a["digest"][:16],
+                )
                 for a in entry["artifacts"]
             ],
         )
@@ -171,6 +187,7 @@ def _describe(manifest: Manifest) -> dict[str, Any]:
                 "recipe": a.recipe,
                 "runtime": a.runtime,
                 "batch_sizes": [entry.batch_size for entry in a.fixed_batches],
+                "gate": AccuracyGate.Name(a.accuracy_gate).removeprefix("ACCURACY_GATE_").lower(),
                 "digest": a.digest,
                 "bytes": sum(f.size for f in a.files),
             }

@@ -39,6 +39,19 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--per-device-rate", default=None, help="Payload bandwidth per device, e.g. '2mbit' or '250kB/s'.")
 @click.option("--global-rate", default=None, help="Payload bandwidth of the whole server, e.g. '100mbit'.")
 @click.option(
+    "--min-stream-rate",
+    default=None,
+    help="Least a payload stream must move to keep its slot, e.g. '32kbit' (also the slowest pace a device "
+    "may ask for).  [default: 4KiB/s]",
+)
+@click.option(
+    "--stream-idle-timeout",
+    "stream_idle_timeout_s",
+    type=float,
+    default=None,
+    help="Seconds a payload stream may wait on a client that does not read.  [default: 30]",
+)
+@click.option(
     "--batch-wait-ms",
     default=2.0,
     show_default=True,
@@ -76,6 +89,8 @@ def serve(
     max_streams: int | None,
     per_device_rate: str | None,
     global_rate: str | None,
+    min_stream_rate: str | None,
+    stream_idle_timeout_s: float | None,
     batch_wait_ms: float,
     max_predict_rows: int,
     max_predict_rows_in_flight: int | None,
@@ -83,6 +98,7 @@ def serve(
 ) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
     from edgerec.server.app import ServerConfig, start_server
+    from edgerec.server.progress import DEFAULT_IDLE_TIMEOUT_S, DEFAULT_MIN_RATE
 
     try:
         config = ServerConfig(
@@ -103,9 +119,11 @@ def serve(
             max_predict_rows_in_flight=max_predict_rows_in_flight,
             metrics_port=metrics_port,
             metrics_host=listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1",
+            min_stream_rate=parse_rate(min_stream_rate) if min_stream_rate else DEFAULT_MIN_RATE,
+            stream_idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S if stream_idle_timeout_s is None else stream_idle_timeout_s,
         )
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+    except ValueError as exc:  # ConfigError, or a rate that does not parse: one line, before anything starts
+        raise click.ClickException(str(exc)) from exc
     running = start_server(config)
     click.echo(f"serving {registry_dir} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
     if running.metrics_port is not None:

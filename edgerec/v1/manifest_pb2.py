@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from edgerec.v1 import tensor_pb2 as edgerec_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gerec/v1/manifest.proto\x12\nedgerec.v1\x1a\x17\x65\x64gerec/v1/tensor.proto\":\n\x0c\x41rtifactFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xab\x01\n\x08\x41rtifact\x12\x0e\n\x06recipe\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\'\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x18.edgerec.v1.ArtifactFile\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x31\n\rfixed_batches\x18\x06 \x03(\x0b\x32\x1a.edgerec.v1.FixedBatchFile\"2\n\x0e\x46ixedBatchFile\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xfc\x02\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12&\n\x06inputs\x18\x05 \x03(\x0b\x32\x16.edgerec.v1.TensorSpec\x12\'\n\x07outputs\x18\x06 \x03(\x0b\x32\x16.edgerec.v1.TensorSpec\x12\'\n\tartifacts\x18\x07 \x03(\x0b\x32\x14.edgerec.v1.Artifact\x12\x12\n\nexpires_at\x18\x08 \x01(\t\x12:\n\x0b\x61nnotations\x18\t \x03(\x0b\x32%.edgerec.v1.Manifest.AnnotationsEntry\x12&\n\x06golden\x18\n \x03(\x0b\x32\x16.edgerec.v1.GoldenCase\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x02\n\nGoldenCase\x12\x0e\n\x06recipe\x18\x01 \x01(\t\x12\x32\n\x06inputs\x18\x02 \x03(\x0b\x32\".edgerec.v1.GoldenCase.InputsEntry\x12\x34\n\x07outputs\x18\x03 \x03(\x0b\x32#.edgerec.v1.GoldenCase.OutputsEntry\x12\x11\n\ttolerance\x18\x04 \x01(\x02\x1a\x41\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.edgerec.v1.Tensor:\x02\x38\x01\x1a\x42\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.edgerec.v1.Tensor:\x02\x38\x01\".\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"M\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12)\n\nsignatures\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Signatureb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x65\x64gerec/v1/manifest.proto\x12\nedgerec.v1\x1a\x17\x65\x64gerec/v1/tensor.proto\":\n\x0c\x41rtifactFile\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\x12\x0e\n\x06sha256\x18\x03 \x01(\t\"\xdc\x01\n\x08\x41rtifact\x12\x0e\n\x06recipe\x18\x01 \x01(\t\x12\x0f\n\x07runtime\x18\x02 \x01(\t\x12\x12\n\nentrypoint\x18\x03 \x01(\t\x12\'\n\x05\x66iles\x18\x04 \x03(\x0b\x32\x18.edgerec.v1.ArtifactFile\x12\x0e\n\x06\x64igest\x18\x05 \x01(\t\x12\x31\n\rfixed_batches\x18\x06 \x03(\x0b\x32\x1a.edgerec.v1.FixedBatchFile\x12/\n\raccuracy_gate\x18\x07 \x01(\x0e\x32\x18.edgerec.v1.AccuracyGate\"2\n\x0e\x46ixedBatchFile\x12\x12\n\nbatch_size\x18\x01 \x01(\r\x12\x0c\n\x04path\x18\x02 \x01(\t\"\xfc\x02\n\x08Manifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\x04\x12\x12\n\ncreated_at\x18\x04 \x01(\t\x12&\n\x06inputs\x18\x05 \x03(\x0b\x32\x16.edgerec.v1.TensorSpec\x12\'\n\x07outputs\x18\x06 \x03(\x0b\x32\x16.edgerec.v1.TensorSpec\x12\'\n\tartifacts\x18\x07 \x03(\x0b\x32\x14.edgerec.v1.Artifact\x12\x12\n\nexpires_at\x18\x08 \x01(\t\x12:\n\x0b\x61nnotations\x18\t \x03(\x0b\x32%.edgerec.v1.Manifest.AnnotationsEntry\x12&\n\x06golden\x18\n \x03(\x0b\x32\x16.edgerec.v1.GoldenCase\x1a\x32\n\x10\x41nnotationsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xa0\x02\n\nGoldenCase\x12\x0e\n\x06recipe\x18\x01 \x01(\t\x12\x32\n\x06inputs\x18\x02 \x03(\x0b\x32\".edgerec.v1.GoldenCase.InputsEntry\x12\x34\n\x07outputs\x18\x03 \x03(\x0b\x32#.edgerec.v1.GoldenCase.OutputsEntry\x12\x11\n\ttolerance\x18\x04 \x01(\x02\x1a\x41\n\x0bInputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.edgerec.v1.Tensor:\x02\x38\x01\x1a\x42\n\x0cOutputsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12!\n\x05value\x18\x02 \x01(\x0b\x32\x12.edgerec.v1.Tensor:\x02\x38\x01\".\n\tSignature\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"M\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12)\n\nsignatures\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Signature*\x7f\n\x0c\x41\x63\x63uracyGate\x12\x1d\n\x19\x41\x43\x43URACY_GATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41\x43\x43URACY_GATE_REFERENCE\x10\x01\x12\x18\n\x14\x41\x43\x43URACY_GATE_PASSED\x10\x02\x12\x19\n\x15\x41\x43\x43URACY_GATE_SKIPPED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,24 +38,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GOLDENCASE_INPUTSENTRY']._serialized_options = b'8\001'
   _globals['_GOLDENCASE_OUTPUTSENTRY']._loaded_options = None
   _globals['_GOLDENCASE_OUTPUTSENTRY']._serialized_options = b'8\001'
+  _globals['_ACCURACYGATE']._serialized_start=1202
+  _globals['_ACCURACYGATE']._serialized_end=1329
   _globals['_ARTIFACTFILE']._serialized_start=66
   _globals['_ARTIFACTFILE']._serialized_end=124
   _globals['_ARTIFACT']._serialized_start=127
-  _globals['_ARTIFACT']._serialized_end=298
-  _globals['_FIXEDBATCHFILE']._serialized_start=300
-  _globals['_FIXEDBATCHFILE']._serialized_end=350
-  _globals['_MANIFEST']._serialized_start=353
-  _globals['_MANIFEST']._serialized_end=733
-  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_start=683
-  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_end=733
-  _globals['_GOLDENCASE']._serialized_start=736
-  _globals['_GOLDENCASE']._serialized_end=1024
-  _globals['_GOLDENCASE_INPUTSENTRY']._serialized_start=891
-  _globals['_GOLDENCASE_INPUTSENTRY']._serialized_end=956
-  _globals['_GOLDENCASE_OUTPUTSENTRY']._serialized_start=958
-  _globals['_GOLDENCASE_OUTPUTSENTRY']._serialized_end=1024
-  _globals['_SIGNATURE']._serialized_start=1026
-  _globals['_SIGNATURE']._serialized_end=1072
-  _globals['_SIGNEDMANIFEST']._serialized_start=1074
-  _globals['_SIGNEDMANIFEST']._serialized_end=1151
+  _globals['_ARTIFACT']._serialized_end=347
+  _globals['_FIXEDBATCHFILE']._serialized_start=349
+  _globals['_FIXEDBATCHFILE']._serialized_end=399
+  _globals['_MANIFEST']._serialized_start=402
+  _globals['_MANIFEST']._serialized_end=782
+  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_start=732
+  _globals['_MANIFEST_ANNOTATIONSENTRY']._serialized_end=782
+  _globals['_GOLDENCASE']._serialized_start=785
+  _globals['_GOLDENCASE']._serialized_end=1073
+  _globals['_GOLDENCASE_INPUTSENTRY']._serialized_start=940
+  _globals['_GOLDENCASE_INPUTSENTRY']._serialized_end=1005
+  _globals['_GOLDENCASE_OUTPUTSENTRY']._serialized_start=1007
+  _globals['_GOLDENCASE_OUTPUTSENTRY']._serialized_end=1073
+  _globals['_SIGNATURE']._serialized_start=1075
+  _globals['_SIGNATURE']._serialized_end=1121
+  _globals['_SIGNEDMANIFEST']._serialized_start=1123
+  _globals['_SIGNEDMANIFEST']._serialized_end=1200
 # @@protoc_insertion_point(module_scope)

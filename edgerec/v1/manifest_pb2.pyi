@@ -1,11 +1,23 @@
 from edgerec.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class AccuracyGate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ACCURACY_GATE_UNSPECIFIED: _ClassVar[AccuracyGate]
+    ACCURACY_GATE_REFERENCE: _ClassVar[AccuracyGate]
+    ACCURACY_GATE_PASSED: _ClassVar[AccuracyGate]
+    ACCURACY_GATE_SKIPPED: _ClassVar[AccuracyGate]
+ACCURACY_GATE_UNSPECIFIED: AccuracyGate
+ACCURACY_GATE_REFERENCE: AccuracyGate
+ACCURACY_GATE_PASSED: AccuracyGate
+ACCURACY_GATE_SKIPPED: AccuracyGate
 
 class ArtifactFile(_message.Message):
     __slots__ = ("path", "size", "sha256")
@@ -18,20 +30,22 @@ class ArtifactFile(_message.Message):
     def __init__(self, path: _Optional[str] = ..., size: _Optional[int] = ..., sha256: _Optional[str] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("recipe", "runtime", "entrypoint", "files", "digest", "fixed_batches")
+    __slots__ = ("recipe", "runtime", "entrypoint", "files", "digest", "fixed_batches", "accuracy_gate")
     RECIPE_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     ENTRYPOINT_FIELD_NUMBER: _ClassVar[int]
     FILES_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     FIXED_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ACCURACY_GATE_FIELD_NUMBER: _ClassVar[int]
     recipe: str
     runtime: str
     entrypoint: str
     files: _containers.RepeatedCompositeFieldContainer[ArtifactFile]
     digest: str
     fixed_batches: _containers.RepeatedCompositeFieldContainer[FixedBatchFile]
-    def __init__(self, recipe: _Optional[str] = ..., runtime: _Optional[str] = ..., entrypoint: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., digest: _Optional[str] = ..., fixed_batches: _Optional[_Iterable[_Union[FixedBatchFile, _Mapping]]] = ...) -> None: ...
+    accuracy_gate: AccuracyGate
+    def __init__(self, recipe: _Optional[str] = ..., runtime: _Optional[str] = ..., entrypoint: _Optional[str] = ..., files: _Optional[_Iterable[_Union[ArtifactFile, _Mapping]]] = ..., digest: _Optional[str] = ..., fixed_batches: _Optional[_Iterable[_Union[FixedBatchFile, _Mapping]]] = ..., accuracy_gate: _Optional[_Union[AccuracyGate, str]] = ...) -> None: ...
 
 class FixedBatchFile(_message.Message):
     __slots__ = ("batch_size", "path")

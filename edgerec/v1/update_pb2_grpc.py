@@ -71,6 +71,16 @@ class ModelUpdateServicer:
     def FetchPayload(self, request, context):
         """Streams one payload from a byte offset, in chunks of at most 1 MiB, so an
         interrupted download resumes where it stopped.
+
+        The server runs few streams at once and keeps each one's slot only while it makes
+        progress: a stream ends with RESOURCE_EXHAUSTED (details say why; the trailing
+        metadata names no edgerec error, so a device retries) when its client reads slower
+        than the server's minimum stream rate (4 KiB/s by default) over a window, reads nothing
+        for the idle timeout, or the stream runs longer than its remaining bytes need at that
+        rate plus a grace period; also when the server is full and a device with no stream
+        open takes the newest stream of the device holding the most. The same code refuses a
+        stream over the per-device or server limits. The device then asks again from the
+        bytes it has: nothing is lost.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -32,7 +32,8 @@ from edgerec.registry import Registry
 from edgerec.runtimes import OnnxRunner
 from edgerec.server.payloads import DELTA_CODECS
 from edgerec.server.publish.export import load_onnx, save_canonical
-from edgerec.server.publish.pipeline import MODEL_FILE, PublishOptions, publish
+from edgerec.server.publish.gate import require_gate_data
+from edgerec.server.publish.pipeline import DEFAULT_RECIPES, MODEL_FILE, PublishOptions, publish
 from edgerec.server.publish.quantize import find_embedding_tables, quantize_int8
 
 log = logging.getLogger(__name__)
@@ -66,8 +67,13 @@ def publish_partial(
     *,
     target_version: int = 0,
     validation: Mapping[str, np.ndarray] | None = None,
+    no_gate: bool = False,
 ) -> PartialResult:
-    """Build, check and publish the partial version of ``target_version`` (latest) for devices on ``base_version``."""
+    """Build, check and publish the partial version of ``target_version`` (latest) for devices on ``base_version``.
+
+    Its quantized artifact passes the accuracy gate on ``validation`` like any other, unless ``no_gate``.
+    """
+    require_gate_data(DEFAULT_RECIPES, validation, no_gate=no_gate)
     target_version = registry.resolve_version(model, target_version)
     if base_version >= target_version:
         raise PublishError(f"base version {base_version} is not older than target {target_version}")
@@ -90,7 +96,9 @@ def publish_partial(
         }
         if validation is not None:
             annotations |= _accuracy(registry, model, target_version, source, validation)
-        options = PublishOptions(annotations=annotations, delta_bases=(base_version,))
+        options = PublishOptions(
+            annotations=annotations, delta_bases=(base_version,), validation=validation, no_gate=no_gate
+        )
         manifest = publish(source, model, registry, options)
     log.info(
         "partial version %d of %s: %d of %d changed rows, %d B payload for a %d B budget",

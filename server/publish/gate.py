@@ -4,12 +4,15 @@
 (real onnxruntime sessions, the device's settings) and ``check_gate`` refuses a candidate
 whose AUC drops by more than the limit, raising :class:`AccuracyGateError`.
 ``GateMetrics.annotations()`` gives the manifest annotations that record the result.
+Every artifact but the fp32 reference goes through the gate: :func:`require_gate_data` refuses to
+publish one without labelled validation data unless the publisher explicitly skips the gate
+(``no_gate``); the manifest records which in ``Artifact.accuracy_gate``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -26,9 +29,12 @@ __all__ = [
     "ANNOTATION_PREFIX",
     "DEFAULT_MAX_AUC_DROP",
     "LABELS",
+    "REFERENCE_RECIPE",
     "GateMetrics",
     "check_gate",
     "evaluate",
+    "gated_recipes",
+    "require_gate_data",
     "score",
 ]
 
@@ -38,6 +44,8 @@ DEFAULT_MAX_AUC_DROP: Final = 0.001
 LABELS: Final = "labels"
 """Key of the 0/1 click labels in the validation mapping (beside one array per model input)."""
 ANNOTATION_PREFIX: Final = "edgerec.gate"
+REFERENCE_RECIPE: Final = "fp32"
+"""The artifact every other one is compared with."""
 MIN_ROWS: Final = 1_000
 """Below this many validation rows an AUC difference is mostly noise: the gate warns."""
 _CHUNK: Final = 8_192
@@ -131,6 +139,24 @@ def evaluate(
     )
     logger.info("accuracy gate, %s", metrics.summary())
     return metrics
+
+
+def gated_recipes(recipes: Sequence[str]) -> list[str]:
+    """The recipes the gate compares with fp32: all but the reference."""
+    return [recipe for recipe in recipes if recipe != REFERENCE_RECIPE]
+
+
+def require_gate_data(recipes: Sequence[str], validation: Mapping[str, np.ndarray] | None, *, no_gate: bool) -> None:
+    """Refuse (PublishError) to publish gated recipes without labelled validation data, unless ``no_gate``."""
+    gated = gated_recipes(recipes)
+    if not gated or no_gate or (validation is not None and LABELS in validation):
+        return
+    have = "no validation data" if validation is None else f"validation data without {LABELS!r}"
+    raise PublishError(
+        f"recipes {', '.join(gated)} must pass the accuracy gate against fp32 before they are published, "
+        f"but there is {have}: give labelled validation data (edgerec publish --validation data.npz), "
+        "or publish them unchecked with --no-gate (PublishOptions(no_gate=True))"
+    )
 
 
 def check_gate(metrics: GateMetrics, max_auc_drop: float = DEFAULT_MAX_AUC_DROP) -> None:

@@ -15,6 +15,7 @@ from edgerec.errors import PublishError
 from edgerec.hashing import sha256_file
 from edgerec.manifest import (
     FORMAT_VERSION,
+    AccuracyGate,
     Artifact,
     ArtifactFile,
     FixedBatchFile,
@@ -28,7 +29,14 @@ from edgerec.manifest import (
 from edgerec.registry import Registry
 from edgerec.runtimes import ModelRunner
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
-from edgerec.server.publish.gate import DEFAULT_MAX_AUC_DROP, LABELS, check_gate, evaluate
+from edgerec.server.publish.gate import (
+    DEFAULT_MAX_AUC_DROP,
+    LABELS,
+    REFERENCE_RECIPE,
+    check_gate,
+    evaluate,
+    require_gate_data,
+)
 from edgerec.server.publish.golden import golden_cases, golden_inputs
 from edgerec.server.publish.signature import read_signature
 from edgerec.server.publish.tflite import DEFAULT_BATCH_SIZES, TFLITE_RECIPES
@@ -54,8 +62,10 @@ class PublishOptions:
     # Make deltas from exactly these versions instead (a partial update names its base).
     delta_bases: Sequence[int] | None = None
     annotations: dict[str, str] = field(default_factory=dict)
-    # The publisher's validation data: one array per model input plus "labels" (optional).
+    # The publisher's validation data: one array per model input plus "labels". Every recipe but fp32
+    # must pass the accuracy gate on it, unless no_gate says explicitly to publish them unchecked.
     validation: Mapping[str, np.ndarray] | None = None
+    no_gate: bool = False
     # Batch sizes of the TFLite recipes (one .tflite file each; the device pads to the next size).
     tflite_batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES
 
@@ -75,6 +85,7 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
         missing = tflite_missing()
         if missing:
             raise PublishError(missing)
+    require_gate_data(options.recipes, options.validation, no_gate=options.no_gate)
     from edgerec.server.publish.export import to_onnx  # deferred: pulls in torch and onnx
 
     with tempfile.TemporaryDirectory(prefix="publish-", dir=registry.scratch_dir()) as tmp:
@@ -87,6 +98,8 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
         if "fp32" not in options.recipes:
             shutil.rmtree(staged / "fp32")
         artifacts = [_describe_artifact(staged, recipe, options) for recipe in options.recipes]
+        for artifact in artifacts:
+            artifact.accuracy_gate = _gate_record(artifact.recipe, options)
         entrypoints: dict[str, Path | ModelRunner] = {a.recipe: staged / a.entrypoint for a in artifacts}
         golden = golden_cases(golden_inputs(inputs, options.validation), entrypoints | runners)
         manifest = Manifest(
@@ -115,12 +128,13 @@ def _quantize_behind_gate(fp32_model: Path, staged: Path, options: PublishOption
         if recipe not in options.recipes:
             continue
         candidate = quantize(fp32_model, staged / recipe / MODEL_FILE)
-        if options.validation is not None and LABELS in options.validation:
-            metrics = evaluate(fp32_model, candidate, options.validation, recipe=recipe)
+        gate_data = _gate_data(options)
+        if gate_data is not None:
+            metrics = evaluate(fp32_model, candidate, gate_data, recipe=recipe)
             check_gate(metrics, options.max_auc_drop)  # raises before anything is registered
             annotations |= metrics.annotations(options.max_auc_drop)
         else:
-            annotations[f"edgerec.gate.{recipe}.status"] = "not run: no labelled validation data"
+            annotations[f"edgerec.gate.{recipe}.status"] = _SKIPPED
     return annotations
 
 
@@ -145,14 +159,34 @@ def _tflite_behind_gate(
     for recipe in recipes:
         files = export_tflite(source, staged / recipe, recipe, options.tflite_batch_sizes, sample)
         runner = LiteRTBatchRunner(files, input_names=[s.name for s in inputs], output_names=[s.name for s in outputs])
-        if options.validation is not None and LABELS in options.validation:
-            metrics = evaluate(fp32_model, runner, options.validation, recipe=recipe)
+        gate_data = _gate_data(options)
+        if gate_data is not None:
+            metrics = evaluate(fp32_model, runner, gate_data, recipe=recipe)
             check_gate(metrics, options.max_auc_drop)
             annotations |= metrics.annotations(options.max_auc_drop)
         else:
-            annotations[f"edgerec.gate.{recipe}.status"] = "not run: no labelled validation data"
+            annotations[f"edgerec.gate.{recipe}.status"] = _SKIPPED
         runners[recipe] = runner
     return runners, annotations
+
+
+_SKIPPED = "skipped: published with no_gate (--no-gate)"
+
+
+def _gate_data(options: PublishOptions) -> Mapping[str, np.ndarray] | None:
+    """The labelled data the gate scores recipes on; None when the publisher skips the gate.
+
+    require_gate_data has refused to publish gated recipes with neither data nor no_gate.
+    """
+    if options.no_gate or options.validation is None or LABELS not in options.validation:
+        return None
+    return options.validation
+
+
+def _gate_record(recipe: str, options: PublishOptions) -> AccuracyGate:
+    if recipe == REFERENCE_RECIPE:
+        return AccuracyGate.ACCURACY_GATE_REFERENCE
+    return AccuracyGate.ACCURACY_GATE_PASSED if _gate_data(options) is not None else AccuracyGate.ACCURACY_GATE_SKIPPED
 
 
 def _describe_artifact(staged: Path, recipe: str, options: PublishOptions) -> Artifact:

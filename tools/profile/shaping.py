@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 METHODS = ("auto", "netns", "tokenbucket")
 NETNS_PREFIX = "edgerec-prof-"
-_VETH = re.compile(r"^erp([0-9a-f]+)x([0-9a-f]+)[hd]$")
-_NETNS = re.compile(rf"^{re.escape(NETNS_PREFIX)}(\d+)-(\d+)$")
+_VETH = re.compile(r"erp([0-9a-f]+)x([0-9a-f]+)[hd]")
+_NETNS = re.compile(rf"{re.escape(NETNS_PREFIX)}(\d+)-(\d+)")
 _SUBNET = ipaddress.ip_network("10.213.0.0/16")
 _FRAME_OVERHEAD = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12, per MSS-sized segment
 _counter = itertools.count()
@@ -104,7 +104,7 @@ def cleanup_leftovers() -> list[str]:
     if shutil.which("ip") is None or os.geteuid() != 0:
         return removed
     for name in list_namespaces():
-        match = _NETNS.match(name)
+        match = _NETNS.fullmatch(name)
         if match and not _alive(int(match.group(1))):
             with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                 _run(["ip", "netns", "delete", name])
@@ -115,7 +115,7 @@ def cleanup_leftovers() -> list[str]:
             if len(parts) < 2:
                 continue
             name = parts[1].strip().split("@")[0]
-            match = _VETH.match(name)
+            match = _VETH.fullmatch(name)
             if match and not _alive(int(match.group(1), 16)):
                 with contextlib.suppress(OSError, subprocess.TimeoutExpired):
                     _run(["ip", "link", "delete", name])
