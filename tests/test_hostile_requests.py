@@ -130,7 +130,7 @@ def test_a_100000_character_model_name_gets_a_short_typed_refusal(
     address: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The name used to come back whole in the status, past the client's metadata limit."""
-    with caplog.at_level(logging.INFO), grpc.insecure_channel(address) as channel:
+    with caplog.at_level(logging.INFO, logger="edgerec"), grpc.insecure_channel(address) as channel:
         updates = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
         inference = inference_pb2_grpc.InferenceStub(channel)  # type: ignore[no-untyped-call]
         calls: list[Callable[[], object]] = [
@@ -171,7 +171,7 @@ def test_malformed_requests_are_refused_with_one_throttled_line_each_and_no_trac
     rng = random.Random(7)
     codes: set[grpc.StatusCode] = set()
     started = time.monotonic()
-    with caplog.at_level(logging.INFO), grpc.insecure_channel(address) as channel:
+    with caplog.at_level(logging.INFO, logger="edgerec"), grpc.insecure_channel(address) as channel:
         for i in range(500):
             try:
                 if i % 50 == 0:

@@ -248,7 +248,7 @@ def test_the_insecure_opt_in_installs_the_fabricated_model_and_says_so_on_every_
     """What the opt-out means: the attacker's model runs, and the genuine update is then refused as a rollback."""
     mitm.on_check = Fabricate(mitm, tmp_path / "attacker")
     with (
-        caplog.at_level(logging.WARNING),
+        caplog.at_level(logging.WARNING, logger="edgerec"),
         EdgeClient(mitm.address, MODEL, tmp_path / "device", insecure=True, transport=FAST) as client,
     ):
         result = client.sync()

@@ -117,7 +117,7 @@ def test_nothing_is_pruned_when_a_models_state_is_unreadable(server: str, tmp_pa
 def test_a_replaced_optimized_model_never_answers(
     server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0) as client:
+    with EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0, insecure=True) as client:
         client.sync()
         entry = tmp_path / ORT_CACHE_DIR / _loaded_entry(client)
         genuine = client.predict(SAFE).scores
@@ -127,7 +127,7 @@ def test_a_replaced_optimized_model_never_answers(
     shutil.copyfile(planted, entry / "model.onnx")
     with (
         caplog.at_level(logging.WARNING, logger="edgerec.runtimes.onnx"),
-        EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0) as restarted,
+        EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0, insecure=True) as restarted,
     ):
         answer = restarted.predict(SAFE)
         assert restarted.runtime_info()["optimized_cache"] == str(entry / "model.onnx"), "rebuilt, then used"
