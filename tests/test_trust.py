@@ -1060,3 +1060,16 @@ def test_an_answer_to_a_request_for_another_model_is_a_programming_error() -> No
     request.model = "news"
     with pytest.raises(ValueError, match="request is for model 'news'"):
         _answer(request, _response(statement=_statement()))
+
+
+def test_only_the_reinstallable_version_passes_the_floor() -> None:
+    """A device that ran version 3 and rolled back to 2 (floor 3) may be offered 3 again, and nothing older."""
+    verifier = UpdateVerifier("ctr", _trusting(OLD))
+    offer_3 = _response(version=3, statement=_statement(latest=3, target=3))
+    with pytest.raises(RollbackError):
+        verifier.verify_answer(_request(current=2), offer_3, highest_activated=3, now=NOW)
+    answer = verifier.verify_answer(_request(current=2), offer_3, highest_activated=3, now=NOW, reinstallable=3)
+    assert answer.manifest is not None and answer.manifest.version == 3
+    offer_2 = _response(version=2, statement=_statement(latest=3, target=2))
+    with pytest.raises(RollbackError):
+        verifier.verify_answer(_request(current=1, target=2), offer_2, highest_activated=3, now=NOW, reinstallable=3)
