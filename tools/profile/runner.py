@@ -32,7 +32,7 @@ from typing import Any
 from edgerec.device import EdgeClient
 from edgerec.manifest import Artifact, find_artifact
 from edgerec.registry import Registry
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
 from edgerec.server.planner import UpdatePlanner
 from edgerec.tools.profile.links import LinkProfile
 from edgerec.tools.profile.shaping import LinkCounters, ShapedLink, cleanup_leftovers, resolve_method
@@ -192,12 +192,12 @@ def plan_codecs(
         for f in target.files:
             if any(b.sha256 == f.sha256 for b in base.files):
                 continue  # copied on the device
-            target_path = registry.file_path(model, to_version, f.path)
+            target_path = version_file(registry, model, to_version, f.path)
             base_file = next((b for b in base.files if b.path == f.path), None)
             if codec == FULL or base_file is None:
                 record = payloads.ensure(model, FULL, target_path, f.sha256)
             elif payloads.can_make(codec, base_file.size, f.size):
-                base_path = registry.file_path(model, from_version, base_file.path)
+                base_path = version_file(registry, model, from_version, base_file.path)
                 record = payloads.ensure(model, codec, target_path, f.sha256, base_path, base_file.sha256)
             else:
                 notes.append(f"{f.path} too large for {codec}")
