@@ -31,7 +31,7 @@ from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, seaweed_s3
 from edgerec.errors import ConfigError
 from edgerec.registry import LocalRegistry, open_registry
 from edgerec.server.app import ServerConfig
-from edgerec.server.payload_urls import PayloadUrls
+from edgerec.server.payload_urls import KeyedBlobs, PayloadUrls
 from edgerec.server.payloads import PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.trust import MAX_PAYLOAD_URL_BYTES, MAX_PAYLOAD_URLS
@@ -97,7 +97,7 @@ class Replica:
         self.port = 0
         wait_for(self._started, f"replica in {folder} to listen")
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
-        self.stub = update_pb2_grpc.ModelUpdateStub(self.channel)
+        self.stub = update_pb2_grpc.ModelUpdateStub(self.channel)  # type: ignore[no-untyped-call]
 
     def _started(self) -> bool:
         if self.process.poll() is not None:
@@ -183,8 +183,7 @@ def test_replicas_share_one_registry_in_a_bucket(s3_env: dict[str, str], tmp_pat
         assert json.loads(edgerec(*publish, v2, env=s3_env).stdout)["version"] == 2
         published = time.monotonic()
         assert open_registry(url).change_stamp() != stamp
-        for replica in (a, b):
-            wait_for(lambda r=replica: _parse(r.check()).version == 2, "the replica to offer version 2")
+        wait_for(lambda: _parse(a.check()).version == 2 and _parse(b.check()).version == 2, "both to offer version 2")
         print(f"version 2 offered by both replicas {time.monotonic() - published:.2f} s after the publish returned")
 
         # A delta no publish made (a downgrade) is made by the first replica asked, and reused by the other.
@@ -295,6 +294,7 @@ def test_plans_list_base_urls_then_a_presigned_one(s3_env: dict[str, str], tmp_p
     urls = PayloadUrls(registry, ttl_s=60, base_urls=bases)
     planner = UpdatePlanner(registry, PayloadStore(registry), urls=urls)
     payload = planner.plan(update_pb2.CheckUpdateRequest(model=MODEL, recipes=["fp32"])).payloads[0]
+    assert isinstance(registry, KeyedBlobs)
     key = registry.blob_key(payload.payload_id)
     assert list(payload.urls[:2]) == [f"https://cdn.example/edgerec/{key}", f"http://mirror.example/{key}"]
     assert "X-Amz-Expires=60" in payload.urls[2] and len(payload.urls) == 3
