@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import numpy as np
 import pytest
 from onnxtools import embedding_model
 from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, seaweed_s3
 
+from edgerec import tensors
 from edgerec.errors import ConfigError
 from edgerec.registry import LocalRegistry, open_registry
 from edgerec.server.app import ServerConfig
@@ -35,7 +37,7 @@ from edgerec.server.payload_urls import KeyedBlobs, PayloadUrls
 from edgerec.server.payloads import PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.trust import MAX_PAYLOAD_URL_BYTES, MAX_PAYLOAD_URLS
-from edgerec.v1 import update_pb2, update_pb2_grpc
+from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 BUCKET = "edgerec-fleet"
 MODEL = "ctr"
@@ -119,6 +121,13 @@ class Replica:
         )
         return b"".join(chunk.data for chunk in chunks)
 
+    def predict(self) -> inference_pb2.PredictResponse:
+        stub = inference_pb2_grpc.InferenceStub(self.channel)  # type: ignore[no-untyped-call]
+        inputs = {"x": np.full((2, 4), 5.0, np.float32), "ids": np.array([0, 3], np.int64)}
+        request = inference_pb2.PredictRequest(model=MODEL, inputs={k: tensors.to_proto(v) for k, v in inputs.items()})
+        answer: inference_pb2.PredictResponse = stub.Predict(request, timeout=DEADLINE_S)
+        return answer
+
     def made(self, codec: str) -> int:
         """How many ``codec`` payloads this replica made itself (its log says so for each)."""
         return len(re.findall(rf"made {codec} payload", self.log.read_text()))
@@ -176,6 +185,11 @@ def test_replicas_share_one_registry_in_a_bucket(s3_env: dict[str, str], tmp_pat
             through_a, through_b = a.fetch(payload.payload_id), b.fetch(payload.payload_id)
             assert over_http == through_a == through_b
             assert hashlib.sha256(through_a).hexdigest() == payload.sha256 and len(through_a) == payload.size
+        # Fallback inference runs the model from each replica's cache (its external weights beside it).
+        for replica in (a, b):
+            answer = replica.predict()
+            # x = 5 zeroes the dense part: score = sigmoid(table[id]), table[i] = 0.01 i.
+            assert answer.version == 1 and np.allclose(answer.scores, 1 / (1 + np.exp([-0.0, -0.03])), atol=1e-6)
 
         # A publish through the CLI shows on both replicas.
         stamp = open_registry(url).change_stamp()
@@ -209,6 +223,7 @@ def test_replicas_share_one_registry_in_a_bucket(s3_env: dict[str, str], tmp_pat
         assert _without_urls(b.check(**downgrade)) == _without_urls(from_a)
         assert hashlib.sha256(b.fetch(delta.payload_id)).hexdigest() == delta.sha256
         assert b.check().manifest == on_v2.manifest
+        wait_for(lambda: b.predict().version == 2, "Predict to answer with version 2 (it warms up in the background)")
 
 
 def _parse(answer: update_pb2.CheckUpdateResponse) -> Any:
