@@ -123,7 +123,7 @@ class Replica:
 
     def predict(self) -> inference_pb2.PredictResponse:
         stub = inference_pb2_grpc.InferenceStub(self.channel)  # type: ignore[no-untyped-call]
-        inputs = {"x": np.full((2, 4), 5.0, np.float32), "ids": np.array([0, 3], np.int64)}
+        inputs: dict[str, np.ndarray] = {"x": np.full((2, 4), 5.0, np.float32), "ids": np.array([0, 3], np.int64)}
         request = inference_pb2.PredictRequest(model=MODEL, inputs={k: tensors.to_proto(v) for k, v in inputs.items()})
         answer: inference_pb2.PredictResponse = stub.Predict(request, timeout=DEADLINE_S)
         return answer
