@@ -128,6 +128,9 @@ DEFAULT_RUNTIMES = ("onnxruntime",)
 MAX_FRESHNESS_BYTES = 16 * 1024
 # How far ahead of the device's clock a statement's issued_at may be (the clocks differ a little).
 MAX_CLOCK_SKEW = timedelta(minutes=5)
+# Payload.urls (update.proto): how many HTTP sources one payload may list, and how long each may be.
+MAX_PAYLOAD_URLS = 4
+MAX_PAYLOAD_URL_BYTES = 2048
 ED25519 = "ed25519"
 OFF = "off"
 

@@ -13,7 +13,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from edgerec.errors import ConfigError
-from edgerec.registry import Registry
+from edgerec.registry import LocalRegistry, ModelRegistry, open_registry
 from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
 from edgerec.server.freshness import DEFAULT_FRESHNESS_TTL, FreshnessSigner
@@ -21,6 +21,7 @@ from edgerec.server.inference_service import DEFAULT_MAX_ROWS, InferenceService
 from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.message_limits import MessageSizeLimits
 from edgerec.server.metrics_http import MetricsHttpServer, ServerMetrics
+from edgerec.server.payload_urls import DEFAULT_URL_TTL_S, PayloadUrls, check_base_urls
 from edgerec.server.payloads import DEFAULT_GENERIC_DIFF_MAX_BYTES, PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.progress import (
@@ -54,8 +55,18 @@ class ServerConfig:
     """Server settings, with their defaults. The bounds beside each field are checked at construction
     (ConfigError, a ValueError)."""
 
-    registry: Path
+    # A folder (the embedded default) or s3://BUCKET/PREFIX, shared by replicas (edgerec.registry.open_registry).
+    registry: Path | str
     listen: str = "127.0.0.1:50051"
+    # --- an S3 registry: its endpoint (None: AWS_ENDPOINT_URL, else AWS) and this replica's local cache
+    # of verified files (None: ~/.cache/edgerec/registry); only a cache, safe to lose ---
+    s3_endpoint: str | None = None
+    registry_cache_dir: Path | None = None
+    # Lifetime of the presigned payload URLs in each plan, 1 s..7 days (an S3 registry only).
+    payload_url_ttl_s: int = DEFAULT_URL_TTL_S
+    # Plain http(s) URLs of a public bucket or a CDN in front of one: each plan also lists
+    # <base>/<object key> for each payload (at most 4; an S3 registry only).
+    payload_base_urls: tuple[str, ...] = ()
     workers: int = 16  # >= 2: payload streams may hold at most half of them (see max_streams)
     # Largest request message (grpc.max_receive_message_length), >= 64 KiB; larger ones get RESOURCE_EXHAUSTED.
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
@@ -111,6 +122,11 @@ class ServerConfig:
     max_predict_rows_in_flight: int | None = None
 
     def __post_init__(self) -> None:
+        if not str(self.registry).strip():
+            raise ConfigError("registry must be a folder or s3://BUCKET/PREFIX, got an empty string")
+        if not 1 <= self.payload_url_ttl_s <= 7 * 24 * 3600:
+            raise ConfigError(f"payload_url_ttl_s must be in 1..604800 (7 days), got {self.payload_url_ttl_s}")
+        check_base_urls(self.payload_base_urls)
         if self.manifest_ttl <= timedelta(0):
             raise ConfigError(f"manifest_ttl must be positive, got {self.manifest_ttl}")
         if self.generic_diff_max_bytes < 0:
@@ -173,6 +189,16 @@ class ServerConfig:
             progress=self.progress_rules(),
         )
 
+    def open_registry(self) -> ModelRegistry:
+        """The registry this server reads (a local folder, or a shared bucket)."""
+        return open_registry(self.registry, s3_endpoint=self.s3_endpoint, cache_dir=self.registry_cache_dir)
+
+    def payload_urls(self, registry: ModelRegistry) -> PayloadUrls | None:
+        """What lists HTTP sources in plans; None for a local folder (its devices use FetchPayload)."""
+        if isinstance(registry, LocalRegistry):
+            return None
+        return PayloadUrls(registry, ttl_s=self.payload_url_ttl_s, base_urls=self.payload_base_urls)
+
 
 class RunningServer:
     """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one.
@@ -216,7 +242,7 @@ class RunningServer:
 
 def start_server(config: ServerConfig) -> RunningServer:
     """Start serving ``config.registry`` on ``config.listen`` and return at once."""
-    registry = Registry(config.registry)
+    registry = config.open_registry()
     payloads = PayloadStore(registry, generic_diff_max_bytes=config.generic_diff_max_bytes)
     signing_key = load_private_key(config.signing_key) if config.signing_key else None
     signer = ManifestSigner(signing_key, config.manifest_ttl) if signing_key else None
@@ -254,7 +280,9 @@ def start_server(config: ServerConfig) -> RunningServer:
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(
-            registry, UpdatePlanner(registry, payloads, signer, freshness), min_stream_rate=config.min_stream_rate
+            registry,
+            UpdatePlanner(registry, payloads, signer, freshness, config.payload_urls(registry)),
+            min_stream_rate=config.min_stream_rate,
         ),
         server,
     )
@@ -289,7 +317,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     server.start()
     log.info(
         "serving registry %s on port %d (%s, %s)",
-        config.registry,
+        registry.location,
         port,
         "TLS" if config.tls_cert else "plain text",
         f"{len(tokens)} device tokens" if tokens is not None else "no tokens",

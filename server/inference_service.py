@@ -23,7 +23,8 @@ from edgerec.errors import (
     ResourceLimitError,
 )
 from edgerec.manifest import Artifact, Manifest, find_artifact, validate_model_name
-from edgerec.registry import Registry
+from edgerec.registry import LocalRegistry, ModelRegistry
+from edgerec.registry.folder import version_folder
 from edgerec.runtimes import OnnxRunner
 from edgerec.server.admission import RowBudget
 from edgerec.server.batching import MicroBatcher
@@ -40,6 +41,7 @@ RESOLVE_TTL_S = 1.0
 # The registry's SQLite index: its files change (mtime, size) with every write, never with a read (an
 # empty WAL file comes and goes with connections).
 _INDEX_FILES = ("index.sqlite", "index.sqlite-wal")
+IndexStamp = tuple[object, ...]
 # How long one look at the index files stands for every request: a publish is served from the first
 # request that starts this long after it committed. Two os.stat per request cost more than the look
 # itself: each releases the GIL, a thread switch when dozens of RPC threads wait for it.
@@ -88,7 +90,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
 
     def __init__(
         self,
-        registry: Registry,
+        registry: ModelRegistry,
         *,
         max_loaded: int = 4,
         threads: int = 1,
@@ -119,11 +121,15 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         # (model, asked version, asked recipe) -> (index stamp, monotonic time, model): a Predict costs
         # four SQLite transactions and a manifest parse without it, 20x the runtime call of a small model.
         self.resolve_ttl_s = RESOLVE_TTL_S
-        self._index_files = [registry.root / name for name in _INDEX_FILES]
-        self._resolved: dict[ModelKey, tuple[tuple[tuple[int, int] | None, ...], float, LoadedModel]] = {}
+        # A local registry's index files change with every write (a stat is cheaper than a query);
+        # any other backend is asked for its change stamp.
+        self._index_files = (
+            [registry.root / name for name in _INDEX_FILES] if isinstance(registry, LocalRegistry) else []
+        )
+        self._resolved: dict[ModelKey, tuple[IndexStamp, float, LoadedModel]] = {}
         self.index_check_s = INDEX_CHECK_S
         # (monotonic time of the look, stamp): one tuple, so threads swap it without a lock.
-        self._stamp: tuple[float, tuple[tuple[int, int] | None, ...]] = (-float("inf"), ())
+        self._stamp: tuple[float, IndexStamp] = (-float("inf"), ())
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
@@ -242,7 +248,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 self._resolved[asked] = (stamp, now, loaded)
         return loaded
 
-    def _index_stamp(self, now: float) -> tuple[tuple[int, int] | None, ...]:
+    def _index_stamp(self, now: float) -> IndexStamp:
         """(mtime, size) of the index files, looked at again when the last look is index_check_s old."""
         looked, stamp = self._stamp
         if now - looked < self.index_check_s:
@@ -252,7 +258,9 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             self._stamp = (now, stamp)
         return stamp
 
-    def _stat_index(self) -> tuple[tuple[int, int] | None, ...]:
+    def _stat_index(self) -> IndexStamp:
+        if not isinstance(self.registry, LocalRegistry):
+            return (self.registry.change_stamp(),)
         stamps: list[tuple[int, int] | None] = []
         for path in self._index_files:
             try:
@@ -333,12 +341,13 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 return pending.result(timeout=LOAD_WAIT_S)
             except futures.TimeoutError as exc:
                 raise ModelRuntimeError(f"{key[0]} version {key[1]} is still loading after {LOAD_WAIT_S} s") from exc
-        path = self.registry.file_path(key[0], key[1], artifact.entrypoint)
         try:
+            folder = version_folder(self.registry, key[0], key[1], [f.path for f in artifact.files])
+            path = folder / artifact.entrypoint
             loaded = LoadedModel(manifest, artifact.recipe, OnnxRunner(path, threads=self.threads))
             loaded.warm_up()
         except BaseException as exc:
-            log.exception("cannot load %s", path)
+            log.exception("cannot load %s version %d (%s)", key[0], key[1], artifact.recipe)
             with self._lock:
                 del self._loading[key]
             pending.set_exception(exc)

@@ -38,7 +38,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edgerec.errors import EdgerecError
-from edgerec.registry import Registry
+from edgerec.registry import ModelRegistry
 from edgerec.server.telemetry_service import OTHER, TelemetryService
 from edgerec.v1 import update_pb2
 
@@ -62,7 +62,7 @@ else:
 class ServerMetrics:
     """The server's metrics in a registry of their own; the services and the batcher feed them."""
 
-    def __init__(self, telemetry: TelemetryService | None = None, registry: Registry | None = None) -> None:
+    def __init__(self, telemetry: TelemetryService | None = None, registry: ModelRegistry | None = None) -> None:
         self.registry = CollectorRegistry()
         self._models = registry
         self.update_checks = Counter(

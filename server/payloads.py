@@ -6,11 +6,13 @@ import logging
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from edgerec.codecs import make_patch
 from edgerec.hashing import sha256_file
-from edgerec.registry import PayloadRecord, Registry
+from edgerec.registry import ModelRegistry, PayloadRecord
 
 log = logging.getLogger(__name__)
 
@@ -21,11 +23,21 @@ DELTA_CODECS = ("tensor", "bsdiff4", "zstd-patch-from")
 # field notes): above this size only the tensor codec competes with the full file.
 DEFAULT_GENERIC_DIFF_MAX_BYTES = 64 * 1024 * 1024
 
+LocalFile = Callable[[], Path]
+"""Gives a local copy of a registry file, fetched only when a payload must actually be made."""
+
+
+def version_file(registry: ModelRegistry, model: str, version: int, path: str) -> LocalFile:
+    """A :data:`LocalFile` for ``path`` of a published version (``registry.local_file``, called late)."""
+    return partial(registry.local_file, model, version, path)
+
 
 class PayloadStore:
     """Makes and finds payloads; concurrent requests for one payload compute it once."""
 
-    def __init__(self, registry: Registry, *, generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES) -> None:
+    def __init__(
+        self, registry: ModelRegistry, *, generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES
+    ) -> None:
         self.registry = registry
         self.generic_diff_max_bytes = generic_diff_max_bytes
         self._locks: dict[tuple[str, str, str, str], threading.Lock] = {}
@@ -41,12 +53,15 @@ class PayloadStore:
         self,
         model: str,
         codec: str,
-        target: Path,
+        target: LocalFile,
         target_sha256: str,
-        base: Path | None = None,
+        base: LocalFile | None = None,
         base_sha256: str = "",
     ) -> PayloadRecord:
-        """The payload turning ``base`` (None for a full payload) into ``target``, made if missing."""
+        """The payload turning ``base`` (None for a full payload) into ``target``, made if missing.
+
+        ``target`` and ``base`` are called for local files only when the payload has to be made.
+        """
         key = (model, codec, base_sha256, target_sha256)
         found = self.registry.find_payload(*key)
         if found is not None:
@@ -62,12 +77,12 @@ class PayloadStore:
             return self._locks.setdefault(key, threading.Lock())
 
     def _make(
-        self, model: str, codec: str, target: Path, target_sha256: str, base: Path | None, base_sha256: str
+        self, model: str, codec: str, target: LocalFile, target_sha256: str, base: LocalFile | None, base_sha256: str
     ) -> PayloadRecord:
         started = time.perf_counter()
         with tempfile.TemporaryDirectory(dir=self.registry.scratch_dir()) as tmp:
             staged = Path(tmp) / "payload"
-            make_patch(codec, base, target, staged)
+            make_patch(codec, base() if base is not None else None, target(), staged)
             payload_id = sha256_file(staged)
             record = PayloadRecord(
                 payload_id=payload_id,

@@ -12,9 +12,10 @@ from dataclasses import dataclass
 
 from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
 from edgerec.manifest import Artifact, ArtifactFile, Manifest, find_artifact
-from edgerec.registry import Registry
+from edgerec.registry import ModelRegistry
 from edgerec.server.freshness import FreshnessSigner, check_nonce
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.payload_urls import PayloadUrls
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
 from edgerec.server.signer import ManifestSigner
 from edgerec.trust import DEFAULT_RECIPES, DEFAULT_RUNTIMES
 from edgerec.v1 import update_pb2
@@ -49,15 +50,17 @@ class UpdatePlanner:
 
     def __init__(
         self,
-        registry: Registry,
+        registry: ModelRegistry,
         payloads: PayloadStore,
         signer: ManifestSigner | None = None,
         freshness: FreshnessSigner | None = None,
+        urls: PayloadUrls | None = None,
     ) -> None:
         self.registry = registry
         self.payloads = payloads
         self.signer = signer
         self.freshness = freshness
+        self.urls = urls
 
     def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
         check_nonce(request)
@@ -142,12 +145,12 @@ class UpdatePlanner:
             if same is not None:
                 plan.codec, plan.base_path, plan.base_sha256 = "copy", same.path, same.sha256
                 return plan
-        target_path = self.registry.file_path(model, version, target_file.path)
+        target_path = version_file(self.registry, model, version, target_file.path)
         best = self.payloads.ensure(model, FULL, target_path, target_file.sha256)
         best_base = None
         base_file = next((f for f in base.artifact.files if f.path == target_file.path), None) if base else None
         if base is not None and base_file is not None:
-            base_path = self.registry.file_path(model, base.version, base_file.path)
+            base_path = version_file(self.registry, model, base.version, base_file.path)
             for codec in sorted(codecs):
                 if not self.payloads.can_make(codec, base_file.size, target_file.size):
                     continue
@@ -164,4 +167,6 @@ class UpdatePlanner:
         )
         if best_base is not None:
             plan.base_path, plan.base_sha256 = best_base.path, best_base.sha256
+        if self.urls is not None:
+            plan.urls.extend(self.urls.urls(model, best.payload_id))
         return plan

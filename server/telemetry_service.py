@@ -20,7 +20,7 @@ import grpc
 from edgerec import grpc_status
 from edgerec.device.policy import FallbackReason, Source
 from edgerec.errors import EdgerecError, InvalidInputError, ModelNotFoundError, ResourceLimitError
-from edgerec.registry import Registry
+from edgerec.registry import ModelRegistry
 from edgerec.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
 
     def __init__(
         self,
-        registry: Registry,
+        registry: ModelRegistry,
         max_devices: int = 10_000,
         *,
         max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES,

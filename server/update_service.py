@@ -11,7 +11,7 @@ import grpc
 from edgerec import grpc_status
 from edgerec.errors import EdgerecError, InvalidInputError, ManifestError
 from edgerec.manifest import validate_model_name
-from edgerec.registry import Registry
+from edgerec.registry import ModelRegistry
 from edgerec.server.limits import device_rate, paced_chunk_bytes, stream_bucket
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.progress import DEFAULT_MIN_RATE
@@ -32,7 +32,7 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
     """
 
     def __init__(
-        self, registry: Registry, planner: UpdatePlanner, *, min_stream_rate: float = DEFAULT_MIN_RATE
+        self, registry: ModelRegistry, planner: UpdatePlanner, *, min_stream_rate: float = DEFAULT_MIN_RATE
     ) -> None:
         self.registry = registry
         self.planner = planner
@@ -59,7 +59,7 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
                     grpc.StatusCode.OUT_OF_RANGE,
                     f"offset {request.offset} is past the payload's {record.size} bytes",
                 )
-            path = self.registry.payload_path(request.model, record.payload_id)
+            payload = self.registry.open_payload(request.model, record.payload_id)
         except EdgerecError as exc:
             _refusals.info(
                 "FetchPayload %r refused: %s", request.model[:80], grpc_status.bounded_details(str(exc), 200)
@@ -75,7 +75,7 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
             chunk_size = paced_chunk_bytes(rate, chunk_size)
             bucket = stream_bucket(rate, chunk_size)
         offset = request.offset
-        with path.open("rb") as f:
+        with payload as f:
             f.seek(offset)
             while context.is_active():
                 data = f.read(chunk_size)

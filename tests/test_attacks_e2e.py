@@ -444,11 +444,11 @@ class WrongBaseService(ModelUpdateService):
     def _forge(self, model: str, base_version: int, target: int, honest: update_pb2.Payload) -> update_pb2.Payload:
         """A ``honest.codec`` delta to the true target from the device's file with one byte changed."""
         other_base = self.scratch / f"other-base-{honest.path.replace('/', '_')}"
-        data = bytearray(self.registry.file_path(model, base_version, honest.base_path).read_bytes())
+        data = bytearray(self.registry.local_file(model, base_version, honest.base_path).read_bytes())
         data[len(data) // 3] ^= 0x10
         other_base.write_bytes(bytes(data))
         delta = self.scratch / "delta"
-        make_patch(honest.codec, other_base, self.registry.file_path(model, target, honest.path), delta)
+        make_patch(honest.codec, other_base, self.registry.local_file(model, target, honest.path), delta)
         payload_id = sha256_file(delta)
         record = PayloadRecord(
             payload_id, model, honest.codec, sha256_file(other_base), honest.target_sha256, delta.stat().st_size, 0.0

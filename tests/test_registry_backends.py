@@ -365,18 +365,6 @@ def test_open_registry_parses_its_spec(tmp_path: Path) -> None:
             open_registry(bad)
 
 
-def test_the_old_local_add_version_call_still_works(tmp_path: Path) -> None:
-    reg = LocalRegistry(tmp_path / "registry")
-    staged = stage(tmp_path / "staged", {"fp32/model.onnx": b"x"})
-    signed = factory(MODEL, staged)(1)
-    manifest = Manifest()
-    manifest.ParseFromString(signed.manifest)
-    reg.add_version(manifest, signed, staged)
-    assert reg.versions(MODEL) == [1]
-    with pytest.raises(VersionNotFoundError):
-        reg.add_version(manifest, signed, stage(tmp_path / "again", {"fp32/model.onnx": b"x"}))
-
-
 def test_the_blob_cache_keeps_its_bound_and_spares_fresh_copies(tmp_path: Path) -> None:
     from edgerec.registry.cache import BlobCache
 

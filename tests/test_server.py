@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from edgerec.device import EdgeClient
 from edgerec.registry import PayloadRecord, Registry
 from edgerec.server.limits import StreamLimits, device_rate, paced_chunk_bytes
-from edgerec.server.payloads import PayloadStore
+from edgerec.server.payloads import PayloadStore, version_file
 from edgerec.server.progress import DEFAULT_MIN_RATE
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
@@ -63,9 +63,9 @@ def test_a_missing_delta_is_made_once_for_many_devices(
             store.ensure(
                 "ctr",
                 "bsdiff4",
-                registry.file_path("ctr", 1, target.path),
+                version_file(registry, "ctr", 1, target.path),
                 target.sha256,
-                registry.file_path("ctr", 2, base.path),
+                version_file(registry, "ctr", 2, base.path),
                 base.sha256,
             )
         )

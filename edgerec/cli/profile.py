@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgerec.cli.output import console, emit_json
+from edgerec.cli.registry_option import REGISTRY_HELP
 from edgerec.codecs import CODEC_NAMES
 
 if TYPE_CHECKING:
@@ -58,13 +59,13 @@ def _progress_bar(enabled: bool) -> Iterator[ProgressHook | None]:
 
 
 def _default_versions(
-    registry_dir: Path, model: str, from_version: int | None, to_version: int | None
+    registry_spec: str, s3_endpoint: str | None, model: str, from_version: int | None, to_version: int | None
 ) -> tuple[int, int]:
-    from edgerec.registry import Registry
+    from edgerec.cli.registry_option import open_cli_registry
 
-    versions = Registry(registry_dir).versions(model, include_partial=False)
+    versions = open_cli_registry(registry_spec, s3_endpoint, must_exist=True).versions(model, include_partial=False)
     if len(versions) < 2 and (from_version is None or to_version is None):
-        raise click.UsageError(f"{model!r} needs two published versions in {registry_dir} (found {versions})")
+        raise click.UsageError(f"{model!r} needs two published versions in {registry_spec} (found {versions})")
     to = to_version if to_version is not None else versions[-1]
     if from_version is not None:
         return from_version, to
@@ -80,7 +81,13 @@ def profile() -> None:
 
 
 @profile.command("update")
-@click.option("--registry", "registry_dir", type=click.Path(file_okay=False, path_type=Path), help="Registry folder.")
+@click.option("--registry", "registry_spec", default=None, help=REGISTRY_HELP)
+@click.option(
+    "--s3-endpoint",
+    envvar="AWS_ENDPOINT_URL",
+    default=None,
+    help="URL of the S3-compatible store of an s3:// registry.",
+)
 @click.option("--model", default=None, help="Model name (with --old/--new: the name to publish as, default 'model').")
 @click.option("--from", "from_version", type=int, default=None, help="Version the device runs (default: before --to).")
 @click.option("--to", "to_version", type=int, default=None, help="Version to update to (default: the latest).")
@@ -136,7 +143,8 @@ def profile() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the emulated segment losses.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def update(
-    registry_dir: Path | None,
+    registry_spec: str | None,
+    s3_endpoint: str | None,
     model: str | None,
     from_version: int | None,
     to_version: int | None,
@@ -168,11 +176,11 @@ def update(
 
     if (old is None) != (new is None):
         raise click.UsageError("--old and --new go together")
-    if old is not None and registry_dir is not None:
+    if old is not None and registry_spec is not None:
         raise click.UsageError("give either --registry or --old/--new")
-    if old is None and registry_dir is None:
+    if old is None and registry_spec is None:
         raise click.UsageError("give --registry (with --model) or --old and --new")
-    if registry_dir is not None and model is None:
+    if registry_spec is not None and model is None:
         raise click.UsageError("--registry needs --model")
     known = load_links_file(links_file) if links_file else {}
     chosen = [parse_link(text, known) for text in links] if links else list((known or PRESETS).values())
@@ -190,11 +198,12 @@ def update(
             console.print(f"publishing {old.name} and {new.name} as {model} 1 and 2 in a temporary registry")
             publish(old, model, registry, PublishOptions(no_gate=True))
             publish(new, model, registry, PublishOptions(no_gate=True))
-            registry_dir, from_version, to_version = registry.root, 1, 2
-        assert registry_dir is not None and model is not None
-        base, target = _default_versions(registry_dir, model, from_version, to_version)
+            registry_spec, from_version, to_version = str(registry.root), 1, 2
+        assert registry_spec is not None and model is not None
+        base, target = _default_versions(registry_spec, s3_endpoint, model, from_version, to_version)
         settings = ProfileSettings(
-            registry=registry_dir,
+            registry=registry_spec if registry_spec.startswith("s3://") else Path(registry_spec),
+            s3_endpoint=s3_endpoint,
             model=model,
             from_version=base,
             to_version=target,

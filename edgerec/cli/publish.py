@@ -10,6 +10,7 @@ import click
 import numpy as np
 
 from edgerec.cli.output import emit_json, print_table
+from edgerec.cli.registry_option import open_cli_registry, registry_options
 from edgerec.manifest import AccuracyGate, Manifest
 from edgerec.units import parse_size
 
@@ -52,7 +53,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.command()
 @click.argument("source", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--name", required=True, help="Model name (a folder name on server and device).")
-@click.option("--registry", "registry_dir", required=True, type=click.Path(path_type=Path), help="Registry folder.")
+@registry_options
 @click.option(
     "--recipe",
     "recipes",
@@ -100,7 +101,8 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
 def publish(
     source: Path | None,
     name: str,
-    registry_dir: Path,
+    registry_spec: str,
+    s3_endpoint: str | None,
     recipes: tuple[str, ...],
     batch_sizes: tuple[int, ...] | None,
     max_auc_drop: float,
@@ -116,7 +118,6 @@ def publish(
     With --budget and --base, also (or, without SOURCE, only) publish a partial version of the
     latest version: the rows that changed most since --base, within the payload budget.
     """
-    from edgerec.registry import Registry
     from edgerec.server.publish import PublishOptions
     from edgerec.server.publish import publish as run_publish
 
@@ -133,7 +134,7 @@ def publish(
         missing = tflite_missing()
         if missing:  # before anything is exported (the pipeline refuses too)
             raise click.ClickException(f"cannot build {', '.join(tflite)}: {missing}")
-    registry = Registry(registry_dir)
+    registry = open_cli_registry(registry_spec, s3_endpoint)
     arrays = dict(np.load(validation)) if validation is not None else None
     published: list[dict[str, Any]] = []
     if source is not None:

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import click
 
 from edgerec.cli.output import emit_json, print_table
+from edgerec.cli.registry_option import open_cli_registry, registry_options
 from edgerec.manifest import PARTIAL_BASE, PARTIAL_OF, manifest_to_dict
-from edgerec.registry import Registry
-
-_registry_option = click.option(
-    "--registry",
-    "registry_dir",
-    required=True,
-    type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Registry folder.",
-)
+from edgerec.registry import LocalRegistry, ModelRegistry
 
 
 @click.group()
@@ -25,12 +17,20 @@ def registry() -> None:
     """Inspect a model registry."""
 
 
-def version_entry(reg: Registry, model: str, version: int) -> dict[str, Any]:
+def _stored_at(reg: ModelRegistry, model: str, version: int, path: str, sha256: str) -> str:
+    """Where a version's file is inside the registry: a path under its folder, or an object key."""
+    if isinstance(reg, LocalRegistry):
+        return reg.file_path(model, version, path).relative_to(reg.root).as_posix()
+    blob_key = getattr(reg, "blob_key", None)
+    return str(blob_key(sha256)) if blob_key is not None else path
+
+
+def version_entry(reg: ModelRegistry, model: str, version: int) -> dict[str, Any]:
     """The JSON description of one version: model, version, its artifacts (one digest per recipe), files, and
-    for a partial (budgeted) version the full version it approximates and the base it was built for."""
+    for a partial (budgeted) version the full version it approximates and the base it was built for.
+    A file's "path" is where it is stored in the registry (under its folder, or its object key in the bucket)."""
     _, manifest = reg.load_manifest(model, version)
     files = reg.files(model, version)
-    prefix = reg.version_dir(model, version).relative_to(reg.root).as_posix()
     partial_of = manifest.annotations.get(PARTIAL_OF)
     partial_base = manifest.annotations.get(PARTIAL_BASE)
     return {
@@ -49,25 +49,31 @@ def version_entry(reg: Registry, model: str, version: int) -> dict[str, Any]:
             for a in manifest.artifacts
         ],
         "files": [
-            {"path": f"{prefix}/{f.path}", "size": f.size, "sha256": f.sha256, "recipe": f.recipe} for f in files
+            {
+                "path": _stored_at(reg, model, version, f.path, f.sha256),
+                "size": f.size,
+                "sha256": f.sha256,
+                "recipe": f.recipe,
+            }
+            for f in files
         ],
     }
 
 
 @registry.command("ls")
-@_registry_option
+@registry_options
 @click.option("--model", default=None, help="Only this model.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: a list of versions.")
-def ls(registry_dir: Path, model: str | None, as_json: bool) -> None:
+def ls(registry_spec: str, s3_endpoint: str | None, model: str | None, as_json: bool) -> None:
     """List published versions (partial versions are marked with the version they approximate)."""
-    reg = Registry(registry_dir)
+    reg = open_cli_registry(registry_spec, s3_endpoint, must_exist=True)
     models = [model] if model else reg.models()
     entries = [version_entry(reg, m, v) for m in models for v in reg.versions(m)]
     if as_json:
         emit_json(entries)
         return
     print_table(
-        f"registry {registry_dir}",
+        f"registry {reg.location}",
         ["model", "version", "kind", "created", "files", "bytes", "artifacts (recipe sha256)"],
         [
             (
@@ -85,13 +91,13 @@ def ls(registry_dir: Path, model: str | None, as_json: bool) -> None:
 
 
 @registry.command("show")
-@_registry_option
+@registry_options
 @click.option("--model", required=True)
 @click.option("--version", default=0, help="Version (default: latest).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def show(registry_dir: Path, model: str, version: int, as_json: bool) -> None:
+def show(registry_spec: str, s3_endpoint: str | None, model: str, version: int, as_json: bool) -> None:
     """Show one version's manifest and files."""
-    reg = Registry(registry_dir)
+    reg = open_cli_registry(registry_spec, s3_endpoint, must_exist=True)
     version = reg.resolve_version(model, version)
     _, manifest = reg.load_manifest(model, version)
     entry = {**version_entry(reg, model, version), "manifest": manifest_to_dict(manifest)}

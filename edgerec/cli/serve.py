@@ -8,13 +8,36 @@ from pathlib import Path
 
 import click
 
+from edgerec.cli.registry_option import open_cli_registry, registry_options
 from edgerec.units import parse_rate
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()
-@click.option("--registry", "registry_dir", required=True, type=click.Path(path_type=Path), help="Registry folder.")
+@registry_options
+@click.option(
+    "--registry-cache",
+    "registry_cache_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="An s3:// registry's local cache of verified files (only a cache).  [default: ~/.cache/edgerec/registry]",
+)
+@click.option(
+    "--payload-url-ttl",
+    "payload_url_ttl_s",
+    type=click.IntRange(1, 7 * 24 * 3600),
+    default=900,
+    show_default=True,
+    help="Seconds the presigned payload URLs in each plan stay valid (an s3:// registry).",
+)
+@click.option(
+    "--payload-base-url",
+    "payload_base_urls",
+    multiple=True,
+    help="A public bucket or CDN in front of the s3:// registry's bucket: plans also list <URL>/<object key> "
+    "(repeatable, at most 4).",
+)
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to listen on.")
 @click.option("--workers", default=16, show_default=True, help="RPC worker threads.")
 @click.option(
@@ -77,7 +100,11 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (HOST as in --listen; 0: any free port).",
 )
 def serve(
-    registry_dir: Path,
+    registry_spec: str,
+    s3_endpoint: str | None,
+    registry_cache_dir: Path | None,
+    payload_url_ttl_s: int,
+    payload_base_urls: tuple[str, ...],
     listen: str,
     workers: int,
     signing_key: Path | None,
@@ -102,7 +129,11 @@ def serve(
 
     try:
         config = ServerConfig(
-            registry=registry_dir,
+            registry=registry_spec if registry_spec.startswith("s3://") else Path(registry_spec),
+            s3_endpoint=s3_endpoint,
+            registry_cache_dir=registry_cache_dir,
+            payload_url_ttl_s=payload_url_ttl_s,
+            payload_base_urls=payload_base_urls,
             listen=listen,
             workers=workers,
             signing_key=signing_key,
@@ -124,8 +155,9 @@ def serve(
         )
     except ValueError as exc:  # ConfigError, or a rate that does not parse: one line, before anything starts
         raise click.ClickException(str(exc)) from exc
+    open_cli_registry(registry_spec, s3_endpoint)  # an unreachable bucket: one clear line, nothing started
     running = start_server(config)
-    click.echo(f"serving {registry_dir} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
+    click.echo(f"serving {registry_spec} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
     if running.metrics_port is not None:
         click.echo(f"metrics on http://{config.metrics_host}:{running.metrics_port}/metrics", err=True)
     signal.signal(signal.SIGTERM, lambda *_: running.stop())

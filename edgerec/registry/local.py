@@ -23,7 +23,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import BinaryIO, overload
+from typing import BinaryIO
 
 from edgerec.errors import (
     IntegrityError,
@@ -151,29 +151,8 @@ class LocalRegistry:
 
     # --- versions ---------------------------------------------------------------
 
-    @overload
-    def add_version(self, model: str, staged_dir: Path, make_manifest: ManifestFactory) -> Manifest: ...
-
-    @overload
-    def add_version(self, manifest: Manifest, signed: SignedManifest, staged_dir: Path, /) -> Manifest: ...
-
-    def add_version(
-        self,
-        model: str | Manifest,
-        staged_dir: Path | SignedManifest,
-        make_manifest: ManifestFactory | Path,
-    ) -> Manifest:
-        """Publish the files under ``staged_dir`` as the next version (see ``ModelRegistry.add_version``).
-
-        The older call ``add_version(manifest, signed, staged_dir)`` still works for a manifest that
-        already holds the next number (else VersionNotFoundError); it goes once publishing passes a factory.
-        """
-        if isinstance(model, Manifest):
-            if not isinstance(staged_dir, SignedManifest) or not isinstance(make_manifest, Path):
-                raise TypeError("add_version(manifest, signed, staged_dir) takes a SignedManifest and a Path")
-            return self._add_numbered_version(model, staged_dir, make_manifest)
-        if not isinstance(staged_dir, Path) or not callable(make_manifest):
-            raise TypeError("add_version(model, staged_dir, make_manifest) takes a Path and a factory")
+    def add_version(self, model: str, staged_dir: Path, make_manifest: ManifestFactory) -> Manifest:
+        """Publish the files under ``staged_dir`` as the next version (see ``ModelRegistry.add_version``)."""
         validate_model_name(model)
         with self._connect() as db:
             version = self._latest(db, model) + 1
@@ -182,15 +161,6 @@ class LocalRegistry:
             signed = make_manifest(version)
             manifest = check_new_manifest(signed, model, version)
             _check_staged(manifest, staged_dir)
-            self._install(db, manifest, signed, staged_dir)
-        log.info("published %s version %d", manifest.model, manifest.version)
-        return manifest
-
-    def _add_numbered_version(self, manifest: Manifest, signed: SignedManifest, staged_dir: Path) -> Manifest:
-        with self._connect() as db:
-            latest = self._latest(db, manifest.model)
-            if manifest.version != latest + 1:
-                raise VersionNotFoundError(f"{manifest.model} version {manifest.version} is not next after {latest}")
             self._install(db, manifest, signed, staged_dir)
         log.info("published %s version %d", manifest.model, manifest.version)
         return manifest

@@ -28,7 +28,8 @@ from edgerec.codecs import make_patch
 from edgerec.errors import PublishError
 from edgerec.manifest import PARTIAL_BASE, PARTIAL_OF, Manifest, find_artifact
 from edgerec.metrics import roc_auc
-from edgerec.registry import Registry
+from edgerec.registry import ModelRegistry
+from edgerec.registry.folder import version_folder
 from edgerec.runtimes import OnnxRunner
 from edgerec.server.payloads import DELTA_CODECS
 from edgerec.server.publish.export import load_onnx, save_canonical
@@ -60,7 +61,7 @@ class PartialResult:
 
 
 def publish_partial(
-    registry: Registry,
+    registry: ModelRegistry,
     model: str,
     base_version: int,
     budget_bytes: int,
@@ -77,8 +78,8 @@ def publish_partial(
     target_version = registry.resolve_version(model, target_version)
     if base_version >= target_version:
         raise PublishError(f"base version {base_version} is not older than target {target_version}")
-    base = load_onnx(registry.file_path(model, base_version, f"fp32/{MODEL_FILE}"))
-    target = load_onnx(registry.file_path(model, target_version, f"fp32/{MODEL_FILE}"))
+    base = load_onnx(_fp32_model(registry, model, base_version))
+    target = load_onnx(_fp32_model(registry, model, target_version))
     rows = _changed_rows(base, target)
     with tempfile.TemporaryDirectory(prefix="partial-", dir=registry.scratch_dir()) as tmp:
         sizer = _PayloadSizer(registry, model, base_version, Path(tmp))
@@ -110,6 +111,15 @@ def publish_partial(
         budget_bytes,
     )
     return PartialResult(manifest, taken, len(rows), cost[taken], budget_bytes)
+
+
+def _fp32_model(registry: ModelRegistry, model: str, version: int) -> Path:
+    """A local path of a version's fp32 model, its other files (external weights) beside it."""
+    _, manifest = registry.load_manifest(model, version)
+    artifact = find_artifact(manifest, "fp32")
+    if artifact is None:
+        raise PublishError(f"{model} version {version} has no fp32 artifact")
+    return version_folder(registry, model, version, [f.path for f in artifact.files]) / artifact.entrypoint
 
 
 def _changed_rows(base: onnx.ModelProto, target: onnx.ModelProto) -> list[_ChangedRow]:
@@ -176,12 +186,12 @@ def _largest_fitting(measure: Callable[[int], int], total: int, budget: int, cos
 class _PayloadSizer:
     """Measures what a candidate costs a device on ``base_version``: its int8 files' smallest payloads."""
 
-    def __init__(self, registry: Registry, model: str, base_version: int, scratch: Path) -> None:
+    def __init__(self, registry: ModelRegistry, model: str, base_version: int, scratch: Path) -> None:
         _, manifest = registry.load_manifest(model, base_version)
         artifact = find_artifact(manifest, "int8")
         if artifact is None:
             raise PublishError(f"{model} version {base_version} has no int8 artifact to diff against")
-        self.base_files = {f.path: registry.file_path(model, base_version, f.path) for f in artifact.files}
+        self.base_files = {f.path: registry.local_file(model, base_version, f.path) for f in artifact.files}
         self.scratch = scratch
         self.calls = 0
 
@@ -203,12 +213,12 @@ class _PayloadSizer:
 
 
 def _accuracy(
-    registry: Registry, model: str, target_version: int, partial_fp32: Path, validation: Mapping[str, np.ndarray]
+    registry: ModelRegistry, model: str, target_version: int, partial_fp32: Path, validation: Mapping[str, np.ndarray]
 ) -> dict[str, str]:
     """AUC of the partial and the full version on the publisher's validation data, and their max |dp|."""
     labels = np.asarray(validation["labels"])
     inputs = {name: np.asarray(a) for name, a in validation.items() if name != "labels"}
-    full = OnnxRunner(registry.file_path(model, target_version, f"fp32/{MODEL_FILE}"))
+    full = OnnxRunner(_fp32_model(registry, model, target_version))
     partial = OnnxRunner(partial_fp32)
     full_scores = np.asarray(full.run(inputs)[full.output_names[0]], dtype=np.float64).ravel()
     partial_scores = np.asarray(partial.run(inputs)[partial.output_names[0]], dtype=np.float64).ravel()

@@ -20,15 +20,16 @@ from edgerec.manifest import (
     ArtifactFile,
     FixedBatchFile,
     Manifest,
+    SignedManifest,
     TensorSpec,
     make_artifact,
     now_rfc3339,
     sign_nothing,
     validate_model_name,
 )
-from edgerec.registry import Registry
+from edgerec.registry import ModelRegistry
 from edgerec.runtimes import ModelRunner
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
 from edgerec.server.publish.gate import (
     DEFAULT_MAX_AUC_DROP,
     LABELS,
@@ -70,7 +71,7 @@ class PublishOptions:
     tflite_batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES
 
 
-def publish(source: Path, name: str, registry: Registry, options: PublishOptions | None = None) -> Manifest:
+def publish(source: Path, name: str, registry: ModelRegistry, options: PublishOptions | None = None) -> Manifest:
     """Publish ``source`` (a ``.pt2`` torch.export program or an ``.onnx`` file) as the next version."""
     options = options or PublishOptions()
     validate_model_name(name)
@@ -102,7 +103,7 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
             artifact.accuracy_gate = _gate_record(artifact.recipe, options)
         entrypoints: dict[str, Path | ModelRunner] = {a.recipe: staged / a.entrypoint for a in artifacts}
         golden = golden_cases(golden_inputs(inputs, options.validation), entrypoints | runners)
-        manifest = Manifest(
+        draft = Manifest(
             format_version=FORMAT_VERSION,
             model=name,
             version=registry.next_version(name),
@@ -113,7 +114,14 @@ def publish(source: Path, name: str, registry: Registry, options: PublishOptions
             annotations={"source": source.name, **gate_annotations, **options.annotations},
             golden=golden,
         )
-        registry.add_version(manifest, sign_nothing(manifest), staged)
+
+        def numbered(version: int) -> SignedManifest:
+            manifest = Manifest()
+            manifest.CopyFrom(draft)
+            manifest.version = version
+            return sign_nothing(manifest)
+
+        manifest = registry.add_version(name, staged, numbered)
     prepare_payloads(registry, manifest, options)
     return manifest
 
@@ -206,7 +214,7 @@ def _describe_artifact(staged: Path, recipe: str, options: PublishOptions) -> Ar
     return artifact
 
 
-def prepare_payloads(registry: Registry, manifest: Manifest, options: PublishOptions) -> None:
+def prepare_payloads(registry: ModelRegistry, manifest: Manifest, options: PublishOptions) -> None:
     """Make the full payloads of a new version and its deltas from earlier versions (see PublishOptions)."""
     store = PayloadStore(registry)
     earlier: list[int] = []
@@ -216,7 +224,7 @@ def prepare_payloads(registry: Registry, manifest: Manifest, options: PublishOpt
         earlier = [v for v in registry.versions(manifest.model) if v < manifest.version][-options.delta_depth :]
     for artifact in manifest.artifacts:
         for target in artifact.files:
-            target_path = registry.file_path(manifest.model, manifest.version, target.path)
+            target_path = version_file(registry, manifest.model, manifest.version, target.path)
             store.ensure(manifest.model, FULL, target_path, target.sha256)
             for base_version in earlier:
                 base = next((f for f in registry.files(manifest.model, base_version) if f.path == target.path), None)
@@ -224,5 +232,5 @@ def prepare_payloads(registry: Registry, manifest: Manifest, options: PublishOpt
                     continue
                 for codec in options.delta_codecs:
                     if store.can_make(codec, base.size, target.size):
-                        base_path = registry.file_path(manifest.model, base_version, base.path)
+                        base_path = version_file(registry, manifest.model, base_version, base.path)
                         store.ensure(manifest.model, codec, target_path, target.sha256, base_path, base.sha256)

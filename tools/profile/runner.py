@@ -31,8 +31,8 @@ from typing import Any
 
 from edgerec.device import EdgeClient
 from edgerec.manifest import Artifact, find_artifact
-from edgerec.registry import Registry
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
+from edgerec.registry import ModelRegistry, open_registry
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
 from edgerec.server.planner import UpdatePlanner
 from edgerec.tools.profile.links import LinkProfile
 from edgerec.tools.profile.shaping import LinkCounters, ShapedLink, cleanup_leftovers, resolve_method
@@ -51,9 +51,9 @@ ProgressHook = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    """What to profile: a registry, two versions, links and codecs."""
+    """What to profile: a registry (a folder or s3://BUCKET/PREFIX), two versions, links and codecs."""
 
-    registry: Path
+    registry: Path | str
     model: str
     from_version: int
     to_version: int
@@ -66,6 +66,7 @@ class ProfileSettings:
     chunk_bytes: int = 64 * 1024
     seed: int = 0
     workdir: Path | None = None  # kept when given; a temporary folder otherwise
+    s3_endpoint: str | None = None  # an s3:// registry's endpoint (None: AWS_ENDPOINT_URL, else AWS)
 
     def __post_init__(self) -> None:
         unknown = [c for c in self.codecs if c != FULL and c not in DELTA_CODECS]
@@ -170,7 +171,7 @@ class CodecPlan:
     note: str = ""
 
 
-def _artifact(registry: Registry, model: str, version: int, recipe: str) -> Artifact:
+def _artifact(registry: ModelRegistry, model: str, version: int, recipe: str) -> Artifact:
     _, manifest = registry.load_manifest(model, version)
     artifact = find_artifact(manifest, recipe)
     if artifact is None:
@@ -179,7 +180,7 @@ def _artifact(registry: Registry, model: str, version: int, recipe: str) -> Arti
 
 
 def plan_codecs(
-    registry: Registry, model: str, from_version: int, to_version: int, recipe: str, codecs: Sequence[str]
+    registry: ModelRegistry, model: str, from_version: int, to_version: int, recipe: str, codecs: Sequence[str]
 ) -> dict[str, CodecPlan]:
     """Make (or find) every codec's payloads, timing them, and plan each codec as the server will."""
     payloads = PayloadStore(registry)
@@ -192,12 +193,12 @@ def plan_codecs(
         for f in target.files:
             if any(b.sha256 == f.sha256 for b in base.files):
                 continue  # copied on the device
-            target_path = registry.file_path(model, to_version, f.path)
+            target_path = version_file(registry, model, to_version, f.path)
             base_file = next((b for b in base.files if b.path == f.path), None)
             if codec == FULL or base_file is None:
                 record = payloads.ensure(model, FULL, target_path, f.sha256)
             elif payloads.can_make(codec, base_file.size, f.size):
-                base_path = registry.file_path(model, from_version, base_file.path)
+                base_path = version_file(registry, model, from_version, base_file.path)
                 record = payloads.ensure(model, codec, target_path, f.sha256, base_path, base_file.sha256)
             else:
                 notes.append(f"{f.path} too large for {codec}")
@@ -315,7 +316,7 @@ class Profiler:
     def __init__(self, settings: ProfileSettings, progress: ProgressHook | None = None) -> None:
         self.settings = settings
         self.progress = progress or (lambda done, total, label: None)
-        self.registry = Registry(settings.registry)
+        self.registry = open_registry(settings.registry, s3_endpoint=settings.s3_endpoint)
         self.method = resolve_method(settings.method)
         self.public_key: Path | None = None  # the profile server's signing key, once made
         self.server_port = 0
@@ -352,7 +353,9 @@ class Profiler:
         generate_keypair(keys / "server.pem", keys / "server.pub")
         self.public_key = keys / "server.pub"
         server = start_server(
-            ServerConfig(registry=self.registry.root, listen="127.0.0.1:0", signing_key=keys / "server.pem")
+            ServerConfig(
+                registry=s.registry, s3_endpoint=s.s3_endpoint, listen="127.0.0.1:0", signing_key=keys / "server.pem"
+            )
         )
         try:
             self.server_port = server.port
