@@ -11,6 +11,7 @@ from onnxtools import linear_model
 from servertools import registry_server
 
 from edgerec.device import EdgeClient
+from edgerec.device.policy import FallbackPolicy
 from edgerec.errors import HealthCheckError
 from edgerec.manifest import SignedManifest
 from edgerec.registry import Registry
@@ -33,13 +34,17 @@ def linear_server(tmp_path: Path) -> Iterator[tuple[Registry, str, Path]]:
         yield registry, address, tmp_path
 
 
+# Deadlines no loaded machine comes near: the test is about what answers, not how fast.
+PATIENT = FallbackPolicy(deadline_s=30.0, local_deadline_s=15.0, hedge_after_s=None)
+
+
 def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server: tuple[Registry, str, Path]) -> None:
     from edgerec.server.publish import PublishOptions, publish
 
     registry, address, folder = linear_server
     safe = {"x": np.full((2, 4), 10.0, dtype=np.float32)}
     with EdgeClient(
-        server=address, model="linear", data_dir=folder / "device", max_local_failures=3, insecure=True
+        server=address, model="linear", data_dir=folder / "device", max_local_failures=3, insecure=True, policy=PATIENT
     ) as client:
         client.sync()
         assert client.predict(safe).source == "local"
