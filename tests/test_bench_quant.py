@@ -10,7 +10,7 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edgerec.tools.bench_quant import (  # noqa: E402
+from edgerec.tools.bench.quant import (  # noqa: E402
     CLIENT_RECIPES,
     EDGE_CLIENT,
     LITERT,

@@ -1,6 +1,6 @@
 """onnxruntime: the default runtime on devices and for server fallback inference.
 
-Session options, as measured on the reference models (see ``tools/bench_quant.py``):
+Session options, as measured on the reference models (see ``tools/bench/quant.py``):
 
 * one intra-op thread: fastest for small recommendation models at batch 1;
 * EXTENDED graph optimization: portable across CPUs (ALL may bake in hardware-specific

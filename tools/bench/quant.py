@@ -1,6 +1,6 @@
 """Quantization benchmark: size, accuracy, latency, load time and memory of each recipe and runtime.
 
-Run ``python -m edgerec.tools.bench_quant [--sizes small,large] [--quick] [--out bench-out/quant]``;
+Run ``python -m edgerec.tools.bench.quant [--sizes small,large] [--quick] [--out bench-out/quant]``;
 it writes ``quant.csv`` (one row per size x recipe x runtime) and ``quant.md`` (targets, then
 every measurement).
 
@@ -54,7 +54,7 @@ from typing import Any, Final
 
 import numpy as np
 
-MODULE: Final = "edgerec.tools.bench_quant"
+MODULE: Final = "edgerec.tools.bench.quant"
 logger = logging.getLogger(MODULE)
 WORKER_FLAG: Final = "--worker"
 RECIPES: Final = ("fp32", "int8", "int4")

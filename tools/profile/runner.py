@@ -34,8 +34,9 @@ from edgerec.manifest import Artifact, find_artifact
 from edgerec.registry import Registry
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
 from edgerec.server.planner import UpdatePlanner
-from edgerec.tools.profile.links import LinkProfile
-from edgerec.tools.profile.shaping import LinkCounters, ShapedLink, cleanup_leftovers, resolve_method
+from edgerec.tools.links.emulation import ShapedLink, cleanup_leftovers, resolve_method
+from edgerec.tools.links.profiles import LinkProfile
+from edgerec.tools.links.proxy import LinkCounters
 from edgerec.units import format_bytes
 from edgerec.v1 import update_pb2
 
