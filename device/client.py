@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.artifacts import DEFAULT_RECIPES
 from edgerec.device.cache import CacheKey, PredictionCache, request_key
 from edgerec.device.local_model import LocalModel, Prediction
 from edgerec.device.ort_cache import ORT_CACHE_DIR, prune_ort_cache
@@ -79,7 +80,7 @@ class EdgeClient:
         *,
         rate: str | float | None = None,
         cache_entries: int = 1024,
-        recipes: tuple[str, ...] = ("int8", "fp32"),
+        recipes: tuple[str, ...] = DEFAULT_RECIPES,
         threads: int = 1,
         optimized_model_cache: bool = True,
         device_id: str = "",

@@ -10,6 +10,7 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from edgerec.artifacts import TFLITE_RECIPES  # noqa: E402
 from edgerec.tools.bench.quant import (  # noqa: E402
     CLIENT_RECIPES,
     EDGE_CLIENT,
@@ -17,7 +18,6 @@ from edgerec.tools.bench.quant import (  # noqa: E402
     ONNX_RUNNER,
     ORT_SESSION,
     RECIPES,
-    TFLITE_RECIPES,
     TORCH_EAGER,
     _tflite_missing,
     main,

@@ -73,7 +73,7 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
 
 
 def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> None:
-    """Connections opening and closing (SQLite's empty WAL file coming and going) do not count as changes."""
+    """Reads do not move the registry's change stamp: concurrent predicts share one resolution."""
     from edgerec.server.inference_service import InferenceService
     from edgerec.server.publish import PublishOptions, publish
 
@@ -98,16 +98,16 @@ def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> Non
     assert registry.lookups <= 8 * 3 + 3 * 10, registry.lookups
 
 
-def test_the_index_is_looked_at_again_once_the_check_interval_passed(tmp_path: Path) -> None:
+def test_the_change_stamp_is_looked_at_again_once_the_check_interval_passed(tmp_path: Path) -> None:
     from edgerec.server.inference_service import InferenceService
 
     registry = Registry(tmp_path / "registry")
     service = InferenceService(registry)
-    service.index_check_s = 60.0
-    first = service._index_stamp(time.monotonic())
-    (registry.root / "index.sqlite-wal").write_bytes(b"a write")
-    assert service._index_stamp(time.monotonic()) == first, "within the interval the last look stands"
-    assert service._index_stamp(time.monotonic() + 61.0) != first
+    service.stamp_check_s = 60.0
+    first = service._change_stamp(time.monotonic())
+    registry.put_document("notes/a-write", b"moves the stamp", if_match=None)
+    assert service._change_stamp(time.monotonic()) == first, "within the interval the last look stands"
+    assert service._change_stamp(time.monotonic() + 61.0) == registry.change_stamp() != first
 
 
 def _serve_and_predict(server: RunningServer, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:

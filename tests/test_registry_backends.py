@@ -33,6 +33,7 @@ from edgerec.errors import (
     PayloadNotFoundError,
     RegistryConflictError,
     RegistryUnavailableError,
+    VersionConflictError,
     VersionNotFoundError,
 )
 from edgerec.hashing import sha256_file
@@ -373,7 +374,7 @@ def test_the_old_local_add_version_call_still_works(tmp_path: Path) -> None:
     manifest.ParseFromString(signed.manifest)
     reg.add_version(manifest, signed, staged)
     assert reg.versions(MODEL) == [1]
-    with pytest.raises(VersionNotFoundError):
+    with pytest.raises(VersionConflictError):
         reg.add_version(manifest, signed, stage(tmp_path / "again", {"fp32/model.onnx": b"x"}))
 
 

@@ -9,13 +9,10 @@ from typing import Any
 import click
 import numpy as np
 
+from edgerec.artifacts import ONNX_RECIPES, PUBLISH_RECIPES, TFLITE_RECIPES
 from edgerec.cli.output import emit_json, print_table
 from edgerec.manifest import AccuracyGate, Manifest
 from edgerec.units import parse_size
-
-# Kept in step with edgerec.server.publish.pipeline.RECIPES (not imported: it pulls in the publishing stack).
-ONNX_RECIPES = ("fp32", "int8", "int4")
-TFLITE_RECIPES = ("tflite_fp32", "tflite_wi8")
 
 
 def _recipes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -57,7 +54,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--recipe",
     "recipes",
     multiple=True,
-    default=("fp32", "int8"),
+    default=PUBLISH_RECIPES,
     show_default=True,
     callback=_recipes,
     help=(

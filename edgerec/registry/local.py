@@ -30,6 +30,7 @@ from edgerec.errors import (
     ModelNotFoundError,
     PayloadNotFoundError,
     RegistryConflictError,
+    VersionConflictError,
     VersionNotFoundError,
 )
 from edgerec.fsutil import fsync_dir
@@ -166,7 +167,7 @@ class LocalRegistry:
         """Publish the files under ``staged_dir`` as the next version (see ``ModelRegistry.add_version``).
 
         The older call ``add_version(manifest, signed, staged_dir)`` still works for a manifest that
-        already holds the next number (else VersionNotFoundError); it goes once publishing passes a factory.
+        already holds the next number (else VersionConflictError); it goes once publishing passes a factory.
         """
         if isinstance(model, Manifest):
             if not isinstance(staged_dir, SignedManifest) or not isinstance(make_manifest, Path):
@@ -190,7 +191,7 @@ class LocalRegistry:
         with self._connect() as db:
             latest = self._latest(db, manifest.model)
             if manifest.version != latest + 1:
-                raise VersionNotFoundError(f"{manifest.model} version {manifest.version} is not next after {latest}")
+                raise VersionConflictError(f"{manifest.model} version {manifest.version} is not next after {latest}")
             self._install(db, manifest, signed, staged_dir)
         log.info("published %s version %d", manifest.model, manifest.version)
         return manifest

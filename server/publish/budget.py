@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgerec.artifacts import PUBLISH_RECIPES
 from edgerec.codecs import make_patch
 from edgerec.errors import PublishError
 from edgerec.manifest import PARTIAL_BASE, PARTIAL_OF, Manifest, find_artifact
@@ -33,7 +34,7 @@ from edgerec.runtimes import OnnxRunner
 from edgerec.server.payloads import DELTA_CODECS
 from edgerec.server.publish.export import load_onnx, save_canonical
 from edgerec.server.publish.gate import require_gate_data
-from edgerec.server.publish.pipeline import DEFAULT_RECIPES, MODEL_FILE, PublishOptions, publish
+from edgerec.server.publish.pipeline import MODEL_FILE, PublishOptions, publish
 from edgerec.server.publish.quantize import find_embedding_tables, quantize_int8
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def publish_partial(
 
     Its quantized artifact passes the accuracy gate on ``validation`` like any other, unless ``no_gate``.
     """
-    require_gate_data(DEFAULT_RECIPES, validation, no_gate=no_gate)
+    require_gate_data(PUBLISH_RECIPES, validation, no_gate=no_gate)
     target_version = registry.resolve_version(model, target_version)
     if base_version >= target_version:
         raise PublishError(f"base version {base_version} is not older than target {target_version}")

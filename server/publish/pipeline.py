@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgerec.artifacts import ONNX_RECIPES, PUBLISH_RECIPES, TFLITE_RECIPES
 from edgerec.errors import PublishError
 from edgerec.hashing import sha256_file
 from edgerec.manifest import (
@@ -39,13 +40,11 @@ from edgerec.server.publish.gate import (
 )
 from edgerec.server.publish.golden import golden_cases, golden_inputs
 from edgerec.server.publish.signature import read_signature
-from edgerec.server.publish.tflite import DEFAULT_BATCH_SIZES, TFLITE_RECIPES
+from edgerec.server.publish.tflite import DEFAULT_BATCH_SIZES
 
 log = logging.getLogger(__name__)
 
-ONNX_RECIPES = ("fp32", "int8", "int4")
 RECIPES = (*ONNX_RECIPES, *TFLITE_RECIPES)
-DEFAULT_RECIPES = ("fp32", "int8")
 MODEL_FILE = "model.onnx"
 
 
@@ -53,7 +52,7 @@ MODEL_FILE = "model.onnx"
 class PublishOptions:
     """How to publish; the defaults suit the reference model."""
 
-    recipes: Sequence[str] = DEFAULT_RECIPES
+    recipes: Sequence[str] = PUBLISH_RECIPES
     # A quantized artifact whose AUC falls more than this below fp32's on the validation data is refused.
     max_auc_drop: float = DEFAULT_MAX_AUC_DROP
     # Deltas from this many earlier versions are made now, so the first devices wait for nothing.

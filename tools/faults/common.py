@@ -24,7 +24,6 @@ PACKAGE: Final = "edgerec.tools.faults"
 log = logging.getLogger(__name__)
 
 MODEL: Final = "ctr"
-DEVICE_RECIPES: Final = ("int8", "fp32")  # EdgeClient's default preference
 
 
 def build_registry(root: Path, *, size: str = "small", seed: int = 3, samples: int = 20_000) -> Registry:

@@ -20,11 +20,11 @@ from typing import Final
 import edgerec
 import edgerec.device
 from edgerec.device import EdgeClient
+from edgerec.device.artifacts import choose_artifact
 from edgerec.device.storage import ModelStore
 from edgerec.errors import DiskFullError
 from edgerec.registry import Registry
 from edgerec.tools.faults.common import (
-    DEVICE_RECIPES,
     MODEL,
     Summary,
     input_specs,
@@ -160,9 +160,8 @@ def run_disk_full(
         return DiskFullReport([], 0.0, skipped="no mount command")
     old, new = versions_under_test(registry)
     specs = input_specs(registry, new)
-    files = registry.files(MODEL, new)
-    recipe = next(r for r in (*DEVICE_RECIPES, files[0].recipe) if any(f.recipe == r for f in files))
-    artifact_bytes = sum(f.size for f in files if f.recipe == recipe)  # what the device installs
+    _, manifest = registry.load_manifest(MODEL, new)
+    artifact_bytes = sum(f.size for f in choose_artifact(manifest).files)  # what the device installs
     roomy = 8 * artifact_bytes + 4 * 1024 * 1024
     template = workdir / "diskfull-template"  # the old version installed, copied onto the tmpfs for each try
     shutil.rmtree(template, ignore_errors=True)

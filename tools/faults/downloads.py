@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
+from edgerec.artifacts import DEFAULT_RECIPES, DEFAULT_RUNTIMES
 from edgerec.codecs import CODEC_NAMES, max_payload_size
 from edgerec.device import EdgeClient
 from edgerec.device.storage import ModelStore
@@ -24,7 +25,6 @@ from edgerec.device.transport import ServerConnection, TransportConfig
 from edgerec.errors import DiskFullError, EdgerecError, IntegrityError, ManifestError
 from edgerec.registry import Registry
 from edgerec.tools.faults.common import (
-    DEVICE_RECIPES,
     MODEL,
     Summary,
     input_specs,
@@ -76,9 +76,9 @@ def planned_update(address: str, data_dir: Path) -> update_pb2.CheckUpdateRespon
         current_version=current.version if current else 0,
         current_sha256=current.artifact.digest if current else "",
         current_recipe=current.recipe if current else "",
-        runtimes=["onnxruntime"],
+        runtimes=list(DEFAULT_RUNTIMES),
         codecs=list(CODEC_NAMES),
-        recipes=list(DEVICE_RECIPES),
+        recipes=list(DEFAULT_RECIPES),
     )
     connection = ServerConnection(address, TransportConfig(backoff_initial_s=0.05))
     try:
