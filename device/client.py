@@ -33,6 +33,7 @@ from edgerec.errors import (
 )
 from edgerec.runtimes import NonFiniteScoresError
 from edgerec.signing import load_public_key
+from edgerec.tokens import device_id_of
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.units import parse_rate
 from edgerec.v1 import telemetry_pb2
@@ -103,7 +104,7 @@ class EdgeClient:
         # onnxruntime artifacts: the EXTENDED-optimized model is saved here once per artifact digest.
         self.ort_cache_dir: Path | None = Path(data_dir) / ORT_CACHE_DIR if optimized_model_cache else None
         # A token is "<device_id>.<secret>": the id in front names the device when none is given.
-        self.device_id = device_id or (token.rpartition(".")[0] if token else "")
+        self.device_id = device_id or device_id_of(token)
         self.max_payload_bytes = max_payload_bytes
         self.max_local_failures = max_local_failures
         self._consecutive_failures = 0
