@@ -27,8 +27,8 @@ from onnx import numpy_helper
 from edgerec.artifacts import PUBLISH_RECIPES
 from edgerec.codecs import make_patch
 from edgerec.errors import PublishError
+from edgerec.evaluation import roc_auc
 from edgerec.manifest import PARTIAL_BASE, PARTIAL_OF, Manifest, find_artifact
-from edgerec.metrics import roc_auc
 from edgerec.registry import Registry
 from edgerec.runtimes import OnnxRunner
 from edgerec.server.payloads import DELTA_CODECS
