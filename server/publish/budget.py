@@ -35,6 +35,7 @@ from edgerec.server.payloads import DELTA_CODECS
 from edgerec.server.publish.export import load_onnx, save_canonical
 from edgerec.server.publish.gate import require_gate_data
 from edgerec.server.publish.pipeline import MODEL_FILE, PublishOptions, publish
+from edgerec.server.publish.steps import PublishObserver, report_step
 from edgerec.server.publish.quantize import find_embedding_tables, quantize_int8
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,13 @@ def publish_partial(
     target_version: int = 0,
     validation: Mapping[str, np.ndarray] | None = None,
     no_gate: bool = False,
+    observer: PublishObserver | None = None,
 ) -> PartialResult:
     """Build, check and publish the partial version of ``target_version`` (latest) for devices on ``base_version``.
 
     Its quantized artifact passes the accuracy gate on ``validation`` like any other, unless ``no_gate``.
+    ``observer`` hears of the steps as :func:`~edgerec.server.publish.pipeline.publish` reports them, after a
+    ``budget`` step that picks the rows.
     """
     require_gate_data(PUBLISH_RECIPES, validation, no_gate=no_gate)
     target_version = registry.resolve_version(model, target_version)
@@ -82,11 +86,17 @@ def publish_partial(
     target = load_onnx(registry.file_path(model, target_version, f"fp32/{MODEL_FILE}"))
     rows = _changed_rows(base, target)
     with tempfile.TemporaryDirectory(prefix="partial-", dir=registry.scratch_dir()) as tmp:
-        sizer = _PayloadSizer(registry, model, base_version, Path(tmp))
-        cost = {0: sizer.cost(_blend(base, target, rows[:0]))}
-        if cost[0] > budget_bytes:
-            raise PublishError(f"a budget of {budget_bytes} B cannot hold even the dense layers' update ({cost[0]} B)")
-        taken = _largest_fitting(lambda k: sizer.cost(_blend(base, target, rows[:k])), len(rows), budget_bytes, cost)
+        with report_step(observer, "budget") as step:
+            sizer = _PayloadSizer(registry, model, base_version, Path(tmp))
+            cost = {0: sizer.cost(_blend(base, target, rows[:0]))}
+            if cost[0] > budget_bytes:
+                raise PublishError(
+                    f"a budget of {budget_bytes} B cannot hold even the dense layers' update ({cost[0]} B)"
+                )
+            taken = _largest_fitting(
+                lambda k: sizer.cost(_blend(base, target, rows[:k])), len(rows), budget_bytes, cost
+            )
+            step.detail = f"{taken} of {len(rows)} changed rows, {cost[taken]} B of payload"
         source = Path(tmp) / "partial" / MODEL_FILE
         save_canonical(_blend(base, target, rows[:taken]), source)
         annotations = {
@@ -100,7 +110,7 @@ def publish_partial(
         options = PublishOptions(
             annotations=annotations, delta_bases=(base_version,), validation=validation, no_gate=no_gate
         )
-        manifest = publish(source, model, registry, options)
+        manifest = publish(source, model, registry, options, observer=observer)
     log.info(
         "partial version %d of %s: %d of %d changed rows, %d B payload for a %d B budget",
         manifest.version,
