@@ -35,8 +35,8 @@ from edgerec.server.payloads import DELTA_CODECS
 from edgerec.server.publish.export import load_onnx, save_canonical
 from edgerec.server.publish.gate import require_gate_data
 from edgerec.server.publish.pipeline import MODEL_FILE, PublishOptions, publish
-from edgerec.server.publish.steps import PublishObserver, report_step
 from edgerec.server.publish.quantize import find_embedding_tables, quantize_int8
+from edgerec.server.publish.steps import PublishObserver, report_step
 
 log = logging.getLogger(__name__)
 
