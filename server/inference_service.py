@@ -36,9 +36,9 @@ PredictObserver = Callable[[str, str, float], None]
 # a publish moves the stamp, so a new version is served from the next look at it on (see STAMP_CHECK_S).
 RESOLVE_TTL_S = 1.0
 # How long one look at the registry's change stamp stands for every request: a publish is served from
-# the first request that starts this long after it committed. A look per request would cost more than
-# the rest of resolving a cached model, and every RPC thread would queue on the registry for it.
-STAMP_CHECK_S = 0.002
+# the first request that starts this long after it committed. A look is a registry read (a SQLite
+# transaction, or a HEAD request to a bucket): once per interval, by one request thread at a time.
+STAMP_CHECK_S = 0.05
 # Rows one request may carry by default; all requests being decoded and run at once: four times as many.
 DEFAULT_MAX_ROWS = 4096
 # The model label of a Predict for no published model: metrics never carry a name the caller chose.
@@ -118,6 +118,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self.stamp_check_s = STAMP_CHECK_S
         # (monotonic time of the look, stamp): one tuple, so threads swap it without a lock.
         self._stamp: tuple[float, str] = (-float("inf"), "")
+        self._looking = threading.Lock()  # held by the one thread asking the registry for its stamp
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
@@ -235,11 +236,21 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         return loaded
 
     def _change_stamp(self, now: float) -> str:
-        """The registry's change stamp, asked again when the last look is stamp_check_s old."""
+        """The registry's change stamp, asked again when the last look is stamp_check_s old.
+
+        While one thread asks, the others keep the last stamp; a failed look keeps it too (a publish is
+        then noticed at a later look, and resolutions still expire after resolve_ttl_s).
+        """
         looked, stamp = self._stamp
-        if now - looked < self.stamp_check_s:
+        if now - looked < self.stamp_check_s or not self._looking.acquire(blocking=False):
             return stamp
-        stamp = self.registry.change_stamp()
+        try:
+            stamp = self.registry.change_stamp()
+        except EdgerecError as exc:
+            log.warning("cannot read the registry's change stamp (%s); keeping the last one", exc)
+            return stamp
+        finally:
+            self._looking.release()
         if now > self._stamp[0]:  # a slower thread's older look must not replace a newer one
             self._stamp = (now, stamp)
         return stamp
