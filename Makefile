@@ -58,17 +58,17 @@ slow: $(STAMP)
 # are used when installed: apt-get install zstd bsdiff xdelta3), and quantized runtimes.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
-	$(BIN)/python -m edgerec.tools.bench_delta --out bench-out/delta
-	$(BIN)/python -m edgerec.tools.bench_quant --out bench-out/quant
+	$(BIN)/python -m edgerec.tools.bench.delta --out bench-out/delta
+	$(BIN)/python -m edgerec.tools.bench.quant --out bench-out/quant
 
 # Predict path: cache hits, policy overhead vs bare onnxruntime, fallback, micro-batching, failures.
 bench-predict: $(STAMP)
-	$(BIN)/python -m edgerec.tools.bench_predict --out bench-out/predict
+	$(BIN)/python -m edgerec.tools.bench.predict --out bench-out/predict
 
 # A fleet updating at once: 1,000 fresh devices at 128 kbit/s from one address against a default
 # `edgerec serve` (a subprocess), and 64 at 1 Mbit/s; completion vs the link-limited ideal, server CPU and RSS.
 bench-fleet: $(STAMP)
-	$(BIN)/python -m edgerec.tools.bench_fleet --out bench-out/fleet
+	$(BIN)/python -m edgerec.tools.bench.fleet --out bench-out/fleet
 
 # The full fault runs: 200 dropped connections, 100 kill -9 of a syncing device, disk full.
 faults: $(STAMP)

@@ -21,12 +21,14 @@ from typing import Final
 
 import numpy as np
 
-from edgerec.errors import ManifestError, ModelRuntimeError
-from edgerec.manifest import Artifact, Manifest, TensorSpec, find_artifact
+from edgerec import artifacts
+from edgerec.artifacts import DEFAULT_RECIPES
+from edgerec.errors import ModelRuntimeError
+from edgerec.manifest import Artifact, Manifest, TensorSpec
 from edgerec.runtimes import ModelRunner
 
 __all__ = [
-    "DEFAULT_RECIPE_PREFERENCE",
+    "DEFAULT_RECIPES",
     "LITERT",
     "ONNXRUNTIME",
     "LoadedArtifact",
@@ -40,8 +42,6 @@ log = logging.getLogger(__name__)
 ONNXRUNTIME: Final = "onnxruntime"
 LITERT: Final = "litert"
 _MODULES: Final = {ONNXRUNTIME: "onnxruntime", LITERT: "ai_edge_litert"}
-DEFAULT_RECIPE_PREFERENCE: Final = ("int8", "fp32")
-"""What a device allows unless configured otherwise (LiteRT recipes are opt-in)."""
 
 
 def available_runtimes() -> tuple[str, ...]:
@@ -50,22 +50,13 @@ def available_runtimes() -> tuple[str, ...]:
 
 
 def choose_artifact(
-    manifest: Manifest, recipes: Sequence[str] = DEFAULT_RECIPE_PREFERENCE, runtimes: Sequence[str] | None = None
+    manifest: Manifest, recipes: Sequence[str] = DEFAULT_RECIPES, runtimes: Sequence[str] | None = None
 ) -> Artifact:
-    """The first artifact in ``recipes`` order whose runtime is in ``runtimes`` (default: installed here).
+    """:func:`edgerec.artifacts.choose_artifact` with the runtimes installed here unless ``runtimes`` is given.
 
-    Raises :class:`ManifestError` naming what was offered when none fits.
+    Raises :class:`~edgerec.errors.NoArtifactError` naming what was offered when none fits.
     """
-    usable = available_runtimes() if runtimes is None else tuple(runtimes)
-    for recipe in recipes:
-        artifact = find_artifact(manifest, recipe)
-        if artifact is not None and artifact.runtime in usable:
-            return artifact
-    offered = sorted(f"{a.recipe} ({a.runtime})" for a in manifest.artifacts)
-    raise ManifestError(
-        f"{manifest.model} version {manifest.version} offers {offered}; "
-        f"this device allows recipes {list(recipes)} on runtimes {list(usable)}"
-    )
+    return artifacts.choose_artifact(manifest, recipes, available_runtimes() if runtimes is None else runtimes)
 
 
 @dataclass

@@ -8,6 +8,8 @@ from typing import Any
 
 import grpc
 
+from edgerec.tokens import check_token_text
+
 ChannelOptions = Sequence[tuple[str, Any]]
 
 
@@ -24,7 +26,6 @@ def make_channel(
         return grpc.insecure_channel(target, options=list(options))
     credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes() if tls_ca else None)
     if token is not None:
-        if not token or not all("!" <= c <= "~" for c in token):
-            raise ValueError("a device token is non-empty printable ASCII without spaces")
+        check_token_text(token)
         credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(target, credentials, options=list(options))

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.artifacts import DEFAULT_RECIPES
 from edgerec.device.cache import CacheKey, PredictionCache, request_key
 from edgerec.device.local_model import LocalModel, Prediction
 from edgerec.device.ort_cache import ORT_CACHE_DIR, prune_ort_cache
@@ -32,6 +33,7 @@ from edgerec.errors import (
 )
 from edgerec.runtimes import NonFiniteScoresError
 from edgerec.signing import load_public_key
+from edgerec.tokens import device_id_of
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.units import parse_rate
 from edgerec.v1 import telemetry_pb2
@@ -79,7 +81,7 @@ class EdgeClient:
         *,
         rate: str | float | None = None,
         cache_entries: int = 1024,
-        recipes: tuple[str, ...] = ("int8", "fp32"),
+        recipes: tuple[str, ...] = DEFAULT_RECIPES,
         threads: int = 1,
         optimized_model_cache: bool = True,
         device_id: str = "",
@@ -102,7 +104,7 @@ class EdgeClient:
         # onnxruntime artifacts: the EXTENDED-optimized model is saved here once per artifact digest.
         self.ort_cache_dir: Path | None = Path(data_dir) / ORT_CACHE_DIR if optimized_model_cache else None
         # A token is "<device_id>.<secret>": the id in front names the device when none is given.
-        self.device_id = device_id or (token.rpartition(".")[0] if token else "")
+        self.device_id = device_id or device_id_of(token)
         self.max_payload_bytes = max_payload_bytes
         self.max_local_failures = max_local_failures
         self._consecutive_failures = 0

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from edgerec import tensors
+from edgerec.artifacts import DEFAULT_RECIPES
 from edgerec.codecs import CODEC_NAMES, apply_patch
 from edgerec.device.artifacts import available_runtimes, open_artifact
 from edgerec.device.plan import COPY, check_plan
@@ -83,7 +84,7 @@ class Syncer:
         connection: ServerConnection,
         *,
         verifier: UpdateVerifier,
-        recipes: tuple[str, ...] = ("int8", "fp32"),
+        recipes: tuple[str, ...] = DEFAULT_RECIPES,
         device_id: str = "",
         max_payload_bytes: int = 0,
     ) -> None:

@@ -23,6 +23,7 @@ from edgerec.fsutil import fsync_dir, make_private_dirs, open_private
 from edgerec.grpc_status import ERROR_METADATA_KEY, error_from_rpc
 from edgerec.hashing import sha256_file
 from edgerec.ratelimit import TokenBucket
+from edgerec.tokens import device_id_of
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -158,7 +159,7 @@ class ServerConnection:
         self.target = target
         self.config = config or TransportConfig()
         # A token is "<device_id>.<secret>": requests name that device (the server refuses any other).
-        self.device_id = token.rpartition(".")[0] if token else ""
+        self.device_id = device_id_of(token)
         self._channel = make_channel(target, tls_ca=tls_ca, token=token, options=self.config.channel_options())
         self._update = update_pb2_grpc.ModelUpdateStub(self._channel)  # type: ignore[no-untyped-call]
         self._inference = inference_pb2_grpc.InferenceStub(self._channel)  # type: ignore[no-untyped-call]

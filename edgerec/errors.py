@@ -26,6 +26,10 @@ class VersionNotFoundError(NotFoundError):
     """The model exists but not that version (or not that recipe of it)."""
 
 
+class NoArtifactError(VersionNotFoundError):
+    """The version offers no artifact of an accepted recipe on an available runtime (``edgerec.artifacts``)."""
+
+
 class PayloadNotFoundError(NotFoundError):
     """No payload with that id."""
 
@@ -64,6 +68,10 @@ class ResourceLimitError(EdgerecError):
     """A request over one of the server's limits (rows per request, work in flight): smaller or later may pass."""
 
 
+class StreamLimitError(ResourceLimitError):
+    """Opening one more payload stream would break a per-device or server-wide limit (``edgerec.server.limits``)."""
+
+
 class PublishError(EdgerecError):
     """Publishing refused a model (unreadable source, unsupported graph, failed gate)."""
 
@@ -84,6 +92,10 @@ class TransportError(EdgerecError):
 
 class ModelRuntimeError(EdgerecError):
     """A local model that cannot be loaded or run (missing, damaged, runtime failure)."""
+
+
+class NonFiniteScoresError(ModelRuntimeError):
+    """A model returned NaN or inf scores."""
 
 
 class DiskFullError(EdgerecError):
@@ -180,6 +192,10 @@ class AccuracyGateError(PublishError):
 
 class RegistryConflictError(EdgerecError):
     """A conditional write lost: the document changed since it was read, or a version number stayed taken."""
+
+
+class VersionConflictError(RegistryConflictError):
+    """A publish named a version number that is not the next free one (another publisher took it first)."""
 
 
 class RegistryUnavailableError(EdgerecError):

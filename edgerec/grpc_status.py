@@ -10,6 +10,8 @@ above its metadata limit (8 KiB by default) before it reads the status.
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import grpc
 
 from edgerec import errors
@@ -52,8 +54,9 @@ def status_for(error: errors.EdgerecError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def abort(context: grpc.ServicerContext, error: errors.EdgerecError) -> None:
-    """End the call with the status for ``error``, naming its class in the trailing metadata."""
+def abort(context: grpc.ServicerContext, error: errors.EdgerecError) -> NoReturn:
+    """End the call with the status for ``error``, naming its class in the trailing metadata (raises, as
+    ``context.abort`` does)."""
     context.set_trailing_metadata(((ERROR_METADATA_KEY, type(error).__name__),))
     context.abort(status_for(error), bounded_details(str(error)))
 

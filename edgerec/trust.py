@@ -94,6 +94,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from google.protobuf.message import DecodeError
 
+from edgerec import artifacts
 from edgerec.errors import (
     ExpiredError,
     FreshnessError,
@@ -121,9 +122,6 @@ _RFC3339 = re.compile(
 Freshness = update_pb2.Freshness
 SignedFreshness = update_pb2.SignedFreshness
 
-# What an empty CheckUpdateRequest.recipes / .runtimes means (update.proto): the server's defaults.
-DEFAULT_RECIPES = ("int8", "fp32")
-DEFAULT_RUNTIMES = ("onnxruntime",)
 # A statement is a few short fields; the bound leaves room for a handful of co-signatures.
 MAX_FRESHNESS_BYTES = 16 * 1024
 # How far ahead of the device's clock a statement's issued_at may be (the clocks differ a little).
@@ -442,13 +440,13 @@ def _check_current(current_version: int, freshness: Freshness | None) -> None:
 
 def _check_recipe(manifest: Manifest, recipe: str, allowed_recipes: Sequence[str], runtimes: Sequence[str]) -> Artifact:
     """The artifact the answer offers, if its recipe and runtime are ones the request allowed."""
-    allowed = list(allowed_recipes) or list(DEFAULT_RECIPES)
+    allowed = list(artifacts.allowed_recipes(allowed_recipes))
     if recipe not in allowed:
         raise RecipeNotAllowedError(f"server offers recipe {recipe[:80]!r}; this device allows only {allowed}")
     artifact = find_artifact(manifest, recipe)
     if artifact is None:
         raise ManifestError(f"manifest has no {recipe!r} artifact")
-    usable = list(runtimes) or list(DEFAULT_RUNTIMES)
+    usable = list(artifacts.usable_runtimes(runtimes))
     if artifact.runtime not in usable:
         raise RecipeNotAllowedError(
             f"the {recipe!r} artifact runs on {artifact.runtime!r}; this device runs only {usable}"

@@ -1,8 +1,8 @@
 """Per-device bearer tokens: a file of sha256 hashes, re-read when it changes on disk.
 
 The file is a JSON object mapping device ids to the hex sha256 of their token, for example
-``{"kiosk-17": "9f86d0…"}``. Tokens look like ``<device_id>.<secret>``, so the server finds
-the one hash to compare (in constant time) without scanning every device. Only hashes are
+``{"kiosk-17": "9f86d0…"}``. Tokens look like ``<device_id>.<secret>`` (:mod:`edgerec.tokens`), so
+the server finds the one hash to compare (in constant time) without scanning every device. Only hashes are
 stored: a leaked file lets nobody in. Revoke a device by removing its line; the running
 server notices the new modification time on its next call, no restart needed.
 """
@@ -15,15 +15,14 @@ import json
 import logging
 import os
 import re
-import secrets
 import threading
 from pathlib import Path
 
 from edgerec.fsutil import atomic_write_bytes
+from edgerec.tokens import DEVICE_ID_PATTERN, new_token, parse_token
 
 log = logging.getLogger(__name__)
 
-DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 _NO_MATCH = "0" * 64  # compared against when the device is unknown, so both paths cost the same
 
@@ -59,10 +58,8 @@ def _write_token_file(path: Path, table: dict[str, str]) -> None:
 def add_device_token(path: Path | str, device_id: str) -> str:
     """Issue a new token for ``device_id`` (replacing any old one) and return it; only its hash is kept."""
     path = Path(path)
-    if not DEVICE_ID_PATTERN.fullmatch(device_id):
-        raise ValueError(f"device id must match {DEVICE_ID_PATTERN.pattern}, got {device_id[:80]!r}")
+    token = new_token(device_id)
     table = read_token_file(path) if path.exists() else {}
-    token = f"{device_id}.{secrets.token_urlsafe(32)}"
     table[device_id] = hash_token(token)
     _write_token_file(path, table)
     log.info("issued a token for device %s in %s", device_id, path)
@@ -92,10 +89,10 @@ class TokenTable:
     def device_for(self, token: str) -> str | None:
         """The device id that ``token`` belongs to, or None for an unknown or revoked token."""
         hashes = self._current()
-        device_id, _, secret = token.rpartition(".")
-        expected = hashes.get(device_id) if secret else None
+        parsed = parse_token(token)
+        expected = hashes.get(parsed.device_id) if parsed else None
         matches = hmac.compare_digest(expected or _NO_MATCH, hash_token(token))
-        return device_id if matches and expected is not None else None
+        return parsed.device_id if parsed and matches and expected is not None else None
 
     def __len__(self) -> int:
         return len(self._current())

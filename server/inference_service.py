@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -14,38 +13,33 @@ import grpc
 import numpy as np
 
 from edgerec import grpc_status, tensors
+from edgerec.artifacts import DEFAULT_RUNTIMES, choose_artifact
 from edgerec.errors import (
     EdgerecError,
-    InvalidInputError,
     ManifestError,
     ModelNotFoundError,
     ModelRuntimeError,
     ResourceLimitError,
 )
-from edgerec.manifest import Artifact, Manifest, find_artifact, validate_model_name
-from edgerec.registry import LocalRegistry, ModelRegistry
+from edgerec.manifest import Artifact, Manifest, validate_model_name
+from edgerec.registry import ModelRegistry
 from edgerec.registry.folder import version_folder
 from edgerec.runtimes import OnnxRunner
 from edgerec.server.admission import RowBudget
 from edgerec.server.batching import MicroBatcher
-from edgerec.server.planner import DEFAULT_RECIPES
 from edgerec.v1 import inference_pb2, inference_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 # Called after every Predict with (model, outcome: "ok" or the error's class name, seconds).
 PredictObserver = Callable[[str, str, float], None]
-# How long a request's resolved (model, version, recipe) is reused while the registry's index is unchanged
-# on disk; a publish changes the index, so a new version is served from the next request on (see INDEX_CHECK_S).
+# How long a request's resolved (model, version, recipe) is reused while the registry's change stamp stays;
+# a publish moves the stamp, so a new version is served from the next look at it on (see STAMP_CHECK_S).
 RESOLVE_TTL_S = 1.0
-# The registry's SQLite index: its files change (mtime, size) with every write, never with a read (an
-# empty WAL file comes and goes with connections).
-_INDEX_FILES = ("index.sqlite", "index.sqlite-wal")
-IndexStamp = tuple[object, ...]
-# How long one look at the index files stands for every request: a publish is served from the first
-# request that starts this long after it committed. Two os.stat per request cost more than the look
-# itself: each releases the GIL, a thread switch when dozens of RPC threads wait for it.
-INDEX_CHECK_S = 0.002
+# How long one look at the registry's change stamp stands for every request: a publish is served from
+# the first request that starts this long after it committed. A look is a registry read (a SQLite
+# transaction, or a HEAD request to a bucket): once per interval, by one request thread at a time.
+STAMP_CHECK_S = 0.05
 # Rows one request may carry by default; all requests being decoded and run at once: four times as many.
 DEFAULT_MAX_ROWS = 4096
 # The model label of a Predict for no published model: metrics never carry a name the caller chose.
@@ -118,18 +112,14 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         self._warmer = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="edgerec-warm")
         self._warming: dict[ModelKey, futures.Future[None]] = {}
         self._loads = 0  # models loaded so far: a stand-in found across a load is not kept
-        # (model, asked version, asked recipe) -> (index stamp, monotonic time, model): a Predict costs
-        # four SQLite transactions and a manifest parse without it, 20x the runtime call of a small model.
+        # (model, asked version, asked recipe) -> (change stamp, monotonic time, model): without it a Predict
+        # asks the registry several times and parses a manifest, far more than a small model's runtime call.
         self.resolve_ttl_s = RESOLVE_TTL_S
-        # A local registry's index files change with every write (a stat is cheaper than a query);
-        # any other backend is asked for its change stamp.
-        self._index_files = (
-            [registry.root / name for name in _INDEX_FILES] if isinstance(registry, LocalRegistry) else []
-        )
-        self._resolved: dict[ModelKey, tuple[IndexStamp, float, LoadedModel]] = {}
-        self.index_check_s = INDEX_CHECK_S
+        self._resolved: dict[ModelKey, tuple[str, float, LoadedModel]] = {}
+        self.stamp_check_s = STAMP_CHECK_S
         # (monotonic time of the look, stamp): one tuple, so threads swap it without a lock.
-        self._stamp: tuple[float, IndexStamp] = (-float("inf"), ())
+        self._stamp: tuple[float, str] = (-float("inf"), "")
+        self._looking = threading.Lock()  # held by the one thread asking the registry for its stamp
 
     def Predict(
         self, request: inference_pb2.PredictRequest, context: grpc.ServicerContext
@@ -145,12 +135,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
             log.info("Predict %s refused: %s", model, exc)
             self._observe(model, type(exc).__name__, started)
             grpc_status.abort(context, exc)
-            raise AssertionError("unreachable") from exc
-        except Exception as exc:  # a bug, not the caller's doing: logged here, no details to the caller
+        except Exception:  # a bug, not the caller's doing: logged here, no details to the caller
             log.exception("Predict %s failed", model)
             self._observe(model, "InternalError", started)
             context.abort(grpc.StatusCode.INTERNAL, "the server failed to predict; its log has the details")
-            raise AssertionError("unreachable") from exc
         self._observe(model, "ok", started)
         return response
 
@@ -223,10 +211,10 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         return response
 
     def _model_for(self, model: str, version: int, recipe: str) -> LoadedModel:
-        """The loaded model for a request; the registry is asked again when its index changed or after a TTL."""
+        """The loaded model for a request; the registry is asked again when its stamp moved or after a TTL."""
         asked = (model, version, recipe)
         now = time.monotonic()
-        stamp = self._index_stamp(now)
+        stamp = self._change_stamp(now)
         with self._lock:
             known = self._resolved.get(asked)
             if known is not None and known[0] == stamp:
@@ -235,7 +223,7 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                     self._loaded.move_to_end(key)
                     if now - known[1] < self.resolve_ttl_s:
                         return known[2]
-                    # Past the TTL with the index unchanged: this request asks the registry again while
+                    # Past the TTL with the stamp unchanged: this request asks the registry again while
                     # the others keep the answer (else every request in flight would queue on SQLite).
                     self._resolved[asked] = (stamp, now, known[2])
             loads = self._loads
@@ -248,28 +236,25 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
                 self._resolved[asked] = (stamp, now, loaded)
         return loaded
 
-    def _index_stamp(self, now: float) -> IndexStamp:
-        """(mtime, size) of the index files, looked at again when the last look is index_check_s old."""
+    def _change_stamp(self, now: float) -> str:
+        """The registry's change stamp, asked again when the last look is stamp_check_s old.
+
+        While one thread asks, the others keep the last stamp; a failed look keeps it too (a publish is
+        then noticed at a later look, and resolutions still expire after resolve_ttl_s).
+        """
         looked, stamp = self._stamp
-        if now - looked < self.index_check_s:
+        if now - looked < self.stamp_check_s or not self._looking.acquire(blocking=False):
             return stamp
-        stamp = self._stat_index()
+        try:
+            stamp = self.registry.change_stamp()
+        except EdgerecError as exc:
+            log.warning("cannot read the registry's change stamp (%s); keeping the last one", exc)
+            return stamp
+        finally:
+            self._looking.release()
         if now > self._stamp[0]:  # a slower thread's older look must not replace a newer one
             self._stamp = (now, stamp)
         return stamp
-
-    def _stat_index(self) -> IndexStamp:
-        if not isinstance(self.registry, LocalRegistry):
-            return (self.registry.change_stamp(),)
-        stamps: list[tuple[int, int] | None] = []
-        for path in self._index_files:
-            try:
-                st = os.stat(path)
-            except OSError:
-                stamps.append(None)
-            else:  # SQLite creates an empty WAL file whenever a connection opens: only a written one counts
-                stamps.append((st.st_mtime_ns, st.st_size) if st.st_size else None)
-        return tuple(stamps)
 
     def _resolve(self, model: str, version: int, recipe: str) -> tuple[LoadedModel, bool]:
         """The model for a request, and whether it is a stand-in (the previous version, while the new one warms)."""
@@ -281,13 +266,8 @@ class InferenceService(inference_pb2_grpc.InferenceServicer):
         latest_asked = version not in versions
         version = self.registry.resolve_version(model, 0 if latest_asked else version)
         _, manifest = self.registry.load_manifest(model, version)
-        recipes = [recipe] if recipe else list(DEFAULT_RECIPES)
-        for name in recipes:
-            artifact = find_artifact(manifest, name)
-            if artifact is not None:
-                break
-        else:
-            raise InvalidInputError(f"{model} version {version} has no artifact with recipe {recipes}")
+        # The recipe asked for, else a device's default preference; this service runs onnxruntime only.
+        artifact = choose_artifact(manifest, [recipe] if recipe else [], DEFAULT_RUNTIMES)
         key = (model, version, artifact.recipe)
         with self._lock:
             loaded = self._loaded.get(key)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from edgerec.errors import StreamLimitError
 from edgerec.ratelimit import TokenBucket
 from edgerec.server.progress import ProgressRules, StreamProgress
 from edgerec.server.throttled_log import ThrottledLog
@@ -18,10 +19,6 @@ _ended = ThrottledLog(log)
 
 MIN_PACED_CHUNK_BYTES = 4096
 MIN_CHUNK_BYTES = 1024
-
-
-class StreamLimitError(Exception):
-    """Opening one more stream would break a limit (the server answers RESOURCE_EXHAUSTED)."""
 
 
 @dataclass(frozen=True)

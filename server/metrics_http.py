@@ -48,7 +48,7 @@ _UPDATE_SERVICE = update_pb2.DESCRIPTOR.services_by_name["ModelUpdate"].full_nam
 CHECK_UPDATE = f"/{_UPDATE_SERVICE}/CheckUpdate"
 FETCH_PAYLOAD = f"/{_UPDATE_SERVICE}/FetchPayload"
 
-# Seconds: loopback Predict takes about a millisecond; a device's deadline is 50 ms by default.
+# Seconds, spanning loopback Predict latency (``docs/performance.md``) up past a device's default deadline.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 

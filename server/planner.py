@@ -7,17 +7,16 @@ signed freshness statement naming the version it tells the device to run (``Fres
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 
+from edgerec.artifacts import DEFAULT_RECIPES, DEFAULT_RUNTIMES, choose_artifact
 from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
-from edgerec.manifest import Artifact, ArtifactFile, Manifest, find_artifact
+from edgerec.manifest import Artifact, ArtifactFile, find_artifact
 from edgerec.registry import ModelRegistry
 from edgerec.server.freshness import FreshnessSigner, check_nonce
 from edgerec.server.payload_urls import PayloadUrls
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
 from edgerec.server.signer import ManifestSigner
-from edgerec.trust import DEFAULT_RECIPES, DEFAULT_RUNTIMES
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
@@ -31,18 +30,6 @@ class Base:
 
     version: int
     artifact: Artifact
-
-
-def choose_artifact(manifest: Manifest, recipes: Sequence[str], runtimes: Sequence[str]) -> Artifact:
-    """The first artifact in the device's recipe preference that runs on one of its runtimes."""
-    for recipe in recipes or DEFAULT_RECIPES:
-        artifact = find_artifact(manifest, recipe)
-        if artifact is not None and artifact.runtime in (runtimes or DEFAULT_RUNTIMES):
-            return artifact
-    raise VersionNotFoundError(
-        f"{manifest.model} version {manifest.version} has no artifact for recipes "
-        f"{list(recipes or DEFAULT_RECIPES)} on runtimes {list(runtimes or DEFAULT_RUNTIMES)}"
-    )
 
 
 class UpdatePlanner:

@@ -101,4 +101,3 @@ def _refuse(context: grpc.ServicerContext, method: str, request: _Unparsable) ->
     reason = grpc_status.bounded_details(str(request.error), 200)
     _refusals.info("refused a malformed %s (%d bytes) from %s: %s", method, request.size, context.peer(), reason)
     grpc_status.abort(context, InvalidInputError(f"the request is not a valid {method} message: {reason}"))
-    raise AssertionError("unreachable: abort raises")

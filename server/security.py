@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias
 import grpc
 
 from edgerec import grpc_status
-from edgerec.errors import AuthenticationError, EdgerecError, PermissionDeniedError
+from edgerec.errors import AuthenticationError, EdgerecError, PermissionDeniedError, StreamLimitError
 from edgerec.server.auth import TokenTable, add_device_token, revoke_device_token
-from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamSlot
+from edgerec.server.limits import StreamLimiter, StreamSlot
 from edgerec.server.update_service import MAX_CHUNK_BYTES
 from edgerec.v1 import telemetry_pb2, update_pb2
 
@@ -212,7 +212,6 @@ def _end_call(context: grpc.ServicerContext, code: grpc.StatusCode, details: str
 
 def _refuse(context: grpc.ServicerContext, error: EdgerecError) -> NoReturn:
     grpc_status.abort(context, error)
-    raise AssertionError("unreachable: abort raises")
 
 
 def _guarded(handler: Handler, check: Callable[[Any, grpc.ServicerContext], object]) -> Handler:

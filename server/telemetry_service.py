@@ -78,7 +78,6 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         except EdgerecError as exc:
             log.info("status report refused: %s", exc)
             grpc_status.abort(context, exc)
-            raise AssertionError("unreachable") from exc
         return telemetry_pb2.StatusAck(received_unix_s=time.time())
 
     def store(self, report: telemetry_pb2.StatusReport) -> None:

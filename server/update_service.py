@@ -47,7 +47,6 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
         except EdgerecError as exc:
             _refusals.info("CheckUpdate %r refused: %s", request.model[:80], grpc_status.bounded_details(str(exc), 200))
             grpc_status.abort(context, exc)
-            raise AssertionError("unreachable") from exc
 
     def FetchPayload(
         self, request: update_pb2.FetchPayloadRequest, context: grpc.ServicerContext
@@ -65,7 +64,6 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
                 "FetchPayload %r refused: %s", request.model[:80], grpc_status.bounded_details(str(exc), 200)
             )
             grpc_status.abort(context, exc)
-            raise AssertionError("unreachable") from exc
         chunk_size = request.max_chunk_bytes if 0 < request.max_chunk_bytes <= MAX_CHUNK_BYTES else MAX_CHUNK_BYTES
         # The device's own bandwidth cap: paced here, so the device reads as fast as bytes come and its
         # receive window holds little unread (what a cut loses). The server's caps pace on top of it.

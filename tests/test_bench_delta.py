@@ -14,7 +14,7 @@ pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
 from edgerec.codecs import CODEC_NAMES  # noqa: E402
-from edgerec.tools.bench_delta import (  # noqa: E402
+from edgerec.tools.bench.delta import (  # noqa: E402
     EDGEREC_PREFIX,
     PAIRS,
     SPARSE_IDEAL,

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edgerec.tools.bench_predict import COLUMNS, CONCURRENCY, FAILING_CONCURRENCY, FLOOR_SCENARIO, main  # noqa: E402
+from edgerec.tools.bench.predict import COLUMNS, CONCURRENCY, FAILING_CONCURRENCY, FLOOR_SCENARIO, main  # noqa: E402
 
 
 @pytest.fixture(scope="module")

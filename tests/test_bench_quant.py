@@ -10,14 +10,14 @@ pytestmark = pytest.mark.torch
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from edgerec.tools.bench_quant import (  # noqa: E402
+from edgerec.artifacts import TFLITE_RECIPES  # noqa: E402
+from edgerec.tools.bench.quant import (  # noqa: E402
     CLIENT_RECIPES,
     EDGE_CLIENT,
     LITERT,
     ONNX_RUNNER,
     ORT_SESSION,
     RECIPES,
-    TFLITE_RECIPES,
     TORCH_EAGER,
     _tflite_missing,
     main,

@@ -22,7 +22,7 @@ from edgerec.errors import (
 from edgerec.hashing import sha256_file
 from edgerec.registry import PayloadRecord, Registry
 from edgerec.tensors import to_proto
-from edgerec.tools.linkproxy import LinkProxy
+from edgerec.tools.links.cutting import LinkProxy
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch

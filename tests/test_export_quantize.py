@@ -22,7 +22,7 @@ import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 from edgerec.errors import PublishError  # noqa: E402
-from edgerec.metrics import roc_auc  # noqa: E402
+from edgerec.evaluation import roc_auc  # noqa: E402
 from edgerec.reference.data import ClickBatch, ClickGenerator, ReferenceConfig  # noqa: E402
 from edgerec.reference.model import DLRM  # noqa: E402
 from edgerec.reference.train import build_and_train, export_program  # noqa: E402

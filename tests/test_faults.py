@@ -27,7 +27,7 @@ from edgerec.server.planner import UpdatePlanner
 from edgerec.server.update_service import ModelUpdateService
 from edgerec.tools import faults
 from edgerec.tools.faults import DIRECTED_KILLS, KillBench, KillPoint, KillRun
-from edgerec.tools.linkproxy import LinkProxy
+from edgerec.tools.links.cutting import LinkProxy
 from edgerec.v1 import update_pb2
 
 pytestmark = pytest.mark.torch

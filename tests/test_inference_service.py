@@ -47,6 +47,7 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
     registry = CountingRegistry(tmp_path / "registry")
     publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
     service = InferenceService(registry)
+    service.stamp_check_s = 0.0  # every request looks at the stamp: a publish is noticed by the next one
     context = cast(grpc.ServicerContext, None)  # only an error would use it
     first = service.Predict(_request(), context)
     assert first.version == 1
@@ -73,7 +74,7 @@ def test_predict_reuses_its_resolution_until_the_registry_changes(tmp_path: Path
 
 
 def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> None:
-    """Connections opening and closing (SQLite's empty WAL file coming and going) do not count as changes."""
+    """Reads do not move the registry's change stamp: concurrent predicts share one resolution."""
     from edgerec.server.inference_service import InferenceService
     from edgerec.server.publish import PublishOptions, publish
 
@@ -98,16 +99,39 @@ def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> Non
     assert registry.lookups <= 8 * 3 + 3 * 10, registry.lookups
 
 
-def test_the_index_is_looked_at_again_once_the_check_interval_passed(tmp_path: Path) -> None:
+def test_the_change_stamp_is_looked_at_again_once_the_check_interval_passed(tmp_path: Path) -> None:
     from edgerec.server.inference_service import InferenceService
 
     registry = Registry(tmp_path / "registry")
     service = InferenceService(registry)
-    service.index_check_s = 60.0
-    first = service._index_stamp(time.monotonic())
-    (registry.root / "index.sqlite-wal").write_bytes(b"a write")
-    assert service._index_stamp(time.monotonic()) == first, "within the interval the last look stands"
-    assert service._index_stamp(time.monotonic() + 61.0) != first
+    service.stamp_check_s = 60.0
+    first = service._change_stamp(time.monotonic())
+    registry.put_document("notes/a-write", b"moves the stamp", if_match=None)
+    assert service._change_stamp(time.monotonic()) == first, "within the interval the last look stands"
+    assert service._change_stamp(time.monotonic() + 61.0) == registry.change_stamp() != first
+
+
+def test_a_failed_look_at_the_change_stamp_keeps_the_last_one(tmp_path: Path) -> None:
+    from edgerec.errors import RegistryUnavailableError
+    from edgerec.server.inference_service import InferenceService
+
+    class FlakyRegistry(Registry):
+        down = False
+
+        def change_stamp(self) -> str:
+            if self.down:
+                raise RegistryUnavailableError("the registry is unreachable")
+            return super().change_stamp()
+
+    registry = FlakyRegistry(tmp_path / "registry")
+    service = InferenceService(registry)
+    service.stamp_check_s = 0.0
+    first = service._change_stamp(time.monotonic())
+    registry.down = True
+    assert service._change_stamp(time.monotonic()) == first, "a failed look is no change and no error"
+    registry.down = False
+    registry.put_document("notes/a-write", b"moves the stamp", if_match=None)
+    assert service._change_stamp(time.monotonic()) != first
 
 
 def _serve_and_predict(server: RunningServer, request: inference_pb2.PredictRequest) -> inference_pb2.PredictResponse:
@@ -148,6 +172,7 @@ def test_a_publish_warms_in_the_background_while_the_previous_version_answers(tm
     server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
     try:
         assert server.inference is not None
+        server.inference.stamp_check_s = 0.0  # every request looks: the one after the publish notices it
         assert _serve_and_predict(server, _request()).version == 1
         publish(_model(tmp_path / "v2.onnx", fragile=False, scale=-1.0), "ctr", registry, PublishOptions(no_gate=True))
         assert _serve_and_predict(server, _request()).version == 1, "noticing a publish waits for no load"

@@ -17,15 +17,15 @@ import pytest
 from click.testing import CliRunner
 
 from edgerec.registry import Registry
-from edgerec.tools.profile.links import PRESETS, LinkProfile, load_links_file, parse_duration, parse_link
-from edgerec.tools.profile.runner import Profiler, ProfileReport, ProfileSettings
-from edgerec.tools.profile.shaping import (
+from edgerec.tools.links.emulation import (
     NETNS_PREFIX,
     ShapedLink,
     cleanup_leftovers,
     list_namespaces,
     netns_unavailable_reason,
 )
+from edgerec.tools.links.profiles import PRESETS, LinkProfile, load_links_file, parse_duration, parse_link
+from edgerec.tools.profile.runner import Profiler, ProfileReport, ProfileSettings
 
 pytestmark = pytest.mark.torch  # publishing needs the server extra (onnx)
 

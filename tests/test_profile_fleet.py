@@ -275,7 +275,7 @@ def _synthetic(*, finished: int, failed: int, end_s: float, server_cpu_s: float,
 
 
 def test_bench_targets_are_met_only_when_every_figure_is_within_its_limit() -> None:
-    from edgerec.tools.bench_fleet import compute_targets
+    from edgerec.tools.bench.fleet import compute_targets
 
     # 10 devices, 16 MB delivered, ramp 10 s: ideal 109 s
     good = _synthetic(finished=10, failed=0, end_s=120.0, server_cpu_s=0.2, peak_rss=200 * 10**6)

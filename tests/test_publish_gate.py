@@ -72,8 +72,10 @@ def test_with_validation_data_the_gate_runs_and_the_manifest_records_its_metrics
     registry = tmp_path / "registry"
     result = _publish(registry, source, "--name", MODEL, "--validation", validation, "--json")
     assert result.exit_code == 0, result.output
-    gates = {a["recipe"]: a["gate"] for a in json.loads(result.output)["artifacts"]}
-    assert gates == {"fp32": "reference", "int8": "passed"}
+    artifacts = json.loads(result.output)["artifacts"]
+    assert {a["recipe"]: a["gate"] for a in artifacts} == {"fp32": "reference", "int8": "passed"}
+    drops = {a["recipe"]: a["auc_drop"] for a in artifacts}
+    assert drops["fp32"] is None and isinstance(drops["int8"], float) and drops["int8"] <= 0.001
     _, manifest = Registry(registry).load_manifest(MODEL, 1)
     assert [a.accuracy_gate for a in manifest.artifacts if a.recipe == "int8"] == [AccuracyGate.ACCURACY_GATE_PASSED]
     assert manifest.annotations["edgerec.gate.int8.rows"] == "2000"
@@ -93,3 +95,44 @@ def test_a_name_ending_in_a_newline_is_refused(source: Path, tmp_path: Path) -> 
         error = _one_line_error(_publish(registry, source, "--name", name, "--no-gate"))
         assert "invalid model name" in error
     assert not (registry / "models").exists() or not any((registry / "models").iterdir())
+
+
+# --- progress and summary ---------------------------------------------------------------
+
+
+def test_publish_reports_each_step_to_its_observer_as_it_starts_and_ends(source: Path, tmp_path: Path) -> None:
+    from edgerec.server.publish import PublishOptions, PublishStep, publish
+
+    steps: list[PublishStep] = []
+    manifest = publish(
+        source, MODEL, Registry(tmp_path / "registry"), PublishOptions(no_gate=True), observer=steps.append
+    )
+    started = [s.label() for s in steps if not s.finished]
+    ended = [s.label() for s in steps if s.finished]
+    expected = ["export fp32", "quantize int8", "gate int8", "golden", "register", "payloads"]
+    assert started == ended == expected, steps
+    for label in expected:  # each step starts before it ends, and no step overlaps another
+        assert (
+            steps.index(next(s for s in steps if s.label() == label and s.finished))
+            == steps.index(next(s for s in steps if s.label() == label)) + 1
+        )
+    done = {s.label(): s for s in steps if s.finished}
+    assert all(s.seconds is not None and s.seconds >= 0 for s in done.values())
+    assert done["gate int8"].detail.startswith("skipped")
+    assert done["register"].detail == f"{MODEL} version {manifest.version}"
+
+
+def test_the_command_shows_steps_on_stderr_and_a_summary_and_json_alone_with_json(source: Path, tmp_path: Path) -> None:
+    registry = tmp_path / "registry"
+    shown = _publish(registry, source, "--name", MODEL, "--no-gate")
+    assert shown.exit_code == 0, shown.output
+    for step in ("export fp32", "quantize int8", "gate int8: skipped", "golden", "register", "payloads"):
+        assert step in shown.stderr, shown.stderr
+    assert f"{MODEL} version 1" in shown.stdout and "published in" in shown.stdout
+    assert "int8" in shown.stdout and "skipped" in shown.stdout and "reference" in shown.stdout
+
+    quiet = _publish(registry, source, "--name", MODEL, "--no-gate", "--json")
+    assert quiet.exit_code == 0 and quiet.stderr == "", quiet.stderr
+    out = json.loads(quiet.stdout)
+    assert out["version"] == 2 and isinstance(out["seconds"], float)
+    assert {a["recipe"]: a["auc_drop"] for a in out["artifacts"]} == {"fp32": None, "int8": None}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edgerec.metrics import log_loss, roc_auc
+from edgerec.evaluation import log_loss, roc_auc
 from edgerec.reference.data import (
     DENSE_INPUT,
     SPARSE_INPUT,

@@ -12,7 +12,7 @@ import pytest
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 
-from edgerec.metrics import roc_auc  # noqa: E402
+from edgerec.evaluation import roc_auc  # noqa: E402
 from edgerec.reference.data import ClickBatch, ClickGenerator, ReferenceConfig  # noqa: E402
 from edgerec.reference.model import DLRM  # noqa: E402
 from edgerec.reference.train import build_and_train, export_program, predict, train  # noqa: E402

@@ -32,11 +32,11 @@ from edgerec.device.channel import make_channel
 from edgerec.device.storage import ModelStore
 from edgerec.device.sync import Syncer
 from edgerec.device.transport import ServerConnection, TransportConfig
-from edgerec.errors import AuthenticationError, PermissionDeniedError, TransportError
+from edgerec.errors import AuthenticationError, PermissionDeniedError, StreamLimitError, TransportError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
 from edgerec.server.app import RunningServer, ServerConfig, start_server
-from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamLimits
+from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.progress import ProgressRules
 from edgerec.server.security import add_device_token, revoke_device_token
 from edgerec.trust import UpdateVerifier

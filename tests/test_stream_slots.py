@@ -20,10 +20,11 @@ import pytest
 from servertools import registry_server
 
 from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.errors import StreamLimitError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
 from edgerec.server.app import ServerConfig, start_server
-from edgerec.server.limits import StreamLimiter, StreamLimitError, StreamLimits
+from edgerec.server.limits import StreamLimiter, StreamLimits
 from edgerec.server.progress import ProgressRules, StreamProgress
 from edgerec.v1 import update_pb2, update_pb2_grpc
 

@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 
 from edgerec import tensors  # noqa: E402
 from edgerec.device.artifacts import available_runtimes, choose_artifact, open_artifact  # noqa: E402
-from edgerec.errors import ManifestError, PublishError  # noqa: E402
+from edgerec.errors import NoArtifactError, PublishError  # noqa: E402
 from edgerec.manifest import Manifest, check_manifest, find_artifact  # noqa: E402
 from edgerec.reference.data import ClickGenerator, ReferenceConfig  # noqa: E402
 from edgerec.reference.train import build_and_train, export_program  # noqa: E402
@@ -120,7 +120,7 @@ def test_device_choice_without_a_fitting_runtime_names_what_was_offered(
     source, _ = program
     registry = Registry(tmp_path / "registry")
     manifest = publish(source, "ctr", registry, PublishOptions(recipes=("fp32", "int8"), delta_depth=0, no_gate=True))
-    with pytest.raises(ManifestError, match=r"offers \['fp32 \(onnxruntime\)', 'int8 \(onnxruntime\)'\]"):
+    with pytest.raises(NoArtifactError, match=r"offers \['fp32 \(onnxruntime\)', 'int8 \(onnxruntime\)'\]"):
         choose_artifact(manifest, ("tflite_wi8",))
     artifact = choose_artifact(manifest, ("tflite_wi8", "int8"))
     cache = tmp_path / "cache"

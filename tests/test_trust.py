@@ -25,6 +25,7 @@ from google.protobuf.message import DecodeError
 from hypothesis import given
 from hypothesis import strategies as st
 
+from edgerec.artifacts import DEFAULT_RECIPES
 from edgerec.cli.keys import keys
 from edgerec.errors import (
     EdgerecError,
@@ -60,7 +61,6 @@ from edgerec.signing import (
     sign_manifest,
 )
 from edgerec.trust import (
-    DEFAULT_RECIPES,
     MAX_CLOCK_SKEW,
     MAX_FRESHNESS_BYTES,
     Freshness,

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgerec.device import EdgeClient, Prediction, SyncResult
-from edgerec.metrics import roc_auc
+from edgerec.evaluation import roc_auc
 from edgerec.reference.data import ClickGenerator, ReferenceConfig
 from edgerec.registry import Registry
 

@@ -8,12 +8,20 @@ from typing import Any, TypeVar
 
 import click
 
+from edgerec.errors import ConfigError
+from edgerec.tokens import check_token_text
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def read_token(token_file: Path | None) -> str | None:
     """The token in ``token_file`` (a file, not an argument: a command line shows in the process list)."""
-    return token_file.read_text().strip() if token_file else None
+    if token_file is None:
+        return None
+    try:
+        return check_token_text(token_file.read_text().strip())
+    except (ConfigError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"{token_file} does not hold a device token: {exc}") from exc
 
 
 def connection_options(command: F) -> F:

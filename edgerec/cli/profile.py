@@ -169,8 +169,8 @@ def update(
     device CPU and memory, time to the first prediction on the new version; recommend a codec
     per link and say whether an update (or a budgeted partial one) fits --window.
     """
+    from edgerec.tools.links.profiles import PRESETS, load_links_file, parse_duration, parse_link
     from edgerec.tools.profile import report as out
-    from edgerec.tools.profile.links import PRESETS, load_links_file, parse_duration, parse_link
     from edgerec.tools.profile.runner import DEFAULT_CODECS, Profiler, ProfileSettings
     from edgerec.units import parse_size
 
@@ -306,9 +306,9 @@ def fleet(
     against the link-limited ideal, devices done over time, errors by code, bytes by source, and, with
     --server-pid, the server's CPU seconds per GB delivered and peak RSS.
     """
+    from edgerec.tools.links.profiles import parse_duration
     from edgerec.tools.profile.fleet import FleetSettings, RetryPolicy, run_fleet
     from edgerec.tools.profile.fleet import report as out
-    from edgerec.tools.profile.links import parse_duration
     from edgerec.units import parse_rate
 
     try:

@@ -1,22 +1,26 @@
-"""``edgerec publish``: export, quantize and register a model version (or a budgeted partial one)."""
+"""``edgerec publish``: export, quantize and register a model version (or a budgeted partial one).
+
+People see each long step on stderr while it runs, then a summary table; ``--json`` prints the JSON alone.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import numpy as np
 
-from edgerec.cli.output import emit_json, print_table
+from edgerec.artifacts import ONNX_RECIPES, PUBLISH_RECIPES, TFLITE_RECIPES
+from edgerec.cli.output import StepCallback, emit_json, print_table, step_progress
 from edgerec.cli.registry_option import open_cli_registry, registry_options
 from edgerec.manifest import AccuracyGate, Manifest
-from edgerec.units import parse_size
+from edgerec.units import format_bytes, parse_size
 
-# Kept in step with edgerec.server.publish.pipeline.RECIPES (not imported: it pulls in the publishing stack).
-ONNX_RECIPES = ("fp32", "int8", "int4")
-TFLITE_RECIPES = ("tflite_fp32", "tflite_wi8")
+if TYPE_CHECKING:
+    from edgerec.registry import ModelRegistry
 
 
 def _recipes(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[str, ...]:
@@ -58,7 +62,7 @@ def _batch_sizes(ctx: click.Context, param: click.Parameter, value: str | None) 
     "--recipe",
     "recipes",
     multiple=True,
-    default=("fp32", "int8"),
+    default=PUBLISH_RECIPES,
     show_default=True,
     callback=_recipes,
     help=(
@@ -118,7 +122,7 @@ def publish(
     With --budget and --base, also (or, without SOURCE, only) publish a partial version of the
     latest version: the rows that changed most since --base, within the payload budget.
     """
-    from edgerec.server.publish import PublishOptions
+    from edgerec.server.publish import PublishOptions, PublishStep
     from edgerec.server.publish import publish as run_publish
 
     if source is None and budget is None:
@@ -137,45 +141,81 @@ def publish(
     registry = open_cli_registry(registry_spec, s3_endpoint)
     arrays = dict(np.load(validation)) if validation is not None else None
     published: list[dict[str, Any]] = []
-    if source is not None:
-        options = PublishOptions(
-            recipes=recipes, delta_depth=delta_depth, validation=arrays, max_auc_drop=max_auc_drop, no_gate=no_gate
-        )
-        if batch_sizes is not None:
-            options = dataclasses.replace(options, tflite_batch_sizes=batch_sizes)
-        manifest = run_publish(source, name, registry, options)
-        published.append(_describe(manifest))
-    if budget is not None and base_version is not None:
-        from edgerec.server.publish.budget import publish_partial
+    with step_progress(not as_json) as show:
 
-        result = publish_partial(registry, name, base_version, parse_size(budget), validation=arrays, no_gate=no_gate)
-        published.append(
-            _describe(result.manifest)
-            | {
-                "rows_taken": result.rows_taken,
-                "rows_changed": result.rows_changed,
-                "payload_bytes": result.payload_bytes,
-            }
-        )
+        def observer(step: PublishStep) -> None:
+            show(step.label(), step.seconds, step.detail)
+
+        if source is not None:
+            options = PublishOptions(
+                recipes=recipes, delta_depth=delta_depth, validation=arrays, max_auc_drop=max_auc_drop, no_gate=no_gate
+            )
+            if batch_sizes is not None:
+                options = dataclasses.replace(options, tflite_batch_sizes=batch_sizes)
+            started = time.perf_counter()
+            manifest = run_publish(source, name, registry, options, observer=observer)
+            published.append(_describe(manifest) | {"seconds": time.perf_counter() - started})
+        if budget is not None and base_version is not None:
+            published.append(_publish_partial(registry, name, base_version, budget, arrays, no_gate, show))
     if as_json:
         emit_json(published[0] if len(published) == 1 else published)
         return
     for entry in published:
-        print_table(
-            f"{entry['model']} version {entry['version']}",
-            ["recipe", "runtime", "batches", "gate", "bytes", "digest"],
-            [
-                (
-                    a["recipe"],
-                    a["runtime"],
-                    ",".join(map(str, a["batch_sizes"])) or "any",
-                    a["gate"],
-                    a["bytes"],
-                    a["digest"][:16],
-                )
-                for a in entry["artifacts"]
-            ],
+        _print_summary(entry)
+
+
+def _publish_partial(
+    registry: ModelRegistry,
+    name: str,
+    base_version: int,
+    budget: str,
+    validation: dict[str, np.ndarray] | None,
+    no_gate: bool,
+    show: StepCallback,
+) -> dict[str, Any]:
+    from edgerec.server.publish import PublishStep
+    from edgerec.server.publish.budget import publish_partial
+
+    def observer(step: PublishStep) -> None:
+        show(f"partial: {step.label()}", step.seconds, step.detail)
+
+    started = time.perf_counter()
+    result = publish_partial(
+        registry, name, base_version, parse_size(budget), validation=validation, no_gate=no_gate, observer=observer
+    )
+    return _describe(result.manifest) | {
+        "rows_taken": result.rows_taken,
+        "rows_changed": result.rows_changed,
+        "payload_bytes": result.payload_bytes,
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _print_summary(entry: dict[str, Any]) -> None:
+    """One table per published version: each recipe's runtime, size and gate result, and the time it took."""
+    notes = [f"published in {entry['seconds']:.1f} s"]
+    if "rows_taken" in entry:
+        notes.append(
+            f"partial: {entry['rows_taken']} of {entry['rows_changed']} changed rows, "
+            f"{format_bytes(entry['payload_bytes'])} of payload"
         )
+    print_table(
+        f"{entry['model']} version {entry['version']}",
+        ["recipe", "runtime", "batches", "size", "gate", "AUC drop", "digest"],
+        [
+            (
+                a["recipe"],
+                a["runtime"],
+                ",".join(map(str, a["batch_sizes"])) or "any",
+                format_bytes(a["bytes"]),
+                a["gate"],
+                "-" if a["auc_drop"] is None else f"{a['auc_drop']:+.5f}",
+                a["digest"][:16],
+            )
+            for a in entry["artifacts"]
+        ],
+        caption="; ".join(notes),
+    )
 
 
 def _describe(manifest: Manifest) -> dict[str, Any]:
@@ -191,7 +231,17 @@ def _describe(manifest: Manifest) -> dict[str, Any]:
                 "gate": AccuracyGate.Name(a.accuracy_gate).removeprefix("ACCURACY_GATE_").lower(),
                 "digest": a.digest,
                 "bytes": sum(f.size for f in a.files),
+                "auc_drop": _auc_drop(manifest, a.recipe),
             }
             for a in manifest.artifacts
         ],
     }
+
+
+def _auc_drop(manifest: Manifest, recipe: str) -> float | None:
+    """The AUC drop the accuracy gate recorded for ``recipe``, None when it was not gated."""
+    value = manifest.annotations.get(f"edgerec.gate.{recipe}.auc_drop")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None

@@ -3,9 +3,8 @@
 Both directions stream in 1 MiB steps, so memory stays bounded whatever the file size.
 
 Level 9 by default. On float32 and int8 embedding tables zstd's ratio plateaus from
-level 6-9 (fp32: 0.7644 at levels 7-12, 0.7652 at 19; int8: 0.7686 at 8-10, 0.7679 at 19),
-while compression speed keeps falling (fp32 on this machine: 72 MiB/s at 9, 53 at 10,
-35 at 12, 2.7 at 19). Files above 128 MiB also get long-distance matching with a 128 MiB
+level 6-9, while compression speed keeps falling at higher levels (``docs/performance.md``).
+Files above 128 MiB also get long-distance matching with a 128 MiB
 window: it finds repeats further apart than level 9's 4 MiB window, at the cost of about
 128 MiB more memory on the device while decompressing.
 

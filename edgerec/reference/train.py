@@ -70,8 +70,8 @@ def train(
     The model is left in eval mode.
     ``num_threads`` sets torch's intra-op threads while training (process-wide,
     restored afterwards; ``None`` keeps the current setting): these small models
-    train as fast on one thread, and two threads slow down ~8x when another
-    process holds a core of a 2-core machine.
+    train as fast on one thread, and two threads slow down sharply when another
+    process holds a core of a 2-core machine (``docs/performance.md``).
     """
     if epochs < 0 or batch_size < 1:
         raise ValueError(f"need epochs >= 0 and batch_size >= 1, got {epochs}, {batch_size}")

@@ -163,8 +163,8 @@ class ModelRegistry(Protocol):
 
         The registry allocates the number and calls ``make_manifest(number)`` for the signed
         manifest (again, with a higher number, if another publisher took it first). Each file the
-        manifest lists must be at ``staged_dir / file.path``. Raises ``RegistryConflictError``
-        when no number could be taken after bounded retries.
+        manifest lists must be at ``staged_dir / file.path``. Raises ``VersionConflictError`` (a
+        ``RegistryConflictError``) when no number could be taken after bounded retries.
         """
         ...
 

@@ -58,6 +58,7 @@ from edgerec.errors import (
     PayloadNotFoundError,
     RegistryConflictError,
     RegistryUnavailableError,
+    VersionConflictError,
     VersionNotFoundError,
 )
 from edgerec.hashing import sha256_file
@@ -412,7 +413,7 @@ class S3Registry:
             time.sleep(random.uniform(0, min(0.25, 0.002 * attempt)))
             numbers = self._version_numbers(model, refresh=True)
             version = max(version + 1, max(numbers, default=0) + 1)
-        raise RegistryConflictError(
+        raise VersionConflictError(
             f"could not commit a version of {model} in {self.max_commit_attempts} attempts: "
             "too many concurrent publishers"
         )

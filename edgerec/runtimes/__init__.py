@@ -1,6 +1,7 @@
 """Model runtimes behind one small interface: load an artifact, run named arrays."""
 
-from edgerec.runtimes.base import ModelRunner, NonFiniteScoresError, ScoringRunner, flat_scores
+from edgerec.errors import NonFiniteScoresError
+from edgerec.runtimes.base import ModelRunner, ScoringRunner, flat_scores
 from edgerec.runtimes.litert import LiteRTBatchRunner, LiteRTRunner
 from edgerec.runtimes.onnx import OnnxRunner
 

@@ -8,9 +8,9 @@ from typing import Any, Final, Protocol
 
 import numpy as np
 
-from edgerec.errors import ModelRuntimeError
+from edgerec.errors import NonFiniteScoresError
 
-__all__ = ["ModelRunner", "NonFiniteScoresError", "ScoringRunner", "TerminateFlag", "flat_scores"]
+__all__ = ["ModelRunner", "ScoringRunner", "TerminateFlag", "flat_scores"]
 
 
 class ModelRunner(Protocol):
@@ -35,10 +35,6 @@ class ScoringRunner(ModelRunner, Protocol):
     def run_options(self) -> Any: ...
 
     def describe(self) -> dict[str, str]: ...
-
-
-class NonFiniteScoresError(ModelRuntimeError):
-    """A model returned NaN or inf scores."""
 
 
 class TerminateFlag:

@@ -1,14 +1,14 @@
 """onnxruntime: the default runtime on devices and for server fallback inference.
 
-Session options, as measured on the reference models (see ``tools/bench_quant.py``):
+Session options, chosen by measuring the reference models (numbers in ``docs/performance.md``):
 
 * one intra-op thread: fastest for small recommendation models at batch 1;
 * EXTENDED graph optimization: portable across CPUs (ALL may bake in hardware-specific
   layouts), so an optimized model saved on one device runs on any;
 * external data stays memory-mapped (onnxruntime's default): loading reads no weights,
   and an embedding row becomes resident when a lookup first touches it. Reading the
-  weights into memory instead (model bytes) made a 103 MB fp32 model take 1.4 s and
-  337 MB to load; the CPU memory arena and weight prepacking changed RSS by < 1 MB.
+  weights into memory instead (model bytes) made loading slow and doubled its memory;
+  the CPU memory arena and weight prepacking barely changed RSS.
 
 With ``cache_dir``, the EXTENDED-optimized model is saved there once (graph plus its own
 ``.data`` file, under a key naming the artifact's bytes, the onnxruntime version and the

@@ -24,18 +24,20 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from edgerec.artifacts import PUBLISH_RECIPES
 from edgerec.codecs import make_patch
 from edgerec.errors import PublishError
+from edgerec.evaluation import roc_auc
 from edgerec.manifest import PARTIAL_BASE, PARTIAL_OF, Manifest, find_artifact
-from edgerec.metrics import roc_auc
 from edgerec.registry import ModelRegistry
 from edgerec.registry.folder import version_folder
 from edgerec.runtimes import OnnxRunner
 from edgerec.server.payloads import DELTA_CODECS
 from edgerec.server.publish.export import load_onnx, save_canonical
 from edgerec.server.publish.gate import require_gate_data
-from edgerec.server.publish.pipeline import DEFAULT_RECIPES, MODEL_FILE, PublishOptions, publish
+from edgerec.server.publish.pipeline import MODEL_FILE, PublishOptions, publish
 from edgerec.server.publish.quantize import find_embedding_tables, quantize_int8
+from edgerec.server.publish.steps import PublishObserver, report_step
 
 log = logging.getLogger(__name__)
 
@@ -69,12 +71,15 @@ def publish_partial(
     target_version: int = 0,
     validation: Mapping[str, np.ndarray] | None = None,
     no_gate: bool = False,
+    observer: PublishObserver | None = None,
 ) -> PartialResult:
     """Build, check and publish the partial version of ``target_version`` (latest) for devices on ``base_version``.
 
     Its quantized artifact passes the accuracy gate on ``validation`` like any other, unless ``no_gate``.
+    ``observer`` hears of the steps as :func:`~edgerec.server.publish.pipeline.publish` reports them, after a
+    ``budget`` step that picks the rows.
     """
-    require_gate_data(DEFAULT_RECIPES, validation, no_gate=no_gate)
+    require_gate_data(PUBLISH_RECIPES, validation, no_gate=no_gate)
     target_version = registry.resolve_version(model, target_version)
     if base_version >= target_version:
         raise PublishError(f"base version {base_version} is not older than target {target_version}")
@@ -82,11 +87,17 @@ def publish_partial(
     target = load_onnx(_fp32_model(registry, model, target_version))
     rows = _changed_rows(base, target)
     with tempfile.TemporaryDirectory(prefix="partial-", dir=registry.scratch_dir()) as tmp:
-        sizer = _PayloadSizer(registry, model, base_version, Path(tmp))
-        cost = {0: sizer.cost(_blend(base, target, rows[:0]))}
-        if cost[0] > budget_bytes:
-            raise PublishError(f"a budget of {budget_bytes} B cannot hold even the dense layers' update ({cost[0]} B)")
-        taken = _largest_fitting(lambda k: sizer.cost(_blend(base, target, rows[:k])), len(rows), budget_bytes, cost)
+        with report_step(observer, "budget") as step:
+            sizer = _PayloadSizer(registry, model, base_version, Path(tmp))
+            cost = {0: sizer.cost(_blend(base, target, rows[:0]))}
+            if cost[0] > budget_bytes:
+                raise PublishError(
+                    f"a budget of {budget_bytes} B cannot hold even the dense layers' update ({cost[0]} B)"
+                )
+            taken = _largest_fitting(
+                lambda k: sizer.cost(_blend(base, target, rows[:k])), len(rows), budget_bytes, cost
+            )
+            step.detail = f"{taken} of {len(rows)} changed rows, {cost[taken]} B of payload"
         source = Path(tmp) / "partial" / MODEL_FILE
         save_canonical(_blend(base, target, rows[:taken]), source)
         annotations = {
@@ -100,7 +111,7 @@ def publish_partial(
         options = PublishOptions(
             annotations=annotations, delta_bases=(base_version,), validation=validation, no_gate=no_gate
         )
-        manifest = publish(source, model, registry, options)
+        manifest = publish(source, model, registry, options, observer=observer)
     log.info(
         "partial version %d of %s: %d of %d changed rows, %d B payload for a %d B budget",
         manifest.version,

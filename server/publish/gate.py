@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from edgerec.errors import AccuracyGateError, PublishError
-from edgerec.metrics import log_loss, roc_auc
+from edgerec.evaluation import log_loss, roc_auc
 from edgerec.runtimes import ModelRunner, OnnxRunner
 from edgerec.server.publish.signature import read_signature
 

@@ -1,4 +1,7 @@
-"""Publishing: source model -> ONNX (and optional TFLite) artifacts -> gate -> manifest -> registry -> payloads."""
+"""Publishing: source model -> ONNX (and optional TFLite) artifacts -> gate -> manifest -> registry -> payloads.
+
+Each long step is logged and reported to an optional observer (:mod:`edgerec.server.publish.steps`).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from edgerec.artifacts import ONNX_RECIPES, PUBLISH_RECIPES, TFLITE_RECIPES
 from edgerec.errors import PublishError
 from edgerec.hashing import sha256_file
 from edgerec.manifest import (
@@ -40,13 +44,13 @@ from edgerec.server.publish.gate import (
 )
 from edgerec.server.publish.golden import golden_cases, golden_inputs
 from edgerec.server.publish.signature import read_signature
-from edgerec.server.publish.tflite import DEFAULT_BATCH_SIZES, TFLITE_RECIPES
+from edgerec.server.publish.steps import PublishObserver, report_step
+from edgerec.server.publish.tflite import DEFAULT_BATCH_SIZES
+from edgerec.units import format_bytes
 
 log = logging.getLogger(__name__)
 
-ONNX_RECIPES = ("fp32", "int8", "int4")
 RECIPES = (*ONNX_RECIPES, *TFLITE_RECIPES)
-DEFAULT_RECIPES = ("fp32", "int8")
 MODEL_FILE = "model.onnx"
 
 
@@ -54,7 +58,7 @@ MODEL_FILE = "model.onnx"
 class PublishOptions:
     """How to publish; the defaults suit the reference model."""
 
-    recipes: Sequence[str] = DEFAULT_RECIPES
+    recipes: Sequence[str] = PUBLISH_RECIPES
     # A quantized artifact whose AUC falls more than this below fp32's on the validation data is refused.
     max_auc_drop: float = DEFAULT_MAX_AUC_DROP
     # Deltas from this many earlier versions are made now, so the first devices wait for nothing.
@@ -71,8 +75,19 @@ class PublishOptions:
     tflite_batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES
 
 
-def publish(source: Path, name: str, registry: ModelRegistry, options: PublishOptions | None = None) -> Manifest:
-    """Publish ``source`` (a ``.pt2`` torch.export program or an ``.onnx`` file) as the next version."""
+def publish(
+    source: Path,
+    name: str,
+    registry: ModelRegistry,
+    options: PublishOptions | None = None,
+    *,
+    observer: PublishObserver | None = None,
+) -> Manifest:
+    """Publish ``source`` (a ``.pt2`` torch.export program or an ``.onnx`` file) as the next version.
+
+    ``observer`` hears of each step as it starts and ends (export, quantize and gate per recipe,
+    golden cases, register, payloads).
+    """
     options = options or PublishOptions()
     validate_model_name(name)
     if not source.exists():
@@ -91,10 +106,14 @@ def publish(source: Path, name: str, registry: ModelRegistry, options: PublishOp
 
     with tempfile.TemporaryDirectory(prefix="publish-", dir=registry.scratch_dir()) as tmp:
         staged = Path(tmp) / "version"
-        fp32_model = to_onnx(source, staged / "fp32" / MODEL_FILE)
-        gate_annotations = _quantize_behind_gate(fp32_model, staged, options)
+        with report_step(observer, "export", "fp32") as step:
+            fp32_model = to_onnx(source, staged / "fp32" / MODEL_FILE)
+            step.detail = format_bytes(_folder_bytes(fp32_model.parent))
+        gate_annotations = _quantize_behind_gate(fp32_model, staged, options, observer)
         inputs, outputs = read_signature(fp32_model)
-        runners, tflite_annotations = _tflite_behind_gate(source, fp32_model, staged, inputs, outputs, options)
+        runners, tflite_annotations = _tflite_behind_gate(
+            source, fp32_model, staged, inputs, outputs, options, observer
+        )
         gate_annotations |= tflite_annotations
         if "fp32" not in options.recipes:
             shutil.rmtree(staged / "fp32")
@@ -102,7 +121,9 @@ def publish(source: Path, name: str, registry: ModelRegistry, options: PublishOp
         for artifact in artifacts:
             artifact.accuracy_gate = _gate_record(artifact.recipe, options)
         entrypoints: dict[str, Path | ModelRunner] = {a.recipe: staged / a.entrypoint for a in artifacts}
-        golden = golden_cases(golden_inputs(inputs, options.validation), entrypoints | runners)
+        with report_step(observer, "golden") as step:
+            golden = golden_cases(golden_inputs(inputs, options.validation), entrypoints | runners)
+            step.detail = f"{len(golden)} cases"
         draft = Manifest(
             format_version=FORMAT_VERSION,
             model=name,
@@ -121,12 +142,18 @@ def publish(source: Path, name: str, registry: ModelRegistry, options: PublishOp
             manifest.version = version
             return sign_nothing(manifest)
 
-        manifest = registry.add_version(name, staged, numbered)
-    prepare_payloads(registry, manifest, options)
+        with report_step(observer, "register") as step:
+            manifest = registry.add_version(name, staged, numbered)
+            step.detail = f"{name} version {manifest.version}"
+    with report_step(observer, "payloads") as step:
+        made = prepare_payloads(registry, manifest, options)
+        step.detail = f"{made} payloads"
     return manifest
 
 
-def _quantize_behind_gate(fp32_model: Path, staged: Path, options: PublishOptions) -> dict[str, str]:
+def _quantize_behind_gate(
+    fp32_model: Path, staged: Path, options: PublishOptions, observer: PublishObserver | None
+) -> dict[str, str]:
     """Build each quantized recipe asked for; refuse one that fails the accuracy gate. Returns its metrics."""
     from edgerec.server.publish.quantize import quantize_int8
     from edgerec.server.publish.quantize_int4 import quantize_int4
@@ -135,15 +162,30 @@ def _quantize_behind_gate(fp32_model: Path, staged: Path, options: PublishOption
     for recipe, quantize in (("int8", quantize_int8), ("int4", quantize_int4)):
         if recipe not in options.recipes:
             continue
-        candidate = quantize(fp32_model, staged / recipe / MODEL_FILE)
-        gate_data = _gate_data(options)
-        if gate_data is not None:
-            metrics = evaluate(fp32_model, candidate, gate_data, recipe=recipe)
-            check_gate(metrics, options.max_auc_drop)  # raises before anything is registered
-            annotations |= metrics.annotations(options.max_auc_drop)
-        else:
-            annotations[f"edgerec.gate.{recipe}.status"] = _SKIPPED
+        with report_step(observer, "quantize", recipe) as step:
+            candidate = quantize(fp32_model, staged / recipe / MODEL_FILE)
+            step.detail = format_bytes(_folder_bytes(candidate.parent))
+        annotations |= _gate(fp32_model, candidate, recipe, options, observer)
     return annotations
+
+
+def _gate(
+    fp32_model: Path,
+    candidate: Path | ModelRunner,
+    recipe: str,
+    options: PublishOptions,
+    observer: PublishObserver | None,
+) -> dict[str, str]:
+    """Score ``candidate`` against fp32 (raising before anything is registered if it fails); its annotations."""
+    with report_step(observer, "gate", recipe) as step:
+        gate_data = _gate_data(options)
+        if gate_data is None:
+            step.detail = "skipped (no_gate)"
+            return {f"edgerec.gate.{recipe}.status": _SKIPPED}
+        metrics = evaluate(fp32_model, candidate, gate_data, recipe=recipe)
+        check_gate(metrics, options.max_auc_drop)
+        step.detail = f"passed, AUC drop {metrics.auc_drop:+.5f} (limit {options.max_auc_drop:g})"
+        return metrics.annotations(options.max_auc_drop)
 
 
 def _tflite_behind_gate(
@@ -153,6 +195,7 @@ def _tflite_behind_gate(
     inputs: Sequence[TensorSpec],
     outputs: Sequence[TensorSpec],
     options: PublishOptions,
+    observer: PublishObserver | None,
 ) -> tuple[dict[str, ModelRunner], dict[str, str]]:
     """Export each TFLite recipe asked for, gate it against the fp32 ONNX model; its runner for the golden cases."""
     recipes = [recipe for recipe in options.recipes if recipe in TFLITE_RECIPES]
@@ -165,15 +208,11 @@ def _tflite_behind_gate(
     runners: dict[str, ModelRunner] = {}
     annotations: dict[str, str] = {}
     for recipe in recipes:
-        files = export_tflite(source, staged / recipe, recipe, options.tflite_batch_sizes, sample)
+        with report_step(observer, "quantize", recipe) as step:
+            files = export_tflite(source, staged / recipe, recipe, options.tflite_batch_sizes, sample)
+            step.detail = format_bytes(_folder_bytes(staged / recipe))
         runner = LiteRTBatchRunner(files, input_names=[s.name for s in inputs], output_names=[s.name for s in outputs])
-        gate_data = _gate_data(options)
-        if gate_data is not None:
-            metrics = evaluate(fp32_model, runner, gate_data, recipe=recipe)
-            check_gate(metrics, options.max_auc_drop)
-            annotations |= metrics.annotations(options.max_auc_drop)
-        else:
-            annotations[f"edgerec.gate.{recipe}.status"] = _SKIPPED
+        annotations |= _gate(fp32_model, runner, recipe, options, observer)
         runners[recipe] = runner
     return runners, annotations
 
@@ -214,18 +253,27 @@ def _describe_artifact(staged: Path, recipe: str, options: PublishOptions) -> Ar
     return artifact
 
 
-def prepare_payloads(registry: ModelRegistry, manifest: Manifest, options: PublishOptions) -> None:
-    """Make the full payloads of a new version and its deltas from earlier versions (see PublishOptions)."""
+def _folder_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def prepare_payloads(registry: ModelRegistry, manifest: Manifest, options: PublishOptions) -> int:
+    """Make the full payloads of a new version and its deltas from earlier versions (see PublishOptions).
+
+    Returns how many payloads there are for it now (made or found).
+    """
     store = PayloadStore(registry)
     earlier: list[int] = []
     if options.delta_bases is not None:
         earlier = list(options.delta_bases)
     elif options.delta_depth > 0:
         earlier = [v for v in registry.versions(manifest.model) if v < manifest.version][-options.delta_depth :]
+    payloads = 0
     for artifact in manifest.artifacts:
         for target in artifact.files:
             target_path = version_file(registry, manifest.model, manifest.version, target.path)
             store.ensure(manifest.model, FULL, target_path, target.sha256)
+            payloads += 1
             for base_version in earlier:
                 base = next((f for f in registry.files(manifest.model, base_version) if f.path == target.path), None)
                 if base is None or base.sha256 == target.sha256:
@@ -234,3 +282,5 @@ def prepare_payloads(registry: ModelRegistry, manifest: Manifest, options: Publi
                     if store.can_make(codec, base.size, target.size):
                         base_path = version_file(registry, manifest.model, base_version, base.path)
                         store.ensure(manifest.model, codec, target_path, target.sha256, base_path, base.sha256)
+                        payloads += 1
+    return payloads

@@ -9,20 +9,19 @@ are dequantized. The scale of a row is ``max|row| / 127`` rounded *up* to float1
 rows a model update leaves untouched keep identical bytes.
 
 Sizes: a row of ``dim`` values costs ``dim + 2`` bytes against ``4 * dim`` in float32
-(0.266x at dim 32, 0.281x at dim 16, plus the dense layers); float32 scales cost
-0.281x and 0.313x. A float16 scale is the exact scale times at most ``1 + 2**-11``,
-far below the int8 step. A table whose scales overflow float16 (``|values|`` above
-about 8e6) keeps float32 scales (logged); every other table uses float16.
+(plus the dense layers); float32 scales would cost two bytes more a row. A float16 scale
+is the exact scale times at most ``1 + 2**-11``, far below the int8 step. A table whose
+scales overflow float16 (``|values|`` above about 8e6) keeps float32 scales (logged);
+every other table uses float16.
 
-Measured on the large reference preset (1 thread, interleaved, medians; noisy shared
-machine): casting the gathered float16 scales per lookup cost 0-10 us at batch 1 over
-float32 scales and nothing measurable at batch 256; casting the whole scale column
-once (folded by onnxruntime at load) saved nothing measurable per call but added its
-float32 copy to RSS and about 4 ms to load; ``DequantizeLinear`` with per-row scales
+Choices measured on the reference presets (numbers in ``docs/performance.md``): casting
+the gathered float16 scales per lookup costs about as little as float32 scales; casting
+the whole scale column once (folded by onnxruntime at load) saves nothing per call but
+adds its float32 copy to RSS and to load time; ``DequantizeLinear`` with per-row scales
 needs 1-D scales and flattened ids for the same speed. Dense layers stay float32:
-onnxruntime's ``quantize_dynamic`` of ``MatMul``/``Gemm`` (per channel) was 8-12 us
-slower at batch 1 on the small and large presets (``DynamicQuantizeLinear`` on every
-call), within noise at batch 256, and the dense weights are under 1% of the file.
+onnxruntime's ``quantize_dynamic`` of ``MatMul``/``Gemm`` (per channel) was slower at
+batch 1 (``DynamicQuantizeLinear`` on every call), no faster at batch 256, and the dense
+weights are a sliver of the file.
 """
 
 from __future__ import annotations

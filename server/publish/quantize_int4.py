@@ -18,7 +18,8 @@ are unpacked. The float16 scales are cast to float32 by one ``Cast`` per table o
 initializers only, which onnxruntime folds when it creates the session (4 B per row of
 memory, no per-call work). On the small and large reference presets this unpacking beat
 ``Cast -> Mul -> Add`` with a float16 offset at batch 1 and 256, and a 256-entry lookup
-table (``Cast`` to int32, ``Gather``) at batch 256 (the table was ~5% faster at batch 1).
+table (``Cast`` to int32, ``Gather``) at batch 256; the table was a little faster at batch 1
+(``docs/performance.md``).
 Dense layers stay float32.
 """
 

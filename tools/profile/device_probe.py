@@ -21,10 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.device.artifacts import open_artifact
 from edgerec.device.storage import InstalledVersion, ModelStore
 from edgerec.device.sync import FileProgress, Syncer, neutral_inputs
 from edgerec.device.transport import ProgressCallback, ServerConnection, TransportConfig
-from edgerec.runtimes import OnnxRunner
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.v1 import update_pb2
@@ -96,16 +96,17 @@ class CodecSyncer(Syncer):
 def first_prediction(store: ModelStore, version: int) -> np.ndarray:
     """What a device does on its first predict after a switch: verify the files, load, run once.
 
-    Done here rather than through ``EdgeClient.predict``, whose deadline policy would send a
-    first call slower than its local deadline (loading included) to the server instead.
+    Loaded by the SDK's artifact loader (the runtime the artifact names), but called here rather
+    than through ``EdgeClient.predict``, whose deadline policy would send a first call slower than
+    its local deadline (loading included) to the server instead.
     """
     installed = store.current()
     if installed is None or installed.version != version:
         raise RuntimeError(f"after the sync the device runs {installed and installed.version}, not {version}")
     store.verify(installed)
-    runner = OnnxRunner(installed.entrypoint, threads=1)
-    outputs = runner.run(neutral_inputs(installed.manifest))
-    scores = np.asarray(outputs[runner.output_names[0]], dtype=np.float32)
+    loaded = open_artifact(installed.manifest, installed.artifact, installed.directory, threads=1, warm_up=False)
+    outputs = loaded.run(neutral_inputs(installed.manifest))
+    scores = np.asarray(outputs[loaded.output_names[0]], dtype=np.float32)
     if not np.all(np.isfinite(scores)):
         raise RuntimeError(f"version {version} predicts non-finite scores")
     return scores

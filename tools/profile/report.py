@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edgerec.tools.profile.links import compact_bytes, format_bitrate
+from edgerec.tools.links.profiles import compact_bytes, format_bitrate
 from edgerec.tools.profile.runner import ProfileReport, ProfileRow
 
 log = logging.getLogger(__name__)

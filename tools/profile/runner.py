@@ -3,8 +3,9 @@
 For every (link, codec) the device's data folder starts at the base version, a device
 process (:mod:`.device_probe`) offers the server only that codec, downloads, applies,
 verifies, switches and predicts once, and reports its phase times; its CPU and peak RSS
-come from ``wait4``. Server preparation time is the registry's ``make_seconds`` of the
-payloads (made now if missing). A transfer the link would take longer than
+come from ``wait4``. Each codec's plan is the server's own (:class:`UpdatePlanner`, which makes
+missing payloads first); server preparation time is the registry's ``make_seconds`` of the
+payloads that plan sends. A transfer the link would take longer than
 ``max_transfer_s`` for is not run: its row is estimated from the link model, with the
 device-side numbers of a measured run of the same codec, and marked ``measured=False``.
 """
@@ -30,12 +31,14 @@ from types import FrameType
 from typing import Any
 
 from edgerec.device import EdgeClient
-from edgerec.manifest import Artifact, find_artifact
+from edgerec.device.artifacts import available_runtimes, choose_artifact
+from edgerec.device.plan import COPY
 from edgerec.registry import ModelRegistry, open_registry
-from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
+from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
 from edgerec.server.planner import UpdatePlanner
-from edgerec.tools.profile.links import LinkProfile
-from edgerec.tools.profile.shaping import LinkCounters, ShapedLink, cleanup_leftovers, resolve_method
+from edgerec.tools.links.emulation import ShapedLink, cleanup_leftovers, resolve_method
+from edgerec.tools.links.profiles import LinkProfile
+from edgerec.tools.links.proxy import LinkCounters
 from edgerec.units import format_bytes
 from edgerec.v1 import update_pb2
 
@@ -171,57 +174,36 @@ class CodecPlan:
     note: str = ""
 
 
-def _artifact(registry: ModelRegistry, model: str, version: int, recipe: str) -> Artifact:
-    _, manifest = registry.load_manifest(model, version)
-    artifact = find_artifact(manifest, recipe)
-    if artifact is None:
-        raise ValueError(f"{model} version {version} has no {recipe!r} artifact")
-    return artifact
-
-
 def plan_codecs(
     registry: ModelRegistry, model: str, from_version: int, to_version: int, recipe: str, codecs: Sequence[str]
 ) -> dict[str, CodecPlan]:
-    """Make (or find) every codec's payloads, timing them, and plan each codec as the server will."""
-    payloads = PayloadStore(registry)
-    planner = UpdatePlanner(registry, payloads)
-    base = _artifact(registry, model, from_version, recipe)
-    target = _artifact(registry, model, to_version, recipe)
+    """Each codec's plan as the server makes it (payloads made first if missing), with their making times."""
+    planner = UpdatePlanner(registry, PayloadStore(registry))  # no delta worker: missing payloads are made now
+    _, base_manifest = registry.load_manifest(model, from_version)
+    base = choose_artifact(base_manifest, [recipe], available_runtimes())
     plans: dict[str, CodecPlan] = {}
     for codec in codecs:
-        prep_s, notes = 0.0, []
-        for f in target.files:
-            if any(b.sha256 == f.sha256 for b in base.files):
-                continue  # copied on the device
-            target_path = version_file(registry, model, to_version, f.path)
-            base_file = next((b for b in base.files if b.path == f.path), None)
-            if codec == FULL or base_file is None:
-                record = payloads.ensure(model, FULL, target_path, f.sha256)
-            elif payloads.can_make(codec, base_file.size, f.size):
-                base_path = version_file(registry, model, from_version, base_file.path)
-                record = payloads.ensure(model, codec, target_path, f.sha256, base_path, base_file.sha256)
-            else:
-                notes.append(f"{f.path} too large for {codec}")
-                continue
-            prep_s += record.make_seconds
         request = update_pb2.CheckUpdateRequest(
             model=model,
             current_version=from_version,
             current_sha256=base.digest,
             current_recipe=recipe,
-            runtimes=["onnxruntime"],
+            runtimes=list(available_runtimes()),
             codecs=[codec],
             recipes=[recipe],
             target_version=to_version,
         )
         response = planner.plan(request)
-        used = sorted({p.codec for p in response.payloads if p.codec != "copy"}) or ["copy"]
+        sent = [p for p in response.payloads if p.codec != COPY]
+        prep_s = sum(registry.payload(model, p.payload_id).make_seconds for p in sent)
+        notes = [f"{p.path} sent {p.codec}" for p in sent if codec != FULL and p.codec != codec]
+        used = sorted({p.codec for p in sent}) or [COPY]
         plans[codec] = CodecPlan(
             codec=codec,
             codec_used="+".join(used),
             payload_bytes=response.payload_bytes,
             full_bytes=response.full_bytes,
-            downloads=sum(1 for p in response.payloads if p.codec != "copy"),
+            downloads=len(sent),
             response_bytes=response.ByteSize(),
             prep_s=prep_s,
             note="; ".join(notes),

@@ -78,7 +78,7 @@ class _OpFrames:
     A large part (a byte plane of a tensor payload) gets frames of its own, and each frame is
     compressed at ``level`` only when a fast trial shows it compresses: the low mantissa planes
     of changed float32 values are close to random, and high levels spend seconds to gain nothing
-    on them, while sign/exponent planes and int8 rows shrink by 5-15% more at high levels.
+    on them, while sign/exponent planes and int8 rows do shrink further (``docs/performance.md``).
     Frames are compressed on a thread pool (zstd releases the GIL), in order of submission.
     """
 

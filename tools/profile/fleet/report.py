@@ -19,11 +19,11 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.tools.links.profiles import format_bitrate
 from edgerec.tools.profile.fleet.device import DeviceResult
 from edgerec.tools.profile.fleet.sampler import SampledUsage
 from edgerec.tools.profile.fleet.settings import FleetSettings
 from edgerec.tools.profile.fleet.source import KNOWN_SOURCES
-from edgerec.tools.profile.links import format_bitrate
 from edgerec.units import format_bytes
 
 log = logging.getLogger(__name__)

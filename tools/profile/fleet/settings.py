@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgerec.artifacts import DEFAULT_RECIPES
 from edgerec.device.transport import TransportConfig
 
 _SDK = TransportConfig()
@@ -62,7 +63,7 @@ class FleetSettings:
     channels: int = 0
     trusted_keys: tuple[Path, ...] = ()
     server_pid: int | None = None
-    recipes: tuple[str, ...] = ("int8", "fp32")
+    recipes: tuple[str, ...] = DEFAULT_RECIPES
     retry: RetryPolicy = RetryPolicy()
     device_prefix: str = "sim"
     sample_interval_s: float = 0.5

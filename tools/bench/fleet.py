@@ -1,6 +1,6 @@
 """Fleet benchmark: many fresh devices updating at once from a default ``edgerec serve``.
 
-Run ``python -m edgerec.tools.bench_fleet [--devices 1000] [--rate 128kbit] [--out bench-out/fleet]``; it
+Run ``python -m edgerec.tools.bench.fleet [--devices 1000] [--rate 128kbit] [--out bench-out/fleet]``; it
 writes ``fleet.md`` (the targets, then each run), ``fleet.csv`` (one summary row per run), ``fleet.json``
 (everything, every device) and ``devices_done.png``.
 
@@ -39,12 +39,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Final
 
+from edgerec.tools.links.profiles import format_bitrate, parse_duration
 from edgerec.tools.profile.fleet import FleetReport, FleetSettings, run_fleet
 from edgerec.tools.profile.fleet import report as out
-from edgerec.tools.profile.links import format_bitrate, parse_duration
 from edgerec.units import format_bytes, parse_rate
 
-MODULE: Final = "edgerec.tools.bench_fleet"
+MODULE: Final = "edgerec.tools.bench.fleet"
 logger = logging.getLogger(MODULE)
 MODEL_NAME: Final = "ctr"
 

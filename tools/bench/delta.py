@@ -1,6 +1,6 @@
 """Delta-payload benchmark: every edgerec codec against generic binary-diff tools on real model updates.
 
-Run ``python -m edgerec.tools.bench_delta [--sizes 50MB,200MB] [--changed 1,5,20] [--out bench-out/delta]
+Run ``python -m edgerec.tools.bench.delta [--sizes 50MB,200MB] [--changed 1,5,20] [--out bench-out/delta]
 [--quick]``; it writes ``delta.csv`` (one row per model x pair x change x method) and ``delta.md``
 (targets, payloads by change, every measurement).
 
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     from edgerec.reference.data import ClickBatch, ClickGenerator, ReferenceConfig
     from edgerec.reference.model import DLRM
 
-MODULE: Final = "edgerec.tools.bench_delta"
+MODULE: Final = "edgerec.tools.bench.delta"
 logger = logging.getLogger(MODULE)
 EDGEREC_PREFIX: Final = "edgerec:"
 SPARSE_IDEAL: Final = "sparse-ideal"

@@ -1,4 +1,7 @@
-"""Offline ranking and calibration metrics for binary click labels (numpy only)."""
+"""Offline model evaluation: ranking and calibration scores for binary click labels (numpy only).
+
+Not to be confused with the server's Prometheus metrics (``edgerec.server.metrics_http``).
+"""
 
 from __future__ import annotations
 

@@ -6,12 +6,12 @@ at ``rate`` through a bottleneck queue (when pacing), and delivered ``rtt / 2`` 
 connection carries data only one RTT after it was accepted (the TCP handshake). A lost
 segment (``loss``, per 1448-byte segment) costs a retransmission (its bytes again) and holds
 back everything after it for one RTT, as in-order delivery does; congestion-window back-off
-is not modelled here (:mod:`.shaping` paces a lossy link at the Mathis bound instead). With
+is not modelled here (:mod:`.emulation` paces a lossy link at the Mathis bound instead). With
 ``drop_every_bytes`` each connection is cut once that many bytes reached the device (the
 device then resumes on a new connection).
 
 Cuts are made here, at the point of delivery, rather than by
-:class:`edgerec.tools.linkproxy.LinkProxy` on the server side of this proxy: there, bytes count
+:class:`edgerec.tools.links.cutting.LinkProxy` on the server side of this proxy: there, bytes count
 as sent once they sit in a socket buffer in front of the emulated link, so a cut would land
 seconds of link time before the device got them, and its reset would discard the bytes in flight.
 """
@@ -24,10 +24,10 @@ import socket
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
-from edgerec.tools.profile.links import TCP_MSS
-from edgerec.tools.tcpproxy import TcpProxy
+from edgerec.tools.links.profiles import TCP_MSS
+from edgerec.tools.links.proxy import TcpProxy
 
 MSS = TCP_MSS
 _UNPACED_READ = 64 * 1024
@@ -50,18 +50,6 @@ class Impairments:
     @property
     def cost_rate(self) -> float | None:
         return self.rate_bytes_per_s or self.nominal_rate_bytes_per_s
-
-
-@dataclass(frozen=True)
-class ProxyStats:
-    """Totals since the proxy started: bytes delivered each way, and emulated losses."""
-
-    connections: int = 0
-    bytes_down: int = 0
-    bytes_up: int = 0
-    lost_segments: int = 0
-    retransmitted_bytes: int = 0
-    cuts: int = 0
 
 
 class _Direction:
@@ -280,33 +268,7 @@ class ShapingProxy(TcpProxy["_Link"]):
     ) -> None:
         super().__init__(upstream, listen_host=listen_host, bind_device=bind_device, name="shaping proxy")
         self.impairments = impairments
-        self._stats = ProxyStats()
         self._start_accepting()
 
-    def stats(self) -> ProxyStats:
-        with self._lock:
-            return self._stats
-
     def _open(self, client: socket.socket, upstream: socket.socket) -> _Link:
-        link = _Link(self, self._stats.connections, client, upstream)
-        self._stats = replace(self._stats, connections=self._stats.connections + 1)
-        return link
-
-    def _count(self, downstream: bool, n: int) -> None:
-        with self._lock:
-            s = self._stats
-            if downstream:
-                self._stats = replace(s, bytes_down=s.bytes_down + n)
-            else:
-                self._stats = replace(s, bytes_up=s.bytes_up + n)
-
-    def _count_loss(self, segments: int, n: int) -> None:
-        with self._lock:
-            s = self._stats
-            self._stats = replace(
-                s, lost_segments=s.lost_segments + segments, retransmitted_bytes=s.retransmitted_bytes + n
-            )
-
-    def _count_cut(self) -> None:
-        with self._lock:
-            self._stats = replace(self._stats, cuts=self._stats.cuts + 1)
+        return _Link(self, self._counters.connections, client, upstream)

@@ -5,14 +5,14 @@ Two methods:
 ``netns``
     (root, ``ip`` and ``tc``) The device runs in its own network namespace, joined to the
     host by a veth pair. A ``tbf`` qdisc on each end's egress sets the rate both ways; the
-    device dials a :class:`~.proxy.ShapingProxy` on the host end of the pair (bound to that
+    device dials a :class:`~.shaping.ShapingProxy` on the host end of the pair (bound to that
     interface only), which adds latency and loss and forwards to the server on loopback.
 ``tokenbucket``
     Everything on loopback: the proxy paces both directions itself (token-bucket style
     serialisation at the link rate) and adds latency and loss.
 
 With ``drop_every`` the proxy also cuts each connection once that many bytes reached the
-device (see :mod:`.proxy` for why there). Namespaces and veth interfaces are
+device (see :mod:`.shaping` for why there). Namespaces and veth interfaces are
 named ``edgerec-prof-<pid>-<n>`` and ``erp<pid hex>x<n hex>[hd]``: :func:`cleanup_leftovers`
 removes those of processes that no longer exist.
 """
@@ -30,11 +30,11 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from types import TracebackType
 
-from edgerec.tools.profile.links import LinkProfile
-from edgerec.tools.profile.proxy import MSS, Impairments, ProxyStats, ShapingProxy
+from edgerec.tools.links.profiles import LinkProfile
+from edgerec.tools.links.proxy import LinkCounters
+from edgerec.tools.links.shaping import MSS, Impairments, ShapingProxy
 
 log = logging.getLogger(__name__)
 
@@ -45,28 +45,6 @@ _NETNS = re.compile(rf"{re.escape(NETNS_PREFIX)}(\d+)-(\d+)")
 _SUBNET = ipaddress.ip_network("10.213.0.0/16")
 _FRAME_OVERHEAD = 66  # Ethernet 14 + IPv4 20 + TCP 20 + timestamps 12, per MSS-sized segment
 _counter = itertools.count()
-
-
-@dataclass(frozen=True)
-class LinkCounters:
-    """What crossed the link: connections, TCP payload bytes each way, cuts, emulated losses."""
-
-    connections: int = 0
-    bytes_down: int = 0
-    bytes_up: int = 0
-    cuts: int = 0
-    lost_segments: int = 0
-    retransmitted_bytes: int = 0
-
-    def __sub__(self, other: LinkCounters) -> LinkCounters:
-        return LinkCounters(
-            self.connections - other.connections,
-            self.bytes_down - other.bytes_down,
-            self.bytes_up - other.bytes_up,
-            self.cuts - other.cuts,
-            self.lost_segments - other.lost_segments,
-            self.retransmitted_bytes - other.retransmitted_bytes,
-        )
 
 
 def _run(argv: Sequence[str]) -> str:
@@ -270,8 +248,7 @@ class ShapedLink:
         return self._namespace.command(argv) if self._namespace else list(argv)
 
     def counters(self) -> LinkCounters:
-        s = self._proxy.stats() if self._proxy else ProxyStats()
-        return LinkCounters(s.connections, s.bytes_down, s.bytes_up, s.cuts, s.lost_segments, s.retransmitted_bytes)
+        return self._proxy.stats() if self._proxy else LinkCounters()
 
     def close(self) -> None:
         """Stop the proxy and delete the namespace (the namespace goes even if the proxy fails to stop)."""

@@ -10,7 +10,11 @@ Stands between a device and the server::
 Each new connection takes the next count from the ``cut_after`` queue (also fed by
 :meth:`LinkProxy.cut_after`); once the queue is empty, ``drop_every_bytes`` (if set) cuts
 every connection after that many bytes down. A cut forwards exactly the bytes up to the
-limit, then closes both sides. Bytes are counted both ways, in total and per connection.
+limit, then closes both sides. Bytes are counted both ways, in total (:meth:`LinkProxy.stats`)
+and per connection (:attr:`LinkProxy.records`).
+
+The profiler's :class:`~edgerec.tools.links.shaping.ShapingProxy` cuts too, but at the point of
+delivery behind an emulated link; this one cuts at full loopback speed, for fault runs.
 """
 
 from __future__ import annotations
@@ -23,19 +27,9 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from edgerec.tools.tcpproxy import TcpProxy
+from edgerec.tools.links.proxy import TcpProxy
 
 _BUFFER = 64 * 1024
-
-
-@dataclass(frozen=True)
-class LinkStats:
-    """Totals since the proxy started."""
-
-    connections: int
-    cuts: int
-    bytes_up: int
-    bytes_down: int
 
 
 @dataclass
@@ -107,12 +101,12 @@ class _Connection:
                     data = data[: limit - sent]
                     if data:
                         dst.sendall(data)
-                        self.proxy._count(self.record, len(data), downstream)
-                    self.proxy._count_cut(self.record)
+                        self.proxy._count_record(self.record, len(data), downstream)
+                    self.proxy._count_record_cut(self.record)
                     break
                 dst.sendall(data)
                 sent += len(data)
-                self.proxy._count(self.record, len(data), downstream)
+                self.proxy._count_record(self.record, len(data), downstream)
         except OSError:
             pass
         self.close()
@@ -136,7 +130,6 @@ class LinkProxy(TcpProxy[_Connection]):
         self.drop_every_bytes = drop_every_bytes
         self._cuts: deque[int] = deque()
         self.records: list[ConnectionRecord] = []
-        self._stats = LinkStats(0, 0, 0, 0)
         self.cut_after(*cut_after)
         self._start_accepting()
 
@@ -150,10 +143,6 @@ class LinkProxy(TcpProxy[_Connection]):
             self._cuts.extend(byte_counts)
 
     # --- counters -----------------------------------------------------------------
-
-    def stats(self) -> LinkStats:
-        with self._lock:
-            return self._stats
 
     @property
     def cuts(self) -> int:
@@ -171,9 +160,7 @@ class LinkProxy(TcpProxy[_Connection]):
 
     def _open(self, client: socket.socket, upstream: socket.socket) -> _Connection:
         limit = self._cuts.popleft() if self._cuts else self.drop_every_bytes
-        s = self._stats
-        record = ConnectionRecord(index=s.connections, limit=limit, opened_at=time.monotonic())
-        self._stats = LinkStats(s.connections + 1, s.cuts, s.bytes_up, s.bytes_down)
+        record = ConnectionRecord(index=self._counters.connections, limit=limit, opened_at=time.monotonic())
         self.records.append(record)
         return _Connection(self, client, upstream, record)
 
@@ -182,20 +169,17 @@ class LinkProxy(TcpProxy[_Connection]):
             connection.record.closed_at = time.monotonic()
         super()._forget(connection)
 
-    def _count(self, record: ConnectionRecord, n: int, downstream: bool) -> None:
+    def _count_record(self, record: ConnectionRecord, n: int, downstream: bool) -> None:
         with self._lock:
-            s = self._stats
             if downstream:
                 record.bytes_down += n
-                self._stats = LinkStats(s.connections, s.cuts, s.bytes_up, s.bytes_down + n)
             else:
                 record.bytes_up += n
-                self._stats = LinkStats(s.connections, s.cuts, s.bytes_up + n, s.bytes_down)
+        self._count(downstream, n)
 
-    def _count_cut(self, record: ConnectionRecord) -> None:
+    def _count_record_cut(self, record: ConnectionRecord) -> None:
         with self._lock:
             if record.cut or record.closed_at is not None:
                 return
             record.cut = True
-            s = self._stats
-            self._stats = LinkStats(s.connections, s.cuts + 1, s.bytes_up, s.bytes_down)
+        self._count_cut()

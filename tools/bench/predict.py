@@ -1,6 +1,6 @@
 """Predict benchmark: cache hits, the policy layer's cost, fallback to the server, micro-batching, failures.
 
-Run ``python -m edgerec.tools.bench_predict [--size small] [--quick] [--out bench-out/predict]``; it
+Run ``python -m edgerec.tools.bench.predict [--size small] [--quick] [--out bench-out/predict]``; it
 writes ``predict.csv`` (one row per measurement) and ``predict.md`` (targets, then every row).
 
 A reference DLRM (``--size``; trained briefly: accuracy does not matter here) is published (fp32)
@@ -50,7 +50,7 @@ import numpy as np
 
 from edgerec.errors import NoModelAvailableError
 
-MODULE: Final = "edgerec.tools.bench_predict"
+MODULE: Final = "edgerec.tools.bench.predict"
 logger = logging.getLogger(MODULE)
 MODEL_NAME: Final = "ctr"
 CONCURRENCY: Final = (1, 16, 256)

@@ -1,6 +1,6 @@
 """Quantization benchmark: size, accuracy, latency, load time and memory of each recipe and runtime.
 
-Run ``python -m edgerec.tools.bench_quant [--sizes small,large] [--quick] [--out bench-out/quant]``;
+Run ``python -m edgerec.tools.bench.quant [--sizes small,large] [--quick] [--out bench-out/quant]``;
 it writes ``quant.csv`` (one row per size x recipe x runtime) and ``quant.md`` (targets, then
 every measurement).
 
@@ -54,18 +54,19 @@ from typing import Any, Final
 
 import numpy as np
 
-MODULE: Final = "edgerec.tools.bench_quant"
+from edgerec.artifacts import ONNX_RECIPES, PUBLISH_RECIPES, TFLITE_RECIPES
+
+MODULE: Final = "edgerec.tools.bench.quant"
 logger = logging.getLogger(MODULE)
 WORKER_FLAG: Final = "--worker"
-RECIPES: Final = ("fp32", "int8", "int4")
-TFLITE_RECIPES: Final = ("tflite_fp32", "tflite_wi8")
+RECIPES: Final = ONNX_RECIPES
 LITERT: Final = "LiteRT"
 TFLITE_BATCHES: Final = (1, 256)
 ONNX_RUNNER: Final = "OnnxRunner"
 ORT_SESSION: Final = "ort-session"
 TORCH_EAGER: Final = "torch-eager"
 EDGE_CLIENT: Final = "EdgeClient.predict"
-CLIENT_RECIPES: Final = ("fp32", "int8")  # what publish() makes today
+CLIENT_RECIPES: Final = PUBLISH_RECIPES
 MODEL_NAME: Final = "ctr"
 LATENCY_ROWS: Final = 2_048
 WORKER_TIMEOUT_S: Final = 900

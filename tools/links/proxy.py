@@ -1,8 +1,9 @@
-"""The skeleton of a threaded TCP proxy: listen, connect each client upstream, tear everything down.
+"""The skeleton of a threaded TCP proxy: listen, connect each client upstream, count, tear everything down.
 
-:class:`~edgerec.tools.linkproxy.LinkProxy` (counts and cuts, for fault runs) and
-:class:`~edgerec.tools.profile.proxy.ShapingProxy` (latency, loss, pacing, for the profiler)
-differ only in what a connection does with its two sockets; this class does the rest.
+:class:`~edgerec.tools.links.cutting.LinkProxy` (counts and cuts, for fault runs) and
+:class:`~edgerec.tools.links.shaping.ShapingProxy` (latency, loss, pacing, for the profiler)
+differ only in what a connection does with its two sockets; this class does the rest, and
+keeps the one set of counters (:class:`LinkCounters`) both report.
 """
 
 from __future__ import annotations
@@ -13,12 +14,35 @@ import socket
 import threading
 import time
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import Generic, Protocol, Self, TypeVar
 
 log = logging.getLogger(__name__)
 
 JOIN_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class LinkCounters:
+    """What crossed a proxy since it started: connections, TCP payload bytes each way, cuts, emulated losses."""
+
+    connections: int = 0
+    bytes_down: int = 0
+    bytes_up: int = 0
+    cuts: int = 0
+    lost_segments: int = 0
+    retransmitted_bytes: int = 0
+
+    def __sub__(self, other: LinkCounters) -> LinkCounters:
+        return LinkCounters(
+            self.connections - other.connections,
+            self.bytes_down - other.bytes_down,
+            self.bytes_up - other.bytes_up,
+            self.cuts - other.cuts,
+            self.lost_segments - other.lost_segments,
+            self.retransmitted_bytes - other.retransmitted_bytes,
+        )
 
 
 class ProxiedConnection(Protocol):
@@ -53,6 +77,7 @@ class TcpProxy(ABC, Generic[ConnectionT]):
         self._live: set[ConnectionT] = set()
         self._threads: list[threading.Thread] = []
         self._closed = threading.Event()
+        self._counters = LinkCounters()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -76,9 +101,37 @@ class TcpProxy(ABC, Generic[ConnectionT]):
         """``host:port`` for a gRPC target."""
         return f"{self.host}:{self.port}"
 
+    def stats(self) -> LinkCounters:
+        """The counters so far (one consistent snapshot)."""
+        with self._lock:
+            return self._counters
+
+    def _count(self, downstream: bool, n: int) -> None:
+        """``n`` bytes went to the client (``downstream``) or to the upstream server."""
+        with self._lock:
+            c = self._counters
+            if downstream:
+                self._counters = replace(c, bytes_down=c.bytes_down + n)
+            else:
+                self._counters = replace(c, bytes_up=c.bytes_up + n)
+
+    def _count_cut(self) -> None:
+        with self._lock:
+            self._counters = replace(self._counters, cuts=self._counters.cuts + 1)
+
+    def _count_loss(self, segments: int, n: int) -> None:
+        with self._lock:
+            c = self._counters
+            self._counters = replace(
+                c, lost_segments=c.lost_segments + segments, retransmitted_bytes=c.retransmitted_bytes + n
+            )
+
     @abstractmethod
     def _open(self, client: socket.socket, upstream: socket.socket) -> ConnectionT:
-        """A new connection between ``client`` and ``upstream`` (called with the proxy's lock held)."""
+        """A new connection between ``client`` and ``upstream`` (called with the proxy's lock held).
+
+        ``self._counters.connections`` is the new connection's index until this returns.
+        """
 
     def _forget(self, connection: ConnectionT) -> None:
         """A connection calls this once it closed."""
@@ -139,6 +192,7 @@ class TcpProxy(ABC, Generic[ConnectionT]):
                     upstream.close()
                     return
                 connection = self._open(client, upstream)
+                self._counters = replace(self._counters, connections=self._counters.connections + 1)
                 self._live.add(connection)
                 self._threads = [t for t in self._threads if t.is_alive()]
                 self._threads.extend(connection.threads)
