@@ -16,6 +16,7 @@ from edgerec.errors import ConfigError
 from edgerec.registry import Registry
 from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
+from edgerec.server.delta_worker import DEFAULT_DELTA_WORKERS, DEFAULT_MAX_PENDING_DELTAS, DeltaWorker
 from edgerec.server.freshness import DEFAULT_FRESHNESS_TTL, FreshnessSigner
 from edgerec.server.inference_service import DEFAULT_MAX_ROWS, InferenceService
 from edgerec.server.limits import StreamLimiter, StreamLimits
@@ -61,6 +62,11 @@ class ServerConfig:
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
     generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES
+    # A delta missing at CheckUpdate is made in the background (edgerec.server.delta_worker) by this
+    # many threads, >= 1, with at most max_pending_deltas (>= 1) queued or running; the answer offers
+    # the best payload that exists meanwhile.
+    delta_workers: int = DEFAULT_DELTA_WORKERS
+    max_pending_deltas: int = DEFAULT_MAX_PENDING_DELTAS
     # Ed25519 private key (PEM) to sign manifests and freshness statements with; None serves them unsigned
     # (devices then refuse them unless they opted out of verification).
     signing_key: Path | None = None
@@ -113,6 +119,11 @@ class ServerConfig:
     def __post_init__(self) -> None:
         if self.manifest_ttl <= timedelta(0):
             raise ConfigError(f"manifest_ttl must be positive, got {self.manifest_ttl}")
+        if self.delta_workers < 1 or self.max_pending_deltas < 1:
+            raise ConfigError(
+                f"need delta_workers >= 1 and max_pending_deltas >= 1, got {self.delta_workers}, "
+                f"{self.max_pending_deltas}"
+            )
         if self.generic_diff_max_bytes < 0:
             raise ConfigError(f"generic_diff_max_bytes must be >= 0, got {self.generic_diff_max_bytes}")
         if not self.listen.strip():
@@ -191,8 +202,10 @@ class RunningServer:
         inference: InferenceService | None = None,
         metrics_http: MetricsHttpServer | None = None,
         payload_streams: StreamLimiter | None = None,
+        deltas: DeltaWorker | None = None,
     ) -> None:
         self.server = server
+        self.deltas = deltas
         self.payload_streams = payload_streams
         self.port = port
         self.health = health_servicer
@@ -205,6 +218,8 @@ class RunningServer:
     def stop(self, grace: float = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.deltas is not None:
+            self.deltas.close()
         if self.inference is not None:
             self.inference.close()
         if self._metrics_http is not None:
@@ -218,6 +233,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     """Start serving ``config.registry`` on ``config.listen`` and return at once."""
     registry = Registry(config.registry)
     payloads = PayloadStore(registry, generic_diff_max_bytes=config.generic_diff_max_bytes)
+    deltas = DeltaWorker(payloads, workers=config.delta_workers, max_pending=config.max_pending_deltas)
     signing_key = load_private_key(config.signing_key) if config.signing_key else None
     signer = ManifestSigner(signing_key, config.manifest_ttl) if signing_key else None
     freshness = FreshnessSigner(signing_key, config.freshness_ttl) if signing_key else None
@@ -254,7 +270,9 @@ def start_server(config: ServerConfig) -> RunningServer:
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(
-            registry, UpdatePlanner(registry, payloads, signer, freshness), min_stream_rate=config.min_stream_rate
+            registry,
+            UpdatePlanner(registry, payloads, signer, freshness, deltas=deltas),
+            min_stream_rate=config.min_stream_rate,
         ),
         server,
     )
@@ -303,6 +321,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         inference=inference,
         metrics_http=metrics_http,
         payload_streams=payload_streams,
+        deltas=deltas,
     )
 
 
