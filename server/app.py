@@ -50,6 +50,13 @@ SERVICE_NAMES = (
 )
 
 
+# Enough threads for a thousand paced payload streams at once plus the reserve below; an idle thread
+# costs little memory (its stack is mostly untouched).
+DEFAULT_WORKERS = 1100
+# RPC threads kept from payload streams for CheckUpdate, Predict and telemetry.
+RESERVED_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Server settings, with their defaults. The bounds beside each field are checked at construction
@@ -57,7 +64,9 @@ class ServerConfig:
 
     registry: Path
     listen: str = "127.0.0.1:50051"
-    workers: int = 16  # >= 2: payload streams may hold at most half of them (see max_streams)
+    # RPC threads, >= 2. The synchronous gRPC server ties one to each open payload stream for its whole
+    # life, so this bounds the streams served at once (see max_streams); idle threads cost little.
+    workers: int = DEFAULT_WORKERS
     # Largest request message (grpc.max_receive_message_length), >= 64 KiB; larger ones get RESOURCE_EXHAUSTED.
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
@@ -81,10 +90,12 @@ class ServerConfig:
     tls_key: Path | None = None
     # JSON of device id -> sha256 of its bearer token (edgerec.server.auth); None lets every caller in.
     tokens_file: Path | None = None
-    # FetchPayload streams one device may hold open, >= 1 (without tokens a device is an IP address); None: no limit.
+    # FetchPayload streams one device may hold open, >= 1 (without tokens a device is an IP address with
+    # the device id it claims); None: no limit.
     max_streams_per_device: int | None = 4
-    # FetchPayload streams of all devices together, 1..workers-1; None: half the workers, so that
-    # CheckUpdate and Predict always find a free thread however slowly capped streams flow.
+    # FetchPayload streams of all devices together, 1..workers-1; None: all the workers but a reserve
+    # (half of them, at most RESERVED_WORKERS), so that CheckUpdate and Predict always find a free
+    # thread however slowly capped streams flow.
     max_streams: int | None = None
     # Payload bytes per second, > 0, for each device and for the whole server; None: unlimited.
     per_device_rate: float | None = None
@@ -178,11 +189,16 @@ class ServerConfig:
         """The FetchPayload limits, with max_streams' default filled in."""
         return StreamLimits(
             max_streams_per_device=self.max_streams_per_device,
-            max_streams=self.max_streams if self.max_streams is not None else max(1, self.workers // 2),
+            max_streams=self.max_streams if self.max_streams is not None else default_max_streams(self.workers),
             per_device_rate=self.per_device_rate,
             global_rate=self.global_rate,
             progress=self.progress_rules(),
         )
+
+
+def default_max_streams(workers: int) -> int:
+    """The payload streams ``workers`` threads serve at once, keeping a reserve for the other calls."""
+    return max(1, workers - min(RESERVED_WORKERS, workers // 2))
 
 
 class RunningServer:
