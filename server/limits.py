@@ -21,6 +21,8 @@ _ended = ThrottledLog(log)
 # chunks (a pause of a second or two at the slowest links), still small enough that a cut loses little.
 MIN_PACED_CHUNK_BYTES = 16 * 1024
 MIN_CHUNK_BYTES = 1024
+# The least a paced stream sends per pause (see paced_burst_chunks).
+MIN_PACED_BURST_BYTES = 32 * 1024
 # A refused stream is told to come back after a random time in [RETRY_AFTER_S, 2 * RETRY_AFTER_S):
 # spread out, the devices a full server turned away do not all return in the same instant.
 RETRY_AFTER_S = 5.0
@@ -67,9 +69,19 @@ def paced_chunk_bytes(rate: float, max_chunk_bytes: int) -> int:
     return max(min(MIN_PACED_CHUNK_BYTES, max_chunk_bytes), min(max_chunk_bytes, int(rate / 8)))
 
 
-def stream_bucket(rate: float, chunk_bytes: int) -> TokenBucket:
-    """A bucket pacing one stream at ``rate``: its burst is one chunk, so a stream never runs ahead by more."""
-    return TokenBucket(rate, burst=chunk_bytes)
+def paced_burst_chunks(chunk_bytes: int) -> int:
+    """How many chunks a paced stream sends back to back after each pause: at least MIN_PACED_BURST_BYTES.
+
+    Each wake-up of a paced stream costs the server far more CPU than the message it sends, so slow
+    streams send a few chunks per pause. The chunks stay small: a cut loses at most the one in flight.
+    """
+    return max(1, MIN_PACED_BURST_BYTES // max(1, chunk_bytes))
+
+
+def stream_bucket(rate: float, burst_bytes: int) -> TokenBucket:
+    """A bucket pacing one stream at ``rate``: its burst is one group of chunks, so a stream never runs
+    ahead by more."""
+    return TokenBucket(rate, burst=burst_bytes)
 
 
 @dataclass

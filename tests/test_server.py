@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edgerec.device import EdgeClient
 from edgerec.registry import PayloadRecord, Registry
-from edgerec.server.limits import StreamLimits, device_rate, paced_chunk_bytes
+from edgerec.server.limits import StreamLimits, device_rate, paced_burst_chunks, paced_chunk_bytes
 from edgerec.server.payloads import PayloadStore
 from edgerec.server.progress import DEFAULT_MIN_RATE
 from edgerec.v1 import update_pb2, update_pb2_grpc
@@ -89,6 +89,9 @@ def test_device_rates_are_bounded_and_set_the_chunk_size() -> None:
     assert paced_chunk_bytes(DEFAULT_MIN_RATE, 1 << 20) == 16 * 1024  # at least 16 KiB
     assert paced_chunk_bytes(250_000, 16 * 1024) == 16 * 1024  # never above what the device asked
     assert paced_chunk_bytes(250_000, 16) == 16
+    # Slow streams send a few chunks per pause; fast ones one.
+    assert paced_burst_chunks(16 * 1024) == 2 and paced_burst_chunks(4096) == 8
+    assert paced_burst_chunks(31_250) == 1 and paced_burst_chunks(1 << 20) == 1
 
 
 def test_a_device_rate_is_paced_by_the_server_in_chunks_it_sets(served: tuple[Registry, str]) -> None:
