@@ -10,6 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from servertools import registry_server
 
 from edgerec.manifest import find_artifact
 from edgerec.registry import PayloadRecord, Registry
@@ -17,7 +18,6 @@ from edgerec.server.delta_worker import DeltaJob, DeltaWorker
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.v1 import update_pb2, update_pb2_grpc
-from tests.servertools import registry_server
 
 pytestmark = pytest.mark.torch
 
@@ -62,7 +62,7 @@ def registry_copy(published_registry: Registry, tmp_path: Path) -> Registry:
 def test_check_update_offers_the_full_payload_now_and_the_delta_once_made(registry_copy: Registry) -> None:
     request = _downgrade(registry_copy)
     with registry_server(registry_copy) as address, grpc.insecure_channel(address) as channel:
-        stub = update_pb2_grpc.ModelUpdateStub(channel)
+        stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
         first = stub.CheckUpdate(request, timeout=30)
         changed = _changed(first)
         assert changed and all(p.codec == FULL for p in changed), [p.codec for p in changed]
