@@ -69,12 +69,16 @@ def paced_chunk_bytes(rate: float, max_chunk_bytes: int) -> int:
     return max(min(MIN_PACED_CHUNK_BYTES, max_chunk_bytes), min(max_chunk_bytes, int(rate / 8)))
 
 
-def paced_burst_chunks(chunk_bytes: int) -> int:
-    """How many chunks a paced stream sends back to back after each pause: at least MIN_PACED_BURST_BYTES.
+def paced_burst_chunks(rate: float, chunk_bytes: int) -> int:
+    """How many chunks a stream paced at ``rate`` sends back to back after each pause.
 
-    Each wake-up of a paced stream costs the server far more CPU than the message it sends, so slow
-    streams send a few chunks per pause. The chunks stay small: a cut loses at most the one in flight.
+    Each wake-up of a paced stream costs the server CPU, so a slow stream, whose one chunk already
+    pauses 1/8 s or more, sends MIN_PACED_BURST_BYTES per pause; the chunks stay small, so a cut loses
+    at most the one in flight. A faster stream sends one chunk per pause: bursts there would only
+    fill buffers with bytes a cut loses.
     """
+    if rate / 8 > chunk_bytes:
+        return 1
     return max(1, MIN_PACED_BURST_BYTES // max(1, chunk_bytes))
 
 

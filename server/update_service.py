@@ -74,7 +74,7 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
         burst = 1
         if rate is not None:
             chunk_size = paced_chunk_bytes(rate, chunk_size)
-            burst = paced_burst_chunks(chunk_size)
+            burst = paced_burst_chunks(rate, chunk_size)
             bucket = stream_bucket(rate, chunk_size * burst)
         offset = request.offset
         with path.open("rb") as f:
