@@ -206,6 +206,7 @@ def _paced(
                 _refuse(context, AuthenticationError("device token revoked during the stream"))
             progress.sending(len(chunk.data))
             yield chunk
+            del chunk  # not kept while the stream sleeps until its next chunk
             progress.sent()
     finally:
         slot.close()

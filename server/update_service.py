@@ -79,18 +79,21 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
         offset = request.offset
         with path.open("rb") as f:
             f.seek(offset)
-            while context.is_active():
-                block = f.read(chunk_size * burst)
+            while offset < record.size and context.is_active():
+                if bucket is not None:
+                    # Paced before reading, and nothing kept between blocks: a thousand sleeping
+                    # streams hold no payload bytes.
+                    bucket.consume(min(chunk_size * burst, record.size - offset))
+                block = f.read(min(chunk_size * burst, record.size - offset))
                 if not block:
                     break
-                if bucket is not None:
-                    bucket.consume(len(block))
                 for start in range(0, len(block), chunk_size):
                     data = block[start : start + chunk_size]
                     yield update_pb2.PayloadChunk(
                         offset=offset, data=data, total_size=record.size, crc32=zlib.crc32(data)
                     )
                     offset += len(data)
+                block = data = b""
 
 
 def _model_name(value: str) -> str:
