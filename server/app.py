@@ -16,6 +16,7 @@ from edgerec.errors import ConfigError
 from edgerec.registry import LocalRegistry, ModelRegistry, open_registry
 from edgerec.server.auth import TokenTable
 from edgerec.server.batching import MicroBatcher
+from edgerec.server.delta_worker import DEFAULT_DELTA_WORKERS, DEFAULT_MAX_PENDING_DELTAS, DeltaWorker
 from edgerec.server.freshness import DEFAULT_FRESHNESS_TTL, FreshnessSigner
 from edgerec.server.inference_service import DEFAULT_MAX_ROWS, InferenceService
 from edgerec.server.limits import StreamLimiter, StreamLimits
@@ -50,6 +51,13 @@ SERVICE_NAMES = (
 )
 
 
+# Enough threads for a thousand paced payload streams at once plus the reserve below; an idle thread
+# costs little memory (its stack is mostly untouched).
+DEFAULT_WORKERS = 1100
+# RPC threads kept from payload streams for CheckUpdate, Predict and telemetry.
+RESERVED_WORKERS = 64
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Server settings, with their defaults. The bounds beside each field are checked at construction
@@ -67,11 +75,18 @@ class ServerConfig:
     # Plain http(s) URLs of a public bucket or a CDN in front of one: each plan also lists
     # <base>/<object key> for each payload (at most 4; an S3 registry only).
     payload_base_urls: tuple[str, ...] = ()
-    workers: int = 16  # >= 2: payload streams may hold at most half of them (see max_streams)
+    # RPC threads, >= 2. The synchronous gRPC server ties one to each open payload stream for its whole
+    # life, so this bounds the streams served at once (see max_streams); idle threads cost little.
+    workers: int = DEFAULT_WORKERS
     # Largest request message (grpc.max_receive_message_length), >= 64 KiB; larger ones get RESOURCE_EXHAUSTED.
     # Predict requests carry tensors; a 1 MiB chunk plus framing fits in the default 4 MiB.
     max_receive_bytes: int = 16 * 1024 * 1024
     generic_diff_max_bytes: int = DEFAULT_GENERIC_DIFF_MAX_BYTES
+    # A delta missing at CheckUpdate is made in the background (edgerec.server.delta_worker) by this
+    # many threads, >= 1, with at most max_pending_deltas (>= 1) queued or running; the answer offers
+    # the best payload that exists meanwhile.
+    delta_workers: int = DEFAULT_DELTA_WORKERS
+    max_pending_deltas: int = DEFAULT_MAX_PENDING_DELTAS
     # Ed25519 private key (PEM) to sign manifests and freshness statements with; None serves them unsigned
     # (devices then refuse them unless they opted out of verification).
     signing_key: Path | None = None
@@ -86,10 +101,12 @@ class ServerConfig:
     tls_key: Path | None = None
     # JSON of device id -> sha256 of its bearer token (edgerec.server.auth); None lets every caller in.
     tokens_file: Path | None = None
-    # FetchPayload streams one device may hold open, >= 1 (without tokens a device is an IP address); None: no limit.
+    # FetchPayload streams one device may hold open, >= 1 (without tokens a device is an IP address with
+    # the device id it claims); None: no limit.
     max_streams_per_device: int | None = 4
-    # FetchPayload streams of all devices together, 1..workers-1; None: half the workers, so that
-    # CheckUpdate and Predict always find a free thread however slowly capped streams flow.
+    # FetchPayload streams of all devices together, 1..workers-1; None: all the workers but a reserve
+    # (half of them, at most RESERVED_WORKERS), so that CheckUpdate and Predict always find a free
+    # thread however slowly capped streams flow.
     max_streams: int | None = None
     # Payload bytes per second, > 0, for each device and for the whole server; None: unlimited.
     per_device_rate: float | None = None
@@ -129,6 +146,11 @@ class ServerConfig:
         check_base_urls(self.payload_base_urls)
         if self.manifest_ttl <= timedelta(0):
             raise ConfigError(f"manifest_ttl must be positive, got {self.manifest_ttl}")
+        if self.delta_workers < 1 or self.max_pending_deltas < 1:
+            raise ConfigError(
+                f"need delta_workers >= 1 and max_pending_deltas >= 1, got {self.delta_workers}, "
+                f"{self.max_pending_deltas}"
+            )
         if self.generic_diff_max_bytes < 0:
             raise ConfigError(f"generic_diff_max_bytes must be >= 0, got {self.generic_diff_max_bytes}")
         if not self.listen.strip():
@@ -183,7 +205,7 @@ class ServerConfig:
         """The FetchPayload limits, with max_streams' default filled in."""
         return StreamLimits(
             max_streams_per_device=self.max_streams_per_device,
-            max_streams=self.max_streams if self.max_streams is not None else max(1, self.workers // 2),
+            max_streams=self.max_streams if self.max_streams is not None else default_max_streams(self.workers),
             per_device_rate=self.per_device_rate,
             global_rate=self.global_rate,
             progress=self.progress_rules(),
@@ -198,6 +220,11 @@ class ServerConfig:
         if isinstance(registry, LocalRegistry):
             return None
         return PayloadUrls(registry, ttl_s=self.payload_url_ttl_s, base_urls=self.payload_base_urls)
+
+
+def default_max_streams(workers: int) -> int:
+    """The payload streams ``workers`` threads serve at once, keeping a reserve for the other calls."""
+    return max(1, workers - min(RESERVED_WORKERS, workers // 2))
 
 
 class RunningServer:
@@ -217,8 +244,10 @@ class RunningServer:
         inference: InferenceService | None = None,
         metrics_http: MetricsHttpServer | None = None,
         payload_streams: StreamLimiter | None = None,
+        deltas: DeltaWorker | None = None,
     ) -> None:
         self.server = server
+        self.deltas = deltas
         self.payload_streams = payload_streams
         self.port = port
         self.health = health_servicer
@@ -231,6 +260,8 @@ class RunningServer:
     def stop(self, grace: float = 1.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
+        if self.deltas is not None:
+            self.deltas.close()
         if self.inference is not None:
             self.inference.close()
         if self._metrics_http is not None:
@@ -244,6 +275,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     """Start serving ``config.registry`` on ``config.listen`` and return at once."""
     registry = config.open_registry()
     payloads = PayloadStore(registry, generic_diff_max_bytes=config.generic_diff_max_bytes)
+    deltas = DeltaWorker(payloads, workers=config.delta_workers, max_pending=config.max_pending_deltas)
     signing_key = load_private_key(config.signing_key) if config.signing_key else None
     signer = ManifestSigner(signing_key, config.manifest_ttl) if signing_key else None
     freshness = FreshnessSigner(signing_key, config.freshness_ttl) if signing_key else None
@@ -281,7 +313,7 @@ def start_server(config: ServerConfig) -> RunningServer:
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(
             registry,
-            UpdatePlanner(registry, payloads, signer, freshness, config.payload_urls(registry)),
+            UpdatePlanner(registry, payloads, signer, freshness, config.payload_urls(registry), deltas=deltas),
             min_stream_rate=config.min_stream_rate,
         ),
         server,
@@ -331,6 +363,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         inference=inference,
         metrics_http=metrics_http,
         payload_streams=payload_streams,
+        deltas=deltas,
     )
 
 

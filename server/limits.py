@@ -4,6 +4,7 @@ and how little progress ends one (see edgerec.server.progress)."""
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections.abc import Callable
@@ -17,8 +18,15 @@ from edgerec.server.throttled_log import ThrottledLog
 log = logging.getLogger(__name__)
 _ended = ThrottledLog(log)
 
-MIN_PACED_CHUNK_BYTES = 4096
+# Each message costs the server CPU whatever its size: at low rates a paced stream sends fewer, larger
+# chunks (a pause of a second or two at the slowest links), still small enough that a cut loses little.
+MIN_PACED_CHUNK_BYTES = 16 * 1024
 MIN_CHUNK_BYTES = 1024
+# The least a paced stream sends per pause (see paced_burst_chunks).
+MIN_PACED_BURST_BYTES = 32 * 1024
+# A refused stream is told to come back after a random time in [RETRY_AFTER_S, 2 * RETRY_AFTER_S):
+# spread out, the devices a full server turned away do not all return in the same instant.
+RETRY_AFTER_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -33,7 +41,7 @@ class StreamLimits:
 
     def chunk_limit(self, max_chunk_bytes: int) -> int:
         """The largest chunk a stream sends: one the progress rules can see cross the slowest allowed
-        link in time, and under a rate cap one whose pause stays near 1/8 s."""
+        link in time, and under a rate cap one whose pause stays near 1/8 s (at least 16 KiB)."""
         limit = min(max_chunk_bytes, max(MIN_CHUNK_BYTES, self.progress.chunk_limit()))
         rates = [r for r in (self.per_device_rate, self.global_rate) if r is not None]
         if rates:
@@ -54,13 +62,27 @@ def device_rate(requested: int, min_rate: float) -> float | None:
 
 
 def paced_chunk_bytes(rate: float, max_chunk_bytes: int) -> int:
-    """The chunk size that keeps each pause of a stream paced at ``rate`` near 1/8 s (at least 4 KiB)."""
+    """The chunk size that keeps each pause of a stream paced at ``rate`` near 1/8 s (at least 16 KiB)."""
     return max(min(MIN_PACED_CHUNK_BYTES, max_chunk_bytes), min(max_chunk_bytes, int(rate / 8)))
 
 
-def stream_bucket(rate: float, chunk_bytes: int) -> TokenBucket:
-    """A bucket pacing one stream at ``rate``: its burst is one chunk, so a stream never runs ahead by more."""
-    return TokenBucket(rate, burst=chunk_bytes)
+def paced_burst_chunks(rate: float, chunk_bytes: int) -> int:
+    """How many chunks a stream paced at ``rate`` sends back to back after each pause.
+
+    Each wake-up of a paced stream costs the server CPU, so a slow stream, whose one chunk already
+    pauses 1/8 s or more, sends MIN_PACED_BURST_BYTES per pause; the chunks stay small, so a cut loses
+    at most the one in flight. A faster stream sends one chunk per pause: bursts there would only
+    fill buffers with bytes a cut loses.
+    """
+    if rate / 8 > chunk_bytes:
+        return 1
+    return max(1, MIN_PACED_BURST_BYTES // max(1, chunk_bytes))
+
+
+def stream_bucket(rate: float, burst_bytes: int) -> TokenBucket:
+    """A bucket pacing one stream at ``rate``: its burst is one group of chunks, so a stream never runs
+    ahead by more."""
+    return TokenBucket(rate, burst=burst_bytes)
 
 
 @dataclass
@@ -223,6 +245,10 @@ class StreamLimiter:
                         slot.end(reason)
                 except Exception:  # a bug must not stop the watch over the other streams
                     log.exception("cannot check or end the payload stream of %s", slot.device)
+
+    def retry_after_s(self) -> float:
+        """When a device refused a slot should ask again, in seconds (randomized to spread the retries)."""
+        return RETRY_AFTER_S * (1.0 + random.random())
 
     def open_streams(self, device: str | None = None) -> int:
         """Streams open now, for one device or all."""

@@ -49,6 +49,10 @@ class PayloadStore:
             return False
         return codec == "tensor" or max(base_size, target_size) <= self.generic_diff_max_bytes
 
+    def find(self, model: str, codec: str, base_sha256: str, target_sha256: str) -> PayloadRecord | None:
+        """The payload turning the file ``base_sha256`` ("" for none) into ``target_sha256``, if made."""
+        return self.registry.find_payload(model, codec, base_sha256, target_sha256)
+
     def ensure(
         self,
         model: str,
@@ -63,7 +67,7 @@ class PayloadStore:
         ``target`` and ``base`` are called for local files only when the payload has to be made.
         """
         key = (model, codec, base_sha256, target_sha256)
-        found = self.registry.find_payload(*key)
+        found = self.find(*key)
         if found is not None:
             return found
         with self._lock_for(key):

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from edgerec.artifacts import DEFAULT_RECIPES, DEFAULT_RUNTIMES, choose_artifact
 from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
 from edgerec.manifest import Artifact, ArtifactFile, find_artifact
-from edgerec.registry import ModelRegistry
+from edgerec.registry import ModelRegistry, PayloadRecord
+from edgerec.server.delta_worker import DeltaJob, DeltaWorker
 from edgerec.server.freshness import FreshnessSigner, check_nonce
 from edgerec.server.payload_urls import PayloadUrls
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
@@ -33,7 +34,11 @@ class Base:
 
 
 class UpdatePlanner:
-    """Answers CheckUpdate from the registry, making missing payloads once."""
+    """Answers CheckUpdate from the registry with the smallest payloads that exist.
+
+    With ``deltas`` a missing delta is queued there and the answer offers the best payload that exists
+    now (never waiting); without, the delta is made in place and the request waits (tools and tests).
+    """
 
     def __init__(
         self,
@@ -42,12 +47,15 @@ class UpdatePlanner:
         signer: ManifestSigner | None = None,
         freshness: FreshnessSigner | None = None,
         urls: PayloadUrls | None = None,
+        *,
+        deltas: DeltaWorker | None = None,
     ) -> None:
         self.registry = registry
         self.payloads = payloads
         self.signer = signer
         self.freshness = freshness
         self.urls = urls
+        self.deltas = deltas
 
     def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
         check_nonce(request)
@@ -141,10 +149,10 @@ class UpdatePlanner:
             for codec in sorted(codecs):
                 if not self.payloads.can_make(codec, base_file.size, target_file.size):
                     continue
-                candidate = self.payloads.ensure(
-                    model, codec, target_path, target_file.sha256, base_path, base_file.sha256
+                candidate = self._delta(
+                    DeltaJob(model, codec, target_path, target_file.sha256, base_path, base_file.sha256)
                 )
-                if candidate.size < best.size:
+                if candidate is not None and candidate.size < best.size:
                     best, best_base = candidate, base_file
         plan.codec, plan.payload_id, plan.size, plan.sha256 = (
             best.codec,
@@ -157,3 +165,12 @@ class UpdatePlanner:
         if self.urls is not None:
             plan.urls.extend(self.urls.urls(model, best.payload_id))
         return plan
+
+    def _delta(self, job: DeltaJob) -> PayloadRecord | None:
+        """The delta ``job`` describes if it exists; if not, queued for later (None) or made now (no worker)."""
+        if self.deltas is None:
+            return self.payloads.ensure(job.model, job.codec, job.target, job.target_sha256, job.base, job.base_sha256)
+        found = self.payloads.find(*job.key)
+        if found is None:
+            self.deltas.submit(job)
+        return found

@@ -1,7 +1,9 @@
 """Who may talk to the server: a bearer-token check on every call, and limits on payload streams.
 
-Health and reflection stay open. Without a token file every caller is let in and "device"
-means the caller's IP address for the stream limits; with one, it means the token's device:
+Health and reflection stay open. Without a token file every caller is let in and, for the stream
+limits, "device" means the caller's IP address with the ``device_id`` it claims (carrier NAT puts
+many devices behind one address; the claim is unauthenticated, so it only spreads the limits, as
+a caller could from many addresses); with one, it means the token's device:
 a request whose ``device_id`` names another device is refused (PERMISSION_DENIED), a status
 report without one is filed under the token's device, and a payload stream whose token is
 revoked ends with UNAUTHENTICATED within ``recheck_s``.
@@ -24,12 +26,14 @@ from edgerec import grpc_status
 from edgerec.errors import AuthenticationError, EdgerecError, PermissionDeniedError, StreamLimitError
 from edgerec.server.auth import TokenTable, add_device_token, revoke_device_token
 from edgerec.server.limits import StreamLimiter, StreamSlot
+from edgerec.server.throttled_log import ThrottledLog
 from edgerec.server.update_service import MAX_CHUNK_BYTES
 from edgerec.v1 import telemetry_pb2, update_pb2
 
 __all__ = ["SecurityInterceptor", "add_device_token", "revoke_device_token"]
 
 log = logging.getLogger(__name__)
+_refused = ThrottledLog(log)
 
 FETCH_PAYLOAD = f"/{update_pb2.DESCRIPTOR.services_by_name['ModelUpdate'].full_name}/FetchPayload"
 REPORT_STATUS = f"/{telemetry_pb2.DESCRIPTOR.services_by_name['Telemetry'].full_name}/ReportStatus"
@@ -42,6 +46,11 @@ if TYPE_CHECKING:
 else:
     _ServerInterceptor = grpc.ServerInterceptor
 
+
+# Trailing metadata of a refused FetchPayload: seconds (a decimal) after which a retry may find a slot.
+RETRY_AFTER_KEY = "edgerec-retry-after-s"
+# The part of an unauthenticated device_id that keys the stream limits.
+MAX_CLAIMED_ID_CHARS = 64
 
 # How often an open payload stream checks that its token is still valid (a revocation ends it).
 DEFAULT_RECHECK_S = 0.25
@@ -109,6 +118,12 @@ class SecurityInterceptor(_ServerInterceptor):
             request.device_id = device
         return device
 
+    def _stream_owner(self, device: str, request: update_pb2.FetchPayloadRequest) -> str:
+        """Whom a payload stream counts against: the token's device, or the address with the claimed device id."""
+        if self.tokens is not None or not request.device_id:
+            return device
+        return f"{device} device {request.device_id[:MAX_CLAIMED_ID_CHARS]!r}"
+
     def _token(self, context: grpc.ServicerContext) -> str:
         values = [str(v) for k, v in context.invocation_metadata() if k == "authorization"]
         if not values:
@@ -146,10 +161,14 @@ class SecurityInterceptor(_ServerInterceptor):
             device = self.authorize(request, context)
             still_valid = self._still_valid(context, device)
             try:
-                slot = self.limiter.open(device)
+                slot = self.limiter.open(self._stream_owner(device, request))
             except StreamLimitError as exc:
-                log.info("FetchPayload refused: %s", exc)
-                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry when one finishes")
+                _refused.info("FetchPayload refused: %s", exc)
+                retry_after = self.limiter.retry_after_s()
+                context.set_trailing_metadata(((RETRY_AFTER_KEY, f"{retry_after:.1f}"),))
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED, f"{exc}; retry in {retry_after:.1f} s or when one finishes"
+                )
             if not context.add_callback(slot.close):  # the call ended already
                 slot.close()
                 return iter(())
@@ -187,6 +206,7 @@ def _paced(
                 _refuse(context, AuthenticationError("device token revoked during the stream"))
             progress.sending(len(chunk.data))
             yield chunk
+            del chunk  # not kept while the stream sleeps until its next chunk
             progress.sent()
     finally:
         slot.close()

@@ -12,7 +12,7 @@ from edgerec import grpc_status
 from edgerec.errors import EdgerecError, InvalidInputError, ManifestError
 from edgerec.manifest import validate_model_name
 from edgerec.registry import ModelRegistry
-from edgerec.server.limits import device_rate, paced_chunk_bytes, stream_bucket
+from edgerec.server.limits import device_rate, paced_burst_chunks, paced_chunk_bytes, stream_bucket
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.progress import DEFAULT_MIN_RATE
 from edgerec.server.throttled_log import ThrottledLog
@@ -69,20 +69,29 @@ class ModelUpdateService(update_pb2_grpc.ModelUpdateServicer):
         # receive window holds little unread (what a cut loses). The server's caps pace on top of it.
         rate = device_rate(request.max_bytes_per_second, self.min_stream_rate)
         bucket = None
+        burst = 1
         if rate is not None:
             chunk_size = paced_chunk_bytes(rate, chunk_size)
-            bucket = stream_bucket(rate, chunk_size)
+            burst = paced_burst_chunks(rate, chunk_size)
+            bucket = stream_bucket(rate, chunk_size * burst)
         offset = request.offset
         with payload as f:
             f.seek(offset)
-            while context.is_active():
-                data = f.read(chunk_size)
-                if not data:
-                    break
+            while offset < record.size and context.is_active():
                 if bucket is not None:
-                    bucket.consume(len(data))
-                yield update_pb2.PayloadChunk(offset=offset, data=data, total_size=record.size, crc32=zlib.crc32(data))
-                offset += len(data)
+                    # Paced before reading, and nothing kept between blocks: a thousand sleeping
+                    # streams hold no payload bytes.
+                    bucket.consume(min(chunk_size * burst, record.size - offset))
+                block = f.read(min(chunk_size * burst, record.size - offset))
+                if not block:
+                    break
+                for start in range(0, len(block), chunk_size):
+                    data = block[start : start + chunk_size]
+                    yield update_pb2.PayloadChunk(
+                        offset=offset, data=data, total_size=record.size, crc32=zlib.crc32(data)
+                    )
+                    offset += len(data)
+                block = data = b""
 
 
 def _model_name(value: str) -> str:

@@ -210,6 +210,10 @@ def test_replicas_share_one_registry_in_a_bucket(s3_env: dict[str, str], tmp_pat
             "target_version": 1,
             "codecs": ["bsdiff4"],
         }
+        # The first ask is answered at once with full files and queues the delta in the background.
+        wait_for(
+            lambda: any(p.codec == "bsdiff4" for p in a.check(**downgrade).payloads), "replica A to make the delta"
+        )
         from_a = a.check(**downgrade)
         from_b = b.check(**downgrade)
         (delta,) = [p for p in from_a.payloads if p.codec == "bsdiff4"]  # the other file is the same: "copy"

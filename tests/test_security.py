@@ -598,8 +598,8 @@ def test_stream_limiter_counts_per_device_and_in_total() -> None:
     b1.close()
     c1.close()
     assert limiter.open_streams() == 0
-    assert StreamLimits(per_device_rate=RATE).chunk_limit(1 << 20) == RATE // 8
-    assert StreamLimits(global_rate=1000).chunk_limit(1 << 20) == 4096
+    assert StreamLimits(per_device_rate=200_000).chunk_limit(1 << 20) == 200_000 // 8
+    assert StreamLimits(global_rate=1000).chunk_limit(1 << 20) == 16 * 1024
     assert StreamLimits().chunk_limit(1 << 20) == ProgressRules().chunk_limit()  # one the progress rules can watch
 
 
@@ -607,7 +607,7 @@ def test_config_rejects_out_of_bounds_values(tmp_path: Path, pki: Pki) -> None:
     for bad in (
         {"tls_cert": pki.cert},
         {"max_streams_per_device": 0},
-        {"max_streams": 16},
+        {"workers": 16, "max_streams": 16},
         {"per_device_rate": 0.0},
         {"global_rate": -1.0},
         {"max_receive_bytes": 1024},

@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edgerec.device import EdgeClient
 from edgerec.registry import PayloadRecord, Registry
-from edgerec.server.limits import StreamLimits, device_rate, paced_chunk_bytes
+from edgerec.server.limits import StreamLimits, device_rate, paced_burst_chunks, paced_chunk_bytes
 from edgerec.server.payloads import PayloadStore, version_file
 from edgerec.server.progress import DEFAULT_MIN_RATE
 from edgerec.v1 import update_pb2, update_pb2_grpc
@@ -86,9 +86,13 @@ def test_device_rates_are_bounded_and_set_the_chunk_size() -> None:
     assert device_rate(1, DEFAULT_MIN_RATE) == DEFAULT_MIN_RATE  # never below what keeps a slot
     assert device_rate(250_000, DEFAULT_MIN_RATE) == 250_000.0
     assert paced_chunk_bytes(250_000, 1 << 20) == 31_250  # pauses near 1/8 s
-    assert paced_chunk_bytes(DEFAULT_MIN_RATE, 1 << 20) == 4096  # at least 4 KiB
+    assert paced_chunk_bytes(DEFAULT_MIN_RATE, 1 << 20) == 16 * 1024  # at least 16 KiB
     assert paced_chunk_bytes(250_000, 16 * 1024) == 16 * 1024  # never above what the device asked
     assert paced_chunk_bytes(250_000, 16) == 16
+    # Slow streams (a chunk pauses 1/8 s or more) send a few chunks per pause; fast ones one.
+    assert paced_burst_chunks(16_000, 16 * 1024) == 2 and paced_burst_chunks(DEFAULT_MIN_RATE, 4096) == 8
+    assert paced_burst_chunks(64_000, 16 * 1024) == 2 and paced_burst_chunks(250_000, 16 * 1024) == 1
+    assert paced_burst_chunks(12 * 1024 * 1024, 16 * 1024) == 1
 
 
 def test_a_device_rate_is_paced_by_the_server_in_chunks_it_sets(served: tuple[Registry, str]) -> None:
@@ -109,7 +113,8 @@ def test_a_device_rate_is_paced_by_the_server_in_chunks_it_sets(served: tuple[Re
             finally:
                 stream.cancel()
 
-        assert first_chunks(64_000, 3) == [8000] * 3
-        assert first_chunks(1, 1) == [4096]  # 1 B/s counts as the minimum stream rate, 4 KiB/s
+        assert first_chunks(200_000, 2) == [25_000] * 2  # pauses near 1/8 s
+        assert first_chunks(64_000, 2) == [16 * 1024] * 2  # but chunks of at least 16 KiB
+        assert first_chunks(1, 1) == [16 * 1024]  # 1 B/s counts as the minimum stream rate, 4 KiB/s
         # Unpaced: the chunk the device asked, within what the progress rules can watch arrive.
         assert first_chunks(0, 1) == [StreamLimits().chunk_limit(32 * 1024)]

@@ -24,8 +24,9 @@ from edgerec.errors import StreamLimitError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
 from edgerec.server.app import ServerConfig, start_server
-from edgerec.server.limits import StreamLimiter, StreamLimits
+from edgerec.server.limits import RETRY_AFTER_S, StreamLimiter, StreamLimits
 from edgerec.server.progress import ProgressRules, StreamProgress
+from edgerec.server.security import RETRY_AFTER_KEY
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
 pytestmark = pytest.mark.torch
@@ -145,11 +146,15 @@ def payload(published_registry: Registry) -> update_pb2.Payload:
 class HostileStream:
     """A FetchPayload at the slowest pace, on a channel of its own with a 1 KiB receive window."""
 
-    def __init__(self, address: str, payload: update_pb2.Payload) -> None:
+    def __init__(self, address: str, payload: update_pb2.Payload, device_id: str = "") -> None:
         self.channel = grpc.insecure_channel(address, options=TINY_WINDOW)
         stub = update_pb2_grpc.ModelUpdateStub(self.channel)  # type: ignore[no-untyped-call]
         request = update_pb2.FetchPayloadRequest(
-            model=MODEL, payload_id=payload.payload_id, max_chunk_bytes=4096, max_bytes_per_second=1
+            model=MODEL,
+            payload_id=payload.payload_id,
+            max_chunk_bytes=4096,
+            max_bytes_per_second=1,
+            device_id=device_id,
         )
         self.stream: Iterator[update_pb2.PayloadChunk] = stub.FetchPayload(request, timeout=120)
         self.error: grpc.RpcError | None = None
@@ -252,3 +257,27 @@ def test_a_client_that_stops_reading_is_ended_after_the_idle_timeout_and_vanishe
             assert "no progress for" in details and "the client did not read" in details
         finally:
             staller.close()
+
+
+def test_without_tokens_devices_behind_one_address_have_their_own_limits_and_refusals_say_when_to_retry(
+    published_registry: Registry, payload: update_pb2.Payload
+) -> None:
+    """Carrier NAT: devices a and b share 127.0.0.1; each may hold one stream, and a refusal names a retry time."""
+    server = start_server(
+        ServerConfig(registry=published_registry.root, listen="127.0.0.1:0", max_streams=3, max_streams_per_device=1)
+    )
+    address = f"127.0.0.1:{server.port}"
+    streams = [HostileStream(address, payload, device) for device in ("a", "b", "a")]
+    try:
+        streams[0].first_chunk()
+        streams[1].first_chunk()  # another device behind the same address gets its own slot
+        with pytest.raises(grpc.RpcError) as refused:
+            streams[2].first_chunk()  # a second stream of device a is over its limit
+        error: Any = refused.value
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        hints = [value for key, value in error.trailing_metadata() or () if key == RETRY_AFTER_KEY]
+        assert len(hints) == 1 and RETRY_AFTER_S <= float(hints[0]) <= 2 * RETRY_AFTER_S, hints
+    finally:
+        for stream in streams:
+            stream.close()
+        server.stop(grace=0)

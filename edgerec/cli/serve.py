@@ -39,7 +39,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     "(repeatable, at most 4).",
 )
 @click.option("--listen", default="127.0.0.1:50051", show_default=True, help="HOST:PORT to listen on.")
-@click.option("--workers", default=16, show_default=True, help="RPC worker threads.")
+@click.option(
+    "--workers",
+    default=1100,
+    show_default=True,
+    help="RPC worker threads; each open payload stream holds one.",
+)
 @click.option(
     "--signing-key",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
@@ -58,7 +63,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option(
     "--max-streams-per-device", default=4, show_default=True, help="Payload streams one device may hold open (>= 1)."
 )
-@click.option("--max-streams", type=int, default=None, help="Payload streams of all devices.  [default: workers / 2]")
+@click.option(
+    "--max-streams",
+    type=int,
+    default=None,
+    help="Payload streams of all devices.  [default: workers - min(64, workers / 2)]",
+)
 @click.option("--per-device-rate", default=None, help="Payload bandwidth per device, e.g. '2mbit' or '250kB/s'.")
 @click.option("--global-rate", default=None, help="Payload bandwidth of the whole server, e.g. '100mbit'.")
 @click.option(

@@ -62,7 +62,9 @@ class ModelUpdateServicer:
     """
 
     def CheckUpdate(self, request, context):
-        """Which version the device should run and how to get there from what it has.
+        """Which version the device should run and how to get there from what it has. Never waits
+        for a delta to be made: the answer offers the smallest payloads that exist now, and a
+        missing delta is made in the background for the devices that ask later.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -79,8 +81,10 @@ class ModelUpdateServicer:
         for the idle timeout, or the stream runs longer than its remaining bytes need at that
         rate plus a grace period; also when the server is full and a device with no stream
         open takes the newest stream of the device holding the most. The same code refuses a
-        stream over the per-device or server limits. The device then asks again from the
-        bytes it has: nothing is lost.
+        stream over the per-device or server limits; such a refusal carries the trailing
+        metadata "edgerec-retry-after-s": seconds (a decimal, randomized by the server to spread
+        the retries) to wait before asking again. The device then asks again from the bytes it
+        has: nothing is lost.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
