@@ -24,7 +24,12 @@ def make_channel(
         return grpc.insecure_channel(target, options=list(options))
     credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes() if tls_ca else None)
     if token is not None:
-        if not token or not all("!" <= c <= "~" for c in token):
-            raise ValueError("a device token is non-empty printable ASCII without spaces")
+        check_token(token)
         credentials = grpc.composite_channel_credentials(credentials, grpc.access_token_call_credentials(token))
     return grpc.secure_channel(target, credentials, options=list(options))
+
+
+def check_token(token: str) -> None:
+    """ValueError unless ``token`` can be sent as a bearer token: non-empty printable ASCII without spaces."""
+    if not token or not all("!" <= c <= "~" for c in token):
+        raise ValueError("a device token is non-empty printable ASCII without spaces")
