@@ -38,7 +38,8 @@ class SyncPhase(enum.StrEnum):
     PLAN = "plan"
     """The answer is verified and its plan checked: ``version`` is offered, ``total`` payload bytes to fetch."""
     DOWNLOAD = "download"
-    """A payload's download starts: ``path`` is the file it builds, ``total`` its size, ``done`` bytes already here."""
+    """A payload's download starts: ``path`` is the file it builds, ``total`` its size, ``done`` bytes already
+    here, ``detail`` its codec."""
     PROGRESS = "progress"
     """Bytes of the payload arrived: ``done`` of ``total``, just written by ``source`` ("grpc", "http", ...)."""
     SOURCE_FAILED = "source_failed"

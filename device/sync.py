@@ -430,6 +430,7 @@ class Syncer:
             path=payload.path,
             done=self.store.downloaded_bytes(payload.payload_id),
             total=payload.size,
+            detail=payload.codec,
         )
         observer, model, path = self.observer, self.store.model, payload.path
 
