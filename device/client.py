@@ -149,6 +149,7 @@ class EdgeClient:
             cache_rows=config.cache.rows,
             observer=observer,
         )
+        self._offline_breaker = CircuitBreaker("server", 1, 0.0)
         # The predictor's own method, bound here: a prediction pays no call through the facade.
         self.predict = self.predictor.predict  # type: ignore[method-assign]
 
@@ -180,8 +181,11 @@ class EdgeClient:
         return self.predictor.local_breaker
 
     @property
-    def server_breaker(self) -> CircuitBreaker | None:
-        return self.scorer.breaker if self.scorer is not None else None
+    def server_breaker(self) -> CircuitBreaker:
+        """The server's breaker (an offline client has one that never sees a call)."""
+        if self.scorer is None:
+            return self._offline_breaker
+        return self.scorer.breaker
 
     @property
     def rollbacks(self) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgerec.device import EdgeClient
-from edgerec.device.transport import TransportConfig
+from edgerec.device.transport import RetryPolicy, TransportConfig
 from edgerec.errors import (
     IntegrityError,
     InvalidInputError,
@@ -68,7 +68,7 @@ def test_resume_after_connection_dropped_at_random_offset(served: tuple[Registry
     full_size = sum(f.size for f in registry.files(MODEL, 2) if f.recipe == "int8")
     cut = rng.randrange(full_size // 10, full_size // 2)
     proxy.cut_after(cut)
-    config = TransportConfig(backoff_initial_s=0.05, max_chunk_bytes=16 * 1024)
+    config = TransportConfig(max_chunk_bytes=16 * 1024, retry=RetryPolicy(backoff_initial_s=0.05))
     try:
         with EdgeClient(
             server=f"127.0.0.1:{proxy.port}", model=MODEL, data_dir=tmp_path, transport=config, insecure=True

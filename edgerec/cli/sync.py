@@ -50,9 +50,7 @@ def download_limit_options(command: F) -> F:
     return command
 
 
-def transport_config(
-    deadline: float | None, min_rate: str | None, retries: int | None, rate: str | None = None
-) -> Any:
+def transport_config(deadline: float | None, min_rate: str | None, retries: int | None, rate: str | None = None) -> Any:
     """The device's TransportConfig with the download limits (and bandwidth cap) given on the command line."""
     from edgerec.device.transport import RetryPolicy, TransportConfig
 
