@@ -33,7 +33,7 @@ from edgerec.device.transport.config import (
 from edgerec.device.transport.fetcher import Download, PayloadFetcher
 from edgerec.device.transport.grpc import ServerConnection, ServerPool
 from edgerec.device.transport.http import HttpClient, HttpTransport
-from edgerec.device.transport.retry import RetriesExhaustedError, RetryPolicy
+from edgerec.device.transport.retry import RetryPolicy
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
@@ -49,7 +49,6 @@ __all__ = [
     "PayloadFetcher",
     "PayloadTransport",
     "ProgressCallback",
-    "RetriesExhaustedError",
     "RetryPolicy",
     "ServerConnection",
     "ServerPool",

@@ -25,10 +25,6 @@ from dataclasses import dataclass
 from edgerec.errors import TransportError
 
 
-class RetriesExhaustedError(TransportError):
-    """A retried call gave up: too many tries in a row failed, or its deadline came."""
-
-
 @dataclass(frozen=True)
 class RetryPolicy:
     """When to try a failed call again; configure the first four fields, the others are a loop's state.
@@ -87,17 +83,18 @@ class RetryPolicy:
         return wait * random.uniform(1.0 - self.jitter, 1.0)
 
     def next(self, reason: str, what: str = "the call", *, progressed: bool = False) -> RetryPolicy:
-        """The loop after one more failed attempt (``reason`` says why); RetriesExhaustedError when it must stop.
+        """The loop after one more failed attempt (``reason`` says why); TransportError when it must stop.
 
         ``progressed`` says the attempt got somewhere before it failed: the count of failures in a
         row starts again, and only the deadline can end the loop.
         """
         failures = 0 if progressed else self.failures + 1
         if failures >= self.max_attempts:
-            raise RetriesExhaustedError(f"{what} failed {failures} times in a row; last: {reason}")
+            times = "once" if failures == 1 else f"{failures} times in a row"
+            raise TransportError(f"{what} failed {times}; last: {reason}")
         delay = self.backoff(failures)
         if self.deadline_at is not None and self.clock() + delay >= self.deadline_at:
-            raise RetriesExhaustedError(f"{what} missed its {self.deadline_s or 0:.3g} s deadline; last: {reason}")
+            raise TransportError(f"{what} missed its {self.deadline_s or 0:.3g} s deadline; last: {reason}")
         return dataclasses.replace(self, failures=failures, delay_s=delay)
 
     def sleep(self) -> None:
