@@ -160,7 +160,7 @@ class _Run:
                     f"payload for {self.payload.path} has sha256 {digest[:16]}…, plan says {self.payload.sha256[:16]}…"
                 )
             for source in suspects:
-                self._drop(source, IntegrityError(f"{source.describe()} sent bytes whose sha256 is not the payload's"))
+                self._drop(source, IntegrityError("it sent bytes whose sha256 is not the payload's"))
             if resumed:
                 log.warning("resumed download of %s does not hash right: stale .part, starting over", self.payload.path)
             resumed = False
@@ -187,7 +187,7 @@ class _Run:
                         self.wrote.append(source)
                 if part.offset >= payload.size:
                     return
-                reason = "the source stopped early"
+                failure = SourceUnavailableError("it stopped early")
             except UrlExpiredError as exc:
                 self._drop(source, exc)
                 self._refresh_urls()
@@ -198,12 +198,12 @@ class _Run:
                     raise
                 continue
             except SourceUnavailableError as exc:
-                reason = str(exc)
+                failure = exc
             progressed = part.offset > before
             if not is_server and not progressed:
-                self._drop(source, SourceUnavailableError(reason))
+                self._drop(source, failure)
                 continue
-            self._retry_after(source, is_server, progressed, reason, part)
+            self._retry_after(source, is_server, progressed, f"{source.describe()}: {failure}", part)
 
     def _next_source(self) -> tuple[PayloadTransport, bool]:
         if self.first:
@@ -225,11 +225,10 @@ class _Run:
             if self.turn % len(self.servers):
                 return  # the next server is tried at once; waits come once a round failed
         log.warning(
-            "download of %s interrupted at %d of %d bytes (%s: %s); resuming in %.2fs",
+            "download of %s interrupted at %d of %d bytes (%s); resuming in %.2fs",
             payload.path,
             part.offset,
             payload.size,
-            source.describe(),
             reason,
             self.retry.delay_s,
         )

@@ -27,7 +27,7 @@ import re
 from urllib.parse import urlsplit
 
 import urllib3
-from urllib3.exceptions import HTTPError
+from urllib3.exceptions import HTTPError, ReadTimeoutError
 
 from edgerec.device.transport.base import (
     FetchJob,
@@ -86,62 +86,58 @@ class HttpTransport(PayloadTransport):
         self._client = client
 
     def describe(self) -> str:
-        return f"http {redacted(self.url)}"
+        return redacted(self.url)
 
     def fetch(self, job: FetchJob) -> None:
         start, size = job.offset, job.size
-        where = redacted(self.url)
         remaining = job.remaining_s()
         if remaining <= 0:
-            raise SourceUnavailableError(f"{where}: the download's deadline passed")
+            raise SourceUnavailableError("the download's deadline passed")
         config = self._client.config
         headers = {"Range": f"bytes={start}-{size - 1}", "Accept-Encoding": "identity"}
+        read_s = min(job.idle_timeout_s, remaining)
         try:
             response = self._client.get(
-                self.url,
-                headers,
-                connect_s=min(config.http_connect_timeout_s, remaining),
-                read_s=min(job.idle_timeout_s, remaining),
+                self.url, headers, connect_s=min(config.http_connect_timeout_s, remaining), read_s=read_s
             )
         except HTTPError as exc:
-            raise SourceUnavailableError(f"{where}: {_reason(exc)}") from exc
+            silent = isinstance(exc, ReadTimeoutError) and f"no answer within {read_s:g} s"
+            raise SourceUnavailableError(silent or _reason(exc)) from exc
         complete = False
         try:
-            end = self._check_answer(response, start, size, where, job)
-            complete = self._read(response, job, end, where)
+            end = self._check_answer(response, start, size, job)
+            complete = self._read(response, job, end)
         finally:
             if not complete:
                 response.close()  # unread bytes must not be left on a pooled connection
             response.release_conn()
 
-    def _check_answer(
-        self, response: urllib3.BaseHTTPResponse, start: int, size: int, where: str, job: FetchJob
-    ) -> int:
+    def _check_answer(self, response: urllib3.BaseHTTPResponse, start: int, size: int, job: FetchJob) -> int:
         """The offset one past the last byte this answer carries; raises unless it is the payload's range."""
-        status = response.status
+        status, where = response.status, redacted(self.url)
         if status in _EXPIRED:
-            raise UrlExpiredError(f"{where}: HTTP {status} (the link expired)")
+            raise UrlExpiredError(f"HTTP {status} (the link expired)")
         length = response.headers.get("Content-Length")
         if status == 206:
             match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
             if match is None:
-                raise IntegrityError(f"{where}: a 206 answer without a valid Content-Range")
+                raise IntegrityError("a 206 answer without a valid Content-Range")
             first, last, total = int(match[1]), int(match[2]), match[3]
             if first != start or not first <= last < size or total not in ("*", str(size)):
-                raise IntegrityError(f"{where}: sent bytes {first}-{last}/{total}, asked for {start}-{size - 1}/{size}")
+                raise IntegrityError(f"sent bytes {first}-{last}/{total}, asked for {start}-{size - 1}/{size}")
             if length is not None and length.strip() != str(last - first + 1):
-                raise IntegrityError(f"{where}: Content-Length {length[:20]} does not match its range {first}-{last}")
+                raise IntegrityError(f"Content-Length {length[:20]} does not match its range {first}-{last}")
             return last + 1
         if status == 200:
             if length is not None and length.strip() != str(size):
-                raise IntegrityError(f"{where}: a whole answer of {length[:20]} bytes, the payload has {size}")
+                raise IntegrityError(f"a whole answer of {length[:20]} bytes, the payload has {size}")
             if start:
                 log.info("%s ignores ranges: starting the payload over from byte 0", where)
                 job.restart()
             return size
-        raise SourceUnavailableError(f"{where}: HTTP {status}")
+        raise SourceUnavailableError(f"HTTP {status}")
 
-    def _read(self, response: urllib3.BaseHTTPResponse, job: FetchJob, end: int, where: str) -> bool:
+    def _read(self, response: urllib3.BaseHTTPResponse, job: FetchJob, end: int) -> bool:
         """Copy the answer's body into the ``.part`` up to ``end``; True when all of it came."""
         chunk = job.config.max_chunk_bytes
         watch = StallWatch(response.shutdown, job.idle_timeout_s, job.deadline_at)
@@ -153,11 +149,12 @@ class HttpTransport(PayloadTransport):
                 watch.touch()
                 job.write(data)
         except (HTTPError, OSError) as exc:
-            raise SourceUnavailableError(f"{where}: {watch.fired or _reason(exc)}") from exc
+            silent = isinstance(exc, ReadTimeoutError) and f"no byte for {job.idle_timeout_s:g} s"
+            raise SourceUnavailableError(watch.fired or silent or _reason(exc)) from exc
         finally:
             watch.stop()
         if job.offset < end:
-            raise SourceUnavailableError(f"{where}: {watch.fired or 'the answer ended early'}")
+            raise SourceUnavailableError(watch.fired or "the answer ended early")
         return True
 
 
