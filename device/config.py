@@ -26,6 +26,7 @@ from edgerec.device.policy import FallbackPolicy
 from edgerec.device.storage import DEVICE_ID_PATTERN
 from edgerec.device.transport.channel import check_token
 from edgerec.device.transport.config import TransportConfig
+from edgerec.errors import EdgerecError
 from edgerec.manifest import validate_model_name
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
@@ -95,10 +96,13 @@ class EdgeConfig:
     """HOST:PORT of each model-push server, tried in order (a DNS name with several addresses works as one
     entry: gRPC tries them in turn). Empty: offline (predict locally; sync and status reports refuse)."""
     trust: TrustConfig = field(default_factory=TrustConfig)
+    """The keys updates must be signed by, or the explicit insecure opt-out; with neither, sync refuses."""
     transport: TransportConfig = field(default_factory=TransportConfig)
+    """Timeouts, retries, the bandwidth cap and download deadlines of every call to the servers and URLs."""
     fallback: FallbackPolicy = field(default_factory=FallbackPolicy)
     """The predict path's knobs; also: after ``local_failure_threshold`` model faults in a row, roll back."""
     cache: CacheConfig = field(default_factory=CacheConfig)
+    """The prediction cache's bounds."""
     recipes: tuple[str, ...] = ("int8", "fp32")
     """Recipes this device allows, most preferred first; the server offers the first one the version has."""
     codecs: tuple[str, ...] = CODEC_NAMES
@@ -118,7 +122,10 @@ class EdgeConfig:
     """This device's bearer token ("<device_id>.<secret>"), sent over TLS on every call."""
 
     def __post_init__(self) -> None:
-        validate_model_name(self.model)
+        try:
+            validate_model_name(self.model)
+        except EdgerecError as exc:
+            raise ValueError(str(exc)) from None
         object.__setattr__(self, "data_dir", Path(self.data_dir))
         for server in self.servers:
             if not server or not all("!" <= c <= "~" for c in server):

@@ -56,30 +56,46 @@ class ServerScorer:
         return self.ask(arrays, wanted, deadline)
 
     def ask(self, arrays: dict[str, np.ndarray], wanted: int, deadline: float) -> Prediction:
-        """One Predict call for version ``wanted`` (0: the server's choice), done by ``deadline`` (perf_counter)."""
+        """One Predict for version ``wanted`` (0: the server's choice), done by ``deadline`` (perf_counter).
+
+        An unreachable server hands the call to the next one while time is left; the breaker
+        counts the call once, by how it ended.
+        """
         started = time.perf_counter()
-        # gRPC's deadline fires a little late on a busy CPU, and raising the error takes time too: keep a
-        # margin so the caller has its typed error within the deadline.
-        remaining = deadline - started - DEADLINE_MARGIN * self.policy.deadline_s
-        if remaining <= 0:
+        if not self._time_left(deadline):
             raise NoModelAvailableError("no time left to ask the server")
         if not self.breaker.allow():  # after the time check: a half-open probe must go out once allowed
             raise NoModelAvailableError("the server's circuit breaker is open")
-        connection = self.servers.preferred
-        try:
-            response = connection.predict(self.model, arrays, version=wanted, timeout_s=remaining)
-        except (InvalidInputError, AuthenticationError):
-            self.breaker.record_success()  # the server is up; the request is wrong
-            raise
-        except EdgerecError as exc:
-            if isinstance(exc, TransportError):
-                self.servers.failed(connection)
-            self.breaker.record_failure()
-            self.counters.count_server_failure()
-            raise NoModelAvailableError(f"server failed: {exc}") from exc
+        servers = self.servers.in_order()
+        for index, connection in enumerate(servers):
+            remaining = self._time_left(deadline)
+            try:
+                if remaining <= 0:
+                    raise TransportError("no time left for another server")
+                response = connection.predict(self.model, arrays, version=wanted, timeout_s=remaining)
+            except (InvalidInputError, AuthenticationError):
+                self.breaker.record_success()  # the server is up; the request is wrong
+                raise
+            except EdgerecError as exc:
+                unreachable = isinstance(exc, TransportError)
+                if unreachable:
+                    self.servers.failed(connection)
+                if unreachable and index + 1 < len(servers) and self._time_left(deadline) > 0:
+                    continue
+                self.breaker.record_failure()
+                self.counters.count_server_failure()
+                raise NoModelAvailableError(f"server failed: {exc}") from exc
+            self.servers.answered(connection)
+            break
         # The server's answer is returned as is (the caller sees any NaN); the cache refuses non-finite scores.
         scores = np.asarray(response.scores, dtype=np.float32)
         self.breaker.record_success()
         self.last_version = response.version
         self.cache.put(request_key(response.version, arrays), scores)
         return Prediction(scores, Source.SERVER, response.version, time.perf_counter() - started)
+
+    def _time_left(self, deadline: float) -> float:
+        """Seconds a call may take now: to the deadline, less the margin."""
+        # gRPC's deadline fires a little late on a busy CPU, and raising the error takes time too: keep a
+        # margin so the caller has its typed error within the deadline.
+        return deadline - time.perf_counter() - DEADLINE_MARGIN * self.policy.deadline_s

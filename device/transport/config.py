@@ -60,6 +60,7 @@ class TransportConfig:
     min_rate_bytes_per_s: float = DEFAULT_MIN_RATE_BYTES_PER_S
     """The derived deadline: ``deadline_allowance_s`` + payload size / ``min_rate_bytes_per_s``."""
     deadline_allowance_s: float = DEFAULT_DEADLINE_ALLOWANCE_S
+    """Fixed time every download gets on top of size / min rate: connecting, and a few retries' backoff."""
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     """A stream or HTTP answer silent this long is cancelled and resumed; it counts as an attempt."""
     http_connect_timeout_s: float = 10.0
