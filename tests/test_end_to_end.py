@@ -145,6 +145,28 @@ def test_wrong_base_version_is_refused_and_device_falls_back_to_full(
         _assert_matches_registry(client, registry, 2)
 
 
+def test_a_damaged_file_is_repaired_by_a_delta_from_the_intact_previous_version(
+    served: tuple[Registry, str], tmp_path: Path
+) -> None:
+    """The active version 2 is damaged, version 1 is intact: a 1 -> 2 delta repairs it, not the full files."""
+    registry, address = served
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
+        client.sync(target_version=1)
+        upgrade = client.sync()
+        current = client.store.current()
+        assert current is not None and current.version == 2
+        largest = max(current.artifact.files, key=lambda f: f.size)
+        with current.file(largest.path).open("r+b") as f:  # a bad flash sector in the middle of the weights
+            f.seek(largest.size // 2)
+            f.write(b"\xff" * 64)
+        repair = client.sync()
+        assert (repair.updated, repair.version, repair.fell_back_to_full) == (True, 2, False)
+        assert repair.codec != "full" and repair.payload_bytes == upgrade.payload_bytes < repair.full_bytes
+        assert client.store.previous() is not None and client.store.previous().version == 1  # type: ignore[union-attr]
+        _assert_matches_registry(client, registry, 2)
+        assert not client.sync().updated
+
+
 def test_corrupt_payload_is_rejected_and_current_model_kept(served_copy: tuple[Registry, str], tmp_path: Path) -> None:
     registry, address = served_copy
     with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:

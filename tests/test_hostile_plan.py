@@ -27,13 +27,15 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mitm import CheckHook, MitmProxy, chunks_of
 from servertools import registry_server
 
 from edgerec.codecs import CODEC_NAMES, max_payload_size
 from edgerec.codecs.container import write_container
 from edgerec.device import EdgeClient
-from edgerec.device.plan import check_plan
+from edgerec.device.plan import MAX_URL_BYTES, MAX_URLS, MIN_PAYLOAD_SIZE, check_plan
 from edgerec.device.storage import ModelStore
 from edgerec.device.transport import (
     DEFAULT_DEADLINE_ALLOWANCE_S,
@@ -51,6 +53,7 @@ from edgerec.errors import (
     SyncBusyError,
     TransportError,
 )
+from edgerec.manifest import ArtifactFile, make_artifact
 from edgerec.registry import Registry
 from edgerec.signing import generate_keypair
 from edgerec.tools import faults
@@ -780,3 +783,79 @@ def test_check_plan_returns_the_plan_in_the_manifests_file_order(honest: Honest,
         check_plan(copies[:1], artifact, current, ("full",))
     with pytest.raises(ManifestError, match="needs a base file"):
         check_plan(copies, artifact, None, ("full",))
+
+
+# --- payload URLs: unsigned too, bounded by the plan's checks --------------------------------------
+
+_FILES = [ArtifactFile(path="int8/model.onnx", size=4096, sha256="a" * 64)]
+_ARTIFACT = make_artifact("int8", "onnxruntime", "int8/model.onnx", _FILES)
+
+
+def _full_plan(urls: list[str], codec: str = "full") -> list[update_pb2.Payload]:
+    digest = "b" * 64
+    payload = update_pb2.Payload(
+        path=_FILES[0].path,
+        codec=codec,
+        payload_id=digest,
+        sha256=digest,
+        size=MIN_PAYLOAD_SIZE,
+        target_sha256=_FILES[0].sha256,
+        target_size=_FILES[0].size,
+    )
+    payload.urls.extend(urls)
+    return [payload]
+
+
+def test_plausible_payload_urls_pass_the_plan_checks() -> None:
+    urls = [
+        "https://bucket.s3.example.com/blobs/ab/cd?X-Amz-Signature=0f&X-Amz-Expires=300",
+        "http://127.0.0.1:8333/edgerec/blobs/x",
+        "HTTPS://cdn.example.com:8443/p",
+        "http://[::1]:9000/p",
+    ]
+    assert list(check_plan(_full_plan(urls), _ARTIFACT, None, ("full",))[0].urls) == urls
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        (["https://h/p"] * (MAX_URLS + 1), "at most"),
+        (["https://h/" + "a" * MAX_URL_BYTES], "bytes"),
+        (["file:///etc/passwd"], "not an http"),
+        (["ftp://h/p"], "not an http"),
+        (["javascript:alert(1)"], "not an http"),
+        (["//h/p"], "not an http"),
+        (["http:///p"], "not an http"),
+        (["http://user:secret@h/p"], "not an http"),
+        (["http://h/a path"], "printable ASCII"),
+        (["http://h\u00f6st/p"], "printable ASCII"),
+        (["http://[::1/p"], "does not parse"),
+        (["http://h:99999/p"], "does not parse"),
+    ],
+)
+def test_hostile_payload_urls_are_refused_by_the_plan_checks(urls: list[str], message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        check_plan(_full_plan(urls), _ARTIFACT, None, ("full",))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.text(max_size=2100), max_size=6))
+def test_any_url_list_is_checked_or_refused_never_crashes(urls: list[str]) -> None:
+    try:
+        checked = check_plan(_full_plan(urls), _ARTIFACT, None, ("full",))
+    except ManifestError:
+        return
+    kept = list(checked[0].urls)
+    assert kept == urls and len(kept) <= MAX_URLS
+    assert all(u.lower().startswith(("http://", "https://")) and len(u) <= MAX_URL_BYTES for u in kept)
+
+
+def test_a_plan_with_a_file_url_is_refused_before_any_fetch(honest: Honest, scene: Scene, mitm: MitmProxy) -> None:
+    def add_url(payload: update_pb2.Payload) -> None:
+        if payload.codec != "copy":
+            payload.urls.append(f"file://{scene.outside / 'secret'}")
+
+    mitm.on_check = rewrite(add_url)
+    error = attack(mitm.address, scene, honest, ManifestError)
+    assert "not an http(s) URL" in str(error)
+    assert not _fetches(mitm)

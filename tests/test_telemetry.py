@@ -78,6 +78,18 @@ def test_a_report_carries_version_answers_fallbacks_latency_and_syncs(running: R
     assert report.sync.last_attempt_unix_s > 0 and report.created_unix_s > 0 and not report.rollbacks
 
 
+def test_a_device_given_no_id_reports_under_its_stable_one(running: RunningServer, tmp_path: Path) -> None:
+    """The README's client.report_status() once failed: a status report needs device_id and model."""
+    assert running.telemetry is not None
+    with EdgeClient(_target(running), "safe", tmp_path, policy=RELAXED, insecure=True) as client:
+        client.sync()
+        assert client.report_status().received_unix_s > 0
+    with EdgeClient(_target(running), "safe", tmp_path, policy=RELAXED) as restarted:
+        assert restarted.device_id == client.device_id and restarted.report_status().received_unix_s > 0
+    report = running.telemetry.latest(client.device_id, "safe")
+    assert report is not None and report.active_version == 1
+
+
 def test_rollbacks_and_failed_syncs_are_reported(running: RunningServer, tmp_path: Path) -> None:
     assert running.telemetry is not None
     policy = dataclasses.replace(RELAXED, default_score=0.5, local_failure_threshold=2)
