@@ -112,7 +112,7 @@ def test_nothing_is_pruned_when_a_models_state_is_unreadable(server: str, tmp_pa
 def test_a_replaced_optimized_model_never_answers(
     server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0) as client:
+    with EdgeClient(server, "other", tmp_path, policy=RELAXED, cache_entries=0, insecure=True) as client:
         client.sync()
         entry = tmp_path / ORT_CACHE_DIR / _loaded_entry(client)
         genuine = client.predict(SAFE).scores
