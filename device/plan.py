@@ -12,7 +12,10 @@ before it names a file, a size or a download:
 - a payload is no larger than its codec makes for the signed target size
   (:func:`edgerec.codecs.max_payload_size`), and at least a container's header and trailer;
 - a base file is a file of the active, verified artifact, with that file's signed sha256;
-  "copy" takes a base whose signed sha256 and size are the target's; "full" names no base.
+  "copy" takes a base whose signed sha256 and size are the target's; "full" names no base;
+- a payload lists at most ``MAX_URLS`` URLs (a copy none), each at most ``MAX_URL_BYTES`` bytes
+  of printable ASCII, an absolute ``http`` or ``https`` URL with a host and no user info (a
+  URL only says where the same bytes may be fetched; they are checked like any other source's).
 
 Any violation is a ManifestError and nothing has been written.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Sequence
+from urllib.parse import urlsplit
 
 from edgerec.codecs import get_codec, max_payload_size
 from edgerec.codecs.container import HEADER_SIZE, TRAILER_SIZE
@@ -32,6 +36,11 @@ from edgerec.v1 import update_pb2
 COPY = "copy"
 """The plan's codec for a file the device already has: copied from its base, nothing downloaded."""
 MIN_PAYLOAD_SIZE = HEADER_SIZE + TRAILER_SIZE
+MAX_URLS = 4
+"""URLs a plan may give for one payload (Payload.urls)."""
+MAX_URL_BYTES = 2048
+"""Longest URL a plan may give."""
+URL_SCHEMES = ("http", "https")
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
@@ -69,6 +78,7 @@ def _check_payload(
     payload: update_pb2.Payload, target: ArtifactFile, current: InstalledVersion | None, offered: Collection[str]
 ) -> None:
     what = f"plan for {target.path}"
+    _check_urls(payload, what)
     if payload.codec == COPY:
         if payload.payload_id or payload.sha256 or payload.size:
             raise ManifestError(f"{what}: a copy downloads nothing, yet names a payload")
@@ -102,6 +112,22 @@ def _check_payload(
         raise ManifestError(f"{what}: base {base.path} has sha256 {base.sha256[:16]}…, the plan says another")
     if payload.codec == COPY and (base.sha256 != target.sha256 or base.size != target.size):
         raise ManifestError(f"{what}: copies {base.path}, whose signed bytes are not the target's")
+
+
+def _check_urls(payload: update_pb2.Payload, what: str) -> None:
+    urls = payload.urls
+    if len(urls) > (0 if payload.codec == COPY else MAX_URLS):
+        raise ManifestError(f"{what}: {len(urls)} URLs, at most {MAX_URLS} (none for a copy)")
+    for url in urls:
+        if len(url.encode()) > MAX_URL_BYTES or not all("!" <= c <= "~" for c in url):
+            raise ManifestError(f"{what}: a URL of more than {MAX_URL_BYTES} bytes or not printable ASCII")
+        try:
+            parts = urlsplit(url)
+            host, _ = parts.hostname, parts.port
+        except ValueError as exc:
+            raise ManifestError(f"{what}: a URL that does not parse ({exc})") from None
+        if parts.scheme not in URL_SCHEMES or not host or "@" in parts.netloc:
+            raise ManifestError(f"{what}: URL {url[:80]!r} is not an http(s) URL with a host and no user info")
 
 
 def _base_file(current: InstalledVersion, path: str) -> ArtifactFile | None:

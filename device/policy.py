@@ -41,8 +41,10 @@ class FallbackPolicy:
     first good answer wins, the other is cancelled); after ``local_deadline_s`` it counts as failed.
     After ``local_failure_threshold`` local failures in a row the local model is skipped (the
     server answers); ``local_cooldown_s`` later its golden cases (the manifest's health check) run
-    on the worker pool, and it answers again once they pass. The server's breaker instead lets one
-    request through as its probe, after ``server_cooldown_s``.
+    on the worker pool, and it answers again once they pass. When that many in a row were model
+    faults (runtime errors, non-finite scores; not missed deadlines, never a refused request) and a
+    previous version is installed, the device rolls back to it and holds the faulty version back.
+    The server's breaker instead lets one request through as its probe, after ``server_cooldown_s``.
     ``default_score``, when set, answers (``source="default"``) when neither the local model nor the
     server can. The three times are for one row; a batch gets ``per_row_s`` more on each for every
     further row, so a 20,000-row scoring call is not judged by a single recommendation's deadline.

@@ -1,6 +1,7 @@
 """The device's on-disk model store: installed versions, staging, downloads, and the switch.
 
-Layout under ``<data_dir>/<model>/``::
+``<data_dir>/device-id`` holds the device's stable id (:func:`stable_device_id`), shared by every
+model in the data dir. Layout under ``<data_dir>/<model>/``::
 
     state.json            {"current": N, "previous": M, "highest": H, "held_back": R, "released": S};
                           replaced atomically: the switch (see StoreState)
@@ -26,21 +27,24 @@ three managed folders must be real folders: a store whose folder is a symbolic l
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fcntl
 import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import stat
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgerec.device.observer import SyncPhase
 from edgerec.errors import DataDirError, DiskFullError, EdgerecError, IntegrityError, ManifestError, SyncBusyError
 from edgerec.fsutil import (
     PRIVATE_DIR,
@@ -124,6 +128,56 @@ def _version_or_none(key: str, value: Any) -> int | None:
     if type(value) is not int or value < 0:
         raise ValueError(f"{key} is {value!r}, not a version")
     return value or None
+
+
+DEVICE_ID_FILE = "device-id"
+DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
+"""What a device id may be: the server's rule for the ids it accepts (server/auth.py)."""
+
+
+def stable_device_id(data_dir: Path | str) -> str:
+    """This device's id, kept in ``<data_dir>/device-id``: made once at random, the same in every later process.
+
+    Two processes starting at once agree (the file appears whole, and only once). A damaged file is
+    replaced by a new id, with a warning.
+    """
+    folder = Path(data_dir)
+    make_private_dirs(folder)
+    path = folder / DEVICE_ID_FILE
+    found = _read_device_id(path)
+    if found is not None:
+        return found
+    made = f"edgerec-{secrets.token_hex(12)}"
+    if path.exists() or path.is_symlink():
+        log.warning("%s is damaged: this device gets a new id, %s", path, made)
+        remove_entry(path)
+    staged = folder / f".{DEVICE_ID_FILE}.{secrets.token_hex(6)}"
+    fd = open_private(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(made.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        with contextlib.suppress(FileExistsError):  # another process was first: its id stands
+            os.link(staged, path)  # appears whole, never half-written
+    finally:
+        staged.unlink(missing_ok=True)
+    fsync_dir(folder)
+    return _read_device_id(path) or made
+
+
+def _read_device_id(path: Path) -> str | None:
+    """The id in ``path`` if it holds a valid one (a regular file, not a link), else None."""
+    try:
+        fd = open_private(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        raw = f.read(256)
+    text = raw.decode("ascii", errors="replace").strip()
+    return text if DEVICE_ID_PATTERN.fullmatch(text) else None
 
 
 LOCK_FILE = "sync.lock"
@@ -380,8 +434,21 @@ class ModelStore:
                 f"no space left for {what} in {self.root}: it needs {needed} more bytes, {free} are free"
             )
 
-    def activate(self, signed: SignedManifest, manifest: Manifest, recipe: str, staged: Path) -> InstalledVersion:
-        """Move a verified staged version into place and make it current, keeping the old one."""
+    def activate(
+        self,
+        signed: SignedManifest,
+        manifest: Manifest,
+        recipe: str,
+        staged: Path,
+        on_step: Callable[[SyncPhase], None] | None = None,
+    ) -> InstalledVersion:
+        """Move a verified staged version into place and make it current, keeping the old one.
+
+        ``on_step`` hears ACTIVATE (before the staged folder is moved into place), SWITCH (before
+        ``state.json`` names it) and PRUNE (before old versions are removed): the points where a crash
+        leaves the most to recover from.
+        """
+        step = on_step or _no_step
         artifact = find_artifact(manifest, recipe)
         if artifact is None:
             raise ManifestError(f"manifest has no {recipe!r} artifact")
@@ -389,6 +456,7 @@ class ModelStore:
         _write_private(staged / "manifest.pb", signed.SerializeToString())
         _write_private(staged / "install.json", json.dumps({"recipe": recipe}).encode())
         _fsync_tree(staged)
+        step(SyncPhase.ACTIVATE)
         state = self._state()  # before the new folder is in place (a store without state.json reads as fresh)
         final = self.versions_dir / str(manifest.version)
         if final.exists():  # a re-install of the same version (its files were damaged): move it aside first,
@@ -401,6 +469,7 @@ class ModelStore:
         remove_entry(self.staging_dir / f"{manifest.version}.replaced")
         previous = state.current if state.current != manifest.version else state.previous
         hold_ends = manifest.version >= (state.held_back or state.released or 0)
+        step(SyncPhase.SWITCH)
         self._write_state(
             StoreState(
                 current=manifest.version,
@@ -411,6 +480,7 @@ class ModelStore:
             )
         )
         log.info("%s: activated version %d (%s), previous %s", self.model, manifest.version, recipe, previous)
+        step(SyncPhase.PRUNE)
         self._prune(keep={manifest.version, previous})
         return InstalledVersion(manifest.version, recipe, manifest, artifact, final)
 
@@ -503,6 +573,10 @@ def copy_verified(source: Path, out: Path, size: int, sha256: str) -> None:
                 writer.write(block)
             if writer.size != size or writer.hexdigest != sha256:
                 raise IntegrityError(f"{source.name} does not have the sha256 its manifest gives")
+
+
+def _no_step(phase: SyncPhase) -> None:
+    pass
 
 
 def _is_regular_file(path: Path) -> bool:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import grpc
 
-from edgerec.device.channel import make_channel
 from edgerec.device.policy import PredictCounters
 from edgerec.device.sync import SyncResult
+from edgerec.device.transport.channel import make_channel
 from edgerec.errors import EdgerecError
 from edgerec.grpc_status import error_from_rpc
 from edgerec.v1 import telemetry_pb2, telemetry_pb2_grpc

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from edgerec.artifacts import DEFAULT_RECIPES, DEFAULT_RUNTIMES, choose_artifact
 from edgerec.errors import UnknownBaseVersionError, VersionNotFoundError
-from edgerec.manifest import Artifact, ArtifactFile, find_artifact
+from edgerec.manifest import PARTIAL_OF, Artifact, ArtifactFile, find_artifact
 from edgerec.registry import ModelRegistry, PayloadRecord
 from edgerec.server.delta_worker import DeltaJob, DeltaWorker
 from edgerec.server.freshness import FreshnessSigner, check_nonce
@@ -31,6 +31,8 @@ class Base:
 
     version: int
     artifact: Artifact
+    # For a partial version: the full version it approximates (its manifest's edgerec.partial_of).
+    partial_of: int | None = None
 
 
 class UpdatePlanner:
@@ -72,11 +74,17 @@ class UpdatePlanner:
         """The version this device should run and the plan to it (the version it runs when current)."""
         target_version = self.registry.resolve_version(request.model, request.target_version)
         base = self._base(request)
+        budget = request.max_payload_bytes
         if base is not None and request.target_version == 0 and target_version < base.version:
-            # The device runs a partial version newer than the latest full one: nothing newer yet.
+            # The device runs a partial version newer than the latest full one: the full version it
+            # approximates when that fits its budget (the device accepts it: its partial's signed
+            # manifest names it), else nothing newer yet.
+            if base.partial_of == target_version:
+                toward_full = self._plan_to(request, target_version, base)
+                if not budget or toward_full.payload_bytes <= budget:
+                    return target_version, toward_full
             target_version = base.version
         response = self._plan_to(request, target_version, base)
-        budget = request.max_payload_bytes
         if budget and base is not None and response.payload_bytes > budget and request.target_version == 0:
             for partial in self.registry.partial_versions(request.model, base.version, target_version):
                 candidate = self._plan_to(request, partial, base)
@@ -129,7 +137,8 @@ class UpdatePlanner:
                 f"{request.model} version {request.current_version} recipe {request.current_recipe!r} with digest "
                 f"{request.current_sha256[:16]!r} does not match the registry; ask for full files"
             )
-        return Base(request.current_version, artifact)
+        partial_of = manifest.annotations.get(PARTIAL_OF, "")
+        return Base(request.current_version, artifact, int(partial_of) if partial_of.isdigit() else None)
 
     def _plan_file(
         self, model: str, version: int, target_file: ArtifactFile, base: Base | None, codecs: set[str]

@@ -25,7 +25,7 @@ from servertools import registry_server, update_server
 
 from edgerec.codecs import make_patch
 from edgerec.device import EdgeClient
-from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
 from edgerec.errors import (
     EdgerecError,
     ExpiredError,
@@ -54,7 +54,7 @@ pytestmark = pytest.mark.torch
 
 MODEL = "ctr"
 # Retries quick enough for a test, and a deadline no honest loopback sync of the tiny model comes near.
-FAST = TransportConfig(check_timeout_s=5, max_attempts=3, backoff_initial_s=0.02, backoff_max_s=0.1)
+FAST = TransportConfig(check_timeout_s=5, retry=RetryPolicy(max_attempts=3, backoff_initial_s=0.02, backoff_max_s=0.1))
 
 
 # --- keys, servers and devices ---------------------------------------------------------
@@ -400,7 +400,9 @@ def test_slow_retrieval_stops_at_the_download_deadline(
     published_registry: Registry, keys: Keys, devices: Devices, tmp_path: Path, mode: str
 ) -> None:
     service = SlowService(published_registry, _planner(published_registry, ManifestSigner(keys.server)), mode)
-    deadline = TransportConfig(check_timeout_s=5, max_attempts=3, backoff_initial_s=0.02, download_deadline_s=1.0)
+    deadline = TransportConfig(
+        check_timeout_s=5, download_deadline_s=1.0, retry=RetryPolicy(max_attempts=3, backoff_initial_s=0.02)
+    )
     started = time.monotonic()
     with update_server(service) as address:
         error = attack(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from edgerec.device import EdgeClient
-from edgerec.errors import PayloadBudgetError, PublishError
+from edgerec.errors import PayloadBudgetError, PublishError, RollbackError
 from edgerec.reference.data import ClickGenerator
 from edgerec.registry import Registry
 
@@ -68,8 +68,19 @@ def test_partial_version_fits_the_budget_and_takes_the_largest_changes(
         quick = poor.sync()
         assert quick.version == 3 and quick.payload_bytes <= budget
         assert poor.predict(validation.inputs()).version == 3
-        again = poor.sync()  # nothing newer than the partial version until the next full one
+        again = poor.sync()  # within its budget, nothing newer than the partial version until the next full one
         assert not again.updated and again.version == 3
+
+    # Without the budget, the device moves on to the full version its partial one approximates, though
+    # that version's number is lower: the partial's signed manifest names it (edgerec.partial_of).
+    with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "poor", insecure=True) as unbudgeted:
+        full = unbudgeted.sync()
+        assert (full.updated, full.version, full.previous_version) == (True, 2, 3)
+        assert full.payload_bytes < full.full_bytes, "a delta from the partial version"
+        assert unbudgeted.predict(validation.inputs()).version == 2
+        assert not unbudgeted.sync().updated
+        with pytest.raises(RollbackError):
+            unbudgeted.sync(target_version=1)  # the floor stays: only the approximated version passed it
 
     with EdgeClient(server=address, model="ctr", data_dir=tmp_path / "other", insecure=True) as unlimited:
         unlimited.sync(target_version=1)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edgerec.device import EdgeClient
-from edgerec.device.transport import TransportConfig
+from edgerec.device.transport import RetryPolicy, TransportConfig
 from edgerec.errors import (
     IntegrityError,
     InvalidInputError,
@@ -68,7 +68,7 @@ def test_resume_after_connection_dropped_at_random_offset(served: tuple[Registry
     full_size = sum(f.size for f in registry.files(MODEL, 2) if f.recipe == "int8")
     cut = rng.randrange(full_size // 10, full_size // 2)
     proxy.cut_after(cut)
-    config = TransportConfig(backoff_initial_s=0.05, max_chunk_bytes=16 * 1024)
+    config = TransportConfig(max_chunk_bytes=16 * 1024, retry=RetryPolicy(backoff_initial_s=0.05))
     try:
         with EdgeClient(
             server=f"127.0.0.1:{proxy.port}", model=MODEL, data_dir=tmp_path, transport=config, insecure=True
@@ -143,6 +143,28 @@ def test_wrong_base_version_is_refused_and_device_falls_back_to_full(
         result = client.sync()
         assert result.version == 2 and result.codec == "full"
         _assert_matches_registry(client, registry, 2)
+
+
+def test_a_damaged_file_is_repaired_by_a_delta_from_the_intact_previous_version(
+    served: tuple[Registry, str], tmp_path: Path
+) -> None:
+    """The active version 2 is damaged, version 1 is intact: a 1 -> 2 delta repairs it, not the full files."""
+    registry, address = served
+    with EdgeClient(server=address, model=MODEL, data_dir=tmp_path, insecure=True) as client:
+        client.sync(target_version=1)
+        upgrade = client.sync()
+        current = client.store.current()
+        assert current is not None and current.version == 2
+        largest = max(current.artifact.files, key=lambda f: f.size)
+        with current.file(largest.path).open("r+b") as f:  # a bad flash sector in the middle of the weights
+            f.seek(largest.size // 2)
+            f.write(b"\xff" * 64)
+        repair = client.sync()
+        assert (repair.updated, repair.version, repair.fell_back_to_full) == (True, 2, False)
+        assert repair.codec != "full" and repair.payload_bytes == upgrade.payload_bytes < repair.full_bytes
+        assert client.store.previous() is not None and client.store.previous().version == 1  # type: ignore[union-attr]
+        _assert_matches_registry(client, registry, 2)
+        assert not client.sync().updated
 
 
 def test_corrupt_payload_is_rejected_and_current_model_kept(served_copy: tuple[Registry, str], tmp_path: Path) -> None:

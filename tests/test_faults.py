@@ -18,8 +18,8 @@ import grpc
 import pytest
 from servertools import update_server
 
-from edgerec.device import EdgeClient
-from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.device import EdgeClient, SyncPhase
+from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
 from edgerec.errors import DiskFullError, TransportError
 from edgerec.registry import Registry
 from edgerec.server.payloads import PayloadStore
@@ -121,7 +121,7 @@ def test_link_proxy_drops_every_connection_and_closes_its_threads(upstream: tupl
 
 # --- a cut update check, and a full disk at the first staging step (tiny model) ------------
 
-FAST_RETRY = TransportConfig(backoff_initial_s=0.05, backoff_max_s=0.5)
+FAST_RETRY = TransportConfig(retry=RetryPolicy(backoff_initial_s=0.05, backoff_max_s=0.5))
 
 
 def _check_request() -> update_pb2.CheckUpdateRequest:
@@ -162,7 +162,9 @@ def test_update_check_retries_stop_at_the_deadline_and_at_max_attempts(served: t
     _, address = served
     host, port = address.rsplit(":", 1)
     with LinkProxy(host, int(port), drop_every_bytes=40) as proxy:  # no answer ever gets through
-        bounded = TransportConfig(backoff_initial_s=0.05, backoff_max_s=0.2, max_attempts=1000, download_deadline_s=1.0)
+        bounded = TransportConfig(
+            download_deadline_s=1.0, retry=RetryPolicy(backoff_initial_s=0.05, backoff_max_s=0.2, max_attempts=1000)
+        )
         connection = ServerConnection(proxy.address, bounded)
         started = time.monotonic()
         with pytest.raises(TransportError, match="deadline"):
@@ -170,8 +172,10 @@ def test_update_check_retries_stop_at_the_deadline_and_at_max_attempts(served: t
         elapsed = time.monotonic() - started
         connection.close()
         assert 0.8 < elapsed < 2.0, elapsed
-        few = ServerConnection(proxy.address, TransportConfig(backoff_initial_s=0.01, max_attempts=3))
-        with pytest.raises(TransportError, match="failed 3 times"):
+        few = ServerConnection(
+            proxy.address, TransportConfig(retry=RetryPolicy(backoff_initial_s=0.01, max_attempts=3))
+        )
+        with pytest.raises(TransportError, match="failed 3 times in a row"):
             few.check_update(_check_request())
         few.close()
         assert proxy.connections >= 1
@@ -319,7 +323,7 @@ def test_a_kill_at_a_dangerous_line_is_survived(kill_bench: KillBench, start: st
         raise KillPointMissed(f"the sync never reached {point.describe()} (did the device code change?)")
     assert not run.problems, run.problems
     assert not run.leftovers, f"download files never removed: {run.leftovers}"
-    if point.function == "ServerConnection._receive":  # killed mid-.part: the next process resumes it
+    if point.event == SyncPhase.PROGRESS:  # killed mid-.part: the next process resumes it
         assert run.resumable and run.resumed, (run.part_bytes, run.resumable, run.resumed)
 
 

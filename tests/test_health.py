@@ -44,7 +44,11 @@ def test_repeated_local_failures_roll_back_to_the_previous_version(linear_server
     registry, address, folder = linear_server
     safe = {"x": np.full((2, 4), 10.0, dtype=np.float32)}
     with EdgeClient(
-        server=address, model="linear", data_dir=folder / "device", max_local_failures=3, insecure=True, policy=PATIENT
+        server=address,
+        model="linear",
+        data_dir=folder / "device",
+        insecure=True,  # rolls back after 3 faults
+        policy=PATIENT,
     ) as client:
         client.sync()
         assert client.predict(safe).source == "local"

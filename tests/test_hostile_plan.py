@@ -27,17 +27,20 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from mitm import CheckHook, MitmProxy, chunks_of
 from servertools import registry_server
 
 from edgerec.codecs import CODEC_NAMES, max_payload_size
 from edgerec.codecs.container import write_container
 from edgerec.device import EdgeClient
-from edgerec.device.plan import check_plan
+from edgerec.device.plan import MAX_URL_BYTES, MAX_URLS, MIN_PAYLOAD_SIZE, check_plan
 from edgerec.device.storage import ModelStore
 from edgerec.device.transport import (
     DEFAULT_DEADLINE_ALLOWANCE_S,
     DEFAULT_MIN_RATE_BYTES_PER_S,
+    RetryPolicy,
     ServerConnection,
     TransportConfig,
 )
@@ -50,6 +53,7 @@ from edgerec.errors import (
     SyncBusyError,
     TransportError,
 )
+from edgerec.manifest import ArtifactFile, make_artifact
 from edgerec.registry import Registry
 from edgerec.signing import generate_keypair
 from edgerec.tools import faults
@@ -58,7 +62,7 @@ from edgerec.v1 import update_pb2
 pytestmark = pytest.mark.torch
 
 MODEL = "ctr"
-FAST = TransportConfig(check_timeout_s=5, max_attempts=3, backoff_initial_s=0.02, backoff_max_s=0.1)
+FAST = TransportConfig(check_timeout_s=5, retry=RetryPolicy(max_attempts=3, backoff_initial_s=0.02, backoff_max_s=0.1))
 GiB = 1 << 30
 
 
@@ -418,11 +422,9 @@ def test_one_byte_per_connection_stops_at_the_derived_deadline(honest: Honest, s
     # No fixed deadline: 1 s allowance plus the payload at 1 MB/s, far less than the payload at one byte a try.
     derived = TransportConfig(
         check_timeout_s=5,
-        max_attempts=3,
-        backoff_initial_s=0.01,
-        backoff_max_s=0.02,
         deadline_allowance_s=1.0,
         min_rate_bytes_per_s=1e6,
+        retry=RetryPolicy(max_attempts=3, backoff_initial_s=0.01, backoff_max_s=0.02),
     )
     error = attack(mitm.address, scene, honest, TransportError, transport=derived)
     assert "deadline" in str(error)
@@ -442,17 +444,15 @@ def test_a_stalled_stream_is_cancelled_by_the_idle_timeout(honest: Honest, scene
     mitm.on_fetch = stall
     idle = TransportConfig(
         check_timeout_s=5,
-        max_attempts=2,
-        backoff_initial_s=0.01,
-        backoff_max_s=0.02,
         idle_timeout_s=0.3,
         max_chunk_bytes=1024,  # payloads of several chunks: the first one is not the whole payload
+        retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.01, backoff_max_s=0.02),
     )
     try:
         error = attack(mitm.address, scene, honest, TransportError, transport=idle)
     finally:
         released.set()
-    assert "made no progress" in str(error) and "no byte for 0.3 s" in str(error)
+    assert "failed 2 times in a row" in str(error) and "no byte for 0.3 s" in str(error)
 
 
 def _edgerec_sync(address: str, data_dir: Path, public_key: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -475,7 +475,7 @@ def test_the_sync_command_takes_a_deadline_and_retries(honest: Honest, scene: Sc
     assert result.returncode == 1 and "TransportError" in result.stderr and "deadline" in result.stderr, result.stderr
     mitm.on_fetch = _first_chunk_only
     result = _edgerec_sync(mitm.address, scene.data_dir, honest.public_key, "--retries", "2", "--min-rate", "64kbit")
-    assert result.returncode == 1 and "made no progress in 2 attempts" in result.stderr, result.stderr
+    assert result.returncode == 1 and "failed 2 times in a row" in result.stderr, result.stderr
     result = _edgerec_sync(mitm.address, scene.data_dir, honest.public_key, "--min-rate", "fast")
     assert result.returncode == 2 and "--min-rate" in result.stderr, result.stderr
     with EdgeClient(None, MODEL, scene.data_dir) as offline:
@@ -665,7 +665,9 @@ def _first_chunk_only(
 
 def _leave_a_partial_download(honest: Honest, scene: Scene, mitm: MitmProxy) -> Path:
     mitm.on_fetch = _first_chunk_only
-    one_try = TransportConfig(check_timeout_s=5, max_attempts=1, backoff_initial_s=0.01, max_chunk_bytes=1024)
+    one_try = TransportConfig(
+        check_timeout_s=5, max_chunk_bytes=1024, retry=RetryPolicy(max_attempts=1, backoff_initial_s=0.01)
+    )
     with _client(mitm.address, scene.data_dir, honest.public_key, one_try) as client, pytest.raises(TransportError):
         client.sync()
     parts = sorted((scene.store_root / "downloads").glob("*.part"))
@@ -781,3 +783,79 @@ def test_check_plan_returns_the_plan_in_the_manifests_file_order(honest: Honest,
         check_plan(copies[:1], artifact, current, ("full",))
     with pytest.raises(ManifestError, match="needs a base file"):
         check_plan(copies, artifact, None, ("full",))
+
+
+# --- payload URLs: unsigned too, bounded by the plan's checks --------------------------------------
+
+_FILES = [ArtifactFile(path="int8/model.onnx", size=4096, sha256="a" * 64)]
+_ARTIFACT = make_artifact("int8", "onnxruntime", "int8/model.onnx", _FILES)
+
+
+def _full_plan(urls: list[str], codec: str = "full") -> list[update_pb2.Payload]:
+    digest = "b" * 64
+    payload = update_pb2.Payload(
+        path=_FILES[0].path,
+        codec=codec,
+        payload_id=digest,
+        sha256=digest,
+        size=MIN_PAYLOAD_SIZE,
+        target_sha256=_FILES[0].sha256,
+        target_size=_FILES[0].size,
+    )
+    payload.urls.extend(urls)
+    return [payload]
+
+
+def test_plausible_payload_urls_pass_the_plan_checks() -> None:
+    urls = [
+        "https://bucket.s3.example.com/blobs/ab/cd?X-Amz-Signature=0f&X-Amz-Expires=300",
+        "http://127.0.0.1:8333/edgerec/blobs/x",
+        "HTTPS://cdn.example.com:8443/p",
+        "http://[::1]:9000/p",
+    ]
+    assert list(check_plan(_full_plan(urls), _ARTIFACT, None, ("full",))[0].urls) == urls
+
+
+@pytest.mark.parametrize(
+    ("urls", "message"),
+    [
+        (["https://h/p"] * (MAX_URLS + 1), "at most"),
+        (["https://h/" + "a" * MAX_URL_BYTES], "bytes"),
+        (["file:///etc/passwd"], "not an http"),
+        (["ftp://h/p"], "not an http"),
+        (["javascript:alert(1)"], "not an http"),
+        (["//h/p"], "not an http"),
+        (["http:///p"], "not an http"),
+        (["http://user:secret@h/p"], "not an http"),
+        (["http://h/a path"], "printable ASCII"),
+        (["http://h\u00f6st/p"], "printable ASCII"),
+        (["http://[::1/p"], "does not parse"),
+        (["http://h:99999/p"], "does not parse"),
+    ],
+)
+def test_hostile_payload_urls_are_refused_by_the_plan_checks(urls: list[str], message: str) -> None:
+    with pytest.raises(ManifestError, match=message):
+        check_plan(_full_plan(urls), _ARTIFACT, None, ("full",))
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(st.text(max_size=2100), max_size=6))
+def test_any_url_list_is_checked_or_refused_never_crashes(urls: list[str]) -> None:
+    try:
+        checked = check_plan(_full_plan(urls), _ARTIFACT, None, ("full",))
+    except ManifestError:
+        return
+    kept = list(checked[0].urls)
+    assert kept == urls and len(kept) <= MAX_URLS
+    assert all(u.lower().startswith(("http://", "https://")) and len(u) <= MAX_URL_BYTES for u in kept)
+
+
+def test_a_plan_with_a_file_url_is_refused_before_any_fetch(honest: Honest, scene: Scene, mitm: MitmProxy) -> None:
+    def add_url(payload: update_pb2.Payload) -> None:
+        if payload.codec != "copy":
+            payload.urls.append(f"file://{scene.outside / 'secret'}")
+
+    mitm.on_check = rewrite(add_url)
+    error = attack(mitm.address, scene, honest, ManifestError)
+    assert "not an http(s) URL" in str(error)
+    assert not _fetches(mitm)

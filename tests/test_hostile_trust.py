@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -30,7 +31,7 @@ from servertools import registry_server, update_server
 from edgerec.codecs import make_patch
 from edgerec.device import EdgeClient
 from edgerec.device.storage import ModelStore
-from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
 from edgerec.errors import (
     EdgerecError,
     FreshnessError,
@@ -56,7 +57,7 @@ from edgerec.v1 import update_pb2
 pytestmark = pytest.mark.torch
 
 MODEL = "ctr"
-FAST = TransportConfig(check_timeout_s=5, max_attempts=2, backoff_initial_s=0.02, backoff_max_s=0.1)
+FAST = TransportConfig(check_timeout_s=5, retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.02, backoff_max_s=0.1))
 # The model the attacker makes up: the highest version there is, the same score for every input.
 FABRICATED_VERSION = 2**64 - 1
 FABRICATED_SCORE = 0.999
@@ -98,8 +99,8 @@ def at_v1(upstream: str, keys: Keys, tmp_path_factory: pytest.TempPathFactory) -
     return data_dir
 
 
-def _client(address: str, data_dir: Path, keys: Keys, **settings: object) -> EdgeClient:
-    return EdgeClient(address, MODEL, data_dir, trusted_keys=[keys.server_pub], transport=FAST, **settings)  # type: ignore[arg-type]
+def _client(address: str, data_dir: Path, keys: Keys, **settings: Any) -> EdgeClient:
+    return EdgeClient(address, MODEL, data_dir, trusted_keys=[keys.server_pub], transport=FAST, **settings)
 
 
 def _device(template: Path, tmp_path: Path) -> Path:
@@ -291,7 +292,7 @@ def test_a_recipe_the_device_did_not_allow_is_refused(
         return response
 
     mitm.on_check = offer_fp32
-    settings: dict[str, object] = {"trusted_keys": [keys.server_pub]} if trust == "keys" else {"insecure": True}
+    settings: dict[str, Any] = {"trusted_keys": [keys.server_pub]} if trust == "keys" else {"insecure": True}
     with EdgeClient(
         mitm.address,
         MODEL,

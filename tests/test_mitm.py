@@ -9,7 +9,7 @@ from mitm import MitmProxy
 from servertools import registry_server
 
 from edgerec.device import EdgeClient
-from edgerec.device.transport import TransportConfig
+from edgerec.device.transport import RetryPolicy, TransportConfig
 from edgerec.errors import IntegrityError, PatchError
 from edgerec.registry import Registry
 from edgerec.signing import generate_keypair
@@ -17,7 +17,7 @@ from edgerec.v1 import update_pb2
 
 pytestmark = pytest.mark.torch
 
-FAST = TransportConfig(check_timeout_s=5, max_attempts=2, backoff_initial_s=0.02, backoff_max_s=0.1)
+FAST = TransportConfig(check_timeout_s=5, retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.02, backoff_max_s=0.1))
 
 
 def _keys(tmp_path: Path) -> tuple[Path, Path]:

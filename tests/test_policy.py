@@ -172,7 +172,7 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
 def _occupy(client: EdgeClient) -> threading.Event:
     """Keep the client's single local worker busy (a device doing something else) until the event is set."""
     release = threading.Event()
-    client._local_pool.submit(release.wait, 5.0)
+    client.predictor.local_pool.submit(release.wait, 5.0)
     return release
 
 
@@ -329,7 +329,7 @@ def _registry_root(tmp_path: Path) -> Path:
 
 def test_the_cache_never_answers_with_a_previous_version(server: str, tmp_path: Path) -> None:
     """Version 2 of "versioned" flips the weights' sign, so every answer tells which version made it."""
-    from edgerec.device.client import STATE_CHECK_INTERVAL_S
+    from edgerec.device.active_model import STATE_CHECK_INTERVAL_S
 
     with _client(server, "versioned", tmp_path, sync=False) as client:
         client.sync(target_version=1)

@@ -109,7 +109,7 @@ def test_out_of_range_ids_are_the_callers_mistake_and_count_against_nothing(
 def test_a_model_fault_rolls_back_and_sync_holds_the_version_back_until_cleared(served: Served, tmp_path: Path) -> None:
     data_dir = tmp_path / "device"
     with _on_version_2(served.client(data_dir)) as client:
-        for _ in range(client.max_local_failures):
+        for _ in range(client.policy.local_failure_threshold):
             answer = client.predict(FAULT)
             assert (answer.source, answer.fallback) == ("server", "non_finite")
         assert client.rollbacks == [(2, 1)] and client.active_version == 1 and client.held_back_version == 2
@@ -142,7 +142,7 @@ def test_a_model_fault_rolls_back_and_sync_holds_the_version_back_until_cleared(
 
 def test_a_newer_version_is_installed_and_ends_the_hold(served: Served, tmp_path: Path) -> None:
     with _on_version_2(served.client(tmp_path / "device")) as client:
-        for _ in range(client.max_local_failures):
+        for _ in range(client.policy.local_failure_threshold):
             client.predict(FAULT)
         assert client.active_version == 1 and client.held_back_version == 2
         served.publish("v3", sqrt=False, scale=-1.0)

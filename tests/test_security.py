@@ -28,10 +28,10 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from edgerec import tensors
 from edgerec.device import EdgeClient
-from edgerec.device.channel import make_channel
 from edgerec.device.storage import ModelStore
 from edgerec.device.sync import Syncer
-from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
+from edgerec.device.transport.channel import make_channel
 from edgerec.errors import AuthenticationError, PermissionDeniedError, StreamLimitError, TransportError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
@@ -46,7 +46,9 @@ pytestmark = pytest.mark.torch
 
 MODEL = "ctr"
 RATE = 100_000  # bytes per second per device on the limited server
-FAST = TransportConfig(check_timeout_s=5, predict_timeout_s=5, max_attempts=2, backoff_initial_s=0.05)
+FAST = TransportConfig(
+    check_timeout_s=5, predict_timeout_s=5, retry=RetryPolicy(max_attempts=2, backoff_initial_s=0.05)
+)
 # A wrong kind of connection fails like a dropped one (UNAVAILABLE) and is retried; the deadline bounds it.
 ONE_TRY_WORTH = TransportConfig(check_timeout_s=3, download_deadline_s=3)
 DEVICES = (

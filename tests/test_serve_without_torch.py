@@ -16,7 +16,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgerec.device import EdgeClient
-from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
 from edgerec.registry import Registry
 from edgerec.signing import generate_keypair
 
@@ -87,7 +87,7 @@ def test_serve_without_torch_answers_health_updates_deltas_and_predict(
     with grpc.insecure_channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)  # type: ignore[no-untyped-call]
         assert health.status == health_pb2.HealthCheckResponse.SERVING
-    transport = TransportConfig(check_timeout_s=30, max_attempts=3, backoff_initial_s=0.05)
+    transport = TransportConfig(check_timeout_s=30, retry=RetryPolicy(max_attempts=3, backoff_initial_s=0.05))
     with EdgeClient(address, "ctr", tmp_path / "device", trusted_keys=[public_key], transport=transport) as client:
         first = client.sync(target_version=1)
         second = client.sync()  # the server makes the 1 -> 2 delta itself, without torch

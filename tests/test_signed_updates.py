@@ -11,7 +11,7 @@ from mitm import MitmProxy
 from servertools import registry_server
 
 from edgerec.device import EdgeClient
-from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
 from edgerec.errors import FreshnessError, InvalidInputError, RollbackError, SignatureError, UnknownKeyError
 from edgerec.registry import Registry
 from edgerec.server.freshness import DEFAULT_FRESHNESS_TTL
@@ -123,7 +123,7 @@ def test_every_answer_carries_a_statement_for_this_check(
 
 
 def test_a_nonce_longer_than_the_bound_is_an_invalid_argument(signed_server: str) -> None:
-    connection = ServerConnection(signed_server, TransportConfig(max_attempts=1))
+    connection = ServerConnection(signed_server, TransportConfig(retry=RetryPolicy(max_attempts=1)))
     try:
         request = update_pb2.CheckUpdateRequest(model="ctr", nonce=b"\x01" * MAX_NONCE_BYTES)
         assert connection.check_update(request).freshness.signatures

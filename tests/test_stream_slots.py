@@ -19,7 +19,7 @@ import grpc
 import pytest
 from servertools import registry_server
 
-from edgerec.device.transport import ServerConnection, TransportConfig
+from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
 from edgerec.errors import StreamLimitError
 from edgerec.hashing import sha256_file
 from edgerec.registry import Registry
@@ -36,7 +36,9 @@ MIN_RATE = 64 * 1024  # bytes/s a stream must move to keep its slot on these ser
 # A client whose receive window is 1 KiB: gRPC blocks the server's writes as soon as it stops reading.
 TINY_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 1024)]
 # The honest device: retries on refusals for as long as the deadline allows.
-PATIENT = TransportConfig(check_timeout_s=10, max_attempts=100, backoff_initial_s=0.05, backoff_max_s=0.5)
+PATIENT = TransportConfig(
+    check_timeout_s=10, retry=RetryPolicy(max_attempts=100, backoff_initial_s=0.05, backoff_max_s=0.5)
+)
 
 
 # --- the rules, on a clock the test turns ---------------------------------------------

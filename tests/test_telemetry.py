@@ -20,7 +20,7 @@ from test_policy import NAN, ODD, RELAXED, SAFE, _model
 
 from edgerec.device import EdgeClient
 from edgerec.device.telemetry import StatusReporter, TelemetrySender
-from edgerec.device.transport import TransportConfig
+from edgerec.device.transport import RetryPolicy, TransportConfig
 from edgerec.errors import InvalidInputError, ModelNotFoundError, NoModelAvailableError, TransportError
 from edgerec.registry import Registry
 
@@ -78,12 +78,22 @@ def test_a_report_carries_version_answers_fallbacks_latency_and_syncs(running: R
     assert report.sync.last_attempt_unix_s > 0 and report.created_unix_s > 0 and not report.rollbacks
 
 
+def test_a_device_given_no_id_reports_under_its_stable_one(running: RunningServer, tmp_path: Path) -> None:
+    """The README's client.report_status() once failed: a status report needs device_id and model."""
+    assert running.telemetry is not None
+    with EdgeClient(_target(running), "safe", tmp_path, policy=RELAXED, insecure=True) as client:
+        client.sync()
+        assert client.report_status().received_unix_s > 0
+    with EdgeClient(_target(running), "safe", tmp_path, policy=RELAXED) as restarted:
+        assert restarted.device_id == client.device_id and restarted.report_status().received_unix_s > 0
+    report = running.telemetry.latest(client.device_id, "safe")
+    assert report is not None and report.active_version == 1
+
+
 def test_rollbacks_and_failed_syncs_are_reported(running: RunningServer, tmp_path: Path) -> None:
     assert running.telemetry is not None
-    policy = dataclasses.replace(RELAXED, default_score=0.5, local_failure_threshold=10)
-    with EdgeClient(
-        _target(running), "flaky", tmp_path, device_id="tv-7", max_local_failures=2, policy=policy, insecure=True
-    ) as c:
+    policy = dataclasses.replace(RELAXED, default_score=0.5, local_failure_threshold=2)
+    with EdgeClient(_target(running), "flaky", tmp_path, device_id="tv-7", policy=policy, insecure=True) as c:
         c.sync(target_version=1)
         c.sync()  # version 2: fails on odd batches, so two of them roll it back to 1
         for _ in range(2):
@@ -97,7 +107,7 @@ def test_rollbacks_and_failed_syncs_are_reported(running: RunningServer, tmp_pat
     assert report.fallbacks_by_reason["local_error"] == 2 and report.sync.updated == 2
     assert (report.sync.held_back, report.sync.up_to_date, report.sync.failed) == (1, 0, 0)
 
-    quick = TransportConfig(check_timeout_s=0.5, max_attempts=1, backoff_initial_s=0.01)
+    quick = TransportConfig(check_timeout_s=0.5, retry=RetryPolicy(max_attempts=1, backoff_initial_s=0.01))
     with EdgeClient(_dead_port(), "flaky", tmp_path, device_id="tv-7", transport=quick, insecure=True) as offline:
         with pytest.raises(TransportError):
             offline.sync()
@@ -196,7 +206,7 @@ def test_with_tokens_a_report_is_kept_only_under_its_tokens_device(tmp_path: Pat
     """A device's token speaks for it alone: a report naming another device is PERMISSION_DENIED and not kept."""
     from test_security import _make_ca, _make_server_cert, _pem
 
-    from edgerec.device.channel import make_channel
+    from edgerec.device.transport.channel import make_channel
     from edgerec.errors import PermissionDeniedError
     from edgerec.server.app import ServerConfig, start_server
     from edgerec.server.publish import PublishOptions, publish

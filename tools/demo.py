@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgerec.device import EdgeClient, Prediction, SyncResult
+from edgerec.device import EdgeClient, Prediction, SyncResult, TransportConfig
 from edgerec.evaluation import roc_auc
 from edgerec.reference.data import ClickGenerator, ReferenceConfig
 from edgerec.registry import Registry
+from edgerec.units import parse_rate
 
 if TYPE_CHECKING:
     from edgerec.reference.model import DLRM
@@ -80,7 +81,11 @@ def run_demo(
     address = f"127.0.0.1:{server.port}"
     try:
         with EdgeClient(
-            server=address, model=MODEL, data_dir=workdir / "device", rate=rate, trusted_keys=[keys / "server.pub"]
+            address,
+            MODEL,
+            workdir / "device",
+            transport=TransportConfig(rate_bytes_per_s=parse_rate(rate)),
+            trusted_keys=[keys / "server.pub"],
         ) as device:
             on_step(f"device syncs v1 over a {rate} link")
             report.syncs.append(device.sync())

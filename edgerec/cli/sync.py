@@ -50,11 +50,16 @@ def download_limit_options(command: F) -> F:
     return command
 
 
-def transport_config(deadline: float | None, min_rate: str | None, retries: int | None) -> Any:
-    """The device's TransportConfig with the download limits given on the command line."""
-    from edgerec.device.transport import TransportConfig
+def transport_config(deadline: float | None, min_rate: str | None, retries: int | None, rate: str | None = None) -> Any:
+    """The device's TransportConfig with the download limits (and bandwidth cap) given on the command line."""
+    from edgerec.device.transport import RetryPolicy, TransportConfig
 
     limits: dict[str, Any] = {}
+    if rate is not None:
+        try:
+            limits["rate_bytes_per_s"] = parse_rate(rate)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--rate") from exc
     if deadline is not None:
         limits["download_deadline_s"] = deadline
     if min_rate is not None:
@@ -63,7 +68,7 @@ def transport_config(deadline: float | None, min_rate: str | None, retries: int 
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--min-rate") from exc
     if retries is not None:
-        limits["max_attempts"] = retries
+        limits["retry"] = RetryPolicy(max_attempts=retries)
     return TransportConfig(**limits)
 
 
@@ -130,14 +135,13 @@ def sync(
             server=server,
             model=model,
             data_dir=data_dir,
-            rate=rate,
             recipes=allowed,
             max_payload_bytes=max_payload_bytes,
             trusted_keys=list(trusted_keys) or None,
             insecure=insecure,
             tls_ca=tls_ca,
             token=read_token(token_file),
-            transport=transport_config(deadline, min_rate, retries),
+            transport=transport_config(deadline, min_rate, retries, rate),
         ) as client,
         transfer_progress(not as_json) as progress,
     ):

@@ -71,6 +71,7 @@ from edgerec.tools.faults.downloads import (
     DownloadsReport,
     concurrent_syncs,
     hostile_payload_then_legit,
+    planned_update,
     run_downloads,
     stale_part,
 )
@@ -115,6 +116,7 @@ __all__ = [
     "main",
     "mount_tmpfs",
     "open_registry",
+    "planned_update",
     "predict_offline",
     "run",
     "run_directed_kills",

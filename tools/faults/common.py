@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgerec.device import EdgeClient
+from edgerec.device import EdgeClient, RetryPolicy
 from edgerec.device.storage import ModelStore
 from edgerec.errors import EdgerecError
 from edgerec.hashing import sha256_file
@@ -24,6 +24,8 @@ PACKAGE: Final = "edgerec.tools.faults"
 log = logging.getLogger(__name__)
 
 MODEL: Final = "ctr"
+# Fast retries for the runs (the SDK's defaults wait longer between tries).
+QUICK_RETRY: Final = RetryPolicy(backoff_initial_s=0.05)
 
 
 def build_registry(root: Path, *, size: str = "small", seed: int = 3, samples: int = 20_000) -> Registry:

@@ -26,6 +26,7 @@ from edgerec.errors import DiskFullError, EdgerecError, IntegrityError, Manifest
 from edgerec.registry import Registry
 from edgerec.tools.faults.common import (
     MODEL,
+    QUICK_RETRY,
     Summary,
     input_specs,
     installed_problems,
@@ -80,7 +81,7 @@ def planned_update(address: str, data_dir: Path) -> update_pb2.CheckUpdateRespon
         codecs=list(CODEC_NAMES),
         recipes=list(DEFAULT_RECIPES),
     )
-    connection = ServerConnection(address, TransportConfig(backoff_initial_s=0.05))
+    connection = ServerConnection(address, TransportConfig(retry=QUICK_RETRY))
     try:
         return connection.check_update(request)
     finally:

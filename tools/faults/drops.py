@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgerec.device import EdgeClient
+from edgerec.device import EdgeClient, RetryPolicy
 from edgerec.device.transport import DEFAULT_RECEIVE_WINDOW_BYTES, TransportConfig
 from edgerec.errors import EdgerecError, TransportError
 from edgerec.registry import Registry
@@ -134,7 +134,8 @@ def run_drops(
     rng = random.Random(f"drops-{seed}")
     _, new = versions_under_test(registry)
     host, port = address.rsplit(":", 1)
-    config = TransportConfig(backoff_initial_s=0.05, backoff_max_s=1.0, receive_window_bytes=receive_window_bytes)
+    retry = RetryPolicy(backoff_initial_s=0.05, backoff_max_s=1.0)
+    config = TransportConfig(retry=retry, receive_window_bytes=receive_window_bytes)
     if chunk_bytes is not None:
         config = dataclasses.replace(config, max_chunk_bytes=chunk_bytes)
     root = workdir / "drops"
@@ -188,9 +189,8 @@ def _drop_sync(
     started = time.perf_counter()
     shutil.rmtree(data_dir, ignore_errors=True)
     result = None
-    with EdgeClient(
-        server=proxy.address, model=MODEL, data_dir=data_dir, rate=rate, transport=config, insecure=True
-    ) as client:
+    config = dataclasses.replace(config, rate_bytes_per_s=rate)
+    with EdgeClient(proxy.address, MODEL, data_dir, transport=config, insecure=True) as client:
         while result is None and run.attempts < attempts:
             run.attempts += 1
             try:

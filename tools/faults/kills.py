@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import linecache
 import logging
 import os
 import queue
@@ -27,7 +26,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgerec.device import EdgeClient
+from edgerec.device import EdgeClient, Observer, SyncEvent, SyncPhase
 from edgerec.device.storage import ModelStore
 from edgerec.device.transport import DEFAULT_CHUNK_BYTES, TransportConfig
 from edgerec.errors import EdgerecError, NoModelAvailableError
@@ -37,6 +36,7 @@ from edgerec.tools.faults.common import (
     LOCAL_SOURCES,
     MODEL,
     PACKAGE,
+    QUICK_RETRY,
     Summary,
     input_specs,
     installed_problems,
@@ -50,14 +50,16 @@ PHASES: Final = ("download", "patch", "verify", "switch")
 KILL_KINDS: Final = (*PHASES, "wall")
 """A kill at a random line of one phase, or ("wall") at a random instant of the whole process."""
 
-# The functions that open each phase, by (module, qualified name). A phase lasts until the next
-# one opens; a marker called inside another (activate verifies its files) stays in the outer phase.
-PHASE_MARKERS: Final = {
-    ("edgerec.device.transport", "ServerConnection.download"): "download",
-    ("edgerec.codecs", "apply_patch"): "patch",
-    ("edgerec.device.storage", "verify_files"): "verify",
-    ("edgerec.device.sync", "health_check"): "verify",
-    ("edgerec.device.storage", "ModelStore.activate"): "switch",
+# The sync phases (the SDK's observer names them) that open each fault phase. A phase lasts until
+# the next one opens; the sync starts in "check".
+PHASE_OF: Final = {
+    SyncPhase.CHECK: "check",
+    SyncPhase.PLAN: "check",
+    SyncPhase.DOWNLOAD: "download",
+    SyncPhase.APPLY: "patch",
+    SyncPhase.VERIFY: "verify",
+    SyncPhase.HEALTH: "verify",
+    SyncPhase.ACTIVATE: "switch",
 }
 
 CHILD_CODE: Final = "import sys; from edgerec.tools.faults.kills import child_main; sys.exit(child_main(sys.argv[1]))"
@@ -70,35 +72,30 @@ STARTS: Final = ("fresh", "old", "damaged")
 
 @dataclass(frozen=True)
 class KillPoint:
-    """Where a sync child stops for its SIGKILL.
-
-    Line ``at`` of ``phase``; or in ``function`` (a qualified name), the ``hits``-th time a line
-    holding ``text`` runs, or the first line after its call to ``after_call`` returned.
-    """
+    """Where a sync child stops for its SIGKILL: line ``at`` of fault ``phase``, or the ``hits``-th time
+    the sync reaches the observer's ``event`` (a :class:`SyncPhase` value)."""
 
     phase: str | None = None
     at: int = 0
-    function: str | None = None
-    text: str | None = None
-    after_call: str | None = None
+    event: str | None = None
     hits: int = 1
 
     def describe(self) -> str:
-        if self.function is None:
+        if self.event is None:
             return f"{self.phase} line {self.at}"
-        where = f"{self.function}: {self.text}" if self.text else f"{self.function}: after {self.after_call}"
-        return f"{where} (run {self.hits})" if self.hits > 1 else where
+        return f"at {self.event} #{self.hits}" if self.hits > 1 else f"at {self.event}"
 
 
 DIRECTED_KILLS: Final = (
-    ("fresh", KillPoint(function="ServerConnection.download", text="os.replace(part_file, finished)")),
-    # Mid-.part: three chunks written, the fourth about to be; the next process must resume after the third.
-    ("fresh", KillPoint(function="ServerConnection._receive", text="_write_at(fd, chunk.data, offset)", hits=4)),
-    ("old", KillPoint(function="ModelStore.activate", text="os.replace(staged, final)")),
-    ("old", KillPoint(function="ModelStore.activate", text="self._write_state(")),
-    ("old", KillPoint(function="ModelStore.activate", text="self._prune(")),
-    ("old", KillPoint(function="Syncer._install", after_call="ModelStore.activate")),
-    ("damaged", KillPoint(function="ModelStore.activate", text="os.replace(staged, final)")),
+    # The payload complete and checked, its .part not renamed yet.
+    ("fresh", KillPoint(event=SyncPhase.DOWNLOADED)),
+    # Mid-.part: three chunks written, the fourth not yet; the next process must resume after the third.
+    ("fresh", KillPoint(event=SyncPhase.PROGRESS, hits=3)),
+    ("old", KillPoint(event=SyncPhase.ACTIVATE)),
+    ("old", KillPoint(event=SyncPhase.SWITCH)),
+    ("old", KillPoint(event=SyncPhase.PRUNE)),
+    ("old", KillPoint(event=SyncPhase.ACTIVATED)),
+    ("damaged", KillPoint(event=SyncPhase.ACTIVATE)),
 )
 """Instants where a crash is most likely to break something: around each rename and the switch."""
 
@@ -519,11 +516,12 @@ def _emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-class PhaseTracer:
-    """Counts the lines edgerec runs in each sync phase (``sys.settrace``) and stops at a chosen one.
+class PhaseTracer(Observer):
+    """Follows a sync's phases through the SDK's observer and stops it at a kill point.
 
-    At ``point`` (line ``at`` of a phase, or the first line of ``function`` holding ``text``) it
-    reports a kill point and waits for its SIGKILL.
+    For a point at a line of a phase it counts the lines edgerec runs in each phase
+    (``sys.settrace``, installed by the caller); for a point at an event it counts that event.
+    There it reports the kill point and waits for its SIGKILL.
     """
 
     def __init__(self, point: KillPoint, emit: Callable[[dict[str, Any]], None]) -> None:
@@ -531,48 +529,36 @@ class PhaseTracer:
         self.emit = emit
         self.phase = "check"
         self.counts: Counter[str] = Counter()
-        self._marker: FrameType | None = None
-        self._returned_to: FrameType | None = None  # the frame a call to point.after_call returned to
-        self._text_hits = 0  # times a line holding point.text ran
+        self._event_hits = 0
+
+    def on_sync(self, event: SyncEvent) -> None:
+        phase = PHASE_OF.get(event.phase, self.phase)
+        if phase != self.phase:
+            self.phase = phase
+            self.emit({"event": "phase", "phase": phase})
+        if self.point.event == event.phase:
+            self._event_hits += 1
+            if self._event_hits == self.point.hits:
+                self._stop(str(event.phase))
 
     def global_trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         module = str(frame.f_globals.get("__name__", ""))
         if event != "call" or not module.startswith("edgerec.") or module.startswith(PACKAGE):
             return None
-        phase = PHASE_MARKERS.get((module, frame.f_code.co_qualname))
-        if phase is not None and self._marker is None:
-            self._marker = frame
-            if phase != self.phase:
-                self.phase = phase
-                self.emit({"event": "phase", "phase": phase})
         return self.local_trace
 
     def local_trace(self, frame: FrameType, event: str, arg: object) -> Callable[..., Any] | None:
         if event == "line":
             self.counts[self.phase] += 1
             point = self.point
-            if point.phase is not None:
-                reached = self.phase == point.phase and self.counts[self.phase] == point.at
-            elif frame.f_code.co_qualname != point.function:
-                reached = False
-            elif point.text is not None:
-                reached = point.text in linecache.getline(frame.f_code.co_filename, frame.f_lineno)
-                if reached:
-                    self._text_hits += 1
-                    reached = self._text_hits == point.hits
-            else:
-                reached = frame is self._returned_to
-            if reached:
-                self.emit({"event": "kill-point", "phase": self.phase, "line": frame.f_lineno})
-                time.sleep(_KILL_POINT_WAIT_S)  # the parent kills this process now
-                os._exit(70)
-        elif event == "return":
-            if frame is self._marker:
-                self._marker = None
-            caller = frame.f_back
-            if frame.f_code.co_qualname == self.point.after_call and caller is not None:
-                self._returned_to = caller
+            if point.phase == self.phase and self.counts[self.phase] == point.at:
+                self._stop(f"line {frame.f_lineno}")
         return self.local_trace
+
+    def _stop(self, where: str) -> None:
+        self.emit({"event": "kill-point", "phase": self.phase, "at": where})
+        time.sleep(_KILL_POINT_WAIT_S)  # the parent kills this process now
+        os._exit(70)
 
 
 def child_main(spec_json: str) -> int:
@@ -590,11 +576,9 @@ def child_main(spec_json: str) -> int:
 
 def _child_plain_sync(spec: dict[str, Any]) -> dict[str, Any]:
     """One sync, untraced: its outcome ("installed", "current" or the error's class) as the last line."""
-    config = TransportConfig(max_chunk_bytes=int(spec["chunk_bytes"]), backoff_initial_s=0.05)
     rate = float(spec["rate"]) if spec.get("rate") else None
-    with EdgeClient(
-        server=spec["server"], model=MODEL, data_dir=spec["data_dir"], rate=rate, transport=config, insecure=True
-    ) as client:
+    config = TransportConfig(max_chunk_bytes=int(spec["chunk_bytes"]), retry=QUICK_RETRY, rate_bytes_per_s=rate)
+    with EdgeClient(spec["server"], MODEL, spec["data_dir"], transport=config, insecure=True) as client:
         client.store.lock_wait_s = float(spec["lock_wait_s"])
         try:
             result = client.sync()
@@ -604,21 +588,16 @@ def _child_plain_sync(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _child_sync(spec: dict[str, Any]) -> int:
-    point = KillPoint(
-        spec.get("phase"),
-        int(spec.get("at") or 0),
-        spec.get("function"),
-        spec.get("text"),
-        spec.get("after_call"),
-        int(spec.get("hits") or 1),
-    )
+    point = KillPoint(spec.get("phase"), int(spec.get("at") or 0), spec.get("event"), int(spec.get("hits") or 1))
     tracer = PhaseTracer(point, _emit)
-    config = TransportConfig(max_chunk_bytes=int(spec["chunk_bytes"]), backoff_initial_s=0.05)
     rate = float(spec["rate"]) if spec.get("rate") else None
+    config = TransportConfig(max_chunk_bytes=int(spec["chunk_bytes"]), retry=QUICK_RETRY, rate_bytes_per_s=rate)
     with EdgeClient(
-        server=spec["server"], model=MODEL, data_dir=spec["data_dir"], rate=rate, transport=config, insecure=True
+        spec["server"], MODEL, spec["data_dir"], transport=config, insecure=True, observer=tracer
     ) as client:
-        sys.settrace(tracer.global_trace)
+        counting = point.event is None  # a kill at a line of a phase counts lines; one at an event needs no trace
+        if counting:
+            sys.settrace(tracer.global_trace)
         try:
             result = client.sync()
         finally:
@@ -667,7 +646,7 @@ def _child_recover(spec: dict[str, Any]) -> dict[str, Any]:
             server=spec["server"],
             model=MODEL,
             data_dir=data_dir,
-            transport=TransportConfig(backoff_initial_s=0.05),
+            transport=TransportConfig(retry=QUICK_RETRY),
             insecure=True,
         ) as client:
             try:

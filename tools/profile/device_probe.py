@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from edgerec.device import Observer, SyncEvent, SyncPhase, TransportConfig
 from edgerec.device.artifacts import open_artifact
-from edgerec.device.storage import InstalledVersion, ModelStore
+from edgerec.device.storage import ModelStore
 from edgerec.device.sync import FileProgress, Syncer, neutral_inputs
-from edgerec.device.transport import ProgressCallback, ServerConnection, TransportConfig
+from edgerec.device.transport import PayloadTransport, ServerConnection
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.v1 import update_pb2
@@ -32,65 +33,44 @@ from edgerec.v1 import update_pb2
 log = logging.getLogger(__name__)
 
 
-class TimedConnection(ServerConnection):
-    """A connection that times its update check and each payload download."""
+class TimedChannel:
+    """The device's update channel, timing its update checks and measuring their answers (a wrapper, no subclass)."""
 
-    def __init__(self, target: str, config: TransportConfig) -> None:
-        super().__init__(target, config)
+    def __init__(self, connection: ServerConnection) -> None:
+        self.connection = connection
+        self.device_id = connection.device_id
+        self.config = connection.config
         self.check_s = 0.0
         self.check_response_bytes = 0
-        self.downloads: list[dict[str, Any]] = []
 
     def check_update(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
         started = time.perf_counter()
         try:
-            response = super().check_update(request)
+            response = self.connection.check_update(request)
         finally:
             self.check_s += time.perf_counter() - started
         self.check_response_bytes = response.ByteSize()
         return response
 
-    def download(
-        self,
-        model: str,
-        payload: update_pb2.Payload,
-        part_file: Path,
-        progress: ProgressCallback | None = None,
-    ) -> Path:
-        started = time.perf_counter()
-        try:
-            return super().download(model, payload, part_file, progress)
-        finally:
+    def payload_transports(self) -> Sequence[PayloadTransport]:
+        return self.connection.payload_transports()
+
+
+class DownloadTimer(Observer):
+    """Times each payload's download, from its DOWNLOAD phase to its DOWNLOADED phase."""
+
+    def __init__(self) -> None:
+        self.downloads: list[dict[str, Any]] = []
+        self._started: dict[str, tuple[float, str]] = {}
+
+    def on_sync(self, event: SyncEvent) -> None:
+        if event.phase is SyncPhase.DOWNLOAD:
+            self._started[event.path] = (time.perf_counter(), event.detail)
+        elif event.phase is SyncPhase.DOWNLOADED and event.path in self._started:
+            began, codec = self._started.pop(event.path)
             self.downloads.append(
-                {
-                    "path": payload.path,
-                    "codec": payload.codec,
-                    "bytes": payload.size,
-                    "seconds": time.perf_counter() - started,
-                }
+                {"path": event.path, "codec": codec, "bytes": event.total, "seconds": time.perf_counter() - began}
             )
-
-
-class CodecSyncer(Syncer):
-    """A Syncer that offers the server only the given payload codecs, so the plan uses one of them."""
-
-    def __init__(
-        self,
-        store: ModelStore,
-        connection: ServerConnection,
-        *,
-        codecs: Sequence[str],
-        recipe: str,
-        verifier: UpdateVerifier,
-    ) -> None:
-        super().__init__(store, connection, recipes=(recipe,), verifier=verifier)
-        self.codecs = tuple(codecs)
-
-    def _request(self, current: InstalledVersion | None, target_version: int) -> update_pb2.CheckUpdateRequest:
-        request = super()._request(current, target_version)
-        del request.codecs[:]
-        request.codecs.extend(self.codecs)
-        return request
 
 
 def first_prediction(store: ModelStore, version: int) -> np.ndarray:
@@ -134,17 +114,21 @@ def probe(
     started = time.perf_counter()
     config = TransportConfig(max_chunk_bytes=chunk_bytes, check_timeout_s=timeout_s, download_deadline_s=timeout_s)
     verifier = UpdateVerifier(model, TrustedKeys.from_public_keys([load_public_key(trusted_key)]))
-    connection = TimedConnection(server, config)
+    connection = ServerConnection(server, config)
+    channel, timer = TimedChannel(connection), DownloadTimer()
+    syncer = Syncer(
+        ModelStore(data_dir, model), channel, codecs=(codec,), recipes=(recipe,), verifier=verifier, observer=timer
+    )
     try:
-        syncer = CodecSyncer(ModelStore(data_dir, model), connection, codecs=[codec], recipe=recipe, verifier=verifier)
         result = syncer.sync(version, progress)
     finally:
+        syncer.close()
         connection.close()
     synced = time.perf_counter()
     first_prediction(ModelStore(data_dir, model), version)
     predicted = time.perf_counter()
     after = resource.getrusage(resource.RUSAGE_SELF)
-    transfer_s = sum(float(d["seconds"]) for d in connection.downloads)
+    transfer_s = sum(float(d["seconds"]) for d in timer.downloads)
     sync_s = synced - started
     return {
         "version": result.version,
@@ -154,11 +138,11 @@ def probe(
         "full_bytes": result.full_bytes,
         "payloads": result.payloads,
         "fell_back_to_full": result.fell_back_to_full,
-        "check_s": connection.check_s,
-        "check_response_bytes": connection.check_response_bytes,
+        "check_s": channel.check_s,
+        "check_response_bytes": channel.check_response_bytes,
         "transfer_s": transfer_s,
-        "downloads": connection.downloads,
-        "apply_s": max(0.0, sync_s - connection.check_s - transfer_s),
+        "downloads": timer.downloads,
+        "apply_s": max(0.0, sync_s - channel.check_s - transfer_s),
         "sync_s": sync_s,
         "first_predict_s": predicted - synced,
         "cpu_s": _cpu(after) - _cpu(before),

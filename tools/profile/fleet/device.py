@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 
 import grpc.aio
 
+from edgerec.device.plan import check_plan as check_payload_plan
 from edgerec.errors import EdgerecError, IntegrityError, ManifestError, TransportError, WrongModelError
 from edgerec.manifest import Manifest, find_artifact, parse_manifest
 from edgerec.tools.profile.fleet.settings import RetryPolicy
@@ -102,8 +103,8 @@ def check_update_request(model: str, recipes: tuple[str, ...], device_id: str) -
 def check_plan(response: update_pb2.CheckUpdateResponse, model: str, verifier: UpdateVerifier | None) -> Manifest:
     """The offered manifest (signature-checked when ``verifier`` is given) after checking the plan against it.
 
-    A fresh device has no base: every payload must be a full file, and the plan must build exactly the
-    manifest's files for its recipe (paths, sha256, sizes), each payload named by its own sha256.
+    A fresh device has no base and offers only full files: the plan must pass the device's own checks
+    (:func:`edgerec.device.plan.check_plan`) for that, and its total must be the sum of its payloads.
     """
     if not response.update_available:
         raise ManifestError(f"the server offers a fresh device no version of {model!r}")
@@ -116,17 +117,7 @@ def check_plan(response: update_pb2.CheckUpdateResponse, model: str, verifier: U
     artifact = find_artifact(manifest, response.recipe)
     if artifact is None:
         raise ManifestError(f"manifest has no {response.recipe!r} artifact")
-    planned = {p.path: p for p in response.payloads}
-    if len(planned) != len(response.payloads) or set(planned) != {f.path for f in artifact.files}:
-        raise ManifestError("payload plan lists other files than the manifest")
-    for f in artifact.files:
-        p = planned[f.path]
-        if p.target_sha256 != f.sha256 or p.target_size != f.size:
-            raise ManifestError(f"payload plan does not match the manifest for {f.path}")
-        if p.codec != "full":
-            raise ManifestError(f"a fresh device needs a full payload for {f.path}, got {p.codec!r}")
-        if p.size == 0 or p.payload_id != p.sha256:
-            raise ManifestError(f"the plan's payload for {f.path} is empty or not named by its sha256")
+    check_payload_plan(response.payloads, artifact, None, ("full",))
     if response.payload_bytes != sum(p.size for p in response.payloads):
         raise ManifestError("plan's payload_bytes is not the sum of its payload sizes")
     return manifest

@@ -20,13 +20,13 @@ class RetryPolicy:
 
     ``max_attempts`` counts consecutive failed attempts that brought no new bytes; a device that reaches
     it gives up (as a device whose sync fails would, until its next sync). The SDK's own bound is lower
-    (``TransportConfig.max_attempts``): a real device's app calls sync again later, which a simulated
+    (``TransportConfig.retry.max_attempts``): a real device's app calls sync again later, which a simulated
     device, living for one sync, models by trying longer.
     """
 
     max_attempts: int = 30
-    backoff_initial_s: float = _SDK.backoff_initial_s
-    backoff_max_s: float = _SDK.backoff_max_s
+    backoff_initial_s: float = _SDK.retry.backoff_initial_s
+    backoff_max_s: float = _SDK.retry.backoff_max_s
     check_timeout_s: float = _SDK.check_timeout_s
 
     def __post_init__(self) -> None:
