@@ -447,7 +447,7 @@ class Syncer:
             model,
             payload,
             part,
-            on_write=written,
+            on_write=written if observer is not None or progress is not None else None,
             on_event=self._notify,
             refresh=lambda: fresh_urls(payload.payload_id),
         )

@@ -368,3 +368,33 @@ def test_a_device_fails_over_from_a_server_that_is_down(
         pytest.raises(TransportError, match="failed 3 times in a row"),
     ):
         stranded.sync()
+
+
+@pytest.mark.torch
+def test_a_download_cut_by_a_dying_replica_goes_on_at_the_next_one(
+    served: tuple[Registry, str], tmp_path: Path
+) -> None:
+    """Replica A sends the first chunk of each payload, then fails: replica B resumes from that byte."""
+    registry, address = served
+
+    def dies_after_the_first_chunk(
+        request: update_pb2.FetchPayloadRequest, upstream: Iterator[update_pb2.PayloadChunk]
+    ) -> Iterator[update_pb2.PayloadChunk]:
+        if request.offset == 0:
+            yield next(upstream)
+        raise OSError("replica A went away")
+
+    with MitmProxy(address) as replica_a, MitmProxy(address) as replica_b:
+        replica_a.on_fetch = dies_after_the_first_chunk
+        transport = dataclasses.replace(QUICK, max_chunk_bytes=16 * 1024)
+        with EdgeClient(
+            [replica_a.address, replica_b.address], MODEL, tmp_path, insecure=True, transport=transport
+        ) as client:
+            result = client.sync()
+        first = {r.payload_id: r.offset for r in _fetches(replica_b)}
+    fetched = [p for p in result.payloads if p["codec"] != "copy"]
+    assert result.payload_bytes == sum(int(str(p["size"])) for p in fetched), "no byte lost or fetched twice"
+    assert result.bytes_by_source == {"grpc": result.payload_bytes}
+    # A got another try after its chunk (it had made progress), then B went on from that chunk's end.
+    assert first and all(offset == 16 * 1024 for offset in first.values()), first
+    assert not faults.installed_problems(client.store, registry, result.version)

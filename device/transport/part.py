@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -40,7 +39,7 @@ class PartFile:
         self.offset = 0
         self.resumed = 0
         """Bytes that were already on disk when it was opened (kept from an earlier try or process)."""
-        self.bytes_by_source: Counter[str] = Counter()
+        self.bytes_by_source: dict[str, int] = {}
         self._fd = -1
 
     def __enter__(self) -> PartFile:
@@ -84,7 +83,8 @@ class PartFile:
             view = view[written:]
             offset += written
         self.offset = offset
-        self.bytes_by_source[source] += len(data)
+        counts = self.bytes_by_source
+        counts[source] = counts.get(source, 0) + len(data)
         if self._on_write is not None:
             self._on_write(offset, self.size, source)
 
