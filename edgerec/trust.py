@@ -36,9 +36,12 @@ C. An update: the manifest passes 1.-6. below with the version floor described t
 
 The version floor: the highest version this device ever activated, or one below it when the
 request said the device runs nothing (its copy is damaged: re-installing the version it already
-trusted is no rollback). One version at or below it may pass: ``reinstallable``, a version this
-device activated and then rolled back from (offered again, the device verifies it and holds it
-back; once an operator clears the hold, it installs it).
+trusted is no rollback). One version at or below it may pass: ``reinstallable``, chosen by the
+device from its own verified state: a version it activated and then rolled back from (offered
+again, the device verifies it and holds it back; once an operator clears the hold, it installs
+it), the active version whose copy is damaged while the device repairs it from the previous one,
+or the full version that the partial version it runs approximates (partial versions are numbered
+above the full version they approximate).
 
 Checks of a manifest (:meth:`UpdateVerifier.verify`), in this order; the first failure raises:
 
@@ -225,8 +228,7 @@ class UpdateVerifier:
 
         ``highest_activated`` is the highest version the device ever activated (0: none);
         ``now`` is a timezone-aware current time; ``reinstallable`` is the one version at or below
-        the floor that may be offered again: one this device activated before and rolled back from
-        (offered so the device can say it holds it back, or installed once an operator cleared the hold).
+        the floor that may be offered (see "The version floor" above).
         See the module docstring for the rules.
         """
         if request.model != self.model:
