@@ -23,12 +23,11 @@ from pathlib import Path
 
 from edgerec.codecs import CODEC_NAMES
 from edgerec.device.policy import FallbackPolicy
-from edgerec.device.storage import DEVICE_ID_PATTERN
 from edgerec.device.transport.config import TransportConfig
 from edgerec.errors import EdgerecError
 from edgerec.manifest import validate_model_name
 from edgerec.signing import load_public_key
-from edgerec.tokens import check_token_text
+from edgerec.tokens import DEVICE_ID_PATTERN, check_token_text
 from edgerec.trust import TrustedKeys, UpdateVerifier
 
 UNCONFIGURED = "unconfigured"

@@ -65,6 +65,7 @@ from edgerec.manifest import (
     parse_manifest,
     validate_model_name,
 )
+from edgerec.tokens import DEVICE_ID_PATTERN
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +132,6 @@ def _version_or_none(key: str, value: Any) -> int | None:
 
 
 DEVICE_ID_FILE = "device-id"
-DEVICE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@-]{0,127}")
-"""What a device id may be: the server's rule for the ids it accepts (server/auth.py)."""
 
 
 def stable_device_id(data_dir: Path | str) -> str:
