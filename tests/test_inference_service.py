@@ -81,6 +81,9 @@ def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> Non
     registry = CountingRegistry(tmp_path / "registry")
     publish(_model(tmp_path / "v1.onnx", fragile=False), "ctr", registry, PublishOptions(no_gate=True))
     service = InferenceService(registry)
+    # No resolution expires during the test, however slowly a busy machine runs it: what is counted
+    # is the sharing, not the TTL.
+    service.resolve_ttl_s = 3600.0
     context = cast(grpc.ServicerContext, None)
     versions: list[int] = []
 
@@ -94,9 +97,9 @@ def test_concurrent_predicts_do_not_each_ask_the_registry(tmp_path: Path) -> Non
     for thread in threads:
         thread.join()
     assert versions == [1] * 800
-    # Each thread may miss once before the first resolution is stored (three lookups each), then the TTL:
-    # far fewer than the three lookups per request a registry round trip takes.
-    assert registry.lookups <= 8 * 3 + 3 * 10, registry.lookups
+    # A few misses per thread (before the first resolution is stored, and again when the model's first
+    # load replaces it), three lookups each: far fewer than the 2,400 of three lookups per request.
+    assert registry.lookups <= 8 * 3 * 4, registry.lookups
 
 
 def test_the_change_stamp_is_looked_at_again_once_the_check_interval_passed(tmp_path: Path) -> None:
