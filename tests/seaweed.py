@@ -8,6 +8,7 @@ presigned URL expiry (with no identity at all it would accept any signature).
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import socket
@@ -17,7 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,3 +173,29 @@ def seaweed_s3(data_dir: Path) -> Iterator[SeaweedS3]:
     finally:
         _stop(process)
         shutil.rmtree(sockets, ignore_errors=True)
+
+
+def race_two_hosts(
+    target: Callable[..., None], host_args: Callable[[int], tuple[object, ...]], *, timeout_s: float
+) -> list[tuple[int, str]]:
+    """Run ``target(*host_args(h), ready, go, results)`` in two spawned processes (two "hosts") started
+    together; returns every ``(version, digest)`` pair they put on ``results``.
+
+    Each host waits on the ``ready`` barrier, then on ``go``, so both publish at the same moment.
+    """
+    context = multiprocessing.get_context("spawn")
+    ready, go, results = context.Barrier(3), context.Event(), context.Queue()
+    hosts = [context.Process(target=target, args=(*host_args(h), ready, go, results)) for h in range(2)]
+    for host in hosts:
+        host.start()
+    try:
+        ready.wait(timeout=timeout_s)
+        go.set()
+        published: list[tuple[int, str]] = [pair for _ in hosts for pair in results.get(timeout=timeout_s)]
+    finally:
+        for host in hosts:
+            host.join(timeout=30)
+            if host.is_alive():
+                host.kill()
+    assert all(host.exitcode == 0 for host in hosts)
+    return published

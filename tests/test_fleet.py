@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing
 import os
 import re
 import signal
@@ -27,7 +26,7 @@ import grpc
 import numpy as np
 import pytest
 from onnxtools import embedding_model
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, seaweed_s3
+from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, race_two_hosts, seaweed_s3
 
 from edgerec import tensors
 from edgerec.errors import ConfigError
@@ -259,25 +258,9 @@ def _publish_from_host(url: str, folder: str, count: int, ready: Any, go: Any, r
 
 def _hosts_race(tmp_path: Path, *, per_host: int) -> None:
     url = _s3_url()
-    context = multiprocessing.get_context("spawn")
-    ready, go, results = context.Barrier(3), context.Event(), context.Queue()
-    hosts = []
     for h in range(2):
         (tmp_path / f"host{h}").mkdir()
-        args = (url, str(tmp_path / f"host{h}"), per_host, ready, go, results)
-        hosts.append(context.Process(target=_publish_from_host, args=args))
-    for host in hosts:
-        host.start()
-    try:
-        ready.wait(timeout=DEADLINE_S)
-        go.set()
-        published = [pair for _ in hosts for pair in results.get(timeout=600)]
-    finally:
-        for host in hosts:
-            host.join(timeout=30)
-            if host.is_alive():
-                host.kill()
-    assert all(host.exitcode == 0 for host in hosts)
+    published = race_two_hosts(_publish_from_host, lambda h: (url, str(tmp_path / f"host{h}"), per_host), timeout_s=600)
     total = 2 * per_host
     assert sorted(v for v, _ in published) == list(range(1, total + 1))  # each number once, none lost
     registry = open_registry(url, cache_dir=tmp_path / "check")

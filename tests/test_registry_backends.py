@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import multiprocessing
 import os
 import threading
 import time
@@ -23,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
-from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, seaweed_s3
+from seaweed import ACCESS_KEY, SECRET_KEY, SeaweedS3, race_two_hosts, seaweed_s3
 
 from edgerec.errors import (
     IntegrityError,
@@ -612,7 +611,7 @@ def test_another_replica_sees_a_publish(s3_env: SeaweedS3, tmp_path: Path) -> No
 
 
 def _publish_in_process(
-    url: str, cache_dir: str, count: int, threads: int, ready: Any, go: Any, results: Any, tmp: str
+    url: str, cache_dir: str, count: int, threads: int, tmp: str, ready: Any, go: Any, results: Any
 ) -> None:
     """One "host": ``count`` publishes from ``threads`` threads, started together with the other host."""
     reg = open_registry(url, cache_dir=Path(cache_dir))
@@ -629,27 +628,11 @@ def _publish_in_process(
 
 def _two_hosts_race(tmp_path: Path, *, per_host: int, threads: int) -> None:
     url = _s3_url()
-    context = multiprocessing.get_context("spawn")
-    ready, go, results = context.Barrier(3), context.Event(), context.Queue()
-    hosts = [
-        context.Process(
-            target=_publish_in_process,
-            args=(url, str(tmp_path / f"cache{h}"), per_host, threads, ready, go, results, str(tmp_path / f"h{h}")),
-        )
-        for h in range(2)
-    ]
-    for host in hosts:
-        host.start()
-    try:
-        ready.wait(timeout=DEADLINE_S)
-        go.set()
-        published = [pair for _ in hosts for pair in results.get(timeout=300)]
-    finally:
-        for host in hosts:
-            host.join(timeout=30)
-            if host.is_alive():
-                host.kill()
-    assert all(host.exitcode == 0 for host in hosts)
+    published = race_two_hosts(
+        _publish_in_process,
+        lambda h: (url, str(tmp_path / f"cache{h}"), per_host, threads, str(tmp_path / f"h{h}")),
+        timeout_s=300,
+    )
     total = 2 * per_host
     assert sorted(v for v, _ in published) == list(range(1, total + 1))  # each number once, none lost
     reg = open_registry(url, cache_dir=tmp_path / "check")
