@@ -23,9 +23,12 @@ A. Freshness (:func:`verify_freshness`; skipped when verification is off): the a
    statement), with RFC 3339 times where ``issued_at`` is at most ``max_clock_skew`` ahead of
    ``now``, ``expires_at`` is after ``issued_at`` and ``expires_at`` is after ``now``
    (-> FreshnessError).
-   The statement answers what the request asked: its ``target_version`` is the requested version,
-   or, when the request asked for the latest (0), at least its ``latest_version`` (-> StaleAnswerError;
-   the request is unsigned, so this is what keeps a rewritten request from freezing the device).
+   The statement answers what the request asked: it echoes the request's ``target_version``,
+   ``channel``, ``labels`` and ``app_version`` exactly, and its ``target_version`` is the requested
+   version when one was asked for (-> StaleAnswerError; the request is unsigned, so this is what
+   keeps a rewritten request from steering the device to another offer or freezing it). When the
+   device asked the release policy (0), the target may be older than ``latest_version``: a rollout
+   or pin decides it, and the version floor below still refuses anything older than what it ran.
 B. "No update" (``update_available`` false): the device runs a version (the request's
    ``current_version`` is not 0) and, when verifying, it is the statement's ``target_version``
    (-> StaleAnswerError: the answer withholds that version).
@@ -245,7 +248,7 @@ class UpdateVerifier:
                 now=now,
                 max_clock_skew=self.max_clock_skew,
             )
-            _check_target(request.target_version, freshness)
+            _check_target(request, freshness)
         if not response.update_available:
             _check_current(request.current_version, freshness)
             return VerifiedAnswer(None, None, freshness)
@@ -409,22 +412,32 @@ def _check_signatures(
     return valid
 
 
-def _check_target(requested: int, freshness: Freshness) -> None:
-    """The statement's target is the version asked for, or (asked for the latest) not older than the latest.
+def _check_target(request: update_pb2.CheckUpdateRequest, freshness: Freshness) -> None:
+    """The statement answers this request: its echoes match what the device sent, and a version asked
+    for is the version answered.
 
-    The request travels unsigned: this keeps a rewritten ``target_version`` from making the server
-    itself sign "run version N" for an old N. A partial version is numbered above the full one it
-    approximates, so a budgeted answer passes.
+    The request travels unsigned: this keeps a rewritten ``target_version``, channel or labels from
+    making the server itself sign an offer the device did not ask for (an old version, another cohort's).
     """
+    requested = request.target_version
+    if freshness.requested_version != requested:
+        raise StaleAnswerError(
+            f"this device asked for version {requested or 'the policy offers'}, but the signed statement answers a "
+            f"request for {freshness.requested_version or 'the policy offer'}: the request was rewritten on the way"
+        )
+    if (
+        freshness.channel != request.channel
+        or dict(freshness.labels) != dict(request.labels)
+        or freshness.app_version != request.app_version
+    ):
+        raise StaleAnswerError(
+            "the signed statement answers another channel, labels or app version than this device sent: "
+            "the request was rewritten on the way"
+        )
     if requested and freshness.target_version != requested:
         raise StaleAnswerError(
             f"this device asked for version {requested}, but the signed statement answers version "
             f"{freshness.target_version}: the request was rewritten on the way"
-        )
-    if not requested and freshness.target_version < freshness.latest_version:
-        raise StaleAnswerError(
-            f"this device asked for the latest version, but the signed statement answers version "
-            f"{freshness.target_version} (latest {freshness.latest_version}): the request was rewritten on the way"
         )
 
 

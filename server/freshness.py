@@ -53,6 +53,10 @@ class FreshnessSigner:
             target_version=target_version,
             device_id=request.device_id,
             nonce=request.nonce,
+            requested_version=request.target_version,
+            channel=request.channel,
+            labels=request.labels,
+            app_version=request.app_version,
             issued_at=_rfc3339(issued),
             expires_at=_rfc3339(issued + self.ttl),
         )

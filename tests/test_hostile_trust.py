@@ -466,17 +466,23 @@ def test_a_statement_made_for_another_device_is_refused(
     assert relayed and not relayed[0].update_available, "the server itself answered 'no update' to kiosk-2"
 
 
+@pytest.mark.parametrize(
+    "rewrite",
+    [{"target_version": 1}, {"channel": "frozen"}, {"app_version": "0.0.1"}],
+    ids=["target-version", "channel", "app-version"],
+)
 def test_a_rewritten_request_cannot_make_the_server_sign_a_freeze(
-    mitm: MitmProxy, upstream: str, keys: Keys, at_v1: Path, tmp_path: Path
+    rewrite: dict[str, object], mitm: MitmProxy, upstream: str, keys: Keys, at_v1: Path, tmp_path: Path
 ) -> None:
-    """The attacker asks the server for version 1, the one this device runs, with the device's own id and nonce."""
-    relayed, relay = _relay_answer_to(upstream, target_version=1)
+    """The attacker asks the server with the device's own id and nonce, but for version 1 (the one the
+    device runs) or as another channel or app version (another offer of the release policy)."""
+    relayed, relay = _relay_answer_to(upstream, **rewrite)
     mitm.on_check = relay  # type: ignore[assignment]
     with _client(mitm.address, _device(at_v1, tmp_path), keys, device_id="kiosk-1") as client:
-        with pytest.raises(StaleAnswerError, match="asked for the latest version"):
+        with pytest.raises(StaleAnswerError, match="rewritten on the way"):
             client.sync()
         _assert_untouched(client, 1)
-    assert relayed and not relayed[0].update_available
+    assert relayed
 
 
 # --- the CLI -----------------------------------------------------------------------------------

@@ -694,15 +694,21 @@ def _statement(
     model: str = "ctr",
     latest: int = 3,
     target: int = 3,
+    requested: int = 0,
     device_id: str = DEVICE,
     nonce: bytes = NONCE,
     issued: datetime = NOW,
     expires: datetime | None = None,
+    channel: str = "",
+    labels: dict[str, str] | None = None,
 ) -> Freshness:
     return Freshness(
         model=model,
         latest_version=latest,
         target_version=target,
+        requested_version=requested,
+        channel=channel,
+        labels=labels or {},
         device_id=device_id,
         nonce=nonce,
         issued_at=issued.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -978,14 +984,23 @@ def test_an_update_to_another_version_than_the_statement_names_is_refused() -> N
 @pytest.mark.parametrize(
     ("target", "statement", "match"),
     [
-        (3, _statement(latest=3, target=2), "asked for version 3"),
-        (0, _statement(latest=3, target=2), "asked for the latest version"),
+        (3, _statement(latest=3, target=2, requested=3), "asked for version 3"),
+        (3, _statement(latest=3, target=2, requested=2), "request was rewritten"),
+        (0, _statement(latest=3, target=2, requested=2), "request was rewritten"),
+        (0, _statement(latest=3, target=2, channel="frozen"), "another channel"),
+        (0, _statement(latest=3, target=2, labels={"region": "xx"}), "another channel, labels"),
     ],
-    ids=["given-version", "latest"],
+    ids=["given-version", "given-version-rewritten", "policy-rewritten", "channel", "labels"],
 )
 def test_a_statement_answering_another_request_is_refused(target: int, statement: Freshness, match: str) -> None:
     with pytest.raises(StaleAnswerError, match=match):
         _answer(_request(current=2, target=target), _response(update=False, statement=statement))
+
+
+def test_the_release_policy_may_keep_a_device_below_the_latest_version() -> None:
+    """A rollout offers version 3 to some devices only: the others are told to stay on 2, signed."""
+    answer = _answer(_request(current=2), _response(update=False, statement=_statement(latest=3, target=2)), highest=2)
+    assert answer.freshness is not None and (answer.freshness.target_version, answer.freshness.latest_version) == (2, 3)
 
 
 def test_a_partial_version_above_the_latest_full_one_answers_a_request_for_the_latest() -> None:
@@ -1070,6 +1085,6 @@ def test_only_the_reinstallable_version_passes_the_floor() -> None:
         verifier.verify_answer(_request(current=2), offer_3, highest_activated=3, now=NOW)
     answer = verifier.verify_answer(_request(current=2), offer_3, highest_activated=3, now=NOW, reinstallable=3)
     assert answer.manifest is not None and answer.manifest.version == 3
-    offer_2 = _response(version=2, statement=_statement(latest=3, target=2))
+    offer_2 = _response(version=2, statement=_statement(latest=3, target=2, requested=2))
     with pytest.raises(RollbackError):
         verifier.verify_answer(_request(current=1, target=2), offer_2, highest_activated=3, now=NOW, reinstallable=3)

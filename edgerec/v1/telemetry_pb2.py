@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64gerec/v1/telemetry.proto\x12\nedgerec.v1\"P\n\x12LatencyPercentiles\x12\r\n\x05p50_s\x18\x01 \x01(\x01\x12\r\n\x05p90_s\x18\x02 \x01(\x01\x12\r\n\x05p99_s\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\x87\x01\n\x0cSyncOutcomes\x12\x0f\n\x07updated\x18\x01 \x01(\x04\x12\x12\n\nup_to_date\x18\x02 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x1b\n\x13last_attempt_unix_s\x18\x05 \x01(\x01\x12\x11\n\theld_back\x18\x06 \x01(\x04\"4\n\x08Rollback\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\x12\x12\n\nto_version\x18\x02 \x01(\x04\"\xe7\x04\n\x0cStatusReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x03 \x01(\x04\x12\x0e\n\x06recipe\x18\x04 \x01(\t\x12P\n\x15predictions_by_source\x18\x05 \x03(\x0b\x32\x31.edgerec.v1.StatusReport.PredictionsBySourceEntry\x12L\n\x13\x66\x61llbacks_by_reason\x18\x06 \x03(\x0b\x32/.edgerec.v1.StatusReport.FallbacksByReasonEntry\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\x12\x17\n\x0fserver_failures\x18\x08 \x01(\x04\x12/\n\x07latency\x18\t \x01(\x0b\x32\x1e.edgerec.v1.LatencyPercentiles\x12&\n\x04sync\x18\n \x01(\x0b\x32\x18.edgerec.v1.SyncOutcomes\x12\'\n\trollbacks\x18\x0b \x03(\x0b\x32\x14.edgerec.v1.Rollback\x12\x16\n\x0e\x63reated_unix_s\x18\x0c \x01(\x01\x12\x19\n\x11rejected_requests\x18\r \x01(\x04\x12\x19\n\x11held_back_version\x18\x0e \x01(\x04\x1a:\n\x18PredictionsBySourceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x38\n\x16\x46\x61llbacksByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"$\n\tStatusAck\x12\x17\n\x0freceived_unix_s\x18\x01 \x01(\x01\x32L\n\tTelemetry\x12?\n\x0cReportStatus\x12\x18.edgerec.v1.StatusReport\x1a\x15.edgerec.v1.StatusAckb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x65\x64gerec/v1/telemetry.proto\x12\nedgerec.v1\"P\n\x12LatencyPercentiles\x12\r\n\x05p50_s\x18\x01 \x01(\x01\x12\r\n\x05p90_s\x18\x02 \x01(\x01\x12\r\n\x05p99_s\x18\x03 \x01(\x01\x12\r\n\x05\x63ount\x18\x04 \x01(\x04\"\x87\x01\n\x0cSyncOutcomes\x12\x0f\n\x07updated\x18\x01 \x01(\x04\x12\x12\n\nup_to_date\x18\x02 \x01(\x04\x12\x0e\n\x06\x66\x61iled\x18\x03 \x01(\x04\x12\x12\n\nlast_error\x18\x04 \x01(\t\x12\x1b\n\x13last_attempt_unix_s\x18\x05 \x01(\x01\x12\x11\n\theld_back\x18\x06 \x01(\x04\"4\n\x08Rollback\x12\x14\n\x0c\x66rom_version\x18\x01 \x01(\x04\x12\x12\n\nto_version\x18\x02 \x01(\x04\"\xe9\x06\n\x0cStatusReport\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x16\n\x0e\x61\x63tive_version\x18\x03 \x01(\x04\x12\x0e\n\x06recipe\x18\x04 \x01(\t\x12P\n\x15predictions_by_source\x18\x05 \x03(\x0b\x32\x31.edgerec.v1.StatusReport.PredictionsBySourceEntry\x12L\n\x13\x66\x61llbacks_by_reason\x18\x06 \x03(\x0b\x32/.edgerec.v1.StatusReport.FallbacksByReasonEntry\x12\x0e\n\x06\x65rrors\x18\x07 \x01(\x04\x12\x17\n\x0fserver_failures\x18\x08 \x01(\x04\x12/\n\x07latency\x18\t \x01(\x0b\x32\x1e.edgerec.v1.LatencyPercentiles\x12&\n\x04sync\x18\n \x01(\x0b\x32\x18.edgerec.v1.SyncOutcomes\x12\'\n\trollbacks\x18\x0b \x03(\x0b\x32\x14.edgerec.v1.Rollback\x12\x16\n\x0e\x63reated_unix_s\x18\x0c \x01(\x01\x12\x19\n\x11rejected_requests\x18\r \x01(\x04\x12\x19\n\x11held_back_version\x18\x0e \x01(\x04\x12-\n\x08outcomes\x18\x0f \x03(\x0b\x32\x1b.edgerec.v1.VersionOutcomes\x12\x34\n\x10install_failures\x18\x10 \x03(\x0b\x32\x1a.edgerec.v1.InstallFailure\x12\x0f\n\x07\x63hannel\x18\x11 \x01(\t\x12\x34\n\x06labels\x18\x12 \x03(\x0b\x32$.edgerec.v1.StatusReport.LabelsEntry\x12\x10\n\x08runtimes\x18\x13 \x03(\t\x12\x13\n\x0b\x61pp_version\x18\x14 \x01(\t\x1a:\n\x18PredictionsBySourceEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a\x38\n\x16\x46\x61llbacksByReasonEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xe6\x01\n\x0fVersionOutcomes\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x13\n\x0bpredictions\x18\x02 \x01(\x04\x12\x14\n\x0clocal_errors\x18\x03 \x01(\x04\x12\x11\n\tfallbacks\x18\x04 \x01(\x04\x12/\n\x07latency\x18\x05 \x01(\x0b\x32\x1e.edgerec.v1.LatencyPercentiles\x12\x13\n\x0bimpressions\x18\x06 \x01(\x04\x12\x0e\n\x06\x63licks\x18\x07 \x01(\x04\x12\x11\n\tscore_sum\x18\x08 \x01(\x01\x12\x1b\n\x13\x61\x63tive_since_unix_s\x18\t \x01(\x01\"@\n\x0eInstallFailure\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\r\n\x05\x65rror\x18\x02 \x01(\t\x12\x0e\n\x06unix_s\x18\x03 \x01(\x01\"$\n\tStatusAck\x12\x17\n\x0freceived_unix_s\x18\x01 \x01(\x01\x32L\n\tTelemetry\x12?\n\x0cReportStatus\x12\x18.edgerec.v1.StatusReport\x1a\x15.edgerec.v1.StatusAckb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,6 +35,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STATUSREPORT_PREDICTIONSBYSOURCEENTRY']._serialized_options = b'8\001'
   _globals['_STATUSREPORT_FALLBACKSBYREASONENTRY']._loaded_options = None
   _globals['_STATUSREPORT_FALLBACKSBYREASONENTRY']._serialized_options = b'8\001'
+  _globals['_STATUSREPORT_LABELSENTRY']._loaded_options = None
+  _globals['_STATUSREPORT_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_LATENCYPERCENTILES']._serialized_start=42
   _globals['_LATENCYPERCENTILES']._serialized_end=122
   _globals['_SYNCOUTCOMES']._serialized_start=125
@@ -42,13 +44,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROLLBACK']._serialized_start=262
   _globals['_ROLLBACK']._serialized_end=314
   _globals['_STATUSREPORT']._serialized_start=317
-  _globals['_STATUSREPORT']._serialized_end=932
-  _globals['_STATUSREPORT_PREDICTIONSBYSOURCEENTRY']._serialized_start=816
-  _globals['_STATUSREPORT_PREDICTIONSBYSOURCEENTRY']._serialized_end=874
-  _globals['_STATUSREPORT_FALLBACKSBYREASONENTRY']._serialized_start=876
-  _globals['_STATUSREPORT_FALLBACKSBYREASONENTRY']._serialized_end=932
-  _globals['_STATUSACK']._serialized_start=934
-  _globals['_STATUSACK']._serialized_end=970
-  _globals['_TELEMETRY']._serialized_start=972
-  _globals['_TELEMETRY']._serialized_end=1048
+  _globals['_STATUSREPORT']._serialized_end=1190
+  _globals['_STATUSREPORT_PREDICTIONSBYSOURCEENTRY']._serialized_start=1027
+  _globals['_STATUSREPORT_PREDICTIONSBYSOURCEENTRY']._serialized_end=1085
+  _globals['_STATUSREPORT_FALLBACKSBYREASONENTRY']._serialized_start=1087
+  _globals['_STATUSREPORT_FALLBACKSBYREASONENTRY']._serialized_end=1143
+  _globals['_STATUSREPORT_LABELSENTRY']._serialized_start=1145
+  _globals['_STATUSREPORT_LABELSENTRY']._serialized_end=1190
+  _globals['_VERSIONOUTCOMES']._serialized_start=1193
+  _globals['_VERSIONOUTCOMES']._serialized_end=1423
+  _globals['_INSTALLFAILURE']._serialized_start=1425
+  _globals['_INSTALLFAILURE']._serialized_end=1489
+  _globals['_STATUSACK']._serialized_start=1491
+  _globals['_STATUSACK']._serialized_end=1527
+  _globals['_TELEMETRY']._serialized_start=1529
+  _globals['_TELEMETRY']._serialized_end=1605
 # @@protoc_insertion_point(module_scope)

@@ -25,27 +25,35 @@ _sym_db = _symbol_database.Default()
 from edgerec.v1 import manifest_pb2 as edgerec_dot_v1_dot_manifest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gerec/v1/update.proto\x12\nedgerec.v1\x1a\x19\x65\x64gerec/v1/manifest.proto\"\xf4\x01\n\x12\x43heckUpdateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x12\x16\n\x0e\x63urrent_sha256\x18\x03 \x01(\t\x12\x16\n\x0e\x63urrent_recipe\x18\x04 \x01(\t\x12\x10\n\x08runtimes\x18\x05 \x03(\t\x12\x0e\n\x06\x63odecs\x18\x06 \x03(\t\x12\x0f\n\x07recipes\x18\x07 \x03(\t\x12\x16\n\x0etarget_version\x18\x08 \x01(\x04\x12\x11\n\tdevice_id\x18\t \x01(\t\x12\x19\n\x11max_payload_bytes\x18\n \x01(\x04\x12\r\n\x05nonce\x18\x0b \x01(\x0c\"\xba\x01\n\x07Payload\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x12\n\npayload_id\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x11\n\tbase_path\x18\x06 \x01(\t\x12\x13\n\x0b\x62\x61se_sha256\x18\x07 \x01(\t\x12\x15\n\rtarget_sha256\x18\x08 \x01(\t\x12\x13\n\x0btarget_size\x18\t \x01(\x04\x12\x0c\n\x04urls\x18\n \x03(\t\"\xef\x01\n\x13\x43heckUpdateResponse\x12\x18\n\x10update_available\x18\x01 \x01(\x08\x12,\n\x08manifest\x18\x02 \x01(\x0b\x32\x1a.edgerec.v1.SignedManifest\x12\x0e\n\x06recipe\x18\x03 \x01(\t\x12%\n\x08payloads\x18\x04 \x03(\x0b\x32\x13.edgerec.v1.Payload\x12\x12\n\nfull_bytes\x18\x05 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12.\n\tfreshness\x18\x07 \x01(\x0b\x32\x1b.edgerec.v1.SignedFreshness\"\x93\x01\n\tFreshness\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x04\x12\x16\n\x0etarget_version\x18\x03 \x01(\x04\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x11\n\tissued_at\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\t\"O\n\x0fSignedFreshness\x12\x11\n\tfreshness\x18\x01 \x01(\x0c\x12)\n\nsignatures\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Signature\"\x92\x01\n\x13\x46\x65tchPayloadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\npayload_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\r\x12\x11\n\tdevice_id\x18\x05 \x01(\t\x12\x1c\n\x14max_bytes_per_second\x18\x06 \x01(\x04\"O\n\x0cPayloadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\r\n\x05\x63rc32\x18\x04 \x01(\r2\xaa\x01\n\x0bModelUpdate\x12N\n\x0b\x43heckUpdate\x12\x1e.edgerec.v1.CheckUpdateRequest\x1a\x1f.edgerec.v1.CheckUpdateResponse\x12K\n\x0c\x46\x65tchPayload\x12\x1f.edgerec.v1.FetchPayloadRequest\x1a\x18.edgerec.v1.PayloadChunk0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x65\x64gerec/v1/update.proto\x12\nedgerec.v1\x1a\x19\x65\x64gerec/v1/manifest.proto\"\x85\x03\n\x12\x43heckUpdateRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x04\x12\x16\n\x0e\x63urrent_sha256\x18\x03 \x01(\t\x12\x16\n\x0e\x63urrent_recipe\x18\x04 \x01(\t\x12\x10\n\x08runtimes\x18\x05 \x03(\t\x12\x0e\n\x06\x63odecs\x18\x06 \x03(\t\x12\x0f\n\x07recipes\x18\x07 \x03(\t\x12\x16\n\x0etarget_version\x18\x08 \x01(\x04\x12\x11\n\tdevice_id\x18\t \x01(\t\x12\x19\n\x11max_payload_bytes\x18\n \x01(\x04\x12\r\n\x05nonce\x18\x0b \x01(\x0c\x12\x0f\n\x07\x63hannel\x18\x0c \x01(\t\x12:\n\x06labels\x18\r \x03(\x0b\x32*.edgerec.v1.CheckUpdateRequest.LabelsEntry\x12\x13\n\x0b\x61pp_version\x18\x0e \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x01\n\x07Payload\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x63odec\x18\x02 \x01(\t\x12\x12\n\npayload_id\x18\x03 \x01(\t\x12\x0c\n\x04size\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\t\x12\x11\n\tbase_path\x18\x06 \x01(\t\x12\x13\n\x0b\x62\x61se_sha256\x18\x07 \x01(\t\x12\x15\n\rtarget_sha256\x18\x08 \x01(\t\x12\x13\n\x0btarget_size\x18\t \x01(\x04\x12\x0c\n\x04urls\x18\n \x03(\t\"\xef\x01\n\x13\x43heckUpdateResponse\x12\x18\n\x10update_available\x18\x01 \x01(\x08\x12,\n\x08manifest\x18\x02 \x01(\x0b\x32\x1a.edgerec.v1.SignedManifest\x12\x0e\n\x06recipe\x18\x03 \x01(\t\x12%\n\x08payloads\x18\x04 \x03(\x0b\x32\x13.edgerec.v1.Payload\x12\x12\n\nfull_bytes\x18\x05 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x06 \x01(\x04\x12.\n\tfreshness\x18\x07 \x01(\x0b\x32\x1b.edgerec.v1.SignedFreshness\"\xb6\x02\n\tFreshness\x12\r\n\x05model\x18\x01 \x01(\t\x12\x16\n\x0elatest_version\x18\x02 \x01(\x04\x12\x16\n\x0etarget_version\x18\x03 \x01(\x04\x12\x11\n\tdevice_id\x18\x04 \x01(\t\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x11\n\tissued_at\x18\x06 \x01(\t\x12\x12\n\nexpires_at\x18\x07 \x01(\t\x12\x19\n\x11requested_version\x18\x08 \x01(\x04\x12\x0f\n\x07\x63hannel\x18\t \x01(\t\x12\x31\n\x06labels\x18\n \x03(\x0b\x32!.edgerec.v1.Freshness.LabelsEntry\x12\x13\n\x0b\x61pp_version\x18\x0b \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"O\n\x0fSignedFreshness\x12\x11\n\tfreshness\x18\x01 \x01(\x0c\x12)\n\nsignatures\x18\x02 \x03(\x0b\x32\x15.edgerec.v1.Signature\"\x92\x01\n\x13\x46\x65tchPayloadRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x12\n\npayload_id\x18\x02 \x01(\t\x12\x0e\n\x06offset\x18\x03 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x04 \x01(\r\x12\x11\n\tdevice_id\x18\x05 \x01(\t\x12\x1c\n\x14max_bytes_per_second\x18\x06 \x01(\x04\"O\n\x0cPayloadChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x12\n\ntotal_size\x18\x03 \x01(\x04\x12\r\n\x05\x63rc32\x18\x04 \x01(\r2\xaa\x01\n\x0bModelUpdate\x12N\n\x0b\x43heckUpdate\x12\x1e.edgerec.v1.CheckUpdateRequest\x1a\x1f.edgerec.v1.CheckUpdateResponse\x12K\n\x0c\x46\x65tchPayload\x12\x1f.edgerec.v1.FetchPayloadRequest\x1a\x18.edgerec.v1.PayloadChunk0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'edgerec.v1.update_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_CHECKUPDATEREQUEST_LABELSENTRY']._loaded_options = None
+  _globals['_CHECKUPDATEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
+  _globals['_FRESHNESS_LABELSENTRY']._loaded_options = None
+  _globals['_FRESHNESS_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_CHECKUPDATEREQUEST']._serialized_start=67
-  _globals['_CHECKUPDATEREQUEST']._serialized_end=311
-  _globals['_PAYLOAD']._serialized_start=314
-  _globals['_PAYLOAD']._serialized_end=500
-  _globals['_CHECKUPDATERESPONSE']._serialized_start=503
-  _globals['_CHECKUPDATERESPONSE']._serialized_end=742
-  _globals['_FRESHNESS']._serialized_start=745
-  _globals['_FRESHNESS']._serialized_end=892
-  _globals['_SIGNEDFRESHNESS']._serialized_start=894
-  _globals['_SIGNEDFRESHNESS']._serialized_end=973
-  _globals['_FETCHPAYLOADREQUEST']._serialized_start=976
-  _globals['_FETCHPAYLOADREQUEST']._serialized_end=1122
-  _globals['_PAYLOADCHUNK']._serialized_start=1124
-  _globals['_PAYLOADCHUNK']._serialized_end=1203
-  _globals['_MODELUPDATE']._serialized_start=1206
-  _globals['_MODELUPDATE']._serialized_end=1376
+  _globals['_CHECKUPDATEREQUEST']._serialized_end=456
+  _globals['_CHECKUPDATEREQUEST_LABELSENTRY']._serialized_start=411
+  _globals['_CHECKUPDATEREQUEST_LABELSENTRY']._serialized_end=456
+  _globals['_PAYLOAD']._serialized_start=459
+  _globals['_PAYLOAD']._serialized_end=645
+  _globals['_CHECKUPDATERESPONSE']._serialized_start=648
+  _globals['_CHECKUPDATERESPONSE']._serialized_end=887
+  _globals['_FRESHNESS']._serialized_start=890
+  _globals['_FRESHNESS']._serialized_end=1200
+  _globals['_FRESHNESS_LABELSENTRY']._serialized_start=411
+  _globals['_FRESHNESS_LABELSENTRY']._serialized_end=456
+  _globals['_SIGNEDFRESHNESS']._serialized_start=1202
+  _globals['_SIGNEDFRESHNESS']._serialized_end=1281
+  _globals['_FETCHPAYLOADREQUEST']._serialized_start=1284
+  _globals['_FETCHPAYLOADREQUEST']._serialized_end=1430
+  _globals['_PAYLOADCHUNK']._serialized_start=1432
+  _globals['_PAYLOADCHUNK']._serialized_end=1511
+  _globals['_MODELUPDATE']._serialized_start=1514
+  _globals['_MODELUPDATE']._serialized_end=1684
 # @@protoc_insertion_point(module_scope)

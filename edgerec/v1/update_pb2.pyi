@@ -8,7 +8,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class CheckUpdateRequest(_message.Message):
-    __slots__ = ("model", "current_version", "current_sha256", "current_recipe", "runtimes", "codecs", "recipes", "target_version", "device_id", "max_payload_bytes", "nonce")
+    __slots__ = ("model", "current_version", "current_sha256", "current_recipe", "runtimes", "codecs", "recipes", "target_version", "device_id", "max_payload_bytes", "nonce", "channel", "labels", "app_version")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CURRENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     CURRENT_SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +27,9 @@ class CheckUpdateRequest(_message.Message):
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     MAX_PAYLOAD_BYTES_FIELD_NUMBER: _ClassVar[int]
     NONCE_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    APP_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     current_version: int
     current_sha256: str
@@ -31,7 +41,10 @@ class CheckUpdateRequest(_message.Message):
     device_id: str
     max_payload_bytes: int
     nonce: bytes
-    def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ..., nonce: _Optional[bytes] = ...) -> None: ...
+    channel: str
+    labels: _containers.ScalarMap[str, str]
+    app_version: str
+    def __init__(self, model: _Optional[str] = ..., current_version: _Optional[int] = ..., current_sha256: _Optional[str] = ..., current_recipe: _Optional[str] = ..., runtimes: _Optional[_Iterable[str]] = ..., codecs: _Optional[_Iterable[str]] = ..., recipes: _Optional[_Iterable[str]] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., max_payload_bytes: _Optional[int] = ..., nonce: _Optional[bytes] = ..., channel: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., app_version: _Optional[str] = ...) -> None: ...
 
 class Payload(_message.Message):
     __slots__ = ("path", "codec", "payload_id", "size", "sha256", "base_path", "base_sha256", "target_sha256", "target_size", "urls")
@@ -76,7 +89,14 @@ class CheckUpdateResponse(_message.Message):
     def __init__(self, update_available: _Optional[bool] = ..., manifest: _Optional[_Union[_manifest_pb2.SignedManifest, _Mapping]] = ..., recipe: _Optional[str] = ..., payloads: _Optional[_Iterable[_Union[Payload, _Mapping]]] = ..., full_bytes: _Optional[int] = ..., payload_bytes: _Optional[int] = ..., freshness: _Optional[_Union[SignedFreshness, _Mapping]] = ...) -> None: ...
 
 class Freshness(_message.Message):
-    __slots__ = ("model", "latest_version", "target_version", "device_id", "nonce", "issued_at", "expires_at")
+    __slots__ = ("model", "latest_version", "target_version", "device_id", "nonce", "issued_at", "expires_at", "requested_version", "channel", "labels", "app_version")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
     TARGET_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +104,10 @@ class Freshness(_message.Message):
     NONCE_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]
+    REQUESTED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    APP_VERSION_FIELD_NUMBER: _ClassVar[int]
     model: str
     latest_version: int
     target_version: int
@@ -91,7 +115,11 @@ class Freshness(_message.Message):
     nonce: bytes
     issued_at: str
     expires_at: str
-    def __init__(self, model: _Optional[str] = ..., latest_version: _Optional[int] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at: _Optional[str] = ..., expires_at: _Optional[str] = ...) -> None: ...
+    requested_version: int
+    channel: str
+    labels: _containers.ScalarMap[str, str]
+    app_version: str
+    def __init__(self, model: _Optional[str] = ..., latest_version: _Optional[int] = ..., target_version: _Optional[int] = ..., device_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., issued_at: _Optional[str] = ..., expires_at: _Optional[str] = ..., requested_version: _Optional[int] = ..., channel: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., app_version: _Optional[str] = ...) -> None: ...
 
 class SignedFreshness(_message.Message):
     __slots__ = ("freshness", "signatures")
