@@ -34,6 +34,7 @@ from edgerec.server.progress import (
 )
 from edgerec.server.release.fleet_doc import REPLICA_ID
 from edgerec.server.release.fleet_store import DEFAULT_FLUSH_EVERY_S, RegistryFleet, default_replica_id
+from edgerec.server.release.policy_cache import DEFAULT_POLICY_REFRESH_S, PolicyCache
 from edgerec.server.request_guard import MalformedRequestGuard
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
@@ -58,6 +59,7 @@ SERVICE_NAMES = (
 DEFAULT_WORKERS = 1100
 # RPC threads kept from payload streams for CheckUpdate, Predict and telemetry.
 RESERVED_WORKERS = 64
+DEFAULT_ROLLOUT_TICK_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +146,11 @@ class ServerConfig:
     # the host name, the pid and a random part. Its records are written every fleet_flush_every_s (> 0).
     fleet_replica_id: str | None = None
     fleet_flush_every_s: float = DEFAULT_FLUSH_EVERY_S
+    # --- release policy (edgerec.server.release): how long, 0..3600 s, a replica keeps a model's policy
+    # before reading it again, and how often, > 0 s, its rollout controller checks the gates and moves
+    # the waves (None: this replica runs no controller; another replica's, or tick() calls, do) ---
+    policy_refresh_s: float = DEFAULT_POLICY_REFRESH_S
+    rollout_tick_s: float | None = DEFAULT_ROLLOUT_TICK_S
 
     def __post_init__(self) -> None:
         if not str(self.registry).strip():
@@ -203,6 +210,10 @@ class ServerConfig:
             raise ConfigError(f"freshness_ttl must be > 0, got {self.freshness_ttl}")
         if self.fleet_replica_id is not None and not REPLICA_ID.match(self.fleet_replica_id):
             raise ConfigError(f"fleet_replica_id must match {REPLICA_ID.pattern}, got {self.fleet_replica_id[:80]!r}")
+        if not 0 <= self.policy_refresh_s <= 3600:
+            raise ConfigError(f"policy_refresh_s must be in 0..3600, got {self.policy_refresh_s}")
+        if self.rollout_tick_s is not None and not 0 < self.rollout_tick_s <= 24 * 3600:
+            raise ConfigError(f"rollout_tick_s must be in (0, 86400] or None, got {self.rollout_tick_s}")
         if not 0 < self.fleet_flush_every_s <= 24 * 3600:
             raise ConfigError(f"fleet_flush_every_s must be in (0, 86400], got {self.fleet_flush_every_s}")
 
@@ -341,7 +352,14 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
         ModelUpdateService(
             registry,
             UpdatePlanner(
-                registry, payloads, signer, freshness, config.payload_urls(registry), deltas=deltas, observer=fleet
+                registry,
+                payloads,
+                signer,
+                freshness,
+                config.payload_urls(registry),
+                deltas=deltas,
+                observer=fleet,
+                policies=PolicyCache(registry, config.policy_refresh_s),
             ),
             min_stream_rate=config.min_stream_rate,
         ),
