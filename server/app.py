@@ -32,6 +32,7 @@ from edgerec.server.progress import (
     DEFAULT_WINDOW_S,
     ProgressRules,
 )
+from edgerec.server.release.controller import RolloutController
 from edgerec.server.release.fleet_doc import REPLICA_ID
 from edgerec.server.release.fleet_store import DEFAULT_FLUSH_EVERY_S, RegistryFleet, default_replica_id
 from edgerec.server.release.policy_cache import DEFAULT_POLICY_REFRESH_S, PolicyCache
@@ -253,7 +254,8 @@ class RunningServer:
     """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one.
 
     ``payload_streams`` hands out the FetchPayload slots (``open_streams()`` counts those taken);
-    ``fleet`` holds the fleet records this replica observes and reads every replica's.
+    ``fleet`` holds the fleet records this replica observes and reads every replica's;
+    ``rollouts`` moves the staged rollouts by their gates (``rollouts.tick()`` for one check now).
     """
 
     def __init__(
@@ -269,9 +271,11 @@ class RunningServer:
         payload_streams: StreamLimiter | None = None,
         deltas: DeltaWorker | None = None,
         fleet: RegistryFleet | None = None,
+        rollouts: RolloutController | None = None,
     ) -> None:
         self.server = server
         self.fleet = fleet
+        self.rollouts = rollouts
         self.deltas = deltas
         self.payload_streams = payload_streams
         self.port = port
@@ -291,6 +295,8 @@ class RunningServer:
             self.inference.close()
         if self._metrics_http is not None:
             self._metrics_http.stop()
+        if self.rollouts is not None:
+            self.rollouts.stop()
         if self.fleet is not None:
             self.fleet.stop()
 
@@ -395,6 +401,10 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
     )
     server.start()
     fleet.start()
+    # Every replica may run a controller: each move is a compare-and-swap on the policy, so one wins.
+    rollouts = RolloutController(registry, fleet, tick_s=config.rollout_tick_s or DEFAULT_ROLLOUT_TICK_S)
+    if config.rollout_tick_s is not None:
+        rollouts.start()
     log.info(
         "serving registry %s on port %d (%s, %s)",
         registry.location,
@@ -413,6 +423,7 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
         payload_streams=payload_streams,
         deltas=deltas,
         fleet=fleet,
+        rollouts=rollouts,
     )
 
 
