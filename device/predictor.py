@@ -28,11 +28,11 @@ import numpy as np
 
 from edgerec.device.active_model import NO_LOCAL_MODEL, ActiveModel
 from edgerec.device.cache import CacheKey, PredictionCache
+from edgerec.device.health import check_golden
 from edgerec.device.local_model import LocalModel, Prediction
 from edgerec.device.observer import Observer, overrides_predict
 from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
 from edgerec.device.server_scorer import ServerScorer
-from edgerec.device.sync import check_golden
 from edgerec.errors import EdgerecError, InvalidInputError, NoModelAvailableError
 from edgerec.runtimes import NonFiniteScoresError
 
