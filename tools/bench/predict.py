@@ -61,7 +61,7 @@ CLIENT_PROCESSES: Final = max(1, min(4, (os.cpu_count() or 2) // 2))
 # Time the caller processes get to start (import grpc, connect) before they all begin together.
 PROCESS_START_S: Final = 3.0
 
-# Targets (issue 6).
+# Targets (the predict path's, in docs/performance.md).
 CACHE_HIT_P50_US: Final = 5.0
 POLICY_OVERHEAD: Final = 0.10
 FALLBACK_SLACK_MS: Final = 5.0
@@ -564,7 +564,7 @@ def _raise_at_once(_: dict[str, np.ndarray]) -> None:
 
 
 def compute_targets(rows: Sequence[Row], facts: Mapping[str, float]) -> list[Target]:
-    """The issue's targets from the measured rows and facts."""
+    """The targets, judged on the measured rows and facts."""
     targets = [
         Target(
             "cache hit p50",
