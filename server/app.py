@@ -32,6 +32,8 @@ from edgerec.server.progress import (
     DEFAULT_WINDOW_S,
     ProgressRules,
 )
+from edgerec.server.release.fleet_doc import REPLICA_ID
+from edgerec.server.release.fleet_store import DEFAULT_FLUSH_EVERY_S, RegistryFleet, default_replica_id
 from edgerec.server.request_guard import MalformedRequestGuard
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
@@ -137,6 +139,11 @@ class ServerConfig:
     # (None: four requests' worth).
     max_predict_rows: int = DEFAULT_MAX_ROWS
     max_predict_rows_in_flight: int | None = None
+    # --- fleet records (edgerec.server.release.fleet_store), shared with the other replicas ---
+    # This replica's name in the registry ([a-z0-9][a-z0-9._-]*, at most 64 characters); None: made from
+    # the host name, the pid and a random part. Its records are written every fleet_flush_every_s (> 0).
+    fleet_replica_id: str | None = None
+    fleet_flush_every_s: float = DEFAULT_FLUSH_EVERY_S
 
     def __post_init__(self) -> None:
         if not str(self.registry).strip():
@@ -194,6 +201,10 @@ class ServerConfig:
             raise ConfigError(f"stream_grace_s must be >= 0, got {self.stream_grace_s}")
         if self.freshness_ttl <= timedelta(0):
             raise ConfigError(f"freshness_ttl must be > 0, got {self.freshness_ttl}")
+        if self.fleet_replica_id is not None and not REPLICA_ID.match(self.fleet_replica_id):
+            raise ConfigError(f"fleet_replica_id must match {REPLICA_ID.pattern}, got {self.fleet_replica_id[:80]!r}")
+        if not 0 < self.fleet_flush_every_s <= 24 * 3600:
+            raise ConfigError(f"fleet_flush_every_s must be in (0, 86400], got {self.fleet_flush_every_s}")
 
     def progress_rules(self) -> ProgressRules:
         """The progress a payload stream must make to keep its slot."""
@@ -230,7 +241,8 @@ def default_max_streams(workers: int) -> int:
 class RunningServer:
     """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one.
 
-    ``payload_streams`` hands out the FetchPayload slots (``open_streams()`` counts those taken).
+    ``payload_streams`` hands out the FetchPayload slots (``open_streams()`` counts those taken);
+    ``fleet`` holds the fleet records this replica observes and reads every replica's.
     """
 
     def __init__(
@@ -245,8 +257,10 @@ class RunningServer:
         metrics_http: MetricsHttpServer | None = None,
         payload_streams: StreamLimiter | None = None,
         deltas: DeltaWorker | None = None,
+        fleet: RegistryFleet | None = None,
     ) -> None:
         self.server = server
+        self.fleet = fleet
         self.deltas = deltas
         self.payload_streams = payload_streams
         self.port = port
@@ -266,14 +280,26 @@ class RunningServer:
             self.inference.close()
         if self._metrics_http is not None:
             self._metrics_http.stop()
+        if self.fleet is not None:
+            self.fleet.stop()
 
     def wait(self) -> None:
         self.server.wait_for_termination()
 
 
-def start_server(config: ServerConfig) -> RunningServer:
-    """Start serving ``config.registry`` on ``config.listen`` and return at once."""
+def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) -> RunningServer:
+    """Start serving ``config.registry`` on ``config.listen`` and return at once.
+
+    ``fleet`` receives what devices ask and report (None: a :class:`RegistryFleet` on the server's
+    registry); the server starts it and stops it (a final flush) when it stops.
+    """
     registry = config.open_registry()
+    if fleet is None:
+        fleet = RegistryFleet(
+            registry,
+            replica_id=config.fleet_replica_id or default_replica_id(),
+            flush_every_s=config.fleet_flush_every_s,
+        )
     payloads = PayloadStore(registry, generic_diff_max_bytes=config.generic_diff_max_bytes)
     deltas = DeltaWorker(payloads, workers=config.delta_workers, max_pending=config.max_pending_deltas)
     signing_key = load_private_key(config.signing_key) if config.signing_key else None
@@ -297,6 +323,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         config.max_telemetry_devices,
         max_report_bytes=config.max_telemetry_report_bytes,
         max_bytes=config.max_telemetry_bytes,
+        observer=fleet,
     )
     metrics = ServerMetrics(telemetry, registry)
     server = grpc.server(
@@ -313,7 +340,9 @@ def start_server(config: ServerConfig) -> RunningServer:
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(
             registry,
-            UpdatePlanner(registry, payloads, signer, freshness, config.payload_urls(registry), deltas=deltas),
+            UpdatePlanner(
+                registry, payloads, signer, freshness, config.payload_urls(registry), deltas=deltas, observer=fleet
+            ),
             min_stream_rate=config.min_stream_rate,
         ),
         server,
@@ -347,6 +376,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         else None
     )
     server.start()
+    fleet.start()
     log.info(
         "serving registry %s on port %d (%s, %s)",
         registry.location,
@@ -364,6 +394,7 @@ def start_server(config: ServerConfig) -> RunningServer:
         metrics_http=metrics_http,
         payload_streams=payload_streams,
         deltas=deltas,
+        fleet=fleet,
     )
 
 

@@ -7,6 +7,7 @@ signed freshness statement naming the version it tells the device to run (``Fres
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from edgerec.artifacts import DEFAULT_RECIPES, DEFAULT_RUNTIMES, choose_artifact
@@ -17,6 +18,7 @@ from edgerec.server.delta_worker import DeltaJob, DeltaWorker
 from edgerec.server.freshness import FreshnessSigner, check_nonce
 from edgerec.server.payload_urls import PayloadUrls
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
+from edgerec.server.release.records import FleetObserver
 from edgerec.server.signer import ManifestSigner
 from edgerec.v1 import update_pb2
 
@@ -40,6 +42,7 @@ class UpdatePlanner:
 
     With ``deltas`` a missing delta is queued there and the answer offers the best payload that exists
     now (never waiting); without, the delta is made in place and the request waits (tools and tests).
+    ``observer`` is told of every answered request and the version the answer has the device run.
     """
 
     def __init__(
@@ -51,8 +54,10 @@ class UpdatePlanner:
         urls: PayloadUrls | None = None,
         *,
         deltas: DeltaWorker | None = None,
+        observer: FleetObserver | None = None,
     ) -> None:
         self.registry = registry
+        self.observer = observer
         self.payloads = payloads
         self.signer = signer
         self.freshness = freshness
@@ -68,7 +73,15 @@ class UpdatePlanner:
             # The version the device should run after this answer: the one offered, or the one it runs.
             statement = self.freshness.sign(request, latest_version=latest_version, target_version=version)
             response.freshness.CopyFrom(statement)
+        if self.observer is not None:
+            self._observe(request, version)
         return response
+
+    def _observe(self, request: update_pb2.CheckUpdateRequest, version: int) -> None:
+        try:
+            self.observer.checked(request, version, time.time())  # type: ignore[union-attr]
+        except Exception:  # the fleet records must never cost a device its answer
+            log.exception("fleet observer failed on a CheckUpdate of %s", request.model)
 
     def _choose(self, request: update_pb2.CheckUpdateRequest) -> tuple[int, update_pb2.CheckUpdateResponse]:
         """The version this device should run and the plan to it (the version it runs when current)."""

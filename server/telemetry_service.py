@@ -18,9 +18,11 @@ from collections.abc import Iterator
 import grpc
 
 from edgerec import grpc_status
+from edgerec.attributes import validate_app_version, validate_channel, validate_labels
 from edgerec.device.policy import FallbackReason, Source
 from edgerec.errors import EdgerecError, InvalidInputError, ModelNotFoundError, ResourceLimitError
 from edgerec.registry import ModelRegistry
+from edgerec.server.release.records import FleetObserver
 from edgerec.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -30,6 +32,10 @@ DEFAULT_MAX_REPORT_BYTES = 8 * 1024
 DEFAULT_MAX_BYTES = 16 * 1024 * 1024
 # Rollbacks one report may carry (the device SDK sends its last 64).
 MAX_ROLLBACKS = 64
+# Runtimes, per-version outcomes and install failures one report may carry (the protocol's bounds).
+MAX_RUNTIMES = 8
+MAX_OUTCOMES = 8
+MAX_INSTALL_FAILURES = 16
 # What a source or reason outside the SDK's names is counted as.
 OTHER = "other"
 SOURCES = frozenset(s.value for s in Source)
@@ -42,7 +48,8 @@ ENTRY_OVERHEAD = 256
 
 class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
     """Stores the latest report per (device, model) of published models, within ``max_devices`` reports
-    and ``max_bytes`` bytes; each report at most ``max_report_bytes``."""
+    and ``max_bytes`` bytes; each report at most ``max_report_bytes``. ``observer`` is told of every
+    report kept."""
 
     def __init__(
         self,
@@ -51,6 +58,7 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
         *,
         max_report_bytes: int = DEFAULT_MAX_REPORT_BYTES,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        observer: FleetObserver | None = None,
     ) -> None:
         if max_devices < 1 or max_report_bytes < 1 or max_bytes < max_report_bytes:
             raise ValueError(
@@ -58,6 +66,7 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
                 f"got {max_devices}, {max_report_bytes}, {max_bytes}"
             )
         self.registry = registry
+        self.observer = observer
         self.max_devices = max_devices
         self.max_report_bytes = max_report_bytes
         self.max_bytes = max_bytes
@@ -90,6 +99,7 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
             raise InvalidInputError("a status report needs device_id and model")
         if len(report.rollbacks) > MAX_ROLLBACKS:
             raise InvalidInputError(f"a status report carries at most {MAX_ROLLBACKS} rollbacks")
+        _check_attributes(report)
         if report.model not in self.published_models():
             raise ModelNotFoundError(f"no model named {report.model[:64]!r} is published")
         kept = _folded(report).SerializeToString()
@@ -105,6 +115,11 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
                 gone, freed = self._reports.popitem(last=False)
                 self._bytes -= _cost(gone, freed)
                 self.evicted += 1
+        if self.observer is not None:
+            try:
+                self.observer.reported(report, time.time())
+            except Exception:  # the fleet records must never cost a device its report
+                log.exception("fleet observer failed on a status report of %s", report.model)
 
     def published_models(self) -> frozenset[str]:
         """The registry's models, asked again at most every MODELS_TTL_S (reports come from many devices)."""
@@ -141,6 +156,20 @@ class TelemetryService(telemetry_pb2_grpc.TelemetryServicer):
     def __len__(self) -> int:
         with self._lock:
             return len(self._reports)
+
+
+def _check_attributes(report: telemetry_pb2.StatusReport) -> None:
+    """InvalidInputError unless the report's attributes and per-version lists are within the protocol's bounds."""
+    validate_channel(report.channel)
+    validate_labels(report.labels)
+    validate_app_version(report.app_version)
+    for what, count, most in (
+        ("runtimes", len(report.runtimes), MAX_RUNTIMES),
+        ("version outcomes", len(report.outcomes), MAX_OUTCOMES),
+        ("install failures", len(report.install_failures), MAX_INSTALL_FAILURES),
+    ):
+        if count > most:
+            raise InvalidInputError(f"a status report carries at most {most} {what}, got {count}")
 
 
 def _cost(key: tuple[str, str], kept: bytes) -> int:

@@ -119,7 +119,7 @@ class ServerConnection(PayloadTransport):
         timeout = timeout_s or self.config.predict_timeout_s
         call = self._inference.Predict.future(request, timeout=timeout)
         try:
-            # Waiting on the future wakes on time; gRPC's own deadline fired up to 8 ms late on a busy CPU.
+            # Waiting on the future wakes on time; gRPC's own deadline fires late on a busy CPU.
             response: inference_pb2.PredictResponse = call.result(timeout=timeout)
         except grpc.FutureTimeoutError as exc:
             call.cancel()

@@ -44,9 +44,14 @@ class DeviceRecord:
     labels: Mapping[str, str] = field(default_factory=dict)
     runtimes: tuple[str, ...] = ()
     app_version: str = ""
+    # When the attributes above were last given (by a CheckUpdate or a status report).
+    attributes_unix_s: float = 0.0
     # From CheckUpdate: the version the device runs as it said, the version it was offered, and when.
     current_version: int = 0
     offered_version: int = 0
+    # When the device was first offered ``offered_version`` (the answers since all offered it): a gate
+    # counts a device silent when it has not reported on that version some time after this.
+    offered_since_unix_s: float = 0.0
     last_check_unix_s: float = 0.0
     first_seen_unix_s: float = 0.0
     # From its latest status report (0.0: none yet).

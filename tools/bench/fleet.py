@@ -25,20 +25,18 @@ import json
 import logging
 import os
 import platform
-import re
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Final
 
+from edgerec.tools.bench.servers import serve
 from edgerec.tools.links.profiles import format_bitrate, parse_duration
 from edgerec.tools.profile.fleet import FleetReport, FleetSettings, run_fleet
 from edgerec.tools.profile.fleet import report as out
@@ -100,35 +98,6 @@ def build(settings: Settings, work: Path) -> tuple[Path, Path, Path]:
     generate_keypair(work / "server.pem", work / "server.pub")
     logger.info("trained and published %s in %.1f s", settings.size, time.perf_counter() - started)
     return registry.root, work / "server.pem", work / "server.pub"
-
-
-@contextmanager
-def serve(registry: Path, signing_key: Path, log_file: Path) -> Iterator[tuple[str, int]]:
-    """``edgerec serve`` with its default settings and ``signing_key``, in a subprocess on a free loopback
-    port; yields its address and process id."""
-    command = [sys.executable, "-m", "edgerec", "serve", "--registry", str(registry), "--listen", "127.0.0.1:0"]
-    command += ["--signing-key", str(signing_key)]
-    with log_file.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            found = re.search(r"serving .* on (\S+:\d+)", log_file.read_text())
-            if found:
-                break
-            if process.poll() is not None:
-                raise RuntimeError(f"edgerec serve exited: {log_file.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                raise RuntimeError("edgerec serve did not start within 60 s")
-            time.sleep(0.05)
-        yield found.group(1), process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 # --- the fleets ---------------------------------------------------------------------------------

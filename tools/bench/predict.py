@@ -31,10 +31,8 @@ import multiprocessing.queues
 import os
 import platform
 import queue
-import re
 import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,6 +47,7 @@ from typing import Final
 import numpy as np
 
 from edgerec.errors import NoModelAvailableError
+from edgerec.tools.bench import servers
 
 MODULE: Final = "edgerec.tools.bench.predict"
 logger = logging.getLogger(MODULE)
@@ -62,7 +61,7 @@ CLIENT_PROCESSES: Final = max(1, min(4, (os.cpu_count() or 2) // 2))
 # Time the caller processes get to start (import grpc, connect) before they all begin together.
 PROCESS_START_S: Final = 3.0
 
-# Targets (issue 6).
+# Targets (the predict path's, in docs/performance.md).
 CACHE_HIT_P50_US: Final = 5.0
 POLICY_OVERHEAD: Final = 0.10
 FALLBACK_SLACK_MS: Final = 5.0
@@ -142,17 +141,15 @@ def serve(registry: Path, work: Path, batch_wait_ms: float) -> Iterator[tuple[st
 
     if not (work / "server.pem").exists():
         generate_keypair(work / "server.pem", work / "server.pub")
-    command = [sys.executable, "-m", "edgerec", "serve", "--registry", str(registry), "--listen", "127.0.0.1:0"]
-    command += ["--workers", str(SERVER_WORKERS), "--batch-wait-ms", str(batch_wait_ms)]
-    command += ["--signing-key", str(work / "server.pem")]
-    with _serving(command, work / f"serve-{batch_wait_ms:g}.log") as served:
+    extra = ["--workers", str(SERVER_WORKERS), "--batch-wait-ms", str(batch_wait_ms)]
+    with servers.serve(registry, work / "server.pem", work / f"serve-{batch_wait_ms:g}.log", extra) as served:
         yield served
 
 
 @contextmanager
 def serve_floor(work: Path) -> Iterator[tuple[str, int]]:
     """:func:`run_floor_server` in a subprocess; yields its address and process id."""
-    with _serving([sys.executable, "-m", MODULE, FLOOR_SERVER_FLAG], work / "serve-floor.log") as served:
+    with servers.serving([sys.executable, "-m", MODULE, FLOOR_SERVER_FLAG], work / "serve-floor.log") as served:
         yield served
 
 
@@ -177,32 +174,6 @@ def run_floor_server() -> None:
     server.start()
     logger.info("serving the floor on 127.0.0.1:%d", port)
     server.wait_for_termination()
-
-
-@contextmanager
-def _serving(command: list[str], log_file: Path) -> Iterator[tuple[str, int]]:
-    """Run a server command that logs "serving ... on HOST:PORT"; yields that address and its process id."""
-    with log_file.open("w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            found = re.search(r"serving .* on (\S+:\d+)", log_file.read_text())
-            if found:
-                break
-            if process.poll() is not None:
-                raise RuntimeError(f"{command[2:4]} exited: {log_file.read_text()[-2000:]}")
-            time.sleep(0.05)
-        else:
-            raise RuntimeError(f"{command[2:4]} did not start within 60 s")
-        yield found.group(1), process.pid
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
@@ -593,7 +564,7 @@ def _raise_at_once(_: dict[str, np.ndarray]) -> None:
 
 
 def compute_targets(rows: Sequence[Row], facts: Mapping[str, float]) -> list[Target]:
-    """The issue's targets from the measured rows and facts."""
+    """The targets, judged on the measured rows and facts."""
     targets = [
         Target(
             "cache hit p50",
