@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import numpy as np
 
-from edgerec.device.sync import check_golden, health_check
+from edgerec.device.health import check_golden, health_check
 from edgerec.errors import EdgerecError
 from edgerec.manifest import Artifact, Manifest
 from edgerec.runtimes import ModelRunner, OnnxRunner
