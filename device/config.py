@@ -74,7 +74,8 @@ class CacheConfig:
     """Most bytes of scores kept (each key adds at most 512 bytes of request data)."""
     rows: bool = False
     """Cache each row of a batch too, so a batch repeating some rows runs the model on the others only.
-    It costs about 5 us a row: worth it for models that cost more than that per row."""
+    Keying, looking up and storing a row has a cost of its own (docs/performance.md): worth it for models
+    that cost more than that per row."""
 
     def __post_init__(self) -> None:
         if self.entries < 0 or self.max_bytes < 0:

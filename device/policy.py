@@ -49,12 +49,11 @@ class FallbackPolicy:
     server can. The three times are for one row; a batch gets ``per_row_s`` more on each for every
     further row, so a 20,000-row scoring call is not judged by a single recommendation's deadline.
 
-    Defaults (``make bench-predict`` measured them on a loaded 2-core machine, see the README):
-    ``deadline_s=0.05`` (issue 6's target), ``local_deadline_s=0.04``, ``hedge_after_s=0.01``.
-    A small model answers in about 0.05-0.1 ms at batch 1 and its p99 on a busy machine stays
-    under 5 ms, so the hedge fires only for a truly stalled local run; a server on loopback
-    answers in about 1 ms (p99 under 5 ms), which leaves room for the server after a local error
-    (the full 50 ms) or after a missed local deadline (10 ms).
+    Defaults: ``deadline_s=0.05`` (a recommendation's latency budget), ``local_deadline_s=0.04``,
+    ``hedge_after_s=0.01``. A small model's slowest runs on a busy machine stay well below the hedge
+    delay, so the hedge fires only for a truly stalled local run; a server on loopback answers well
+    within what is left, after a local error (the full deadline) or after a missed local deadline.
+    The measurements behind them (``make bench-predict``) are in ``docs/performance.md``.
 
     The local model runs in the caller's thread (no hand-off to a worker: the cheapest path) while
     its breaker is closed, no earlier run is still busy on the pool, and the moving average of

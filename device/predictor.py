@@ -28,11 +28,11 @@ import numpy as np
 
 from edgerec.device.active_model import NO_LOCAL_MODEL, ActiveModel
 from edgerec.device.cache import CacheKey, PredictionCache
+from edgerec.device.health import check_golden
 from edgerec.device.local_model import LocalModel, Prediction
 from edgerec.device.observer import Observer, overrides_predict
 from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
 from edgerec.device.server_scorer import ServerScorer
-from edgerec.device.sync import check_golden
 from edgerec.errors import EdgerecError, InvalidInputError, NoModelAvailableError
 from edgerec.runtimes import NonFiniteScoresError
 
@@ -73,8 +73,8 @@ class Predictor:
         self._tracked: LocalModel | None = None
         self._caching = cache.max_entries > 0
         # Cache each row of a batch, so a batch (or a single request) repeating some rows runs the model on
-        # the others only. Off by default: keying, looking up and storing rows cost about 5 us a row (64-row
-        # batches of the small reference model, whose batch costs 2 us a row), so it pays for costlier models.
+        # the others only. Off by default: keying, looking up and storing a row costs more than the small
+        # reference model spends on it (docs/performance.md), so it pays only for costlier models.
         self.cache_rows = cache_rows
         # Moving average of recent local latency: below the policy's inline limit the model runs inline.
         self._recent_s = 0.0

@@ -3,8 +3,9 @@
 :class:`Syncer` walks one update down the path: CheckUpdate (through the :class:`UpdateChannel`),
 the pure trust rules (:mod:`edgerec.trust`), the unsigned plan's checks (:mod:`edgerec.device.plan`),
 payload bytes (:class:`~edgerec.device.transport.fetcher.PayloadFetcher`: URLs, then the servers),
-codecs into a staging folder, verification, the golden cases, and the store's atomic switch. It
-tells an :class:`~edgerec.device.observer.Observer` each phase as it starts.
+codecs into a staging folder, verification, the golden cases (:mod:`edgerec.device.health`), and
+the store's atomic switch. It tells an :class:`~edgerec.device.observer.Observer` each phase as it
+starts.
 
 What it builds on: the active version when its files verify. When they do not (a damaged file),
 the previous version if that one verifies (a small delta repairs the damage), else nothing (full
@@ -20,17 +21,15 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import numpy as np
-
-from edgerec import tensors
 from edgerec.artifacts import DEFAULT_RECIPES
 from edgerec.codecs import CODEC_NAMES, apply_patch
-from edgerec.device.artifacts import available_runtimes, open_artifact
+from edgerec.device.artifacts import available_runtimes
+from edgerec.device.health import health_check
 from edgerec.device.observer import Observer, SyncEvent, SyncPhase, notify_sync
 from edgerec.device.plan import COPY, check_plan
 from edgerec.device.storage import InstalledVersion, ModelStore, copy_verified, verify_files
@@ -40,7 +39,6 @@ from edgerec.device.transport.http import HttpClient
 from edgerec.errors import (
     DiskFullError,
     EdgerecError,
-    HealthCheckError,
     IntegrityError,
     PatchError,
     PayloadBudgetError,
@@ -48,7 +46,6 @@ from edgerec.errors import (
 )
 from edgerec.fsutil import make_private_dirs, remove_entry
 from edgerec.manifest import PARTIAL_OF, Artifact, Manifest
-from edgerec.runtimes import ModelRunner
 from edgerec.trust import ED25519, OFF, UpdateVerifier, VerifiedAnswer
 from edgerec.v1 import update_pb2
 
@@ -501,44 +498,3 @@ def _discard(staged: Path | None) -> None:
     """Remove a staging folder a failed install leaves (None: it was never made)."""
     if staged is not None:
         remove_entry(staged)
-
-
-def health_check(version_dir: Path, manifest: Manifest, artifact: Artifact) -> None:
-    """Load a staged artifact with its runtime and run the manifest's golden cases for its recipe; raise if any is off.
-
-    A manifest without golden cases gets a smoke test: a neutral batch must give finite outputs.
-    """
-    check_golden(open_artifact(manifest, artifact, version_dir, warm_up=False).runner, manifest, artifact.recipe)
-
-
-def check_golden(runner: ModelRunner, manifest: Manifest, recipe: str) -> None:
-    """Run the manifest's golden cases for ``recipe`` on a loaded runner; HealthCheckError if any is off."""
-    cases = [case for case in manifest.golden if case.recipe == recipe]
-    if not cases:
-        _check_finite(runner.run(neutral_inputs(manifest)))
-        return
-    for case in cases:
-        inputs = {name: tensors.from_proto(t, name=name) for name, t in case.inputs.items()}
-        outputs = runner.run(inputs)
-        _check_finite(outputs)
-        for name, expected_proto in case.outputs.items():
-            expected = tensors.from_proto(expected_proto, name=name)
-            got = np.asarray(outputs.get(name))
-            if got.shape != expected.shape:
-                raise HealthCheckError(f"golden output {name!r} has shape {got.shape}, expected {expected.shape}")
-            error = float(np.max(np.abs(got.astype(np.float64) - expected))) if got.size else 0.0
-            if error > case.tolerance:
-                raise HealthCheckError(f"golden output {name!r} is off by {error:.3g} (tolerance {case.tolerance:.3g})")
-
-
-def _check_finite(outputs: Mapping[str, np.ndarray]) -> None:
-    for name, value in outputs.items():
-        if not np.all(np.isfinite(np.asarray(value, dtype=np.float64))):
-            raise HealthCheckError(f"staged model gives non-finite {name!r}")
-
-
-def neutral_inputs(manifest: Manifest, batch: int = 1) -> dict[str, np.ndarray]:
-    """Zeros of the right dtype and shape for every input (dynamic dimensions set to ``batch``)."""
-    return {
-        spec.name: np.zeros([d if d >= 0 else batch for d in spec.shape], dtype=spec.dtype) for spec in manifest.inputs
-    }

@@ -18,9 +18,9 @@ log = logging.getLogger(__name__)
 
 FULL = "full"
 DELTA_CODECS = ("tensor", "bsdiff4", "zstd-patch-from")
-# The generic diffs are slow and memory-hungry on big files (bsdiff4 keeps a suffix array
-# of about 17x the file; patch-from at level 19 takes ~40 s and 1.5 GB on 50 MB, see the
-# field notes): above this size only the tensor codec competes with the full file.
+# The generic diffs are slow and memory-hungry on big files (bsdiff4 keeps a suffix array many
+# times the file's size; see docs/performance.md): above this size only the tensor codec
+# competes with the full file.
 DEFAULT_GENERIC_DIFF_MAX_BYTES = 64 * 1024 * 1024
 
 LocalFile = Callable[[], Path]

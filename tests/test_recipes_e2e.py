@@ -1,4 +1,4 @@
-"""Issue 5, done when: each recipe round-trips publish -> sync -> predict, matching the server's evaluation to 1e-6.
+"""Each recipe round-trips publish -> sync -> predict, matching the server's evaluation to 1e-6.
 
 One real registry holds a version of the tiny reference model with every recipe (the TFLite ones
 only where the ``tflite`` extra is installed); a real server serves it on loopback; for each recipe a

@@ -9,15 +9,15 @@ from edgerec.device.transport.retry import RetryPolicy
 # HTTP/2 flow control: gRPC reads ahead of the app up to the stream's receive window, and a cut
 # connection loses whatever was in flight or buffered. On a real link full speed needs about one
 # bandwidth-delay product in flight, which gRPC's BDP probing (its default) tracks: a fixed small
-# window would cap a stream near window / RTT (16 KiB: 0.2 Mbit/s at 600 ms). The window only
+# window would cap a stream near window / RTT. The window only
 # fills with unread bytes when the app reads slower than the network delivers, i.e. a device with
 # its own bandwidth cap; that cap is sent to the server, which paces the stream (see
 # FetchPayloadRequest.max_bytes_per_second), so the app reads as fast as bytes arrive. Hence the
 # window is left to gRPC by default (None); a fixed one stays available (receive_window_bytes).
 # A device whose own code is slower than its link (on loopback, or a busy CPU on a fast LAN) is such a
-# slow reader too: unpaced, a cut cost what gRPC buffered (44 KiB per cut on loopback, 74 of 200 drop
-# runs over 5%). So without a cap of its own the device still asks for read_pace_bytes_per_s (12 MiB/s,
-# just above the 100 Mbit/s "wifi" preset): 8.5 KiB per cut, 0 of 200 runs over 5% (tools/faults.py).
+# slow reader too: unpaced, a cut costs what gRPC buffered. So without a cap of its own the device
+# still asks for read_pace_bytes_per_s (just above the fastest link preset, "wifi"). The drop runs
+# behind these choices are in docs/performance.md.
 DEFAULT_RECEIVE_WINDOW_BYTES: int | None = None
 DEFAULT_CHUNK_BYTES = 16 * 1024
 DEFAULT_READ_PACE_BYTES_PER_S = 12 * 1024 * 1024
@@ -40,10 +40,8 @@ class TransportConfig:
     """A server Predict's timeout when the caller gives none (predict passes what is left of its deadline)."""
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     """How update checks and downloads retry: tries in a row without progress, backoff and jitter."""
-    # Largest chunk asked of the server, at most 1 MiB. A cut also loses the chunk partly received, and
-    # larger chunks lost more per cut in the drop runs (rate-limited: 4, 8, 15, 28 KiB per cut at 8, 16,
-    # 32, 64 KiB); smaller ones cost framing (0.55% of the payload at 8 KiB, 0.37% at 16) and CPU per
-    # byte, though 8 KiB chunks still moved ~40 MB/s on loopback. 16 KiB balances the two.
+    # A cut also loses the chunk partly received, so larger chunks lose more per cut; smaller ones cost
+    # framing and CPU per byte. The default balances the two (the drop runs: docs/performance.md).
     max_chunk_bytes: int = DEFAULT_CHUNK_BYTES
     """Largest chunk asked of the server (and read at once from an HTTP answer), at most 1 MiB."""
     rate_bytes_per_s: float | None = None
@@ -68,7 +66,7 @@ class TransportConfig:
     receive_window_bytes: int | None = DEFAULT_RECEIVE_WINDOW_BYTES
     """A fixed HTTP/2 receive window (grpc.http2.lookahead_bytes, with BDP probing off), >= 1 KiB: what
     gRPC buffers ahead of the app, hence the most a cut can waste besides the chunk in flight. It also
-    caps a stream near window / round-trip time (16 KiB: ~1.3 Mbit/s at 100 ms). None (the default):
+    caps a stream near window / round-trip time. None (the default):
     gRPC's window, grown by BDP probing to what the link needs in flight."""
 
     def __post_init__(self) -> None:

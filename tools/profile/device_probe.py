@@ -23,8 +23,9 @@ import numpy as np
 
 from edgerec.device import Observer, SyncEvent, SyncPhase, TransportConfig
 from edgerec.device.artifacts import open_artifact
+from edgerec.device.health import neutral_inputs
 from edgerec.device.storage import ModelStore
-from edgerec.device.sync import FileProgress, Syncer, neutral_inputs
+from edgerec.device.sync import FileProgress, Syncer
 from edgerec.device.transport import PayloadTransport, ServerConnection
 from edgerec.signing import load_public_key
 from edgerec.trust import TrustedKeys, UpdateVerifier
