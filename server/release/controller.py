@@ -125,29 +125,32 @@ class RolloutController:
                 now_unix_s=now,
                 thresholds=self.thresholds,
             )
-            seen = (rollout.state, rollout.wave_index)
-            wrote = [False]  # by the change's last run (runs before it lost a race do not count)
-
-            def change(
-                current: ReleasePolicy,
-                rollout: Rollout = rollout,
-                report: GateReport = report,
-                sizes: Cohorts = cohorts,
-            ) -> ReleasePolicy:
-                mine = current.rollout(rollout.id)
-                wrote[0] = False
-                if mine is None or (mine.state, mine.wave_index) != (rollout.state, rollout.wave_index):
-                    return current  # another replica or an operator moved it meanwhile: theirs stands
-                changed = rollouts.step(
-                    current, rollout.id, report, now, treatment=len(sizes.treatment), control=len(sizes.control)
-                )
-                wrote[0] = changed != current
-                return changed
-
-            after = update_policy(self.registry, model, change).rollout(rollout.id)
-            if wrote[0] and after is not None and (after.state, after.wave_index) != seen:
-                moves.append(Move(model, rollout.id, seen, (after.state, after.wave_index)))
+            move = self._apply(model, rollout, report, cohorts, now)
+            if move is not None:
+                moves.append(move)
         return moves
+
+    def _apply(self, model: str, rollout: Rollout, report: GateReport, sizes: Cohorts, now: float) -> Move | None:
+        """Write ``rollout``'s step for ``report`` unless it moved meanwhile; the move, if this call made one."""
+        seen = (rollout.state, rollout.wave_index)
+        wrote = False  # by the change's last run (runs before it lost a race do not count)
+
+        def change(current: ReleasePolicy) -> ReleasePolicy:
+            nonlocal wrote
+            mine = current.rollout(rollout.id)
+            wrote = False
+            if mine is None or (mine.state, mine.wave_index) != seen:
+                return current  # another replica or an operator moved it meanwhile: theirs stands
+            changed = rollouts.step(
+                current, rollout.id, report, now, treatment=len(sizes.treatment), control=len(sizes.control)
+            )
+            wrote = changed != current
+            return changed
+
+        after = update_policy(self.registry, model, change).rollout(rollout.id)
+        if wrote and after is not None and (after.state, after.wave_index) != seen:
+            return Move(model, rollout.id, seen, (after.state, after.wave_index))
+        return None
 
     def start(self) -> RolloutController:
         self._thread = threading.Thread(target=self._loop, name="edgerec-rollouts", daemon=True)
