@@ -289,7 +289,7 @@ async function sync(conn, opts, log = () => {}) {
       throw err;
     }
     const { response, sizes } = answer;
-    const floor = current ? highest : highest > 0n ? highest - 1n : 0n;
+    const floor = trustLib.versionFloor(highest, request.current_version);
     const verdict = trustLib.verifyAnswer(request, response, sizes, { trust, floor });
     if (!verdict.update) return { updated: false, version: current ? String(current.version) : null };
     const entries = checkPlan(response, verdict.artifact, current, request.codecs, opts.budget);
