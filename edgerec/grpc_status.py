@@ -46,6 +46,8 @@ _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.RegistryConflictError, grpc.StatusCode.ABORTED),
     (errors.RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    # The server cannot read its release policy: the device keeps what it runs and asks again later.
+    (errors.ReleasePolicyError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[errors.EdgerecError]] = {

@@ -243,7 +243,8 @@ function httpInto(url, fd, have, entry, cutAt) {
           reject(new E.InterruptedError(`download cut at ${at} bytes`));
         }
       });
-      res.on('end', () => resolve(at));
+      res.on('end', () => (res.complete ? resolve(at) : reject(new Error('HTTP body cut short'))));
+      res.on('close', () => reject(new Error('HTTP connection closed')));
       res.on('error', reject);
     });
     req.on('error', reject);
@@ -289,7 +290,7 @@ async function sync(conn, opts, log = () => {}) {
       throw err;
     }
     const { response, sizes } = answer;
-    const floor = current ? highest : highest > 0n ? highest - 1n : 0n;
+    const floor = trustLib.versionFloor(highest, request.current_version);
     const verdict = trustLib.verifyAnswer(request, response, sizes, { trust, floor });
     if (!verdict.update) return { updated: false, version: current ? String(current.version) : null };
     const entries = checkPlan(response, verdict.artifact, current, request.codecs, opts.budget);
