@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from httptools import PayloadHttpServer
 from mitm import MitmProxy
 from servertools import registry_server
 
@@ -212,6 +213,52 @@ def test_resumes_a_cut_download(node_client: Path, server: str, interop: Interop
 
 
 Rewrite = Callable[[update_pb2.CheckUpdateRequest, update_pb2.CheckUpdateResponse], update_pb2.CheckUpdateResponse]
+
+
+def _with_urls(interop: Interop, http: PayloadHttpServer) -> Rewrite:
+    """A plan rewrite listing ``http`` as every payload's URL (the registry's own bytes behind it)."""
+
+    def rewrite(req: Any, resp: update_pb2.CheckUpdateResponse) -> update_pb2.CheckUpdateResponse:
+        for p in resp.payloads:
+            if p.codec != "copy":
+                http.payloads[p.payload_id] = interop.registry.payload_path(MODEL, p.payload_id).read_bytes()
+                p.urls.append(http.url(p.payload_id))
+        return resp
+
+    return rewrite
+
+
+def test_downloads_plan_urls_with_range_resume(
+    node_client: Path, server: str, interop: Interop, tmp_path: Path
+) -> None:
+    with MitmProxy(server) as mitm, PayloadHttpServer({}) as http:
+        mitm.on_check = _with_urls(interop, http)
+        cut = _sync(
+            node_client, mitm.address, tmp_path, interop.key_pub, "--codecs", "full", "--stop-after-bytes", "1000"
+        )
+        assert cut["error"] == "InterruptedError", cut
+        done = _sync(node_client, mitm.address, tmp_path, interop.key_pub, "--codecs", "full")
+        fetched = [r for r in mitm.requests if isinstance(r, update_pb2.FetchPayloadRequest)]
+    assert done["version"] == "2" and _installed(done) == _artifact(interop, 2), done
+    assert not fetched  # every byte came over HTTP
+    assert "bytes=1000-" in [header for _, header in http.requests], http.requests
+
+
+def test_falls_back_to_fetch_payload_when_a_url_dies(
+    node_client: Path, server: str, interop: Interop, tmp_path: Path
+) -> None:
+    """A download cut at 1000 bytes resumes over HTTP, the bucket dies 1000 bytes later, FetchPayload finishes."""
+    with MitmProxy(server) as mitm, PayloadHttpServer({}) as http:
+        mitm.on_check = _with_urls(interop, http)
+        v1 = ("--codecs", "full", "--target-version", "1")
+        cut = _sync(node_client, mitm.address, tmp_path, interop.key_pub, *v1, "--stop-after-bytes", "1000")
+        assert cut["error"] == "InterruptedError", cut
+        http.behaviour, http.die_after = "die-after", 1000
+        done = _sync(node_client, mitm.address, tmp_path, interop.key_pub, *v1)
+        offsets = [r.offset for r in mitm.requests if isinstance(r, update_pb2.FetchPayloadRequest)]
+    assert done["version"] == "1" and _installed(done) == _artifact(interop, 1), done
+    assert "bytes=1000-" in [header for _, header in http.requests], http.requests
+    assert 2000 in offsets, offsets  # FetchPayload went on from the bytes the dead bucket had sent
 
 
 def _entry(response: update_pb2.CheckUpdateResponse, codec: str | None = None) -> update_pb2.Payload:
