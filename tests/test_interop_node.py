@@ -25,6 +25,8 @@ from mitm import MitmProxy
 from servertools import registry_server
 
 from edgerec.codecs import make_patch
+from edgerec.device import EdgeClient
+from edgerec.errors import EdgerecError
 from edgerec.registry import Registry
 from edgerec.signing import generate_keypair
 from edgerec.v1 import update_pb2
@@ -319,15 +321,27 @@ def _foreign_recipe(req: Any, resp: update_pb2.CheckUpdateResponse) -> update_pb
 def test_refuses_rewritten_answers(
     node_client: Path, server: str, interop: Interop, tmp_path: Path, rewrite: Rewrite, error: str
 ) -> None:
-    v1 = _sync(node_client, server, tmp_path, interop.key_pub, "--target-version", "1")
+    v1 = _sync(node_client, server, tmp_path / "node", interop.key_pub, "--target-version", "1")
     before = _installed(v1)
+    with _python_device(server, tmp_path / "python", interop) as device:
+        device.sync(target_version=1)
     with MitmProxy(server) as mitm:
         mitm.on_check = rewrite
-        refused = _sync(node_client, mitm.address, tmp_path, interop.key_pub, "--codecs", "full,tensor")
+        refused = _sync(node_client, mitm.address, tmp_path / "node", interop.key_pub, "--codecs", "full,tensor")
         fetched = [r for r in mitm.requests if isinstance(r, update_pb2.FetchPayloadRequest)]
+        with _python_device(mitm.address, tmp_path / "python", interop) as device, pytest.raises(EdgerecError) as py:
+            device.sync()
     assert refused["error"] == error, refused
+    assert type(py.value).__name__ == error  # the Python SDK refuses the same answer with the same class
     assert not fetched  # refused before any download
     assert _installed(v1) == before
+
+
+def _python_device(address: str, data_dir: Path, interop: Interop) -> EdgeClient:
+    """The Python SDK's device, offering what the Node client offers."""
+    return EdgeClient(
+        address, MODEL, data_dir, trusted_keys=[interop.key_pub], recipes=("fp32",), codecs=("full", "tensor")
+    )
 
 
 def test_refuses_hostile_payload_bytes(node_client: Path, server: str, interop: Interop, tmp_path: Path) -> None:
