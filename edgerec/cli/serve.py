@@ -109,6 +109,22 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=None,
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (HOST as in --listen; 0: any free port).",
 )
+@click.option(
+    "--rollout-tick",
+    "rollout_tick_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between checks of the rollouts' gates by this replica (0: this replica checks none).",
+)
+@click.option(
+    "--policy-refresh",
+    "policy_refresh_s",
+    type=click.FloatRange(0, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds a replica keeps a model's release policy before reading it again.",
+)
 def serve(
     registry_spec: str,
     s3_endpoint: str | None,
@@ -132,6 +148,8 @@ def serve(
     max_predict_rows: int,
     max_predict_rows_in_flight: int | None,
     metrics_port: int | None,
+    rollout_tick_s: float,
+    policy_refresh_s: float,
 ) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
     from edgerec.server.app import ServerConfig, start_server
@@ -162,6 +180,8 @@ def serve(
             metrics_host=listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1",
             min_stream_rate=parse_rate(min_stream_rate) if min_stream_rate else DEFAULT_MIN_RATE,
             stream_idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S if stream_idle_timeout_s is None else stream_idle_timeout_s,
+            rollout_tick_s=rollout_tick_s or None,
+            policy_refresh_s=policy_refresh_s,
         )
     except ValueError as exc:  # ConfigError, or a rate that does not parse: one line, before anything starts
         raise click.ClickException(str(exc)) from exc
@@ -170,6 +190,7 @@ def serve(
     click.echo(f"serving {registry_spec} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
     if running.metrics_port is not None:
         click.echo(f"metrics on http://{config.metrics_host}:{running.metrics_port}/metrics", err=True)
+        click.echo(f"rollouts on http://{config.metrics_host}:{running.metrics_port}/rollouts", err=True)
     signal.signal(signal.SIGTERM, lambda *_: running.stop())
     try:
         running.wait()
