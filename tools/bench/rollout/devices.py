@@ -71,6 +71,8 @@ class SimDevice:
     active_digest: str = ""
     active_recipe: str = ""
     highest_activated: int = 0
+    # The version the server's last verified answer said this device should run (0: none yet).
+    offered_version: int = 0
     # Versions this device activated, in order, with the artifact digest of each.
     ran: list[tuple[int, str]] = field(default_factory=list)
     tallies: dict[int, VersionTally] = field(default_factory=dict)
@@ -263,6 +265,8 @@ class Fleet:
             device.syncs_failed += 1
             device.last_error = f"{type(exc).__name__}: {exc}"[:512]
             return "error"
+        if answer.freshness is not None:
+            device.offered_version = answer.freshness.target_version
         if answer.manifest is None or answer.artifact is None:
             device.syncs_current += 1
             return "current"
