@@ -22,8 +22,9 @@ _ended = ThrottledLog(log)
 # chunks (a pause of a second or two at the slowest links), still small enough that a cut loses little.
 MIN_PACED_CHUNK_BYTES = 16 * 1024
 MIN_CHUNK_BYTES = 1024
-# The least a paced stream sends per pause (see paced_burst_chunks).
-MIN_PACED_BURST_BYTES = 32 * 1024
+# The least a paced stream sends per pause (see paced_burst_chunks): each wake-up of a stream costs
+# the server CPU whatever it sends, so a slow stream wakes once per 64 KiB.
+MIN_PACED_BURST_BYTES = 64 * 1024
 # A refused stream is told to come back after a random time in [RETRY_AFTER_S, 2 * RETRY_AFTER_S):
 # spread out, the devices a full server turned away do not all return in the same instant.
 RETRY_AFTER_S = 5.0

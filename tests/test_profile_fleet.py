@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,10 +19,12 @@ import grpc
 import pytest
 from click.testing import CliRunner
 from conftest import MODEL
+from httptools import PayloadHttpServer
 from servertools import registry_server, update_server
 
 from edgerec.cli.main import cli
 from edgerec.registry import Registry
+from edgerec.server.payload_urls import PayloadUrls
 from edgerec.server.payloads import PayloadStore
 from edgerec.server.planner import UpdatePlanner
 from edgerec.server.update_service import ModelUpdateService
@@ -62,6 +65,8 @@ SUMMARY_TYPES: dict[str, type] = {
     "bytes_http": int,
     "calls": int,
     "retries": int,
+    "failovers": int,
+    "redundant_bytes": int,
     "server_cpu_s": float,
     "server_cpu_s_per_gb": float,
     "server_peak_rss_bytes": int,
@@ -188,6 +193,109 @@ def test_wrong_bytes_fail_devices_with_the_integrity_error(published_registry: R
     assert all(detail in r.detail for r in report.results)
     assert summary["device_p50_s"] is None and summary["server_cpu_s"] is None
     _check_types(summary)
+
+
+class UrlsAt(PayloadUrls):
+    """Lists one URL per payload: ``server``'s (a test HTTP server), as an object store's link would be."""
+
+    def __init__(self, registry: Registry, server: PayloadHttpServer) -> None:
+        super().__init__(registry)
+        self.server = server
+
+    def urls(self, model: str, payload_id: str) -> list[str]:
+        return [self.server.url(payload_id)]
+
+
+def _payload_bytes(registry: Registry, address: str) -> dict[str, bytes]:
+    """The bytes of every payload of a fresh device's plan, by payload id, read from the registry."""
+    with grpc.insecure_channel(address) as channel:
+        stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
+        response = stub.CheckUpdate(check_update_request(MODEL, ("int8", "fp32"), "test"), timeout=30)
+    out = {}
+    for payload in response.payloads:
+        with registry.open_payload(MODEL, payload.payload_id) as f:
+            out[payload.payload_id] = f.read()
+    return out
+
+
+@pytest.mark.parametrize("behaviour", ["honest", "die-after", "expired"])
+def test_http_devices_take_the_plans_urls_then_fall_back_to_the_server(
+    published_registry: Registry, behaviour: str
+) -> None:
+    registry = published_registry
+    with registry_server(registry) as plain:
+        payloads = _payload_bytes(registry, plain)
+    plan = sum(len(data) for data in payloads.values())
+    with PayloadHttpServer(payloads, behaviour, die_after=10_000) as http:
+        service = ModelUpdateService(
+            registry, UpdatePlanner(registry, PayloadStore(registry), urls=UrlsAt(registry, http))
+        )
+        with update_server(service) as address:
+            report = run_fleet(_settings(address, devices=4, ramp_s=0.0, http=True))
+
+    summary = report.summary()
+    assert (summary["finished"], summary["failed"], summary["redundant_bytes"]) == (4, 0, 0)
+    assert summary["bytes_http"] + summary["bytes_grpc"] == 4 * plan
+    assert all(r.plan_bytes == plan for r in report.results)
+    if behaviour == "honest":
+        assert (summary["bytes_http"], report.errors_by_code()) == (4 * plan, {})
+        assert {path for path, _ in http.requests} == set(payloads)
+    elif behaviour == "die-after":  # the bytes before the cut (then no listener) count, the rest come from the server
+        assert 0 < summary["bytes_http"] <= 4 * len(payloads) * 10_000
+        assert report.errors_by_code()["HTTP_UNAVAILABLE"] >= 1
+    else:
+        assert summary["bytes_http"] == 0
+        assert report.errors_by_code()["HTTP_UNAVAILABLE"] == 4 * len(payloads)
+    _check_types(summary)
+
+
+class CutService(ModelUpdateService):
+    """The real service, except each FetchPayload stream ends with UNAVAILABLE (a server gone) after ``chunks``."""
+
+    def __init__(self, registry: Registry, chunks: int) -> None:
+        super().__init__(registry, UpdatePlanner(registry, PayloadStore(registry), None))
+        self.chunks = chunks
+
+    def FetchPayload(
+        self, request: update_pb2.FetchPayloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[update_pb2.PayloadChunk]:
+        for i, chunk in enumerate(super().FetchPayload(request, context)):
+            if i == self.chunks:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the replica went away")
+            yield chunk
+
+
+def test_devices_fail_over_to_the_next_server_and_resume_where_they_were(published_registry: Registry) -> None:
+    plan = 0
+    with (
+        update_server(CutService(published_registry, chunks=3)) as cutting,
+        registry_server(published_registry) as steady,
+    ):
+        plan = _plan_bytes(steady)
+        report = run_fleet(_settings(cutting, also=(steady,), devices=6, ramp_s=0.0))
+
+    summary = report.summary()
+    assert (summary["finished"], summary["failed"]) == (6, 0)
+    # Devices 0, 2, 4 start on the cutting server: each is cut once per payload, fails over and resumes.
+    starting_there = [r for r in report.results if int(r.device_id[-1]) % 2 == 0]
+    assert all(r.failovers >= 1 and r.bytes_by_source["grpc"] == plan for r in starting_there)
+    assert all(r.failovers == 0 for r in report.results if r not in starting_there)
+    assert report.errors_by_code().get("UNAVAILABLE", 0) == summary["failovers"] >= 3
+    assert summary["redundant_bytes"] == 0 and summary["bytes_grpc"] == 6 * plan
+    _check_types(summary)
+
+
+def test_a_server_that_refuses_connections_is_skipped(published_registry: Registry) -> None:
+    with registry_server(published_registry) as steady:
+        plan = _plan_bytes(steady)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+            dead = f"127.0.0.1:{sock.getsockname()[1]}"
+            report = run_fleet(_settings(steady, also=(dead,), devices=4, ramp_s=0.0))
+
+    assert report.summary()["finished"] == 4
+    assert [r.failovers >= 1 for r in report.results] == [False, True, False, True]
+    assert all(r.bytes_by_source["grpc"] == plan for r in report.results)
 
 
 def _cli_json(address: str, tmp_path: Path, name: str) -> dict[str, Any]:

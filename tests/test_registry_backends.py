@@ -275,6 +275,21 @@ def test_payload_url_is_none_for_a_folder(tmp_path: Path) -> None:
     assert reg.payload_url(MODEL, record.payload_id, 60) is None
 
 
+def test_a_folder_reader_sees_another_process_write_at_once(tmp_path: Path) -> None:
+    """Pooled read connections keep no snapshot: a publish and a payload by another writer show at the next read."""
+    reader = open_registry(tmp_path / "registry")
+    writer = open_registry(tmp_path / "registry")
+    assert reader.versions(MODEL) == []
+    record, path = staged_payload(tmp_path, b"payload")
+    assert reader.find_payload(MODEL, record.codec, record.base_sha256, record.target_sha256) is None
+    for round_ in range(3):
+        publish(writer, tmp_path, b"v%d" % round_)
+        assert reader.versions(MODEL) == list(range(1, round_ + 2))
+        assert reader.resolve_version(MODEL) == round_ + 1
+    writer.add_payload(record, path)
+    assert reader.payload(MODEL, record.payload_id) == record
+
+
 def test_change_stamp_moves_with_every_write_and_only_then(registry: ModelRegistry, tmp_path: Path) -> None:
     seen = [registry.change_stamp()]
 

@@ -90,8 +90,8 @@ def test_device_rates_are_bounded_and_set_the_chunk_size() -> None:
     assert paced_chunk_bytes(250_000, 16 * 1024) == 16 * 1024  # never above what the device asked
     assert paced_chunk_bytes(250_000, 16) == 16
     # Slow streams (a chunk pauses 1/8 s or more) send a few chunks per pause; fast ones one.
-    assert paced_burst_chunks(16_000, 16 * 1024) == 2 and paced_burst_chunks(DEFAULT_MIN_RATE, 4096) == 8
-    assert paced_burst_chunks(64_000, 16 * 1024) == 2 and paced_burst_chunks(250_000, 16 * 1024) == 1
+    assert paced_burst_chunks(16_000, 16 * 1024) == 4 and paced_burst_chunks(DEFAULT_MIN_RATE, 4096) == 16
+    assert paced_burst_chunks(64_000, 16 * 1024) == 4 and paced_burst_chunks(250_000, 16 * 1024) == 1
     assert paced_burst_chunks(12 * 1024 * 1024, 16 * 1024) == 1
 
 

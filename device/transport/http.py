@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 import urllib3
@@ -114,28 +115,11 @@ class HttpTransport(PayloadTransport):
 
     def _check_answer(self, response: urllib3.BaseHTTPResponse, start: int, size: int, job: FetchJob) -> int:
         """The offset one past the last byte this answer carries; raises unless it is the payload's range."""
-        status, where = response.status, redacted(self.url)
-        if status in _EXPIRED:
-            raise UrlExpiredError(f"HTTP {status} (the link expired)")
-        length = response.headers.get("Content-Length")
-        if status == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", "").strip())
-            if match is None:
-                raise IntegrityError("a 206 answer without a valid Content-Range")
-            first, last, total = int(match[1]), int(match[2]), match[3]
-            if first != start or not first <= last < size or total not in ("*", str(size)):
-                raise IntegrityError(f"sent bytes {first}-{last}/{total}, asked for {start}-{size - 1}/{size}")
-            if length is not None and length.strip() != str(last - first + 1):
-                raise IntegrityError(f"Content-Length {length[:20]} does not match its range {first}-{last}")
-            return last + 1
-        if status == 200:
-            if length is not None and length.strip() != str(size):
-                raise IntegrityError(f"a whole answer of {length[:20]} bytes, the payload has {size}")
-            if start:
-                log.info("%s ignores ranges: starting the payload over from byte 0", where)
-                job.restart()
-            return size
-        raise SourceUnavailableError(f"HTTP {status}")
+        first, end = check_answer(response.status, response.headers, start, size)
+        if first != start:
+            log.info("%s ignores ranges: starting the payload over from byte 0", redacted(self.url))
+            job.restart()
+        return end
 
     def _read(self, response: urllib3.BaseHTTPResponse, job: FetchJob, end: int) -> bool:
         """Copy the answer's body into the ``.part`` up to ``end``; True when all of it came."""
@@ -156,6 +140,33 @@ class HttpTransport(PayloadTransport):
         if job.offset < end:
             raise SourceUnavailableError(watch.fired or "the answer ended early")
         return True
+
+
+def check_answer(status: int, headers: Mapping[str, str], start: int, size: int) -> tuple[int, int]:
+    """(first, end): the bytes ``[first, end)`` of a payload of ``size`` an answer to ``Range: bytes=start-``
+    carries, ``first`` being ``start`` or, for a server that ignores ranges, 0.
+
+    Raises UrlExpiredError (403, 410), IntegrityError (a range or length other than the one asked
+    for) or SourceUnavailableError (any other status).
+    """
+    if status in _EXPIRED:
+        raise UrlExpiredError(f"HTTP {status} (the link expired)")
+    length = headers.get("Content-Length")
+    if status == 206:
+        match = _CONTENT_RANGE.fullmatch(headers.get("Content-Range", "").strip())
+        if match is None:
+            raise IntegrityError("a 206 answer without a valid Content-Range")
+        first, last, total = int(match[1]), int(match[2]), match[3]
+        if first != start or not first <= last < size or total not in ("*", str(size)):
+            raise IntegrityError(f"sent bytes {first}-{last}/{total}, asked for {start}-{size - 1}/{size}")
+        if length is not None and length.strip() != str(last - first + 1):
+            raise IntegrityError(f"Content-Length {length[:20]} does not match its range {first}-{last}")
+        return first, last + 1
+    if status == 200:
+        if length is not None and length.strip() != str(size):
+            raise IntegrityError(f"a whole answer of {length[:20]} bytes, the payload has {size}")
+        return 0, size
+    raise SourceUnavailableError(f"HTTP {status}")
 
 
 def redacted(url: str) -> str:

@@ -243,6 +243,13 @@ def update(
 
 @profile.command("fleet")
 @click.option("--server", required=True, help="HOST:PORT of the server (a running `edgerec serve`).")
+@click.option(
+    "--also",
+    "also",
+    multiple=True,
+    help="HOST:PORT of another replica (repeat): the devices spread over all and fail over between them.",
+)
+@click.option("--http", is_flag=True, help="Fetch payloads from the plan's URLs (HTTP Range) before the servers.")
 @click.option("--model", required=True, help="Model name, as published.")
 @click.option("--devices", default=100, show_default=True, type=click.IntRange(min=1), help="Simulated devices.")
 @click.option("--rate", default="128kbit", show_default=True, help="Each device's link rate, e.g. 128kbit, 1mbit.")
@@ -282,6 +289,8 @@ def update(
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def fleet(
     server: str,
+    also: tuple[str, ...],
+    http: bool,
     model: str,
     devices: int,
     rate: str,
@@ -314,6 +323,8 @@ def fleet(
     try:
         settings = FleetSettings(
             server=server,
+            also=also,
+            http=http,
             model=model,
             devices=devices,
             rate_bytes_per_s=parse_rate(rate),

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
@@ -48,6 +49,9 @@ from edgerec.registry.base import (
 )
 
 log = logging.getLogger(__name__)
+
+# Idle read connections kept open: opening one costs far more than the query a server runs on it.
+MAX_IDLE_READERS = 8
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS versions (
@@ -105,6 +109,8 @@ class LocalRegistry:
             db.executescript(_SCHEMA)
             db.execute("INSERT OR IGNORE INTO changes (id, epoch, counter) VALUES (1, ?, 0)", (uuid.uuid4().hex,))
             db.commit()
+        self._idle: list[sqlite3.Connection] = []
+        self._idle_lock = threading.Lock()
 
     @property
     def location(self) -> str:
@@ -127,10 +133,25 @@ class LocalRegistry:
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
-        """A short-lived connection for one consistent read that takes no write lock."""
-        with closing(sqlite3.connect(self.root / "index.sqlite", timeout=30.0, isolation_level=None)) as db:
+        """A pooled connection in autocommit mode for reads: each statement sees the latest commit and
+        takes no write lock."""
+        with self._idle_lock:
+            db = self._idle.pop() if self._idle else None
+        if db is None:
+            db = sqlite3.connect(
+                self.root / "index.sqlite", timeout=30.0, isolation_level=None, check_same_thread=False
+            )
             db.execute("PRAGMA busy_timeout=30000")
+        try:
             yield db
+        except BaseException:
+            db.close()
+            raise
+        with self._idle_lock:
+            if len(self._idle) < MAX_IDLE_READERS:
+                self._idle.append(db)
+                return
+        db.close()
 
     @staticmethod
     def _changed(db: sqlite3.Connection) -> None:
@@ -204,13 +225,13 @@ class LocalRegistry:
         return (versions[-1] if versions else 0) + 1
 
     def models(self) -> list[str]:
-        with self._connect() as db:
+        with self._read() as db:
             return [row[0] for row in db.execute("SELECT DISTINCT model FROM versions ORDER BY model")]
 
     def versions(self, model: str, *, include_partial: bool = True) -> list[int]:
         """Published versions of ``model``, oldest first (empty if the model is unknown)."""
         where = "" if include_partial else " AND partial_of IS NULL"
-        with self._connect() as db:
+        with self._read() as db:
             rows = db.execute(f"SELECT version FROM versions WHERE model = ?{where} ORDER BY version", (model,))
             return [row[0] for row in rows]
 
@@ -221,7 +242,7 @@ class LocalRegistry:
 
     def partial_versions(self, model: str, base_version: int, partial_of: int) -> list[int]:
         """Partial versions built for devices on ``base_version`` toward ``partial_of``, newest first."""
-        with self._connect() as db:
+        with self._read() as db:
             rows = db.execute(
                 "SELECT version FROM versions WHERE model = ? AND partial_base = ? AND partial_of = ? "
                 "ORDER BY version DESC",
@@ -241,7 +262,7 @@ class LocalRegistry:
         return version
 
     def files(self, model: str, version: int) -> list[VersionFile]:
-        with self._connect() as db:
+        with self._read() as db:
             rows = db.execute(
                 "SELECT model, version, recipe, path, size, sha256 FROM files "
                 "WHERE model = ? AND version = ? ORDER BY recipe, path",
@@ -269,7 +290,7 @@ class LocalRegistry:
     # --- payloads ---------------------------------------------------------------
 
     def find_payload(self, model: str, codec: str, base_sha256: str, target_sha256: str) -> PayloadRecord | None:
-        with self._connect() as db:
+        with self._read() as db:
             row = db.execute(
                 "SELECT payload_id, model, codec, base_sha256, target_sha256, size, make_seconds FROM payloads "
                 "WHERE model = ? AND codec = ? AND base_sha256 = ? AND target_sha256 = ?",
@@ -282,7 +303,7 @@ class LocalRegistry:
     def payload(self, model: str, payload_id: str) -> PayloadRecord:
         """The payload with that id; raises PayloadNotFoundError."""
         validate_sha256(payload_id, "payload_id")
-        with self._connect() as db:
+        with self._read() as db:
             row = db.execute(
                 "SELECT payload_id, model, codec, base_sha256, target_sha256, size, make_seconds FROM payloads "
                 "WHERE model = ? AND payload_id = ? LIMIT 1",

@@ -14,6 +14,7 @@ import hashlib
 import random
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -23,9 +24,9 @@ from edgerec.device.plan import check_plan as check_payload_plan
 from edgerec.errors import EdgerecError, IntegrityError, ManifestError, TransportError, WrongModelError
 from edgerec.manifest import Manifest, find_artifact, parse_manifest
 from edgerec.tools.profile.fleet.settings import RetryPolicy
-from edgerec.tools.profile.fleet.source import CallError, PayloadSource, call_error
+from edgerec.tools.profile.fleet.source import CallError, PayloadSource, Servers, call_error
 from edgerec.trust import UpdateVerifier
-from edgerec.v1 import update_pb2, update_pb2_grpc
+from edgerec.v1 import update_pb2
 
 ENDED_EARLY = "ENDED_EARLY"  # a stream that closed cleanly before the payload's last byte
 
@@ -82,6 +83,12 @@ class DeviceResult:
     calls: int = 0
     retries: int = 0
     errors_by_code: Counter[str] = field(default_factory=Counter)
+    failovers: int = 0  # calls that moved to the device's next server
+
+    @property
+    def redundant_bytes(self) -> int:
+        """Payload bytes received more than once (a finished device's received bytes beyond its plan)."""
+        return max(0, sum(self.bytes_by_source.values()) - self.plan_bytes) if self.finished else 0
 
     @property
     def seconds(self) -> float:
@@ -124,13 +131,17 @@ def check_plan(response: update_pb2.CheckUpdateResponse, model: str, verifier: U
 
 
 class SimulatedDevice:
-    """One device's sync, without applying: its calls go over ``channel``, its bytes come from ``source``."""
+    """One device's sync, without applying: its calls go to ``servers``, its bytes come from ``sources``.
+
+    Sources are tried in order (the plan's URLs, then the servers): one that fails for good (not a
+    transient error) is dropped for the next, as the SDK drops a failed URL; the last one retries.
+    """
 
     def __init__(
         self,
         device_id: str,
-        channel: grpc.aio.Channel,
-        source: PayloadSource,
+        servers: Servers,
+        sources: Sequence[PayloadSource],
         *,
         model: str,
         recipes: tuple[str, ...],
@@ -146,8 +157,10 @@ class SimulatedDevice:
         self.rate = rate_bytes_per_s
         self.retry = retry
         self.verifier = verifier
-        self._stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
-        self._source = source
+        if not sources:
+            raise ValueError("a device needs at least one payload source")
+        self._servers = servers
+        self._sources = list(sources)
         # The SDK's guard bucket: a few chunks of jitter pass, so it never slows a stream the server paces.
         self._link = AsyncTokenBucket(rate_bytes_per_s, burst=4 * chunk_bytes)
         self._rng = rng
@@ -171,6 +184,7 @@ class SimulatedDevice:
         except EdgerecError as exc:
             self.result.error = failure_key(exc)
             self.result.detail = str(exc)
+        self.result.failovers = self._servers.failovers
         self.result.end_s = time.monotonic() - epoch
         return self.result
 
@@ -180,30 +194,39 @@ class SimulatedDevice:
             timeout = min(self.retry.check_timeout_s, self._remaining())
             self.result.calls += 1
             try:
-                response: update_pb2.CheckUpdateResponse = await self._stub.CheckUpdate(request, timeout=timeout)
+                response: update_pb2.CheckUpdateResponse = await self._servers.stub.CheckUpdate(
+                    request, timeout=timeout
+                )
                 return response
             except grpc.aio.AioRpcError as exc:
                 error = call_error(exc, f"CheckUpdate {self.model}")
+                self._servers.failed(error.code)
             await self._after_failure(error.code, error, progressed=False)
 
     async def _download(self, payload: update_pb2.Payload) -> None:
         """Fetch ``payload`` whole, resuming from the bytes received after each failure; check its sha256."""
         digest = hashlib.sha256()
         received = 0
+        sources = list(self._sources)  # a source that fails for good is dropped for this payload
         while received < payload.size:
             before = received
             self.result.calls += 1
             code = ENDED_EARLY
             failure: EdgerecError | None = None
+            source = sources[0]
             try:
-                chunks = self._source.read(self.model, payload, received, self.rate, self._remaining())
+                chunks = source.read(self.model, payload, received, self.rate, self._remaining())
                 async with contextlib.aclosing(chunks):
                     async for data in chunks:
                         await self._link.take(len(data))
                         digest.update(data)
                         received += len(data)
-                        self.result.bytes_by_source[self._source.name] += len(data)
+                        self.result.bytes_by_source[source.name] += len(data)
             except CallError as exc:
+                if not exc.transient and len(sources) > 1:
+                    self.result.errors_by_code[exc.code] += 1
+                    sources.pop(0)
+                    continue
                 code, failure = exc.code, exc
             except IntegrityError:
                 self.result.errors_by_code[IntegrityError.__name__] += 1

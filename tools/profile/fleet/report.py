@@ -112,6 +112,8 @@ class FleetReport:
             **{f"bytes_{name}": sources[name] for name in KNOWN_SOURCES},
             "calls": sum(r.calls for r in self.results),
             "retries": sum(r.retries for r in self.results),
+            "failovers": sum(r.failovers for r in self.results),
+            "redundant_bytes": sum(r.redundant_bytes for r in self.results),
             "server_cpu_s": _round(server_cpu) if server_cpu is not None else None,
             "server_cpu_s_per_gb": (
                 _round(server_cpu / (delivered / 1e9)) if server_cpu is not None and delivered else None
@@ -142,6 +144,8 @@ class FleetReport:
                     "bytes_by_source": {name: r.bytes_by_source.get(name, 0) for name in KNOWN_SOURCES},
                     "calls": r.calls,
                     "retries": r.retries,
+                    "failovers": r.failovers,
+                    "redundant_bytes": r.redundant_bytes,
                     "errors_by_code": dict(r.errors_by_code),
                 }
                 for r in self.results
@@ -224,6 +228,7 @@ def summary_rows(report: FleetReport) -> list[tuple[str, str]]:
         ),
         ("bytes by source", ", ".join(f"{name} {size(s[f'bytes_{name}'])}" for name in KNOWN_SOURCES)),
         ("calls / retries", f"{s['calls']} / {s['retries']}"),
+        ("failovers / bytes received twice", f"{s['failovers']} / {size(s['redundant_bytes'])}"),
         ("errors by code", _counts(report.errors_by_code()) or "none"),
         ("failed devices by error", _counts(report.failures_by_error()) or "none"),
     ]

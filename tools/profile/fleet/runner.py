@@ -13,6 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 
 import grpc.aio
@@ -22,7 +23,13 @@ from edgerec.tools.profile.fleet.device import DeviceResult, SimulatedDevice, ch
 from edgerec.tools.profile.fleet.report import FleetReport
 from edgerec.tools.profile.fleet.sampler import OwnUsage, ProcessSampler
 from edgerec.tools.profile.fleet.settings import FleetSettings
-from edgerec.tools.profile.fleet.source import GrpcPayloadSource, call_error
+from edgerec.tools.profile.fleet.source import (
+    GrpcPayloadSource,
+    HttpPayloadSource,
+    PayloadSource,
+    Servers,
+    call_error,
+)
 from edgerec.trust import TrustedKeys, UpdateVerifier
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
@@ -56,8 +63,17 @@ class FleetRun:
             log.warning("no trusted keys: the simulated devices do not check manifest signatures")
         self._done = 0
         self._failed = 0
+        # HTTP reads block (urllib3): every device may wait on one at once.
+        self._http_pool = ThreadPoolExecutor(settings.devices, "fleet-http") if settings.http else None
 
     async def run(self, label: str = "") -> FleetReport:
+        try:
+            return await self._run(label)
+        finally:
+            if self._http_pool is not None:
+                self._http_pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _run(self, label: str) -> FleetReport:
         s = self.settings
         sampler = ProcessSampler(s.server_pid, s.sample_interval_s) if s.server_pid is not None else None
         if sampler is not None:
@@ -125,12 +141,19 @@ class FleetRun:
         s = self.settings
         await asyncio.sleep(max(0.0, epoch + s.start_offset_s(index) - time.monotonic()))
         device_id = s.device_id(index)
-        channel = shared or _channel(s.server)
+        channels = [shared] if shared is not None else [_channel(target) for target in s.servers_of(index)]
+        http: HttpPayloadSource | None = None
         try:
+            servers = Servers(channels)
+            sources: list[PayloadSource] = []
+            if self._http_pool is not None:
+                http = HttpPayloadSource(self._http_pool, s.chunk_bytes())
+                sources.append(http)
+            sources.append(GrpcPayloadSource(servers, device_id, s.chunk_bytes()))
             device = SimulatedDevice(
                 device_id,
-                channel,
-                GrpcPayloadSource(channel, device_id, s.chunk_bytes()),
+                servers,
+                sources,
                 model=s.model,
                 recipes=s.recipes,
                 rate_bytes_per_s=s.rate_bytes_per_s,
@@ -141,8 +164,11 @@ class FleetRun:
             )
             result = await device.run(epoch, deadline_s)
         finally:
+            if http is not None:
+                http.close()
             if shared is None:
-                await channel.close(None)
+                for channel in channels:
+                    await channel.close(None)
         self._done += 1
         self._failed += not result.finished
         if not result.finished:

@@ -46,6 +46,9 @@ class RetryPolicy:
 class FleetSettings:
     """A fleet run: ``devices`` fresh devices of ``model`` against ``server``, each on a link of ``rate``.
 
+    ``also`` lists more servers (replicas): device ``i`` tries them all, starting at ``i`` modulo their
+    number, and fails over to the next when its server is gone. With ``http`` a device fetches each
+    payload from the plan's URLs first (Range GETs), then from its servers.
     Devices start one after another over ``ramp_s`` seconds. Each has ``deadline_s`` seconds from its start
     to finish (None: :data:`DEFAULT_DEADLINE_FACTOR` times its link-limited download time, at least
     :data:`DEFAULT_DEADLINE_FLOOR_S`). ``channels`` = 0 gives every device its own connection, as real
@@ -63,6 +66,8 @@ class FleetSettings:
     channels: int = 0
     trusted_keys: tuple[Path, ...] = ()
     server_pid: int | None = None
+    also: tuple[str, ...] = ()
+    http: bool = False
     recipes: tuple[str, ...] = DEFAULT_RECIPES
     retry: RetryPolicy = RetryPolicy()
     device_prefix: str = "sim"
@@ -97,6 +102,12 @@ class FleetSettings:
         if self.deadline_s is not None:
             return self.deadline_s
         return max(DEFAULT_DEADLINE_FLOOR_S, DEFAULT_DEADLINE_FACTOR * payload_bytes / self.rate_bytes_per_s)
+
+    def servers_of(self, index: int) -> list[str]:
+        """The servers device ``index`` tries, in order: all of them, starting at its turn."""
+        every = [self.server, *self.also]
+        first = index % len(every)
+        return every[first:] + every[:first]
 
     def device_id(self, index: int) -> str:
         return f"{self.device_prefix}-{index:05d}"

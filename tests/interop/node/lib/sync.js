@@ -108,7 +108,7 @@ function checkPlan(response, artifact, current, offeredCodecs, budget) {
     if (p.codec === 'copy') {
       if (p.payload_id !== '' || p.sha256 !== '' || size !== 0) bad(`${file.path}: copy with a payload`);
     } else {
-      if (p.codec !== 'full' && !offeredCodecs.includes(p.codec)) bad(`${file.path}: codec ${p.codec} was not offered`);
+      if (!offeredCodecs.includes(p.codec)) bad(`${file.path}: codec ${p.codec} was not offered`);
       if (!codecs.CODECS.includes(p.codec)) bad(`${file.path}: unknown codec ${p.codec}`);
       if (!HEX64.test(p.payload_id) || p.sha256 !== p.payload_id) bad(`${file.path}: payload id`);
       if (size < codecs.HEADER + codecs.TRAILER || size > codecs.payloadBound(p.codec, file.size)) bad(`${file.path}: payload size ${size}`);
@@ -123,7 +123,8 @@ function checkPlan(response, artifact, current, offeredCodecs, budget) {
       if (!base || base.sha256 !== p.base_sha256) bad(`${file.path}: base ${p.base_path} is not a verified file of the active version`);
       if (p.codec === 'copy' && (base.sha256 !== file.sha256 || base.size !== file.size)) bad(`${file.path}: copy of another file`);
     }
-    if (p.urls.length > MAX_URLS || p.urls.some((u) => Buffer.byteLength(u) > MAX_URL_BYTES)) bad(`${file.path}: urls`);
+    const maxUrls = p.codec === 'copy' ? 0 : MAX_URLS;
+    if (p.urls.length > maxUrls || p.urls.some((u) => Buffer.byteLength(u) > MAX_URL_BYTES)) bad(`${file.path}: urls`);
     entries.push({ file, payload: p, size, base });
   }
   if (budget && total > budget) throw new E.PayloadBudgetError(`plan needs ${total} bytes, budget ${budget}`);
@@ -288,7 +289,7 @@ async function sync(conn, opts, log = () => {}) {
       throw err;
     }
     const { response, sizes } = answer;
-    const floor = current ? highest : highest > 0n ? highest - 1n : 0n;
+    const floor = trustLib.versionFloor(highest, request.current_version);
     const verdict = trustLib.verifyAnswer(request, response, sizes, { trust, floor });
     if (!verdict.update) return { updated: false, version: current ? String(current.version) : null };
     const entries = checkPlan(response, verdict.artifact, current, request.codecs, opts.budget);
