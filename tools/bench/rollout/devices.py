@@ -44,6 +44,11 @@ REGIONS: Final = ("eu", "us", "apac")
 FTZ_CPU: Final = "armv7"
 
 Clock = Callable[[], float]
+# A device's predict latency: the artifact's measured median times the device's own speed (a seeded
+# lognormal draw per device), and its tail percentiles fixed multiples of that.
+_SPEED_SIGMA: Final = 0.25
+_P90_OVER_P50: Final = 1.6
+_P99_OVER_P50: Final = 3.0
 
 
 @dataclass
@@ -84,6 +89,8 @@ class SimDevice:
     last_attempt_unix_s: float = 0.0
     # A silent device checks for updates but never reports (a crashed reporter, a blocked port).
     silent: bool = False
+    # How much slower than the measuring machine this device predicts (1.0: as fast).
+    slowness: float = 1.0
 
     def request(self, model: str) -> update_pb2.CheckUpdateRequest:
         """The CheckUpdate this device sends now (a fresh nonce each time)."""
@@ -171,6 +178,7 @@ def make_population(size: int, *, seed: int = 0, ftz_fraction: float = 0.3) -> l
                 device_id=f"sim-{seed}-{index:05d}",
                 labels={"cpu": cpu, "region": region},
                 hardware=FLUSH_TO_ZERO if index in ftz else IEEE,
+                slowness=float(rng.lognormal(0.0, _SPEED_SIGMA)),
             )
         )
     return devices
@@ -301,10 +309,12 @@ class Fleet:
             feeds = {name: np.ascontiguousarray(array[rows]) for name, array in inputs.items()}
             runner = self.library.runner(digest, hardware)
             scores = np.asarray(runner.run(feeds)[runner.output_names[0]], dtype=np.float32).ravel()
-            latency = self.library.latency(digest, hardware, feeds)
+            median_s = self.library.median_latency_s(digest, hardware, feeds)
             results = show_and_click(scores, candidates.true_prob[rows], self.slates, rng)
             for index, result in zip(members, results, strict=True):
-                _add(devices[index], result, latency)
+                device = devices[index]
+                p50 = median_s * device.slowness
+                _add(device, result, Latency(p50, p50 * _P90_OVER_P50, p50 * _P99_OVER_P50))
 
     def send_report(self, device: SimDevice) -> bool:
         """``device``'s status report to the server; False when it is silent or the call failed."""

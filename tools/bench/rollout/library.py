@@ -28,13 +28,14 @@ __all__ = ["Latency", "VersionDirs", "VersionLibrary"]
 VersionDirs = Callable[[int], Path]
 """Where the registry keeps a version's files (``Registry.version_dir`` of one model)."""
 
-_LATENCY_CALLS = 100
+_WARM_UP_CALLS = 20
+_LATENCY_CALLS = 200
 _LATENCY_REPEATS = 3
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Predict latency of one artifact on one hardware, batch of one row (seconds)."""
+    """Predict latency of a device's answers (seconds)."""
 
     p50_s: float
     p90_s: float
@@ -49,7 +50,7 @@ class VersionLibrary:
         self._lock = threading.Lock()
         self._outcomes: dict[tuple[str, str], str] = {}
         self._runners: dict[tuple[str, str], ModelRunner] = {}
-        self._latency: dict[tuple[str, str], Latency] = {}
+        self._latency: dict[tuple[str, str], float] = {}
         self._dirs: dict[str, Path] = {}
         self._artifacts: dict[str, Artifact] = {}
 
@@ -74,8 +75,12 @@ class VersionLibrary:
                 self._runners[key] = scorer(self._dirs[digest], self._artifacts[digest], hardware)
             return self._runners[key]
 
-    def latency(self, digest: str, hardware: str, sample: dict[str, np.ndarray]) -> Latency:
-        """Batch-1 latency of an installed artifact, measured once (the quickest of a few measurements)."""
+    def median_latency_s(self, digest: str, hardware: str, sample: dict[str, np.ndarray]) -> float:
+        """Median batch-1 predict time of an installed artifact, measured once.
+
+        The lowest of a few medians: a busy machine only ever adds time, and one noisy measurement must
+        not decide a whole cohort's numbers (each device adds its own tail, see :mod:`.devices`).
+        """
         key = (digest, hardware)
         with self._lock:
             cached = self._latency.get(key)
@@ -83,20 +88,19 @@ class VersionLibrary:
             return cached
         runner = self.runner(digest, hardware)
         row = {name: array[:1] for name, array in sample.items()}
-        best: Latency | None = None
+        for _ in range(_WARM_UP_CALLS):
+            runner.run(row)
+        medians = []
         for _ in range(_LATENCY_REPEATS):
             times = []
             for _ in range(_LATENCY_CALLS):
                 start = time.perf_counter()
                 runner.run(row)
                 times.append(time.perf_counter() - start)
-            p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
-            if best is None or p99 < best.p99_s:
-                best = Latency(p50, p90, p99)
-        assert best is not None
+            medians.append(float(np.median(times)))
         with self._lock:
-            self._latency[key] = best
-        return best
+            self._latency[key] = min(medians)
+        return min(medians)
 
     def _checked_dir(self, manifest: Manifest, artifact: Artifact) -> Path:
         folder = self._dirs.get(artifact.digest)

@@ -258,7 +258,10 @@ def criteria(result: ScenarioResult) -> list[tuple[str, bool]]:
     if result.scenario == "bad":
         return [
             ("halted in wave 1 by itself", result.halted_in_wave == 0 and no_action_before_halt(result)),
-            ("at most 1.5% of the fleet ever ran v3", result.ever_ran_new_pct <= 1.5),
+            (
+                f"at most {max_ever_ran_pct(result):g}% of the fleet ever ran v3 (1.5x the first wave)",
+                result.ever_ran_new_pct <= max_ever_ran_pct(result),
+            ),
             (
                 "after revert, every device that ran v3 is on v2's bytes within one check interval",
                 result.revert_rounds == 1 and result.reverted_to_baseline_bytes == result.ever_ran_new,
@@ -282,6 +285,11 @@ def criteria(result: ScenarioResult) -> list[tuple[str, bool]]:
     ]
 
 
+def max_ever_ran_pct(result: ScenarioResult) -> float:
+    """The share of the fleet that may ever run a bad version: 1.5% for a first wave of 1%."""
+    return 1.5 * result.waves[0]
+
+
 def no_action_before_halt(result: ScenarioResult) -> bool:
     """No operator action came before the rollout halted (a revert after it is expected)."""
     return all(action.startswith("edgerec revert") for action in result.operator_actions)
@@ -289,7 +297,7 @@ def no_action_before_halt(result: ScenarioResult) -> bool:
 
 def summary_rows(results: Sequence[ScenarioResult]) -> list[tuple[str, ...]]:
     """One row per scenario for the human table."""
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for r in results:
         per_wave = ", ".join(f"w{w + 1}:{n}" for w, n in sorted(r.devices_per_wave.items()))
         rows.append(
