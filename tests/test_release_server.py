@@ -31,11 +31,10 @@ pytest.importorskip("onnx")
 MODEL = "ctr-rel"
 
 
-@pytest.fixture(scope="module")
-def published(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+def publish_three(folder: Path) -> Registry:
+    """A registry in ``folder`` with versions 1, 2 and 3 of MODEL (small linear models)."""
     from edgerec.server.publish import PublishOptions, publish
 
-    folder = tmp_path_factory.mktemp("release")
     registry = Registry(folder / "registry")
     for scale in (1.0, 2.0, 3.0):
         model = linear_model(folder / f"v{scale}.onnx", [scale * w for w in (0.1, 0.2, 0.3, 0.4)])
@@ -44,10 +43,19 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return registry
 
 
+def copy_of(registry: Registry, folder: Path) -> Registry:
+    shutil.copytree(registry.root, folder / "registry")
+    return Registry(folder / "registry")
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> Registry:
+    return publish_three(tmp_path_factory.mktemp("release"))
+
+
 @pytest.fixture
 def registry(published: Registry, tmp_path: Path) -> Registry:
-    shutil.copytree(published.root, tmp_path / "registry")
-    return Registry(tmp_path / "registry")
+    return copy_of(published, tmp_path)
 
 
 def _serve(registry: Registry, **settings: Any) -> RunningServer:

@@ -3,13 +3,14 @@ finish if any outcome differs from what the vector says (a generator bug, or an 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import logging
 import shutil
 from pathlib import Path
 
 from edgerec import errors
-from edgerec.tools.vectors import payloads
+from edgerec.tools.vectors import payloads, plan_vectors, trust_vectors
 from edgerec.tools.vectors.index import IndexWriter, Json
 from edgerec.tools.vectors.keys import write_keys
 from edgerec.tools.vectors.models import reference_versions
@@ -30,6 +31,10 @@ def error_parents() -> dict[str, str | None]:
     return dict(sorted(out.items()))
 
 
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def generate(out: Path) -> Json:
     """Write the vectors into ``out`` (emptied first, except README.md) and return the index document."""
     out.mkdir(parents=True, exist_ok=True)
@@ -48,6 +53,14 @@ def generate(out: Path) -> Json:
     made = payloads.codec_vectors(index, v1, v2)
     payloads.crafted_tensor_vectors(index)
     payloads.malformed_vectors(index, v1, v2, made)
+    ids = {codec: (_sha(data), len(data)) for codec, data in made.items()}
+    graph = index.files["payloads/full/model.onnx.erpatch"]
+    ids["full/model.onnx"] = (graph["sha256"], graph["size"])
+    scene = trust_vectors.Scene(v1, v2, ids)
+    trust_vectors.manifest_vectors(index, scene)
+    trust_vectors.freshness_vectors(index)
+    trust_vectors.answer_vectors(index, scene)
+    plan_vectors.plan_vectors(index, scene)
     for vector in index.vectors:
         got = run_vector(out, vector)
         want = {k: v for k, v in vector["expect"].items() if k != "output"}

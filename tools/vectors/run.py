@@ -17,7 +17,7 @@ from typing import Any
 from edgerec.codecs import apply_patch
 from edgerec.device.plan import check_plan
 from edgerec.device.storage import InstalledVersion, copy_verified
-from edgerec.errors import EdgerecError
+from edgerec.errors import EdgerecError, ManifestError
 from edgerec.manifest import SignedManifest, find_artifact, parse_manifest
 from edgerec.tools.vectors.keys import vector_key
 from edgerec.trust import TrustedKeys, UpdateVerifier, parse_rfc3339, verify_freshness
@@ -125,7 +125,8 @@ def _plan(vector: Json, read: Any) -> Json:
     response = update_pb2.CheckUpdateResponse.FromString(read(inputs["response"]))
     offered = parse_manifest(response.manifest)
     artifact = find_artifact(offered, response.recipe)
-    assert artifact is not None, "a plan vector's response offers an artifact of its manifest"
+    if artifact is None:  # what verify_answer refuses before a plan is looked at
+        raise ManifestError(f"manifest has no {response.recipe!r} artifact")
     current = None
     if inputs.get("current_manifest") is not None:
         manifest = parse_manifest(SignedManifest.FromString(read(inputs["current_manifest"])))

@@ -243,7 +243,8 @@ function httpInto(url, fd, have, entry, cutAt) {
           reject(new E.InterruptedError(`download cut at ${at} bytes`));
         }
       });
-      res.on('end', () => resolve(at));
+      res.on('end', () => (res.complete ? resolve(at) : reject(new Error('HTTP body cut short'))));
+      res.on('close', () => reject(new Error('HTTP connection closed')));
       res.on('error', reject);
     });
     req.on('error', reject);
