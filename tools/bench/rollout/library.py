@@ -51,6 +51,7 @@ class VersionLibrary:
         self._outcomes: dict[tuple[str, str], str] = {}
         self._runners: dict[tuple[str, str], ModelRunner] = {}
         self._latency: dict[tuple[str, str], float] = {}
+        self._reference: tuple[ModelRunner, dict[str, np.ndarray], float] | None = None
         self._dirs: dict[str, Path] = {}
         self._artifacts: dict[str, Artifact] = {}
 
@@ -78,29 +79,29 @@ class VersionLibrary:
     def median_latency_s(self, digest: str, hardware: str, sample: dict[str, np.ndarray]) -> float:
         """Median batch-1 predict time of an installed artifact, measured once.
 
-        The lowest of a few medians: a busy machine only ever adds time, and one noisy measurement must
-        not decide a whole cohort's numbers (each device adds its own tail, see :mod:`.devices`).
+        The first artifact measured is the reference. Every later one is timed interleaved with it,
+        call for call, and scaled by the reference's first median: a busy machine slows both alike, so
+        two versions differ by what their models cost, not by when each happened to be measured.
         """
         key = (digest, hardware)
         with self._lock:
             cached = self._latency.get(key)
+            reference = self._reference
         if cached is not None:
             return cached
-        runner = self.runner(digest, hardware)
         row = {name: array[:1] for name, array in sample.items()}
-        for _ in range(_WARM_UP_CALLS):
-            runner.run(row)
-        medians = []
-        for _ in range(_LATENCY_REPEATS):
-            times = []
-            for _ in range(_LATENCY_CALLS):
-                start = time.perf_counter()
-                runner.run(row)
-                times.append(time.perf_counter() - start)
-            medians.append(float(np.median(times)))
+        runner = self.runner(digest, hardware)
+        if reference is None:
+            measured = _medians([runner], row)[0]
+            with self._lock:
+                self._reference = (runner, row, measured)
+        else:
+            reference_runner, reference_row, reference_median = reference
+            ours, theirs = _medians([runner, reference_runner], row, reference_row)
+            measured = reference_median * ours / theirs
         with self._lock:
-            self._latency[key] = min(medians)
-        return min(medians)
+            self._latency[key] = measured
+        return measured
 
     def _checked_dir(self, manifest: Manifest, artifact: Artifact) -> Path:
         folder = self._dirs.get(artifact.digest)
@@ -110,3 +111,24 @@ class VersionLibrary:
             self._dirs[artifact.digest] = folder
             self._artifacts[artifact.digest] = artifact
         return folder
+
+
+def _medians(
+    runners: list[ModelRunner], row: dict[str, np.ndarray], other_row: dict[str, np.ndarray] | None = None
+) -> list[float]:
+    """Each runner's median time over the same rounds, calls interleaved (the lowest of a few medians)."""
+    rows = [row, *([other_row] if other_row is not None else [])]
+    rows += [row] * (len(runners) - len(rows))
+    for runner, inputs in zip(runners, rows, strict=True):
+        for _ in range(_WARM_UP_CALLS):
+            runner.run(inputs)
+    best = [float("inf")] * len(runners)
+    for _ in range(_LATENCY_REPEATS):
+        times: list[list[float]] = [[] for _ in runners]
+        for _ in range(_LATENCY_CALLS):
+            for index, (runner, inputs) in enumerate(zip(runners, rows, strict=True)):
+                start = time.perf_counter()
+                runner.run(inputs)
+                times[index].append(time.perf_counter() - start)
+        best = [min(b, float(np.median(t))) for b, t in zip(best, times, strict=True)]
+    return best

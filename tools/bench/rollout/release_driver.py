@@ -17,6 +17,7 @@ from edgerec.server.release import gates, rollouts
 from edgerec.server.release.controller import RolloutController
 from edgerec.server.release.gates import GateReport, GateThresholds
 from edgerec.server.release.policy import ReleasePolicy, load_policy, update_policy
+from edgerec.server.release.revert import revert
 from edgerec.tools.bench.rollout.scenario import GateEvaluation, RolloutSettings, RolloutView
 from edgerec.tools.bench.rollout.world import MODEL, World
 
@@ -102,4 +103,5 @@ class ServerRelease:
         return RolloutView(rollout.state, rollout.wave_index, rollout.reason, evaluations)
 
     def revert(self, to_version: int) -> int:
-        raise NotImplementedError("revert is not on main yet")
+        """What ``edgerec revert --to`` does; returns the new version carrying ``to_version``'s bytes."""
+        return revert(self.world.registry, MODEL, to_version).version
