@@ -131,3 +131,27 @@ def test_revert_brings_devices_that_ran_the_bad_version_back_to_the_good_bytes(
         assert policy.rollouts[-1].state == "halted"
     finally:
         server.stop(grace=0)
+
+
+def test_edgerec_sync_sends_its_channel_and_labels(registry: Registry, tmp_path: Path) -> None:
+    run(registry, "channel", "set", "--channel", "canary", "--version", "3")
+    run(registry, "channel", "set", "--version", "1")
+    run(registry, "pin", "set", "--where", "region == 'eu'", "--version", "2")
+    server = _serve(registry)
+    try:
+        address = f"127.0.0.1:{server.port}"
+
+        def sync(folder: str, *extra: str) -> int:
+            args = ["sync", "--server", address, "--model", MODEL, "--data-dir", str(tmp_path / folder)]
+            result = CliRunner().invoke(cli, [*args, "--insecure-skip-verify", "--json", *extra])
+            assert result.exit_code == 0, result.output
+            return int(json.loads(result.output)["version"])
+
+        assert sync("plain") == 1
+        assert sync("canary", "--channel", "canary") == 3
+        assert sync("eu", "--channel", "canary", "--label", "region=eu", "--app-version", "5.1") == 2
+        bad = CliRunner().invoke(cli, ["sync", "--server", address, "--model", MODEL, "--data-dir", str(tmp_path / "x"),
+                                       "--insecure-skip-verify", "--label", "no-equals"])  # fmt: skip
+        assert bad.exit_code != 0 and "KEY=VALUE" in bad.output
+    finally:
+        server.stop(grace=0)

@@ -103,6 +103,11 @@ def transport_config(deadline: float | None, min_rate: str | None, retries: int 
     help="Install updates without checking any signature (testing only): anyone on the network path "
     "can then install a model of their own or hold this device back.",
 )
+@click.option(
+    "--channel", default="", help="Release channel this device follows (stable, canary, ...).  [default: stable]"
+)
+@click.option("--label", "labels", multiple=True, help="KEY=VALUE a rollout or pin may target, e.g. region=eu; repeat.")
+@click.option("--app-version", default="", help="The host app's version, which rollouts may target.")
 @download_limit_options
 @connection_options
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
@@ -116,6 +121,9 @@ def sync(
     recipes: str,
     trusted_keys: tuple[Path, ...],
     insecure: bool,
+    channel: str,
+    labels: tuple[str, ...],
+    app_version: str,
     deadline: float | None,
     min_rate: str | None,
     retries: int | None,
@@ -130,6 +138,7 @@ def sync(
         raise click.UsageError("--trusted-key and --insecure-skip-verify exclude each other")
     max_payload_bytes = parse_size(budget) if budget else 0
     allowed = parse_recipes(recipes)
+    label_map = dict(_label(text) for text in labels)
     with (
         EdgeClient(
             server=server,
@@ -142,6 +151,9 @@ def sync(
             tls_ca=tls_ca,
             token=read_token(token_file),
             transport=transport_config(deadline, min_rate, retries, rate),
+            channel=channel,
+            labels=label_map,
+            app_version=app_version,
         ) as client,
         transfer_progress(not as_json) as progress,
     ):
@@ -166,3 +178,10 @@ def sync(
     )
     if result.held_back_reason:
         click.echo(f"{model}: {result.held_back_reason}")
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise click.BadParameter(f"{text!r} is not KEY=VALUE", param_hint="--label")
+    return key, value
