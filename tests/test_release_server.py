@@ -18,7 +18,7 @@ from onnxtools import linear_model
 
 from edgerec.device import EdgeClient
 from edgerec.manifest import parse_manifest
-from edgerec.registry import Registry
+from edgerec.registry import ModelRegistry, Registry
 from edgerec.server.app import RunningServer, ServerConfig, start_server
 from edgerec.server.release import cohorts, rollouts
 from edgerec.server.release.gates import GateReport
@@ -31,15 +31,20 @@ pytest.importorskip("onnx")
 MODEL = "ctr-rel"
 
 
-def publish_three(folder: Path) -> Registry:
-    """A registry in ``folder`` with versions 1, 2 and 3 of MODEL (small linear models)."""
+def publish_three_to(registry: ModelRegistry, folder: Path) -> None:
+    """Publish versions 1, 2 and 3 of MODEL (small linear models, made in ``folder``) to ``registry``."""
     from edgerec.server.publish import PublishOptions, publish
 
-    registry = Registry(folder / "registry")
     for scale in (1.0, 2.0, 3.0):
         model = linear_model(folder / f"v{scale}.onnx", [scale * w for w in (0.1, 0.2, 0.3, 0.4)])
         publish(model, MODEL, registry, PublishOptions(no_gate=True))
     assert registry.versions(MODEL) == [1, 2, 3]
+
+
+def publish_three(folder: Path) -> Registry:
+    """A registry in ``folder`` with versions 1, 2 and 3 of MODEL."""
+    registry = Registry(folder / "registry")
+    publish_three_to(registry, folder)
     return registry
 
 
