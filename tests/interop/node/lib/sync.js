@@ -85,6 +85,19 @@ class Store {
   }
 }
 
+/** §5: at most 2048 bytes of printable ASCII; http(s) with a host, a port 0-65535 if any, no user info. */
+function validUrl(url) {
+  if (Buffer.byteLength(url) > MAX_URL_BYTES || !/^[!-~]*$/.test(url)) return false;
+  const m = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)/.exec(url);
+  if (!m || !['http', 'https'].includes(m[1].toLowerCase())) return false;
+  const netloc = m[2];
+  if (netloc.includes('@')) return false;
+  const hp = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(netloc);
+  if (!hp || hp[1] === '' || hp[1] === '[]') return false;
+  if (hp[2] !== undefined && hp[2] !== '' && !(/^[0-9]+$/.test(hp[2]) && Number(hp[2]) <= 65535)) return false;
+  return true;
+}
+
 /** §7: the unsigned plan against the signed artifact; returns the entries in manifest file order. */
 function checkPlan(response, artifact, current, offeredCodecs, budget) {
   const bad = (why) => {
@@ -108,7 +121,7 @@ function checkPlan(response, artifact, current, offeredCodecs, budget) {
     if (p.codec === 'copy') {
       if (p.payload_id !== '' || p.sha256 !== '' || size !== 0) bad(`${file.path}: copy with a payload`);
     } else {
-      if (!offeredCodecs.includes(p.codec)) bad(`${file.path}: codec ${p.codec} was not offered`);
+      if (p.codec !== 'full' && !offeredCodecs.includes(p.codec)) bad(`${file.path}: codec ${p.codec} was not offered`);
       if (!codecs.CODECS.includes(p.codec)) bad(`${file.path}: unknown codec ${p.codec}`);
       if (!HEX64.test(p.payload_id) || p.sha256 !== p.payload_id) bad(`${file.path}: payload id`);
       if (size < codecs.HEADER + codecs.TRAILER || size > codecs.payloadBound(p.codec, file.size)) bad(`${file.path}: payload size ${size}`);
@@ -124,7 +137,7 @@ function checkPlan(response, artifact, current, offeredCodecs, budget) {
       if (p.codec === 'copy' && (base.sha256 !== file.sha256 || base.size !== file.size)) bad(`${file.path}: copy of another file`);
     }
     const maxUrls = p.codec === 'copy' ? 0 : MAX_URLS;
-    if (p.urls.length > maxUrls || p.urls.some((u) => Buffer.byteLength(u) > MAX_URL_BYTES)) bad(`${file.path}: urls`);
+    if (p.urls.length > maxUrls || !p.urls.every(validUrl)) bad(`${file.path}: urls`);
     entries.push({ file, payload: p, size, base });
   }
   if (budget && total > budget) throw new E.PayloadBudgetError(`plan needs ${total} bytes, budget ${budget}`);
