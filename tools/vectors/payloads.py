@@ -140,11 +140,6 @@ def crafted_full_vectors(index: IndexWriter, v2: Version) -> None:
     new = v2[DATA]
     skippable = struct.pack("<II", 0x184D2A50, 5) + b"skip!"
     bodies = {
-        "declared-window-capped": (
-            "one frame declaring a 2**28-byte window and its content size: the window a decoder needs is "
-            "min(declared window, content size), within the 2**27 limit",
-            raw_frame(new, window_log=28),
-        ),
         "several-frames": (
             "three frames whose outputs are concatenated",
             b"".join(raw_frame(new[i : i + 6000]) for i in range(0, len(new), 6000)),
@@ -307,6 +302,12 @@ def malformed_vectors(index: IndexWriter, v1: Version, v2: Version, made: dict[s
         "full-window-too-big",
         "a full frame declaring a 2**28-byte window and no content size (the limit is 2**27)",
         reseal(full, body=raw_frame(new, window_log=28, content_size=False)),
+        error="PatchError",
+    )
+    add(
+        "full-window-declared",
+        "a full frame declaring a 2**28-byte window, though its content size is 16 KB (the limit is 2**27)",
+        reseal(full, body=raw_frame(new, window_log=28)),
         error="PatchError",
     )
     add(
