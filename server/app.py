@@ -35,6 +35,7 @@ from edgerec.server.progress import (
 from edgerec.server.release.controller import RolloutController
 from edgerec.server.release.fleet_doc import REPLICA_ID
 from edgerec.server.release.fleet_store import DEFAULT_FLUSH_EVERY_S, RegistryFleet, default_replica_id
+from edgerec.server.release.page import RolloutCollector, render_rollouts
 from edgerec.server.release.policy_cache import DEFAULT_POLICY_REFRESH_S, PolicyCache
 from edgerec.server.request_guard import MalformedRequestGuard
 from edgerec.server.security import SecurityInterceptor
@@ -343,6 +344,7 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
         observer=fleet,
     )
     metrics = ServerMetrics(telemetry, registry)
+    metrics.registry.register(RolloutCollector(registry))
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="edgerec-rpc"),
         # Innermost, the size bounds: the security interceptor still answers an unauthenticated caller first.
@@ -395,7 +397,12 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
     reflection.enable_server_reflection((*SERVICE_NAMES, *open_services), server)
     port = _bind(server, config)
     metrics_http = (
-        MetricsHttpServer(metrics.registry, config.metrics_host, config.metrics_port)
+        MetricsHttpServer(
+            metrics.registry,
+            config.metrics_host,
+            config.metrics_port,
+            pages={"/rollouts": lambda: render_rollouts(registry, fleet)},
+        )
         if config.metrics_port is not None
         else None
     )

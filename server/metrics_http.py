@@ -29,11 +29,13 @@ import logging
 import threading
 from collections import Counter as Tally
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, TypeAlias
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -256,10 +258,24 @@ class DeviceCollector(Collector):
 
 
 class MetricsHttpServer:
-    """``/metrics`` of ``registry`` over HTTP on ``host:port`` (port 0: any free port), on a daemon thread."""
+    """``/metrics`` of ``registry`` over HTTP on ``host:port`` (port 0: any free port), on a daemon thread.
 
-    def __init__(self, registry: CollectorRegistry, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
+    ``pages`` adds read-only HTML pages by path (each a function making the page's bytes per request;
+    they are served with a Content-Security-Policy that allows no script and no outside resource).
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        pages: Mapping[str, Callable[[], bytes]] | None = None,
+    ) -> None:
+        app = _with_pages(make_wsgi_app(registry), dict(pages or {}))
+        self._httpd = make_server(host, port, app, _ThreadingServer, handler_class=_QuietHandler)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="edgerec-metrics", daemon=True)
+        self._thread.start()
         self.host = host
         self.port: int = self._httpd.server_port
         log.info("metrics on http://%s:%d/metrics", host, self.port)
@@ -268,3 +284,44 @@ class MetricsHttpServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+PAGE_SECURITY_POLICY = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+class _ThreadingServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Requests are not logged (scrapes come every few seconds)."""
+
+
+def _with_pages(metrics_app: Any, pages: dict[str, Callable[[], bytes]]) -> Any:
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        page = pages.get(environ.get("PATH_INFO", ""))
+        if page is None:
+            return metrics_app(environ, start_response)
+        if environ.get("REQUEST_METHOD") not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [("Allow", "GET, HEAD"), ("Content-Length", "0")])
+            return [b""]
+        try:
+            body = page()
+        except Exception:  # a page that fails must not take /metrics down with it
+            log.exception("page %s failed", environ.get("PATH_INFO"))
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain"), ("Content-Length", "6")])
+            return [b"failed"]
+        start_response(
+            "200 OK",
+            [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Length", str(len(body))),
+                ("Content-Security-Policy", PAGE_SECURITY_POLICY),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Cache-Control", "no-store"),
+            ],
+        )
+        return [body] if environ.get("REQUEST_METHOD") == "GET" else [b""]
+
+    return app

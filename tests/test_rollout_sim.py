@@ -19,7 +19,8 @@ pytest.importorskip("onnxruntime")
 from edgerec.reference.data import ReferenceConfig  # noqa: E402
 from edgerec.tools.bench.rollout.clicks import SlateSettings, draw_candidates, show_and_click  # noqa: E402
 from edgerec.tools.bench.rollout.hardware import FLUSH_TO_ZERO, IEEE  # noqa: E402
-from edgerec.tools.bench.rollout.variants import Variants, build_variants  # noqa: E402
+from edgerec.tools.bench.rollout.scenario import RolloutSettings, ScenarioResult, criteria, run_scenario  # noqa: E402
+from edgerec.tools.bench.rollout.variants import Scenario, Variants, build_variants  # noqa: E402
 from edgerec.tools.bench.rollout.world import MODEL, World, WorldSettings  # noqa: E402
 
 SETTINGS = WorldSettings(devices=200)
@@ -88,3 +89,56 @@ def test_worse_variant_gets_fewer_clicks_from_the_ground_truth(world: World, var
         feedback = show_and_click(scores, candidates.true_prob, slates, np.random.default_rng(0))
         ctr[manifest.version] = sum(f.clicks for f in feedback) / sum(f.impressions for f in feedback)
     assert ctr[worse.version] < ctr[good.version] - 0.01
+
+
+# --- the scenarios, on the server's own release machinery ---------------------------------------------
+# A smaller fleet than the simulation's 1,000 devices: its first wave is 4% so that it holds about as
+# many devices (10) as 1% of 1,000, and each device shows more items per check interval.
+SMALL_FLEET = WorldSettings(devices=250, slates=SlateSettings(slates=20))
+SMALL_ROLLOUT = RolloutSettings(waves=(4.0, 10.0, 50.0, 100.0), wave_min_time_s=2.0, max_rounds=40)
+
+
+def _run(scenario: Scenario, tmp_path: Path, variants: Variants) -> ScenarioResult:
+    from edgerec.tools.bench.rollout.release_driver import SERVER_SETTINGS, ServerRelease
+
+    return run_scenario(
+        scenario,
+        tmp_path / scenario,
+        variants,
+        ServerRelease,
+        world=SMALL_FLEET,
+        rollout=SMALL_ROLLOUT,
+        server_settings=SERVER_SETTINGS,
+    )
+
+
+def _assert_criteria(result: ScenarioResult) -> None:
+    missed = [what for what, ok in criteria(result) if not ok]
+    assert not missed, (missed, result.final_state, result.reason, result.devices_per_wave)
+
+
+def test_bad_version_halts_in_the_first_wave_and_revert_brings_its_devices_back(
+    tmp_path: Path, variants: Variants
+) -> None:
+    result = _run("bad", tmp_path, variants)
+    _assert_criteria(result)
+    assert result.install_failures > 0 and "install_failure_rate" in result.reason
+    halting = [g for g in result.gates if g.verdict == "fail"]
+    assert len(halting) == 1 and halting[0].numbers["install_failure_rate"] > 0.05
+    assert result.revert_version is not None and result.revert_version > result.version
+
+
+@pytest.mark.slow
+def test_worse_version_is_halted_by_the_quality_gate(tmp_path: Path, variants: Variants) -> None:
+    result = _run("worse", tmp_path, variants)
+    _assert_criteria(result)
+    assert "click-through" in result.reason or "calibration" in result.reason
+    assert result.install_failures == 0
+
+
+@pytest.mark.slow
+def test_good_version_reaches_every_device_through_every_wave(tmp_path: Path, variants: Variants) -> None:
+    result = _run("good", tmp_path, variants)
+    _assert_criteria(result)
+    passed = {g.wave for g in result.gates if g.verdict == "pass"}
+    assert passed == set(range(len(SMALL_ROLLOUT.waves)))

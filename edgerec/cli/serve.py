@@ -109,6 +109,19 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     default=None,
     help="Serve Prometheus metrics at http://HOST:PORT/metrics (HOST as in --listen; 0: any free port).",
 )
+@click.option(
+    "--fleet-replica-id",
+    default=None,
+    help="This replica's name in the registry's fleet records ([a-z0-9][a-z0-9._-]*).  [default: host-pid-random]",
+)
+@click.option(
+    "--fleet-flush-every",
+    "fleet_flush_every_s",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds between writes of this replica's fleet records to the registry.",
+)
 def serve(
     registry_spec: str,
     s3_endpoint: str | None,
@@ -132,6 +145,8 @@ def serve(
     max_predict_rows: int,
     max_predict_rows_in_flight: int | None,
     metrics_port: int | None,
+    fleet_replica_id: str | None,
+    fleet_flush_every_s: float,
 ) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
     from edgerec.server.app import ServerConfig, start_server
@@ -162,6 +177,8 @@ def serve(
             metrics_host=listen.rsplit(":", 1)[0].strip("[]") or "127.0.0.1",
             min_stream_rate=parse_rate(min_stream_rate) if min_stream_rate else DEFAULT_MIN_RATE,
             stream_idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S if stream_idle_timeout_s is None else stream_idle_timeout_s,
+            fleet_replica_id=fleet_replica_id,
+            fleet_flush_every_s=fleet_flush_every_s,
         )
     except ValueError as exc:  # ConfigError, or a rate that does not parse: one line, before anything starts
         raise click.ClickException(str(exc)) from exc

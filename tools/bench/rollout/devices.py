@@ -44,6 +44,11 @@ REGIONS: Final = ("eu", "us", "apac")
 FTZ_CPU: Final = "armv7"
 
 Clock = Callable[[], float]
+# A device's predict latency: the artifact's measured median times the device's own speed (a seeded
+# lognormal draw per device), and its tail percentiles fixed multiples of that.
+_SPEED_SIGMA: Final = 0.25
+_P90_OVER_P50: Final = 1.6
+_P99_OVER_P50: Final = 3.0
 
 
 @dataclass
@@ -71,6 +76,8 @@ class SimDevice:
     active_digest: str = ""
     active_recipe: str = ""
     highest_activated: int = 0
+    # The version the server's last verified answer said this device should run (0: none yet).
+    offered_version: int = 0
     # Versions this device activated, in order, with the artifact digest of each.
     ran: list[tuple[int, str]] = field(default_factory=list)
     tallies: dict[int, VersionTally] = field(default_factory=dict)
@@ -82,6 +89,8 @@ class SimDevice:
     last_attempt_unix_s: float = 0.0
     # A silent device checks for updates but never reports (a crashed reporter, a blocked port).
     silent: bool = False
+    # How much slower than the measuring machine this device predicts (1.0: as fast).
+    slowness: float = 1.0
 
     def request(self, model: str) -> update_pb2.CheckUpdateRequest:
         """The CheckUpdate this device sends now (a fresh nonce each time)."""
@@ -169,6 +178,7 @@ def make_population(size: int, *, seed: int = 0, ftz_fraction: float = 0.3) -> l
                 device_id=f"sim-{seed}-{index:05d}",
                 labels={"cpu": cpu, "region": region},
                 hardware=FLUSH_TO_ZERO if index in ftz else IEEE,
+                slowness=float(rng.lognormal(0.0, _SPEED_SIGMA)),
             )
         )
     return devices
@@ -263,6 +273,8 @@ class Fleet:
             device.syncs_failed += 1
             device.last_error = f"{type(exc).__name__}: {exc}"[:512]
             return "error"
+        if answer.freshness is not None:
+            device.offered_version = answer.freshness.target_version
         if answer.manifest is None or answer.artifact is None:
             device.syncs_current += 1
             return "current"
@@ -297,10 +309,12 @@ class Fleet:
             feeds = {name: np.ascontiguousarray(array[rows]) for name, array in inputs.items()}
             runner = self.library.runner(digest, hardware)
             scores = np.asarray(runner.run(feeds)[runner.output_names[0]], dtype=np.float32).ravel()
-            latency = self.library.latency(digest, hardware, feeds)
+            median_s = self.library.median_latency_s(digest, hardware, feeds)
             results = show_and_click(scores, candidates.true_prob[rows], self.slates, rng)
             for index, result in zip(members, results, strict=True):
-                _add(devices[index], result, latency)
+                device = devices[index]
+                p50 = median_s * device.slowness
+                _add(device, result, Latency(p50, p50 * _P90_OVER_P50, p50 * _P99_OVER_P50))
 
     def send_report(self, device: SimDevice) -> bool:
         """``device``'s status report to the server; False when it is silent or the call failed."""

@@ -28,13 +28,14 @@ __all__ = ["Latency", "VersionDirs", "VersionLibrary"]
 VersionDirs = Callable[[int], Path]
 """Where the registry keeps a version's files (``Registry.version_dir`` of one model)."""
 
-_LATENCY_CALLS = 100
+_WARM_UP_CALLS = 20
+_LATENCY_CALLS = 200
 _LATENCY_REPEATS = 3
 
 
 @dataclass(frozen=True)
 class Latency:
-    """Predict latency of one artifact on one hardware, batch of one row (seconds)."""
+    """Predict latency of a device's answers (seconds)."""
 
     p50_s: float
     p90_s: float
@@ -49,7 +50,8 @@ class VersionLibrary:
         self._lock = threading.Lock()
         self._outcomes: dict[tuple[str, str], str] = {}
         self._runners: dict[tuple[str, str], ModelRunner] = {}
-        self._latency: dict[tuple[str, str], Latency] = {}
+        self._latency: dict[tuple[str, str], float] = {}
+        self._reference: tuple[ModelRunner, dict[str, np.ndarray], float] | None = None
         self._dirs: dict[str, Path] = {}
         self._artifacts: dict[str, Artifact] = {}
 
@@ -74,29 +76,32 @@ class VersionLibrary:
                 self._runners[key] = scorer(self._dirs[digest], self._artifacts[digest], hardware)
             return self._runners[key]
 
-    def latency(self, digest: str, hardware: str, sample: dict[str, np.ndarray]) -> Latency:
-        """Batch-1 latency of an installed artifact, measured once (the quickest of a few measurements)."""
+    def median_latency_s(self, digest: str, hardware: str, sample: dict[str, np.ndarray]) -> float:
+        """Median batch-1 predict time of an installed artifact, measured once.
+
+        The first artifact measured is the reference. Every later one is timed interleaved with it,
+        call for call, and scaled by the reference's first median: a busy machine slows both alike, so
+        two versions differ by what their models cost, not by when each happened to be measured.
+        """
         key = (digest, hardware)
         with self._lock:
             cached = self._latency.get(key)
+            reference = self._reference
         if cached is not None:
             return cached
-        runner = self.runner(digest, hardware)
         row = {name: array[:1] for name, array in sample.items()}
-        best: Latency | None = None
-        for _ in range(_LATENCY_REPEATS):
-            times = []
-            for _ in range(_LATENCY_CALLS):
-                start = time.perf_counter()
-                runner.run(row)
-                times.append(time.perf_counter() - start)
-            p50, p90, p99 = (float(v) for v in np.percentile(times, [50, 90, 99]))
-            if best is None or p99 < best.p99_s:
-                best = Latency(p50, p90, p99)
-        assert best is not None
+        runner = self.runner(digest, hardware)
+        if reference is None:
+            measured = _medians([runner], row)[0]
+            with self._lock:
+                self._reference = (runner, row, measured)
+        else:
+            reference_runner, reference_row, reference_median = reference
+            ours, theirs = _medians([runner, reference_runner], row, reference_row)
+            measured = reference_median * ours / theirs
         with self._lock:
-            self._latency[key] = best
-        return best
+            self._latency[key] = measured
+        return measured
 
     def _checked_dir(self, manifest: Manifest, artifact: Artifact) -> Path:
         folder = self._dirs.get(artifact.digest)
@@ -106,3 +111,24 @@ class VersionLibrary:
             self._dirs[artifact.digest] = folder
             self._artifacts[artifact.digest] = artifact
         return folder
+
+
+def _medians(
+    runners: list[ModelRunner], row: dict[str, np.ndarray], other_row: dict[str, np.ndarray] | None = None
+) -> list[float]:
+    """Each runner's median time over the same rounds, calls interleaved (the lowest of a few medians)."""
+    rows = [row, *([other_row] if other_row is not None else [])]
+    rows += [row] * (len(runners) - len(rows))
+    for runner, inputs in zip(runners, rows, strict=True):
+        for _ in range(_WARM_UP_CALLS):
+            runner.run(inputs)
+    best = [float("inf")] * len(runners)
+    for _ in range(_LATENCY_REPEATS):
+        times: list[list[float]] = [[] for _ in runners]
+        for _ in range(_LATENCY_CALLS):
+            for index, (runner, inputs) in enumerate(zip(runners, rows, strict=True)):
+                start = time.perf_counter()
+                runner.run(inputs)
+                times[index].append(time.perf_counter() - start)
+        best = [min(b, float(np.median(t))) for b, t in zip(best, times, strict=True)]
+    return best
