@@ -437,7 +437,7 @@ def test_mutated_payloads_get_the_python_sdks_verdict(node_client: Path, tmp_pat
         if v["kind"] == "payload" and v["params"]["codec"] != "copy" and "error" not in v["expect"]
     ]
     rng = random.Random(7)
-    cases = []
+    cases: list[dict[str, Any]] = []
     for source in sources:
         params, base = source["params"], source["inputs"]["base"]
         patch = (VECTORS / source["inputs"]["payload"]).read_bytes()
