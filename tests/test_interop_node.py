@@ -185,6 +185,8 @@ def test_syncs_v1_full_then_v2_tensor_byte_identical(
 
     again = _sync(node_client, server, tmp_path, interop.key_pub)
     assert again == {**again, "updated": False, "version": "2"}
+    back = _sync(node_client, server, tmp_path, interop.key_pub, "--target-version", "1")
+    assert back["error"] == "RollbackError", back  # the server signs v1 on request; the floor refuses it
 
 
 def _artifact(interop: Interop, version: int) -> dict[str, bytes]:

@@ -51,6 +51,7 @@ def generate(out: Path) -> Json:
     v1, v2 = reference_versions()
     payloads.model_files(index, v1, v2)
     made = payloads.codec_vectors(index, v1, v2)
+    payloads.crafted_full_vectors(index, v2)
     payloads.crafted_tensor_vectors(index)
     payloads.malformed_vectors(index, v1, v2, made)
     ids = {codec: (_sha(data), len(data)) for codec, data in made.items()}
