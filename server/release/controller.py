@@ -7,6 +7,7 @@ and applies it only if the rollout is still in the state and wave it evaluated, 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -123,12 +124,19 @@ class RolloutController:
                 control=cohorts.control,
                 wave_started_unix_s=rollout.wave_started_unix_s,
                 now_unix_s=now,
-                thresholds=self.thresholds,
+                thresholds=self.wave_thresholds(rollout),
             )
             move = self._apply(model, rollout, report, cohorts, now)
             if move is not None:
                 moves.append(move)
         return moves
+
+    def wave_thresholds(self, rollout: Rollout) -> GateThresholds:
+        """The thresholds of ``rollout``'s current wave: a wave of every targeted device leaves no control
+        cohort, so its comparisons are skipped instead of waited for (its own health rates still decide)."""
+        if rollout.percent >= 100:
+            return dataclasses.replace(self.thresholds, require_control=False)
+        return self.thresholds
 
     def _apply(self, model: str, rollout: Rollout, report: GateReport, sizes: Cohorts, now: float) -> Move | None:
         """Write ``rollout``'s step for ``report`` unless it moved meanwhile; the move, if this call made one."""

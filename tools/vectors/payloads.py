@@ -9,6 +9,7 @@ must give exactly the expected output, or raise exactly the expected error.
 from __future__ import annotations
 
 import hashlib
+import struct
 import tempfile
 from pathlib import Path
 
@@ -132,6 +133,38 @@ def codec_vectors(index: IndexWriter, v1: Version, v2: Version) -> dict[str, byt
         )
     )
     return made
+
+
+def crafted_full_vectors(index: IndexWriter, v2: Version) -> None:
+    """``full`` bodies the encoder never writes but a device must accept (formats.md section 2)."""
+    new = v2[DATA]
+    skippable = struct.pack("<II", 0x184D2A50, 5) + b"skip!"
+    bodies = {
+        "several-frames": (
+            "three frames whose outputs are concatenated",
+            b"".join(raw_frame(new[i : i + 6000]) for i in range(0, len(new), 6000)),
+        ),
+        "no-content-size": (
+            "one frame without a content size (decoded by streaming)",
+            raw_frame(new, window_log=15, content_size=False),
+        ),
+        "skippable-frame": ("a skippable frame, then the data frame", skippable + raw_frame(new)),
+    }
+    target = hashlib.sha256(new).digest()
+    for name, (description, frames) in bodies.items():
+        container = seal(codec="full", base_sha256=bytes(32), target_sha256=target, target_size=len(new), body=frames)
+        payload = index.add_file(f"full/{name}.erpatch", container, role="crafted")
+        index.add_vector(
+            _vector(
+                f"full/{name}",
+                description,
+                payload=payload,
+                base=None,
+                codec="full",
+                target=new,
+                output=f"models/v2/{DATA}",
+            )
+        )
 
 
 def crafted_tensor_vectors(index: IndexWriter) -> None:
@@ -267,7 +300,13 @@ def malformed_vectors(index: IndexWriter, v1: Version, v2: Version, made: dict[s
     )
     add(
         "full-window-too-big",
-        "a full frame declaring a 2**28-byte window (the limit is 2**27)",
+        "a full frame declaring a 2**28-byte window and no content size (the limit is 2**27)",
+        reseal(full, body=raw_frame(new, window_log=28, content_size=False)),
+        error="PatchError",
+    )
+    add(
+        "full-window-declared",
+        "a full frame declaring a 2**28-byte window, though its content size is 16 KB (the limit is 2**27)",
         reseal(full, body=raw_frame(new, window_log=28)),
         error="PatchError",
     )

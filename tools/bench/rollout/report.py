@@ -22,7 +22,18 @@ SUMMARY_HEADER = (
 )
 GATE_HEADER = ("scenario", "round", "t (s)", "wave", "verdict", "treatment", "control", "numbers", "reasons")
 # Gate numbers shown in the table (all of them are in the JSON).
-_SHOWN_NUMBER_WORDS = ("install", "silent", "ctr", "calibration", "p_value", "impressions", "rollback", "fallback")
+_SHOWN_NUMBERS = (
+    "install_failure_rate",
+    "silent_rate",
+    "rollback_rate",
+    "p99_ratio",
+    "impressions.treatment",
+    "ctr.treatment",
+    "ctr.control",
+    "ctr.p_value",
+    "calibration.drift",
+    "calibration.p_value",
+)
 
 
 def _cell(values: Sequence[object]) -> str:
@@ -35,14 +46,17 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 def _numbers(numbers: Mapping[str, float]) -> str:
-    shown = [(k, v) for k, v in numbers.items() if any(word in k for word in _SHOWN_NUMBER_WORDS)]
-    return ", ".join(f"{k}={v:.4g}" for k, v in shown[:10])
+    return ", ".join(f"{k}={numbers[k]:.4g}" for k in _SHOWN_NUMBERS if k in numbers)
 
 
 def gate_rows(result: ScenarioResult) -> list[tuple[object, ...]]:
-    """The gate verdicts that matter: each wave's last one, and every one that was not "wait"."""
+    """The gate verdicts that matter: each wave's first pass or fail, and its last verdict."""
     last = {g.wave: g for g in result.gates}
-    kept = [g for g in result.gates if g.verdict != "wait" or last[g.wave] is g]
+    first: dict[tuple[int, str], object] = {}
+    for g in result.gates:
+        if g.verdict != "wait":
+            first.setdefault((g.wave, g.verdict), g)
+    kept = [g for g in result.gates if last[g.wave] is g or any(f is g for f in first.values())]
     return [
         (
             result.scenario,
@@ -65,7 +79,7 @@ def markdown(results: Sequence[ScenarioResult], context: Mapping[str, Any]) -> s
     lines += [f"- {key}: {value}" for key, value in context.items()]
     lines += ["", table(SUMMARY_HEADER, summary_rows(results)), "", "## Criteria", ""]
     lines += [f"- {r.scenario}: {'PASS' if ok else 'FAIL'}: {what}" for r in results for what, ok in criteria(r)]
-    lines += ["", "## Gate verdicts (each wave's last, and every pass or fail)", ""]
+    lines += ["", "## Gate verdicts (each wave's first pass or fail, and its last)", ""]
     lines += [table(GATE_HEADER, [row for r in results for row in gate_rows(r)])]
     return "\n".join(lines) + "\n"
 

@@ -184,7 +184,7 @@ def run_scenario(
             wave = view.wave_index
             progress(
                 f"{scenario}: round {round_index + 1}, wave {view.wave_index + 1}/{len(rollout.waves)} "
-                f"({rollout.waves[view.wave_index]:g}%), {view.state}, {_on(sim, version)} devices on v{version}"
+                f"({rollout.waves[view.wave_index]:g}%), {view.state}, {_on(sim, version)} devices on the new version"
             )
             if view.state in ("halted", "completed"):
                 break
