@@ -157,6 +157,7 @@ def run_scenario(
     started = time.monotonic()
     with World(workdir, world, **(server_settings or {})) as sim:
         driver = make_driver(sim)
+        sim.publish(variants.v1)  # the model's history: v2 is its second version
         baseline = sim.publish(variants.v2).version
         driver.pin_channel("stable", baseline)
         _settle(sim, baseline, progress)
