@@ -80,15 +80,10 @@ def build_variants(
     folder.mkdir(parents=True, exist_ok=True)
     held_out = generator.day(_EVAL_DAY, eval_samples)
     sample = generator.day(_SAMPLE_DAY, 4)
-    v2 = build_and_train(config, generator, day=_TRAIN_DAY, num_samples=train_samples, seed=seed)
-    good = build_and_train(
-        config,
-        generator,
-        day=_UPDATE_DAY,
-        num_samples=max(train_samples // 10, 1),
-        base_state=v2.state_dict(),
-        seed=seed,
-    )
+    daily = max(train_samples // 10, 1)
+    v1 = build_and_train(config, generator, day=_TRAIN_DAY, num_samples=train_samples, seed=seed)
+    v2 = build_and_train(config, generator, day=_V2_DAY, num_samples=daily, base_state=v1.state_dict(), seed=seed)
+    good = build_and_train(config, generator, day=_UPDATE_DAY, num_samples=daily, base_state=v2.state_dict(), seed=seed)
     auc = {"v2": _auc(v2, held_out), "good": _auc(good, held_out)}
     noise_std = _noise_for_drop(good, held_out, auc["good"] - auc_drop, seed)
     worse = _with_noise(good, noise_std, seed)
