@@ -253,6 +253,9 @@ class EdgeClient:
                 codecs=self.config.codecs,
                 device_id=self.device_id,
                 max_payload_bytes=self.config.max_payload_bytes,
+                channel=self.config.channel,
+                labels=self.config.labels,
+                app_version=self.config.app_version,
                 fetcher=self._fetcher,
                 observer=self.observer,
             )
@@ -360,7 +363,7 @@ class EdgeClient:
         active_version = current.version if current else 0
         self.outcomes.credit(active_version, self._counter_snapshot())
         self.outcomes.save()
-        return build_report(
+        report = build_report(
             device_id=self.device_id,
             model=self.model,
             active_version=current.version if current else 0,
@@ -371,6 +374,9 @@ class EdgeClient:
             held_back_version=self.held_back_version or 0,
             outcomes=self.outcomes.outcomes(),
         )
+        report.channel, report.app_version = self.config.channel, self.config.app_version
+        report.labels.update(self.config.labels)
+        return report
 
     def _counter_snapshot(self) -> CounterSnapshot:
         by_source, by_reason = self.counters.by_source, self.counters.by_reason

@@ -17,10 +17,12 @@ the rest            the model, the data folder, recipes and codecs offered, thre
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
+from edgerec.attributes import validate_app_version, validate_channel, validate_labels
 from edgerec.codecs import CODEC_NAMES
 from edgerec.device.policy import FallbackPolicy
 from edgerec.device.transport.config import TransportConfig
@@ -120,6 +122,12 @@ class EdgeConfig:
     """CA certificate (PEM) the servers' certificates must chain to; None with a token: the system's CAs."""
     token: str | None = None
     """This device's bearer token ("<device_id>.<secret>"), sent over TLS on every call."""
+    channel: str = ""
+    """The release channel this device follows (``stable``, ``canary``, ...); empty: ``stable``."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Free-form attributes rollouts and pins may target (``{"region": "eu"}``; at most 32)."""
+    app_version: str = ""
+    """The host app's version, which rollouts may target."""
 
     def __post_init__(self) -> None:
         try:
@@ -143,6 +151,12 @@ class EdgeConfig:
             raise ValueError(f"device_id must match {DEVICE_ID_PATTERN.pattern}, got {self.device_id[:80]!r}")
         if self.token is not None:
             check_token_text(self.token)
+        try:
+            validate_channel(self.channel)
+            object.__setattr__(self, "labels", MappingProxyType(validate_labels(self.labels)))
+            validate_app_version(self.app_version)
+        except EdgerecError as exc:
+            raise ValueError(str(exc)) from None
 
     @classmethod
     def build(
@@ -167,6 +181,9 @@ class EdgeConfig:
         max_payload_bytes: int = 0,
         tls_ca: Path | str | None = None,
         token: str | None = None,
+        channel: str = "",
+        labels: Mapping[str, str] | None = None,
+        app_version: str = "",
     ) -> EdgeConfig:
         """The config for the flat keywords ``EdgeClient(server, model, data_dir, ...)`` takes.
 
@@ -191,6 +208,9 @@ class EdgeConfig:
             max_payload_bytes=max_payload_bytes,
             tls_ca=Path(tls_ca) if tls_ca else None,
             token=token,
+            channel=channel,
+            labels=dict(labels or {}),
+            app_version=app_version,
         )
 
     def replace(self, **changes: object) -> EdgeConfig:

@@ -21,7 +21,7 @@ import logging
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -119,6 +119,9 @@ class Syncer:
         codecs: tuple[str, ...] = SUPPORTED_CODECS,
         device_id: str = "",
         max_payload_bytes: int = 0,
+        channel: str = "",
+        labels: Mapping[str, str] | None = None,
+        app_version: str = "",
         fetcher: PayloadFetcher | None = None,
         observer: Observer | None = None,
     ) -> None:
@@ -129,6 +132,10 @@ class Syncer:
         self.codecs = codecs
         self.device_id = device_id
         self.max_payload_bytes = max_payload_bytes
+        # What the release policy reads (unsigned: it picks the offer; the signed statement echoes it).
+        self.channel = channel
+        self.labels = dict(labels or {})
+        self.app_version = app_version
         self.observer = observer
         self._owns_fetcher = fetcher is None
         self.fetcher = fetcher or PayloadFetcher(
@@ -289,6 +296,9 @@ class Syncer:
             target_version=target_version,
             device_id=self.device_id,
             max_payload_bytes=self.max_payload_bytes,
+            channel=self.channel,
+            labels=self.labels,
+            app_version=self.app_version,
         )
 
     def _refreshed_urls(

@@ -9,8 +9,10 @@ vector. Skipped, with the reason, where ``node`` or ``npm`` is missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import random
 import shutil
 import subprocess
 from collections.abc import Callable, Iterator
@@ -40,6 +42,8 @@ NPM_CI_TIMEOUT_S = 300
 NODE_TIMEOUT_S = 120
 # A daily retrain: this share of each embedding table's rows moved, and every dense weight a little.
 CHANGED_ROW_SHARE = 0.01
+# Random damages of each valid payload vector, compared with the Python SDK's verdict.
+MUTATIONS_PER_PAYLOAD = 12
 
 
 @pytest.fixture(scope="session")
@@ -411,3 +415,75 @@ def test_conformance_vectors(node_client: Path) -> None:
     answer = run_node(node_client, "vectors", "--dir", VECTORS, timeout=300)
     failed = [v for v in answer["results"] if not v["passed"]]
     assert answer["results"] and not failed, json.dumps(failed, indent=1)[:4000]
+
+
+def test_mutated_payloads_get_the_python_sdks_verdict(node_client: Path, tmp_path: Path) -> None:
+    """Every valid payload vector, damaged at random (and resealed, so the damage reaches the
+    decoder): the Node client builds exactly what the Python SDK builds, or refuses with its class.
+
+    Not compared: cuts of a ``full`` body. The Python reader accepts a last frame cut short once
+    its content is complete (no checksum, no final block header); a strict decoder refuses it.
+    """
+    if not (VECTORS / "index.json").is_file():
+        pytest.skip("no conformance vectors yet (tests/vectors/index.json is missing)")
+    from patchtools import body_of, reseal
+
+    from edgerec.codecs import apply_patch
+
+    index = json.loads((VECTORS / "index.json").read_text())
+    sources = [
+        v
+        for v in index["vectors"]
+        if v["kind"] == "payload" and v["params"]["codec"] != "copy" and "error" not in v["expect"]
+    ]
+    rng = random.Random(7)
+    cases: list[dict[str, Any]] = []
+    for source in sources:
+        params, base = source["params"], source["inputs"]["base"]
+        patch = (VECTORS / source["inputs"]["payload"]).read_bytes()
+        body = body_of(patch)
+        for k in range(MUTATIONS_PER_PAYLOAD):
+            kinds = ["flip", "set", "insert"] + ([] if params["codec"] == "full" else ["cut"])
+            kind, damaged, pos = rng.choice(kinds), bytearray(body), rng.randrange(len(body))
+            if kind == "flip":
+                damaged[pos] ^= 1 << rng.randrange(8)
+            elif kind == "set":
+                damaged[pos] = rng.randrange(256)
+            elif kind == "cut":
+                del damaged[pos:]
+            else:
+                damaged[pos:pos] = rng.randbytes(rng.randrange(1, 9))
+            name = tmp_path / f"{len(cases)}.erpatch"
+            name.write_bytes(reseal(patch, bytes(damaged)))
+            base_path = (VECTORS / base).resolve() if base else None
+            try:
+                apply_patch(
+                    base_path,
+                    name,
+                    tmp_path / "out",
+                    codec=params["codec"],
+                    target_size=params["target_size"],
+                    target_sha256=params["target_sha256"],
+                )
+                built = (tmp_path / "out").read_bytes()
+                expect: dict[str, Any] = {"output_sha256": hashlib.sha256(built).hexdigest(), "output_size": len(built)}
+            except EdgerecError as exc:
+                expect = {"error": type(exc).__name__}
+            inputs = {"payload": str(name), "base": str(base_path) if base_path else None}
+            cases.append(
+                {
+                    "id": f"{source['id']}/{kind}-{k}",
+                    "kind": "payload",
+                    "inputs": inputs,
+                    "params": params,
+                    "expect": expect,
+                }
+            )
+    folder = tmp_path / "mutated"
+    folder.mkdir()
+    (folder / "index.json").write_text(
+        json.dumps({"format": "edgerec-conformance-vectors", "format_version": 1, "keys": [], "vectors": cases})
+    )
+    answer = run_node(node_client, "vectors", "--dir", folder, timeout=300)
+    differ = [r for r in answer["results"] if not r["passed"]]
+    assert answer["count"] == len(cases) > 0 and not differ, json.dumps(differ, indent=1)[:4000]

@@ -250,18 +250,38 @@ def test_the_controller_moves_waves_waits_for_approval_and_halts(server: Running
     assert policy.channels["stable"] == 2
 
 
-def test_a_verifying_device_accepts_being_held_below_the_latest(registry: Registry, tmp_path: Path) -> None:
+def test_verifying_devices_get_what_their_channel_and_labels_decide(registry: Registry, tmp_path: Path) -> None:
     keys = registry.root.parent / "keys"
     keys.mkdir()
     generate_keypair(keys / "server.pem", keys / "server.pub")
-    update_policy(registry, MODEL, lambda p: dataclasses.replace(p, channels={"stable": 2}))
+    update_policy(
+        registry,
+        MODEL,
+        lambda p: dataclasses.replace(
+            p, channels={"stable": 2, "canary": 3}, label_pins=(LabelPin("region == 'cn' and app_version == '7.0'", 1),)
+        ),
+    )
     running = _serve(registry, signing_key=keys / "server.pem")
+    trusted = [keys / "server.pub"]
     try:
         address = f"127.0.0.1:{running.port}"
-        with EdgeClient(address, MODEL, tmp_path / "dev", device_id="held-1", trusted_keys=[keys / "server.pub"]) as c:
+        with EdgeClient(address, MODEL, tmp_path / "held", device_id="held-1", trusted_keys=trusted) as c:
             assert c.sync().updated
             assert c.sync().updated is False
-            assert c.active_version == 2
+            assert c.active_version == 2, "held below the latest, and the device accepts it"
+        with EdgeClient(
+            address, MODEL, tmp_path / "canary", device_id="canary-1", trusted_keys=trusted, channel="canary"
+        ) as c:
+            assert c.sync().updated and c.active_version == 3
+            c.report_status()
+        labels = {"region": "cn"}
+        with EdgeClient(
+            address, MODEL, tmp_path / "cn", device_id="cn-1", trusted_keys=trusted, labels=labels, app_version="7.0"
+        ) as c:
+            assert c.sync().updated and c.active_version == 1
+        assert running.fleet is not None
+        canary = next(d for d in running.fleet.devices(MODEL) if d.device_id == "canary-1")
+        assert (canary.channel, canary.active_version) == ("canary", 3)
     finally:
         running.stop(grace=0)
 

@@ -144,6 +144,9 @@ def _report(model: str, rollout_data: dict[str, Any], as_json: bool) -> None:
         _print_rollout(model, rollout_data)
 
 
+_PAST = {"pause": "paused", "resume": "resumed", "halt": "halted", "approve": "approved"}
+
+
 def _operator_command(
     name: str, move: Callable[[ReleasePolicy, str, float, str], ReleasePolicy], help_text: str
 ) -> click.Command:
@@ -151,7 +154,7 @@ def _operator_command(
     @registry_options
     @_model_option
     @click.option("--id", "rollout_id", default="", help="The rollout (default: the newest one this applies to).")
-    @click.option("--reason", default=f"{name} by operator", show_default=True, help="Recorded with the move.")
+    @click.option("--reason", default=_PAST[name] + " by operator", show_default=True, help="Recorded with the move.")
     @_json_option
     def command(
         registry_spec: str, s3_endpoint: str | None, model: str, rollout_id: str, reason: str, as_json: bool

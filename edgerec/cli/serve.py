@@ -122,6 +122,22 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     show_default=True,
     help="Seconds between writes of this replica's fleet records to the registry.",
 )
+@click.option(
+    "--rollout-tick",
+    "rollout_tick_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between checks of the rollouts' gates by this replica (0: this replica checks none).",
+)
+@click.option(
+    "--policy-refresh",
+    "policy_refresh_s",
+    type=click.FloatRange(0, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds a replica keeps a model's release policy before reading it again.",
+)
 def serve(
     registry_spec: str,
     s3_endpoint: str | None,
@@ -147,6 +163,8 @@ def serve(
     metrics_port: int | None,
     fleet_replica_id: str | None,
     fleet_flush_every_s: float,
+    rollout_tick_s: float,
+    policy_refresh_s: float,
 ) -> None:
     """Serve updates and fallback inference from a registry until interrupted."""
     from edgerec.server.app import ServerConfig, start_server
@@ -179,6 +197,8 @@ def serve(
             stream_idle_timeout_s=DEFAULT_IDLE_TIMEOUT_S if stream_idle_timeout_s is None else stream_idle_timeout_s,
             fleet_replica_id=fleet_replica_id,
             fleet_flush_every_s=fleet_flush_every_s,
+            rollout_tick_s=rollout_tick_s or None,
+            policy_refresh_s=policy_refresh_s,
         )
     except ValueError as exc:  # ConfigError, or a rate that does not parse: one line, before anything starts
         raise click.ClickException(str(exc)) from exc
@@ -187,6 +207,7 @@ def serve(
     click.echo(f"serving {registry_spec} on {listen.rsplit(':', 1)[0]}:{running.port}", err=True)
     if running.metrics_port is not None:
         click.echo(f"metrics on http://{config.metrics_host}:{running.metrics_port}/metrics", err=True)
+        click.echo(f"rollouts on http://{config.metrics_host}:{running.metrics_port}/rollouts", err=True)
     signal.signal(signal.SIGTERM, lambda *_: running.stop())
     try:
         running.wait()

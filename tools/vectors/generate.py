@@ -46,6 +46,11 @@ def generate(out: Path) -> Json:
         "generator": GENERATOR,
         "warning": "TEST KEYS ONLY: the private keys below are public; never trust them outside tests.",
         "errors": error_parents(),
+        "clock": {
+            "statements_issued_at": trust_vectors.rfc3339(trust_vectors.ISSUED),
+            "default_now": trust_vectors.rfc3339(trust_vectors.NOW),
+            "note": "verify every vector at its params.now, never at the real time: the vectors never expire",
+        },
     }
     write_keys(index)
     v1, v2 = reference_versions()

@@ -144,6 +144,7 @@ function decodeFull(body, size) {
   const parts = [];
   let pos = 0;
   let got = 0;
+  if (!body.length) throw new PatchError('full: the body holds no zstd frame');
   while (pos < body.length) {
     const rest = body.subarray(pos);
     const skip = zstd.skippableLength(rest);

@@ -31,7 +31,8 @@ class Runner {
   }
 
   read(rel) {
-    return rel === null || rel === undefined ? null : fs.readFileSync(path.join(this.dir, ...rel.split('/')));
+    if (rel === null || rel === undefined) return null;
+    return fs.readFileSync(path.isAbsolute(rel) ? rel : path.join(this.dir, ...rel.split('/')));
   }
 
   trust(params) {

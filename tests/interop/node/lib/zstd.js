@@ -95,7 +95,11 @@ function decodeFrame(frame, { prefix = null, windowMax, expectSize }) {
     throw new PatchError(`zstd frame content size ${h.contentSize}, expected ${expectSize}`);
   }
   if (frameLength(frame) !== frame.length) throw new PatchError('bytes after the zstd frame');
-  if (expectSize === 0) return Buffer.alloc(0);
+  if (expectSize === 0) {
+    // The one-shot API cannot size an empty output: stream it, which still checks blocks and checksum.
+    if (prefix || !new codec.Streaming().decompress(frame, 16)) throw new PatchError('zstd frame failed to decode');
+    return Buffer.alloc(0);
+  }
   const simple = new codec.Simple();
   let out;
   if (prefix && prefix.length >= 8) {
