@@ -7,7 +7,7 @@ SERVE_VENV := .venv-serve
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow faults bench bench-predict bench-fleet profile protos vectors clean
+.PHONY: demo test lint typecheck unit slow faults bench bench-predict bench-fleet bench-rollout profile protos vectors clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ bench-predict: $(STAMP)
 # `edgerec serve` (a subprocess), and 64 at 1 Mbit/s; completion vs the link-limited ideal, server CPU and RSS.
 bench-fleet: $(STAMP)
 	$(BIN)/python -m edgerec.tools.bench.fleet --out bench-out/fleet
+
+# A staged rollout of v3 to 1,000 simulated devices against a real server, three ways: a v3 that fails its
+# golden cases on 30% of devices, one 2 AUC points worse, a good one (docs/rollout-simulation.md).
+bench-rollout: $(STAMP)
+	$(BIN)/python -m edgerec.tools.bench.rollout --devices 1000 --out bench-out/rollout
 
 # The full fault runs: 200 dropped connections, 100 kill -9 of a syncing device, disk full.
 faults: $(STAMP)

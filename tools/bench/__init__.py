@@ -9,6 +9,8 @@
     The device's predict path: cache hits, policy overhead, fallback, micro-batching, failures.
 :mod:`.fleet`
     A fleet updating at once against a default ``edgerec serve``.
+:mod:`.rollout`
+    Staged rollouts of a bad, a worse and a good version to a simulated fleet (``make bench-rollout``).
 
 Results they measured, with the command for each, are in ``docs/performance.md``.
 """

@@ -96,9 +96,12 @@ def plot(results: Sequence[ScenarioResult], path: Path) -> Path:
         versions = sorted({v for s in result.timeline for v in s.versions})
         times = [s.t_s for s in result.timeline]
         for version in versions:
-            ax.plot(times, [s.versions.get(version, 0) for s in result.timeline], label=f"v{version}")
+            counts = [s.versions.get(version, 0) for s in result.timeline]
+            ax.plot(times, counts, marker=".", label=f"v{version}")
         if result.halted_at_s is not None:
             ax.axvline(result.halted_at_s, color="red", linestyle="--", linewidth=1, label="halted")
+        if result.revert_version is not None:
+            ax.set_yscale("symlog")
         ax.set_title(f"{result.scenario}: {result.final_state} in wave {result.final_wave + 1}")
         ax.set_xlabel("seconds since the rollout started")
         ax.set_ylabel("devices")

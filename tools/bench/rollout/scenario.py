@@ -157,6 +157,7 @@ def run_scenario(
     started = time.monotonic()
     with World(workdir, world, **(server_settings or {})) as sim:
         driver = make_driver(sim)
+        sim.publish(variants.v1)  # the model's history: v2 is its second version
         baseline = sim.publish(variants.v2).version
         driver.pin_channel("stable", baseline)
         _settle(sim, baseline, progress)
@@ -172,6 +173,7 @@ def run_scenario(
         )
         rollout_id = driver.start(version, rollout)
         t0 = time.time()
+        result.timeline.append(Sample(-1, 0.0, dict(sorted(sim.versions().items())), 0, 0, "running"))
         wave = 0
         for round_index in range(rollout.max_rounds):
             sim.run_round()
@@ -188,12 +190,12 @@ def run_scenario(
             )
             if view.state in ("halted", "completed"):
                 break
-        result.rounds = len(result.timeline)
+        result.rounds = len(result.timeline) - 1
         result.ever_ran_new = sum(d.ever_ran(version) for d in sim.devices)
         result.ever_ran_new_pct = 100.0 * result.ever_ran_new / len(sim.devices)
         result.install_failures = sum(1 for d in sim.devices if any(f[0] == version for f in d.install_failures))
         if result.final_state == "halted" and scenario == "bad":
-            _revert(result, sim, driver, baseline, version, progress)
+            _revert(result, sim, driver, baseline, version, progress, t0)
     result.seconds = time.monotonic() - started
     return result
 
@@ -233,7 +235,13 @@ def _record(
 
 
 def _revert(
-    result: ScenarioResult, sim: World, driver: ReleaseDriver, baseline: int, version: int, progress: Progress
+    result: ScenarioResult,
+    sim: World,
+    driver: ReleaseDriver,
+    baseline: int,
+    version: int,
+    progress: Progress,
+    t0: float,
 ) -> None:
     """``edgerec revert --to baseline``, then rounds until every device that ran ``version`` runs baseline's bytes."""
     ran = [d for d in sim.devices if d.ever_ran(version)]
@@ -243,6 +251,10 @@ def _revert(
     result.operator_actions.append(f"edgerec revert --to {baseline} (published v{result.revert_version})")
     for rounds in range(1, MAX_REVERT_ROUNDS + 1):
         sim.run_round()
+        versions = dict(sorted(sim.versions().items()))
+        result.timeline.append(
+            Sample(result.rounds + rounds - 1, time.time() - t0, versions, 0, result.final_wave, "reverted")
+        )
         back = sum(1 for d in ran if d.active_digest in baseline_bytes)
         progress(f"revert: round {rounds}, {back} of {len(ran)} devices that ran v{version} are on v{baseline}'s bytes")
         if back == len(ran):

@@ -1,7 +1,8 @@
 """The model versions of the rollout simulation, built from the reference DLRM (deterministic, no downloads).
 
-- ``v2``: trained on day 0 of the reference data; what the fleet runs before the rollout.
-- ``good``: ``v2`` trained one more (smaller) day: the ordinary daily update.
+- ``v1``: trained on day 0 of the reference data: the fleet's history (published, never offered).
+- ``v2``: ``v1`` trained one more (smaller) day; what the fleet runs before the rollout.
+- ``good``: ``v2`` trained one more day: the ordinary daily update.
 - ``worse``: ``good`` with seeded noise on its embedding tables, its scale searched until the AUC on
   held-out data is ``auc_drop`` (2 points by default) below ``good``'s: it installs and runs
   everywhere, it just recommends worse.
@@ -35,7 +36,8 @@ SCENARIOS: Final[tuple[Scenario, ...]] = ("bad", "worse", "good")
 
 # Days of the reference data each role draws from (never the same day twice).
 _TRAIN_DAY: Final = 0
-_UPDATE_DAY: Final = 1
+_V2_DAY: Final = 1
+_UPDATE_DAY: Final = 2
 _EVAL_DAY: Final = 7
 _SAMPLE_DAY: Final = 99
 
@@ -50,8 +52,9 @@ def subnormal_scale() -> float:
 
 @dataclass(frozen=True)
 class Variants:
-    """The exported programs (``.pt2``) of ``v2`` and of each v3, and their AUC on held-out data."""
+    """The exported programs (``.pt2``) of ``v1``, ``v2`` and each v3, and their AUC on held-out data."""
 
+    v1: Path
     v2: Path
     v3: dict[Scenario, Path]
     auc: dict[str, float]
@@ -77,15 +80,10 @@ def build_variants(
     folder.mkdir(parents=True, exist_ok=True)
     held_out = generator.day(_EVAL_DAY, eval_samples)
     sample = generator.day(_SAMPLE_DAY, 4)
-    v2 = build_and_train(config, generator, day=_TRAIN_DAY, num_samples=train_samples, seed=seed)
-    good = build_and_train(
-        config,
-        generator,
-        day=_UPDATE_DAY,
-        num_samples=max(train_samples // 10, 1),
-        base_state=v2.state_dict(),
-        seed=seed,
-    )
+    daily = max(train_samples // 10, 1)
+    v1 = build_and_train(config, generator, day=_TRAIN_DAY, num_samples=train_samples, seed=seed)
+    v2 = build_and_train(config, generator, day=_V2_DAY, num_samples=daily, base_state=v1.state_dict(), seed=seed)
+    good = build_and_train(config, generator, day=_UPDATE_DAY, num_samples=daily, base_state=v2.state_dict(), seed=seed)
     auc = {"v2": _auc(v2, held_out), "good": _auc(good, held_out)}
     noise_std = _noise_for_drop(good, held_out, auc["good"] - auc_drop, seed)
     worse = _with_noise(good, noise_std, seed)
@@ -102,6 +100,7 @@ def build_variants(
     }
     log.info("variants: AUC %s, noise std %.4f", {k: round(v, 4) for k, v in auc.items()}, noise_std)
     return Variants(
+        v1=export_program(v1, folder / "v1.pt2", sample),
         v2=export_program(v2, folder / "v2.pt2", sample),
         v3={name: paths[name] for name in SCENARIOS},
         auc=auc,
