@@ -32,7 +32,7 @@ from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason
 from edgerec.device.predictor import Predictor
 from edgerec.device.server_scorer import ServerScorer
 from edgerec.device.storage import ModelStore, stable_device_id
-from edgerec.device.sync import FileProgress, Syncer, SyncResult
+from edgerec.device.sync import INSTALL_FAILURES, FileProgress, Syncer, SyncResult
 from edgerec.device.telemetry import StatusReporter, SyncStats, TelemetrySender, build_report
 from edgerec.device.transport.base import PayloadTransport
 from edgerec.device.transport.fetcher import PayloadFetcher
@@ -221,6 +221,8 @@ class EdgeClient:
             result = syncer.sync(target_version, progress)
         except Exception as exc:
             self.sync_stats.record(None, exc)
+            if syncer.installing is not None and isinstance(exc, INSTALL_FAILURES):
+                self.sync_stats.record_install_failure(syncer.installing, type(exc).__name__)
             raise
         self.sync_stats.record(result)
         if result.held_back_reason:
@@ -373,6 +375,7 @@ class EdgeClient:
             rollbacks=list(self.rollbacks),
             held_back_version=self.held_back_version or 0,
             outcomes=self.outcomes.outcomes(),
+            install_failures=self.sync_stats.install_failures(),
         )
         report.channel, report.app_version = self.config.channel, self.config.app_version
         report.labels.update(self.config.labels)

@@ -39,7 +39,10 @@ from edgerec.device.transport.http import HttpClient
 from edgerec.errors import (
     DiskFullError,
     EdgerecError,
+    HealthCheckError,
     IntegrityError,
+    ManifestError,
+    ModelRuntimeError,
     PatchError,
     PayloadBudgetError,
     UnknownBaseVersionError,
@@ -50,6 +53,18 @@ from edgerec.trust import ED25519, OFF, UpdateVerifier, VerifiedAnswer
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
+
+INSTALL_FAILURES: tuple[type[Exception], ...] = (
+    HealthCheckError,
+    IntegrityError,
+    PatchError,
+    ManifestError,
+    ModelRuntimeError,
+    DiskFullError,
+)
+"""Errors of an install that say something about the offered version on this device, and are reported
+for the rollout gates. A dropped link or a refused signature says nothing about the version (and a
+network could forge the latter), so neither is reported."""
 
 SUPPORTED_CODECS = CODEC_NAMES
 # The runtimes installed here (onnxruntime, and litert with the tflite extra): the server plans only those.
@@ -126,6 +141,8 @@ class Syncer:
         observer: Observer | None = None,
     ) -> None:
         self.verifier = verifier
+        # The version the sync in progress installs (None until the answer names one): what an install failure names.
+        self.installing: int | None = None
         self.store = store
         self.connection = connection
         self.recipes = recipes
@@ -154,6 +171,7 @@ class Syncer:
         One sync at a time per data dir: another one waits for the store's sync lock, then raises
         SyncBusyError (see ``ModelStore.sync_lock``).
         """
+        self.installing = None
         try:
             with self.store.sync_lock():
                 result = self._sync_locked(target_version, progress)
@@ -202,6 +220,7 @@ class Syncer:
                 latest_version=latest,
             )
         fallback_reason = None
+        self.installing = offered
         try:
             installed = self._install(response, answer, base, target_version, progress)
         except (PatchError, IntegrityError) as exc:

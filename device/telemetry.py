@@ -14,6 +14,7 @@ import logging
 import random
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ log = logging.getLogger(__name__)
 MAX_ERROR_CHARS = 512
 # Versions whose outcomes one report carries (the server refuses more).
 MAX_OUTCOMES = 8
+# Failed installs one report carries, newest first, and the longest error class name sent.
+MAX_INSTALL_FAILURES = 16
+MAX_ERROR_CLASS_CHARS = 64
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,17 @@ class SyncStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._outcomes = SyncOutcomes()
+        self._install_failures: deque[tuple[int, str, float]] = deque(maxlen=MAX_INSTALL_FAILURES)
+
+    def record_install_failure(self, version: int, error: str) -> None:
+        """An install of ``version`` failed with the error class ``error``."""
+        with self._lock:
+            self._install_failures.append((version, error[:MAX_ERROR_CLASS_CHARS], time.time()))
+
+    def install_failures(self) -> list[tuple[int, str, float]]:
+        """(version, error class, unix time) of the failed installs kept, newest first."""
+        with self._lock:
+            return list(reversed(self._install_failures))
 
     def record(self, result: SyncResult | None, error: BaseException | None = None) -> None:
         """One sync: its result, or the error it raised."""
@@ -86,6 +101,7 @@ def build_report(
     rollbacks: Sequence[tuple[int, int]],
     held_back_version: int = 0,
     outcomes: Sequence[VersionOutcome] = (),
+    install_failures: Sequence[tuple[int, str, float]] = (),
 ) -> telemetry_pb2.StatusReport:
     """A StatusReport from a client's state (counters are cumulative since the client started).
 
@@ -133,6 +149,10 @@ def build_report(
                 active_since_unix_s=o.active_since_unix_s,
             )
             for o in outcomes[:MAX_OUTCOMES]
+        ],
+        install_failures=[
+            telemetry_pb2.InstallFailure(version=v, error=e[:MAX_ERROR_CLASS_CHARS], unix_s=t)
+            for v, e, t in install_failures[:MAX_INSTALL_FAILURES]
         ],
     )
     return report

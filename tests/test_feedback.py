@@ -134,3 +134,59 @@ def test_any_file_bytes_load_or_are_ignored(data: bytes) -> None:
         (Path(folder) / FILE_NAME).write_bytes(data)
         for outcome in OutcomeLedger(Path(folder)).outcomes():
             assert outcome.clicks <= outcome.impressions
+
+
+def _corrupt_golden(registry: Registry, model: str, version: int) -> None:
+    """Make ``version``'s expected golden outputs disagree with its model (as a miscompiled artifact would)."""
+    from edgerec.manifest import SignedManifest
+
+    manifest_file = registry.version_dir(model, version) / "manifest.pb"
+    signed = SignedManifest.FromString(manifest_file.read_bytes())
+    _, manifest = registry.load_manifest(model, version)
+    for case in manifest.golden:
+        expected = np.frombuffer(case.outputs["score"].data, dtype=np.float32) + np.float32(0.25)
+        case.outputs["score"].data = expected.astype(np.float32).tobytes()
+    signed.manifest = manifest.SerializeToString(deterministic=True)
+    manifest_file.write_bytes(signed.SerializeToString())
+
+
+def test_attributes_and_install_failures_reach_the_fleet_records(tmp_path: Path) -> None:
+    from edgerec.errors import HealthCheckError
+    from edgerec.server.publish import PublishOptions, publish
+    from edgerec.server.release.gates import device_state
+
+    registry = Registry(tmp_path / "registry")
+    publish(_model(tmp_path / "v1.onnx", fragile=False), MODEL, registry, PublishOptions(no_gate=True))
+    publish(_model(tmp_path / "v2.onnx", fragile=False, scale=3.0), MODEL, registry, PublishOptions(no_gate=True))
+    _corrupt_golden(registry, MODEL, 2)
+    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0", fleet_replica_id="attrs"))
+    try:
+        assert server.fleet is not None
+        with EdgeClient(
+            f"127.0.0.1:{server.port}",
+            MODEL,
+            tmp_path / "dev",
+            device_id="tv-9",
+            insecure=True,
+            channel="canary",
+            labels={"region": "eu"},
+            app_version="7.0",
+        ) as client:
+            with pytest.raises(HealthCheckError):
+                client.sync()
+            report = client.status_report()
+            assert [(f.version, f.error) for f in report.install_failures] == [(2, "HealthCheckError")]
+            client.report_status()
+        (record,) = server.fleet.devices(MODEL)
+        assert (record.channel, dict(record.labels), record.app_version) == ("canary", {"region": "eu"}, "7.0")
+        assert (record.offered_version, record.active_version, record.install_failures) == (
+            2,
+            0,
+            ((2, "HealthCheckError"),),
+        )
+        state = device_state(
+            record, 2, wave_started_unix_s=0.0, now_unix_s=record.last_report_unix_s, silent_after_s=60
+        )
+        assert state == "install_failed"
+    finally:
+        server.stop(grace=0)
