@@ -7,7 +7,7 @@ SERVE_VENV := .venv-serve
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit slow faults bench bench-predict bench-fleet profile protos clean
+.PHONY: demo test lint typecheck unit slow faults bench bench-predict bench-fleet profile protos vectors clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -83,6 +83,10 @@ profile: $(STAMP)
 
 protos: $(STAMP)
 	$(BIN)/python -m edgerec.tools.gen_protos
+
+# The conformance vectors in tests/vectors (checked in; tests/test_vectors.py fails while they are stale).
+vectors: $(STAMP)
+	$(BIN)/python -m edgerec.tools.vectors --out tests/vectors
 
 clean:
 	rm -rf $(VENV) $(DEVICE_VENV) $(SERVE_VENV) .typecheck .mypy_cache .ruff_cache .pytest_cache demo-out

@@ -8,6 +8,7 @@
 ``Syncer``                   check, verify, fetch, apply, health-check, switch (:mod:`edgerec.device.sync`)
 ``ServerPool``               the servers, with failover (:mod:`edgerec.device.transport`)
 ``StatusReporter``           status reports to the server (:mod:`edgerec.device.telemetry`)
+``OutcomeLedger``            per-version feedback and predict counts (:mod:`edgerec.device.feedback`)
 ===========================  ==========================================================================
 """
 
@@ -23,10 +24,11 @@ import numpy as np
 from edgerec.device.active_model import ActiveModel
 from edgerec.device.cache import PredictionCache
 from edgerec.device.config import UNCONFIGURED, EdgeConfig
+from edgerec.device.feedback import CounterSnapshot, OutcomeLedger
 from edgerec.device.local_model import Prediction
 from edgerec.device.observer import Observer, SyncEvent, SyncPhase, notify_sync
 from edgerec.device.ort_cache import ORT_CACHE_DIR
-from edgerec.device.policy import CircuitBreaker, FallbackPolicy, PredictCounters
+from edgerec.device.policy import CircuitBreaker, FallbackPolicy, FallbackReason, PredictCounters, Source
 from edgerec.device.predictor import Predictor
 from edgerec.device.server_scorer import ServerScorer
 from edgerec.device.storage import ModelStore, stable_device_id
@@ -36,12 +38,20 @@ from edgerec.device.transport.base import PayloadTransport
 from edgerec.device.transport.fetcher import PayloadFetcher
 from edgerec.device.transport.grpc import ServerPool
 from edgerec.device.transport.http import HttpClient
-from edgerec.errors import EdgerecError, NoModelAvailableError, NoTrustedKeysError
+from edgerec.errors import EdgerecError, InvalidInputError, NoModelAvailableError, NoTrustedKeysError
 from edgerec.tokens import device_id_of
 from edgerec.trust import UpdateVerifier
 from edgerec.v1 import telemetry_pb2
 
 log = logging.getLogger(__name__)
+
+# Fallback reasons that are the local model failing (not the device lacking one, or a hedge won by the server).
+_LOCAL_ERRORS = (
+    FallbackReason.LOAD_FAILED,
+    FallbackReason.LOCAL_ERROR,
+    FallbackReason.NON_FINITE,
+    FallbackReason.LOCAL_DEADLINE,
+)
 
 NO_TRUSTED_KEYS = (
     "no trusted keys: refusing to sync updates nobody can verify. Pass the server's public key "
@@ -129,6 +139,7 @@ class EdgeClient:
         self._payload_transports = list(payload_transports)
         self.cache = PredictionCache(config.cache.entries, ttl_s=config.cache.ttl_s, max_bytes=config.cache.max_bytes)
         self.counters = PredictCounters()
+        self.outcomes = OutcomeLedger(self.store.root)
         self.active = ActiveModel(
             self.store,
             threads=config.threads,
@@ -154,6 +165,7 @@ class EdgeClient:
         self.predict = self.predictor.predict  # type: ignore[method-assign]
 
     def close(self) -> None:
+        self.outcomes.save()
         if self._reporter is not None:
             self._reporter.stop()
         if self._telemetry is not None:
@@ -285,6 +297,33 @@ class EdgeClient:
         """
         return self.predictor.predict(inputs)  # replaced in __init__ by the predictor's bound method
 
+    def record_feedback(
+        self, prediction: Prediction, clicked: Sequence[int], shown: Sequence[int] | None = None
+    ) -> bool:
+        """Say what became of a prediction's items: the app showed rows ``shown`` of it (default: every row)
+        and the user clicked rows ``clicked`` (a subset of ``shown``), as row indices of ``prediction.scores``.
+
+        Only sums per model version are kept (impressions, clicks, the shown rows' scores) and reported;
+        nothing of the request leaves the device. Counts only predictions the device's own model made
+        (source "local" or "cache"); returns False for any other. InvalidInputError for an index out of
+        range, repeated, or clicked but not shown.
+        """
+        if prediction.source not in (Source.LOCAL, Source.CACHE) or prediction.version < 1:
+            return False
+        scores = np.asarray(prediction.scores, dtype=np.float64)
+        rows = scores.reshape(scores.shape[0], -1)[:, 0] if scores.ndim else scores.reshape(1)
+        shown_rows = list(range(len(rows))) if shown is None else [int(i) for i in shown]
+        clicked_rows = {int(i) for i in clicked}
+        if len(set(shown_rows)) != len(shown_rows) or not all(0 <= i < len(rows) for i in shown_rows):
+            raise InvalidInputError(f"shown must be distinct row indices below {len(rows)}")
+        if len(clicked_rows) != len(clicked) or not clicked_rows <= set(shown_rows):
+            raise InvalidInputError("clicked must be distinct row indices among the shown ones")
+        picked = np.clip(np.nan_to_num(rows[shown_rows], nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+        self.outcomes.record(
+            prediction.version, impressions=len(shown_rows), clicks=len(clicked_rows), score_sum=float(picked.sum())
+        )
+        return True
+
     # --- status reports ------------------------------------------------------------------------
 
     def runtime_info(self) -> dict[str, str]:
@@ -318,6 +357,9 @@ class EdgeClient:
             if local and local.version == current.version
             else current.recipe
         )
+        active_version = current.version if current else 0
+        self.outcomes.credit(active_version, self._counter_snapshot())
+        self.outcomes.save()
         return build_report(
             device_id=self.device_id,
             model=self.model,
@@ -327,6 +369,16 @@ class EdgeClient:
             sync=self.sync_stats.snapshot(),
             rollbacks=list(self.rollbacks),
             held_back_version=self.held_back_version or 0,
+            outcomes=self.outcomes.outcomes(),
+        )
+
+    def _counter_snapshot(self) -> CounterSnapshot:
+        by_source, by_reason = self.counters.by_source, self.counters.by_reason
+        return CounterSnapshot(
+            predictions=sum(by_source.values()),
+            local_errors=sum(by_reason.get(r.value, 0) for r in _LOCAL_ERRORS),
+            fallbacks=by_source.get(Source.SERVER.value, 0) + by_source.get(Source.DEFAULT.value, 0),
+            p99_s=self.counters.latency_percentiles((0.99,)).get(0.99, 0.0),
         )
 
     def report_status(self, timeout_s: float = 2.0) -> telemetry_pb2.StatusAck:

@@ -8,7 +8,8 @@ before it names a file, a size or a download:
 
 - the plan has exactly one entry per file of the artifact, with the manifest's size and sha256;
 - a payload id is 64 lowercase hex digits and equals the payload's sha256 (it names a file);
-- the codec is one this device offered ("copy" means nothing to download);
+- the codec is one this device offered, or "full" (every device applies it: the server falls back to
+  it whenever no delta is smaller or possible), or "copy" (nothing to download);
 - a payload is no larger than its codec makes for the signed target size
   (:func:`edgerec.codecs.max_payload_size`), and at least a container's header and trailer;
 - a base file is a file of the active, verified artifact, with that file's signed sha256;
@@ -35,6 +36,8 @@ from edgerec.v1 import update_pb2
 
 COPY = "copy"
 """The plan's codec for a file the device already has: copied from its base, nothing downloaded."""
+FULL = "full"
+"""The codec every device accepts, listed in its request or not."""
 MIN_PAYLOAD_SIZE = HEADER_SIZE + TRAILER_SIZE
 MAX_URLS = 4
 """URLs a plan may give for one payload (Payload.urls)."""
@@ -84,7 +87,7 @@ def _check_payload(
             raise ManifestError(f"{what}: a copy downloads nothing, yet names a payload")
         needs_base = True
     else:
-        if payload.codec not in offered:
+        if payload.codec != FULL and payload.codec not in offered:
             raise ManifestError(f"{what}: codec {payload.codec[:40]!r} was not offered ({', '.join(offered)})")
         if not _HEX_DIGEST.fullmatch(payload.payload_id) or payload.sha256 != payload.payload_id:
             raise ManifestError(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import grpc
 
+from edgerec.device.feedback import VersionOutcome
 from edgerec.device.policy import PredictCounters
 from edgerec.device.sync import SyncResult
 from edgerec.device.transport.channel import make_channel
@@ -31,6 +32,8 @@ log = logging.getLogger(__name__)
 
 # Longest error text a report carries (the server refuses nothing for it, but keeps reports small).
 MAX_ERROR_CHARS = 512
+# Versions whose outcomes one report carries (the server refuses more).
+MAX_OUTCOMES = 8
 
 
 @dataclass(frozen=True)
@@ -82,10 +85,12 @@ def build_report(
     sync: SyncOutcomes,
     rollbacks: Sequence[tuple[int, int]],
     held_back_version: int = 0,
+    outcomes: Sequence[VersionOutcome] = (),
 ) -> telemetry_pb2.StatusReport:
     """A StatusReport from a client's state (counters are cumulative since the client started).
 
-    ``held_back_version`` is the version the device rolled back from and holds back (0: none).
+    ``held_back_version`` is the version the device rolled back from and holds back (0: none);
+    ``outcomes`` the per-version sums, most recently updated first (the first MAX_OUTCOMES are sent).
     """
     percentiles = counters.latency_percentiles((0.5, 0.9, 0.99))
     report = telemetry_pb2.StatusReport(
@@ -115,6 +120,20 @@ def build_report(
         rollbacks=[telemetry_pb2.Rollback(from_version=a, to_version=b) for a, b in rollbacks[-64:]],
         created_unix_s=time.time(),
         held_back_version=held_back_version,
+        outcomes=[
+            telemetry_pb2.VersionOutcomes(
+                version=o.version,
+                predictions=o.predictions,
+                local_errors=o.local_errors,
+                fallbacks=o.fallbacks,
+                latency=telemetry_pb2.LatencyPercentiles(p99_s=o.p99_s),
+                impressions=o.impressions,
+                clicks=o.clicks,
+                score_sum=o.score_sum,
+                active_since_unix_s=o.active_since_unix_s,
+            )
+            for o in outcomes[:MAX_OUTCOMES]
+        ],
     )
     return report
 

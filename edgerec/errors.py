@@ -198,5 +198,13 @@ class VersionConflictError(RegistryConflictError):
     """A publish named a version number that is not the next free one (another publisher took it first)."""
 
 
+class ReleasePolicyError(EdgerecError):
+    """A release policy document that cannot be read (garbled, hostile, another model's) or a change it refuses."""
+
+
+class TargetingError(InvalidInputError):
+    """A ``--where`` expression that does not parse or breaks its bounds (``edgerec.server.release.targeting``)."""
+
+
 class RegistryUnavailableError(EdgerecError):
     """The registry's store could not be reached or refused the request (network, credentials, bucket)."""

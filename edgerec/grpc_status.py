@@ -21,6 +21,19 @@ ERROR_METADATA_KEY = "edgerec-error"
 # the header is at most three times this, well inside a client's 8 KiB metadata limit.
 MAX_DETAILS_BYTES = 1024
 
+RETRYABLE_CODES: frozenset[grpc.StatusCode] = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.CANCELLED,
+    }
+)
+"""Status codes after which a device tries a call again (a download from where it stopped)."""
+
 _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.NotFoundError, grpc.StatusCode.NOT_FOUND),
     (errors.UnknownBaseVersionError, grpc.StatusCode.FAILED_PRECONDITION),
@@ -33,6 +46,8 @@ _CODE_BY_ERROR: list[tuple[type[errors.EdgerecError], grpc.StatusCode]] = [
     (errors.AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (errors.RegistryConflictError, grpc.StatusCode.ABORTED),
     (errors.RegistryUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    # The server cannot read its release policy: the device keeps what it runs and asks again later.
+    (errors.ReleasePolicyError, grpc.StatusCode.UNAVAILABLE),
 ]
 
 _ERROR_BY_CODE: dict[grpc.StatusCode, type[errors.EdgerecError]] = {

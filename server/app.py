@@ -32,8 +32,10 @@ from edgerec.server.progress import (
     DEFAULT_WINDOW_S,
     ProgressRules,
 )
+from edgerec.server.release.controller import RolloutController
 from edgerec.server.release.fleet_doc import REPLICA_ID
 from edgerec.server.release.fleet_store import DEFAULT_FLUSH_EVERY_S, RegistryFleet, default_replica_id
+from edgerec.server.release.policy_cache import DEFAULT_POLICY_REFRESH_S, PolicyCache
 from edgerec.server.request_guard import MalformedRequestGuard
 from edgerec.server.security import SecurityInterceptor
 from edgerec.server.signer import DEFAULT_TTL, ManifestSigner
@@ -58,6 +60,7 @@ SERVICE_NAMES = (
 DEFAULT_WORKERS = 1100
 # RPC threads kept from payload streams for CheckUpdate, Predict and telemetry.
 RESERVED_WORKERS = 64
+DEFAULT_ROLLOUT_TICK_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +147,11 @@ class ServerConfig:
     # the host name, the pid and a random part. Its records are written every fleet_flush_every_s (> 0).
     fleet_replica_id: str | None = None
     fleet_flush_every_s: float = DEFAULT_FLUSH_EVERY_S
+    # --- release policy (edgerec.server.release): how long, 0..3600 s, a replica keeps a model's policy
+    # before reading it again, and how often, > 0 s, its rollout controller checks the gates and moves
+    # the waves (None: this replica runs no controller; another replica's, or tick() calls, do) ---
+    policy_refresh_s: float = DEFAULT_POLICY_REFRESH_S
+    rollout_tick_s: float | None = DEFAULT_ROLLOUT_TICK_S
 
     def __post_init__(self) -> None:
         if not str(self.registry).strip():
@@ -203,6 +211,10 @@ class ServerConfig:
             raise ConfigError(f"freshness_ttl must be > 0, got {self.freshness_ttl}")
         if self.fleet_replica_id is not None and not REPLICA_ID.match(self.fleet_replica_id):
             raise ConfigError(f"fleet_replica_id must match {REPLICA_ID.pattern}, got {self.fleet_replica_id[:80]!r}")
+        if not 0 <= self.policy_refresh_s <= 3600:
+            raise ConfigError(f"policy_refresh_s must be in 0..3600, got {self.policy_refresh_s}")
+        if self.rollout_tick_s is not None and not 0 < self.rollout_tick_s <= 24 * 3600:
+            raise ConfigError(f"rollout_tick_s must be in (0, 86400] or None, got {self.rollout_tick_s}")
         if not 0 < self.fleet_flush_every_s <= 24 * 3600:
             raise ConfigError(f"fleet_flush_every_s must be in (0, 86400], got {self.fleet_flush_every_s}")
 
@@ -242,7 +254,8 @@ class RunningServer:
     """A started server; ``port`` is the bound port (useful with port 0), ``metrics_port`` the /metrics one.
 
     ``payload_streams`` hands out the FetchPayload slots (``open_streams()`` counts those taken);
-    ``fleet`` holds the fleet records this replica observes and reads every replica's.
+    ``fleet`` holds the fleet records this replica observes and reads every replica's;
+    ``rollouts`` moves the staged rollouts by their gates (``rollouts.tick()`` for one check now).
     """
 
     def __init__(
@@ -258,9 +271,11 @@ class RunningServer:
         payload_streams: StreamLimiter | None = None,
         deltas: DeltaWorker | None = None,
         fleet: RegistryFleet | None = None,
+        rollouts: RolloutController | None = None,
     ) -> None:
         self.server = server
         self.fleet = fleet
+        self.rollouts = rollouts
         self.deltas = deltas
         self.payload_streams = payload_streams
         self.port = port
@@ -280,6 +295,8 @@ class RunningServer:
             self.inference.close()
         if self._metrics_http is not None:
             self._metrics_http.stop()
+        if self.rollouts is not None:
+            self.rollouts.stop()
         if self.fleet is not None:
             self.fleet.stop()
 
@@ -341,7 +358,14 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
         ModelUpdateService(
             registry,
             UpdatePlanner(
-                registry, payloads, signer, freshness, config.payload_urls(registry), deltas=deltas, observer=fleet
+                registry,
+                payloads,
+                signer,
+                freshness,
+                config.payload_urls(registry),
+                deltas=deltas,
+                observer=fleet,
+                policies=PolicyCache(registry, config.policy_refresh_s),
             ),
             min_stream_rate=config.min_stream_rate,
         ),
@@ -377,6 +401,10 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
     )
     server.start()
     fleet.start()
+    # Every replica may run a controller: each move is a compare-and-swap on the policy, so one wins.
+    rollouts = RolloutController(registry, fleet, tick_s=config.rollout_tick_s or DEFAULT_ROLLOUT_TICK_S)
+    if config.rollout_tick_s is not None:
+        rollouts.start()
     log.info(
         "serving registry %s on port %d (%s, %s)",
         registry.location,
@@ -395,6 +423,7 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
         payload_streams=payload_streams,
         deltas=deltas,
         fleet=fleet,
+        rollouts=rollouts,
     )
 
 

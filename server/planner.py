@@ -18,6 +18,8 @@ from edgerec.server.delta_worker import DeltaJob, DeltaWorker
 from edgerec.server.freshness import FreshnessSigner, check_nonce
 from edgerec.server.payload_urls import PayloadUrls
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
+from edgerec.server.release.decide import decide, device_of_request
+from edgerec.server.release.policy_cache import PolicyCache
 from edgerec.server.release.records import FleetObserver
 from edgerec.server.signer import ManifestSigner
 from edgerec.v1 import update_pb2
@@ -43,6 +45,8 @@ class UpdatePlanner:
     With ``deltas`` a missing delta is queued there and the answer offers the best payload that exists
     now (never waiting); without, the delta is made in place and the request waits (tools and tests).
     ``observer`` is told of every answered request and the version the answer has the device run.
+    ``policies`` hold each model's release policy (``edgerec.server.release``): a device that asks for
+    no particular version is offered the one its policy decides; without, the latest.
     """
 
     def __init__(
@@ -55,8 +59,10 @@ class UpdatePlanner:
         *,
         deltas: DeltaWorker | None = None,
         observer: FleetObserver | None = None,
+        policies: PolicyCache | None = None,
     ) -> None:
         self.registry = registry
+        self.policies = policies
         self.observer = observer
         self.payloads = payloads
         self.signer = signer
@@ -85,7 +91,7 @@ class UpdatePlanner:
 
     def _choose(self, request: update_pb2.CheckUpdateRequest) -> tuple[int, update_pb2.CheckUpdateResponse]:
         """The version this device should run and the plan to it (the version it runs when current)."""
-        target_version = self.registry.resolve_version(request.model, request.target_version)
+        target_version = self._target(request)
         base = self._base(request)
         budget = request.max_payload_bytes
         if base is not None and request.target_version == 0 and target_version < base.version:
@@ -105,6 +111,20 @@ class UpdatePlanner:
                     log.info("offering partial version %d: the full plan exceeds the device's budget", partial)
                     return partial, candidate
         return target_version, response
+
+    def _target(self, request: update_pb2.CheckUpdateRequest) -> int:
+        """The version asked for, else the one the model's release policy offers this device."""
+        if request.target_version != 0 or self.policies is None:
+            return self.registry.resolve_version(request.model, request.target_version)
+        latest = self.registry.resolve_version(request.model)
+        policy = self.policies.get(request.model)
+        if policy is None:
+            return latest
+        decision = decide(policy, device_of_request(request), self.registry.versions(request.model), latest)
+        log.debug(
+            "release policy of %s: %s gets %d (%s)", request.model, request.device_id, decision.version, decision.rule
+        )
+        return decision.version
 
     def _plan_to(
         self, request: update_pb2.CheckUpdateRequest, target_version: int, base: Base | None

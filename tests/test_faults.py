@@ -171,7 +171,9 @@ def test_update_check_retries_stop_at_the_deadline_and_at_max_attempts(served: t
             connection.check_update(_check_request())
         elapsed = time.monotonic() - started
         connection.close()
-        assert 0.8 < elapsed < 2.0, elapsed
+        # The deadline ended it (the message), not the attempts, and not before the deadline. No upper bound on
+        # the time: a busy machine may stretch any call; a missing deadline would fail after 1000 attempts.
+        assert elapsed > 0.8, elapsed
         few = ServerConnection(
             proxy.address, TransportConfig(retry=RetryPolicy(backoff_initial_s=0.01, max_attempts=3))
         )

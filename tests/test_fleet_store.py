@@ -34,6 +34,7 @@ from edgerec.server.release.fleet_doc import (
     replica_key,
 )
 from edgerec.server.release.fleet_store import RegistryFleet, merge_records
+from edgerec.server.release.gates import GateReport, GateThresholds, evaluate_wave
 from edgerec.server.release.records import DeviceRecord, VersionRecord
 from edgerec.v1 import telemetry_pb2, telemetry_pb2_grpc, update_pb2, update_pb2_grpc
 
@@ -317,3 +318,43 @@ def test_merging_is_order_free_in_what_matters(a: DeviceRecord, b: DeviceRecord)
     distinct = (a.last_check_unix_s != b.last_check_unix_s, a.last_report_unix_s != b.last_report_unix_s)
     if all(distinct) and a.attributes_unix_s != b.attributes_unix_s:
         assert ab == ba
+
+
+def test_a_device_offered_the_version_that_never_reports_fails_the_gate(
+    two_replicas: tuple[RunningServer, RunningServer],
+) -> None:
+    a, b = two_replicas
+    assert a.fleet is not None
+    _check(a, "quiet")
+    _check(b, "talker")
+    _report(
+        b,
+        telemetry_pb2.StatusReport(
+            device_id="talker",
+            model=MODEL,
+            active_version=2,
+            outcomes=[telemetry_pb2.VersionOutcomes(version=2, predictions=500)],
+        ),
+    )
+    b.fleet.flush()  # type: ignore[union-attr]
+    treatment = [d for d in a.fleet.devices(MODEL) if d.offered_version == 2]
+    assert [d.device_id for d in treatment] == ["quiet", "talker"]
+    offered = max(d.offered_since_unix_s for d in treatment)
+    thresholds = GateThresholds(min_devices=2, silent_after_s=60.0, require_control=False)
+
+    def verdict(now: float) -> GateReport:
+        return evaluate_wave(
+            version=2,
+            baseline_version=1,
+            treatment=treatment,
+            control=[],
+            wave_started_unix_s=offered,
+            now_unix_s=now,
+            thresholds=thresholds,
+        )
+
+    waiting = verdict(offered + 1)
+    assert waiting.verdict == "wait" and waiting.numbers["devices.pending"] == 1
+    silent = verdict(offered + 61)
+    assert silent.verdict == "fail" and silent.numbers["devices.silent"] == 1
+    assert silent.numbers["devices.running"] == 1

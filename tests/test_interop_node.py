@@ -20,10 +20,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+from httptools import PayloadHttpServer
 from mitm import MitmProxy
 from servertools import registry_server
 
 from edgerec.codecs import make_patch
+from edgerec.device import EdgeClient
+from edgerec.errors import EdgerecError
 from edgerec.registry import Registry
 from edgerec.signing import generate_keypair
 from edgerec.v1 import update_pb2
@@ -214,6 +217,52 @@ def test_resumes_a_cut_download(node_client: Path, server: str, interop: Interop
 Rewrite = Callable[[update_pb2.CheckUpdateRequest, update_pb2.CheckUpdateResponse], update_pb2.CheckUpdateResponse]
 
 
+def _with_urls(interop: Interop, http: PayloadHttpServer) -> Rewrite:
+    """A plan rewrite listing ``http`` as every payload's URL (the registry's own bytes behind it)."""
+
+    def rewrite(req: Any, resp: update_pb2.CheckUpdateResponse) -> update_pb2.CheckUpdateResponse:
+        for p in resp.payloads:
+            if p.codec != "copy":
+                http.payloads[p.payload_id] = interop.registry.payload_path(MODEL, p.payload_id).read_bytes()
+                p.urls.append(http.url(p.payload_id))
+        return resp
+
+    return rewrite
+
+
+def test_downloads_plan_urls_with_range_resume(
+    node_client: Path, server: str, interop: Interop, tmp_path: Path
+) -> None:
+    with MitmProxy(server) as mitm, PayloadHttpServer({}) as http:
+        mitm.on_check = _with_urls(interop, http)
+        cut = _sync(
+            node_client, mitm.address, tmp_path, interop.key_pub, "--codecs", "full", "--stop-after-bytes", "1000"
+        )
+        assert cut["error"] == "InterruptedError", cut
+        done = _sync(node_client, mitm.address, tmp_path, interop.key_pub, "--codecs", "full")
+        fetched = [r for r in mitm.requests if isinstance(r, update_pb2.FetchPayloadRequest)]
+    assert done["version"] == "2" and _installed(done) == _artifact(interop, 2), done
+    assert not fetched  # every byte came over HTTP
+    assert "bytes=1000-" in [header for _, header in http.requests], http.requests
+
+
+def test_falls_back_to_fetch_payload_when_a_url_dies(
+    node_client: Path, server: str, interop: Interop, tmp_path: Path
+) -> None:
+    """A download cut at 1000 bytes resumes over HTTP, the bucket dies 1000 bytes later, FetchPayload finishes."""
+    with MitmProxy(server) as mitm, PayloadHttpServer({}) as http:
+        mitm.on_check = _with_urls(interop, http)
+        v1 = ("--codecs", "full", "--target-version", "1")
+        cut = _sync(node_client, mitm.address, tmp_path, interop.key_pub, *v1, "--stop-after-bytes", "1000")
+        assert cut["error"] == "InterruptedError", cut
+        http.behaviour, http.die_after = "die-after", 1000
+        done = _sync(node_client, mitm.address, tmp_path, interop.key_pub, *v1)
+        offsets = [r.offset for r in mitm.requests if isinstance(r, update_pb2.FetchPayloadRequest)]
+    assert done["version"] == "1" and _installed(done) == _artifact(interop, 1), done
+    assert "bytes=1000-" in [header for _, header in http.requests], http.requests
+    assert 2000 in offsets, offsets  # FetchPayload went on from the bytes the dead bucket had sent
+
+
 def _entry(response: update_pb2.CheckUpdateResponse, codec: str | None = None) -> update_pb2.Payload:
     return next(p for p in response.payloads if codec is None or p.codec == codec)
 
@@ -272,15 +321,27 @@ def _foreign_recipe(req: Any, resp: update_pb2.CheckUpdateResponse) -> update_pb
 def test_refuses_rewritten_answers(
     node_client: Path, server: str, interop: Interop, tmp_path: Path, rewrite: Rewrite, error: str
 ) -> None:
-    v1 = _sync(node_client, server, tmp_path, interop.key_pub, "--target-version", "1")
+    v1 = _sync(node_client, server, tmp_path / "node", interop.key_pub, "--target-version", "1")
     before = _installed(v1)
+    with _python_device(server, tmp_path / "python", interop) as device:
+        device.sync(target_version=1)
     with MitmProxy(server) as mitm:
         mitm.on_check = rewrite
-        refused = _sync(node_client, mitm.address, tmp_path, interop.key_pub, "--codecs", "full,tensor")
+        refused = _sync(node_client, mitm.address, tmp_path / "node", interop.key_pub, "--codecs", "full,tensor")
         fetched = [r for r in mitm.requests if isinstance(r, update_pb2.FetchPayloadRequest)]
+        with _python_device(mitm.address, tmp_path / "python", interop) as device, pytest.raises(EdgerecError) as py:
+            device.sync()
     assert refused["error"] == error, refused
+    assert type(py.value).__name__ == error  # the Python SDK refuses the same answer with the same class
     assert not fetched  # refused before any download
     assert _installed(v1) == before
+
+
+def _python_device(address: str, data_dir: Path, interop: Interop) -> EdgeClient:
+    """The Python SDK's device, offering what the Node client offers."""
+    return EdgeClient(
+        address, MODEL, data_dir, trusted_keys=[interop.key_pub], recipes=("fp32",), codecs=("full", "tensor")
+    )
 
 
 def test_refuses_hostile_payload_bytes(node_client: Path, server: str, interop: Interop, tmp_path: Path) -> None:

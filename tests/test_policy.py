@@ -162,7 +162,7 @@ def test_without_a_default_score_both_failing_is_a_typed_error(server: str, tmp_
         client.predict(ODD)
 
 
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
+def _wait_for(condition: Callable[[], bool], timeout_s: float = 60.0) -> None:
     give_up = time.monotonic() + timeout_s
     while not condition():
         assert time.monotonic() < give_up, "condition not reached in time"

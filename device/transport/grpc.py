@@ -28,22 +28,11 @@ from edgerec.device.transport.channel import make_channel
 from edgerec.device.transport.config import TransportConfig
 from edgerec.device.transport.retry import RetryPolicy
 from edgerec.errors import EdgerecError, IntegrityError, TransportError
-from edgerec.grpc_status import ERROR_METADATA_KEY, error_from_rpc
+from edgerec.grpc_status import ERROR_METADATA_KEY, RETRYABLE_CODES, error_from_rpc
 from edgerec.tokens import device_id_of
 from edgerec.v1 import inference_pb2, inference_pb2_grpc, update_pb2, update_pb2_grpc
 
 log = logging.getLogger(__name__)
-
-# Status codes after which a call is tried again (a download from where it stopped).
-_RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.CANCELLED,
-}
 
 
 class ServerConnection(PayloadTransport):
@@ -294,6 +283,6 @@ def _transient(exc: grpc.RpcError) -> bool:
     """
     if not isinstance(exc, grpc.Call):
         return True
-    if exc.code() not in _RETRYABLE:
+    if exc.code() not in RETRYABLE_CODES:
         return False
     return not any(key == ERROR_METADATA_KEY for key, _ in exc.trailing_metadata() or ())

@@ -8,7 +8,21 @@ from typing import Any
 
 import click
 
-from edgerec.cli import delta, demo, device, keys, predict, profile, publish, registry, serve, sync, tokens
+from edgerec.cli import (
+    delta,
+    demo,
+    device,
+    fleet,
+    keys,
+    predict,
+    profile,
+    publish,
+    registry,
+    release,
+    serve,
+    sync,
+    tokens,
+)
 from edgerec.errors import EdgerecError
 
 
@@ -46,5 +60,10 @@ for command in (
     profile.profile,
     demo.demo,
     device.device,
+    fleet.fleet,
+    release.rollout,
+    release.channel,
+    release.pin,
+    release.revert,
 ):
     cli.add_command(command)

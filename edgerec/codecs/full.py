@@ -14,6 +14,7 @@ bytes (about 0.4% over the target, see :mod:`edgerec.codecs.bounds`); a device r
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -22,6 +23,7 @@ import zstandard
 from edgerec.codecs.base import check_codec, decompress_into, verified_output
 from edgerec.codecs.bounds import zstd_compress_bound
 from edgerec.codecs.container import DEFAULT_MAX_TARGET_SIZE, open_patch, write_container
+from edgerec.codecs.patch_from import FRAME_HEADER_MAX, check_frame
 from edgerec.fsutil import atomic_output
 from edgerec.hashing import BLOCK_SIZE, sha256_file
 
@@ -83,6 +85,8 @@ class FullCodec:
         """Decompress the patch's body into ``out``, streaming; ``old`` is ignored."""
         with open_patch(patch, max_target_size) as (header, body):
             check_codec(header, self)
+            if isinstance(body, io.BufferedReader):  # what open_patch gives: check the frame before decoding
+                check_frame(body.peek(FRAME_HEADER_MAX)[:FRAME_HEADER_MAX], 1 << LONG_WINDOW_LOG, "zstd body")
             decompressor = zstandard.ZstdDecompressor(max_window_size=1 << LONG_WINDOW_LOG)
             with verified_output(out, header) as writer:
                 decompress_into(decompressor, body, writer, header, "zstd body")

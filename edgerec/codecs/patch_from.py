@@ -50,7 +50,8 @@ MAX_WINDOW_LOG = 30
 """Default largest window (1 GiB) the codec makes and a device accepts."""
 MIN_PREFIX = 8
 """zstd refuses raw prefixes shorter than this: shorter bases are not used as a prefix at all."""
-_FRAME_HEADER_MAX = 18
+FRAME_HEADER_MAX = 18
+"""Longest zstd frame header (magic included): enough bytes to read a frame's window and dictionary id."""
 
 
 def window_log_for(size: int) -> int:
@@ -179,7 +180,7 @@ class PatchFromCodec:
             with _mapped(old) as base:
                 limit = self.window_limit(len(base), header.target_size)
                 if isinstance(body, io.BufferedReader):  # what open_patch gives: check before decoding
-                    check_frame(body.peek(_FRAME_HEADER_MAX)[:_FRAME_HEADER_MAX], limit, "zstd-patch-from body")
+                    check_frame(body.peek(FRAME_HEADER_MAX)[:FRAME_HEADER_MAX], limit, "zstd-patch-from body")
                 with memoryview(base) as view:
                     decompressor = prefix_decompressor(view, limit)
             with verified_output(out, header) as writer:

@@ -29,7 +29,6 @@ import logging
 import multiprocessing
 import multiprocessing.queues
 import os
-import platform
 import queue
 import shutil
 import socket
@@ -40,7 +39,6 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
 
@@ -48,6 +46,7 @@ import numpy as np
 
 from edgerec.errors import NoModelAvailableError
 from edgerec.tools.bench import servers
+from edgerec.tools.bench.report import Target, loadavg, machine_context, targets_table
 
 MODULE: Final = "edgerec.tools.bench.predict"
 logger = logging.getLogger(MODULE)
@@ -97,14 +96,6 @@ class Row:
     unit: str = "ms"
     sources: str = ""
     note: str = ""
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    measured: str
-    limit: str
-    met: bool
 
 
 COLUMNS: Final = [f.name for f in fields(Row)]
@@ -632,8 +623,7 @@ def render_markdown(
 ) -> str:
     lines = ["# Predict benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in context.items()]
-    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
-    lines += [f"| {t.name} | {t.measured} | {t.limit} | {'met' if t.met else 'NOT met'} |" for t in targets]
+    lines += ["", "## Targets", "", *targets_table(targets)]
     lines += ["", "## Measurements", ""]
     lines += [
         "| scenario | clients | batching | calls | errors | throughput/s | p50 | p99 | max | unit | sources | note |"
@@ -657,22 +647,13 @@ def _context(settings: Settings, load_before: str) -> dict[str, str]:
     import onnxruntime
 
     return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **machine_context(load_before),
         "versions": f"onnxruntime {onnxruntime.__version__}",
-        "load average before / after": f"{load_before} / {_loadavg()}",
         "settings": (
             f"size {settings.size}, {settings.iters} timed calls per single-caller row, {settings.seconds:g} s per "
             f"concurrent run, server in a subprocess with {SERVER_WORKERS} workers, default FallbackPolicy"
         ),
     }
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -714,7 +695,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     settings = parse_args(argv)
     settings.out.mkdir(parents=True, exist_ok=True)
-    load_before = _loadavg()
+    load_before = loadavg()
     rows, targets, facts = run(settings)
     write_csv(rows, settings.out / "predict.csv")
     report = settings.out / "predict.md"

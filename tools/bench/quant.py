@@ -55,6 +55,7 @@ from typing import Any, Final
 import numpy as np
 
 from edgerec.artifacts import ONNX_RECIPES, PUBLISH_RECIPES, TFLITE_RECIPES
+from edgerec.tools.bench.report import loadavg
 
 MODULE: Final = "edgerec.tools.bench.quant"
 logger = logging.getLogger(MODULE)
@@ -712,7 +713,7 @@ def _context(settings: Settings, started: datetime, load_before: str) -> dict[st
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "machine": f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}",
         "versions": f"onnxruntime {onnxruntime.__version__}, torch {torch.__version__}, {_litert_version()}",
-        "load average before / after": f"{load_before} / {_loadavg()}",
+        "load average before / after": f"{load_before} / {loadavg()}",
         "settings": (
             f"sizes {','.join(settings.sizes)}, {settings.validation_rows} validation rows, "
             f"{settings.iters_b1} timed calls at batch 1 and {settings.iters_b256} at batch 256, 1 thread"
@@ -727,10 +728,6 @@ def _litert_version() -> str:
         return f"ai-edge-litert {version('ai-edge-litert')}, litert-torch {version('litert-torch')}"
     except PackageNotFoundError:
         return "LiteRT not installed (TFLite recipes skipped)"
-
-
-def _loadavg() -> str:
-    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 # --- command line --------------------------------------------------------------------------------
@@ -764,7 +761,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     for noisy in ("onnxscript", "onnx_ir", "torch"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    started, load_before = datetime.now(UTC), _loadavg()
+    started, load_before = datetime.now(UTC), loadavg()
     settings.out.mkdir(parents=True, exist_ok=True)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench-quant-") as tmp:

@@ -72,15 +72,36 @@ def versions_under_test(registry: Registry) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def serving(registry: Registry) -> Iterator[str]:
-    """A real gRPC server over ``registry`` on a free loopback port; yields its address."""
+def serving(registry: Registry, **settings: Any) -> Iterator[str]:
+    """The real server (``edgerec serve``) over ``registry`` on a free loopback port, with ServerConfig
+    ``settings``; yields its address."""
     from edgerec.server.app import ServerConfig, start_server
 
-    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0"))
+    server = start_server(ServerConfig(registry=registry.root, listen="127.0.0.1:0", **settings))
     try:
         yield f"127.0.0.1:{server.port}"
     finally:
         server.stop(grace=0)
+
+
+@contextlib.contextmanager
+def serving_update_service(service: Any) -> Iterator[str]:
+    """A gRPC server on loopback serving only ``service`` (a ModelUpdateService, often a misbehaving
+    subclass); yields its address."""
+    from concurrent import futures
+
+    import grpc
+
+    from edgerec.v1 import update_pb2_grpc
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="update-rpc"))
+    update_pb2_grpc.add_ModelUpdateServicer_to_server(service, server)  # type: ignore[no-untyped-call]
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(grace=0).wait()
 
 
 # --- checks shared by every scenario ---------------------------------------------------------

@@ -32,6 +32,7 @@ from edgerec.tools.faults.common import (
     installed_problems,
     leftover_files,
     local_prediction_problems,
+    serving_update_service,
     versions_under_test,
 )
 from edgerec.tools.faults.disk import TmpfsUnavailable, leave_free, tmpfs
@@ -242,20 +243,8 @@ class HostilePlanService:
     @contextlib.contextmanager
     def serving(self) -> Iterator[str]:
         """This service on a free loopback port; yields its address."""
-        from concurrent import futures
-
-        import grpc
-
-        from edgerec.v1 import update_pb2_grpc
-
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="faults-hostile"))
-        update_pb2_grpc.add_ModelUpdateServicer_to_server(self.service, server)  # type: ignore[no-untyped-call]
-        port = server.add_insecure_port("127.0.0.1:0")
-        server.start()
-        try:
-            yield f"127.0.0.1:{port}"
-        finally:
-            server.stop(grace=0).wait()
+        with serving_update_service(self.service) as address:
+            yield address
 
 
 def sha256_hex(data: bytes) -> str:

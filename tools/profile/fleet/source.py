@@ -28,26 +28,13 @@ from urllib3.exceptions import HTTPError
 from edgerec.device.transport.base import SourceUnavailableError
 from edgerec.device.transport.http import check_answer
 from edgerec.errors import IntegrityError, TransportError
-from edgerec.grpc_status import ERROR_METADATA_KEY
+from edgerec.grpc_status import ERROR_METADATA_KEY, RETRYABLE_CODES
 from edgerec.v1 import update_pb2, update_pb2_grpc
 
 GRPC = "grpc"
 HTTP = "http"
 # Every source the report counts bytes for, in the order its columns appear.
 KNOWN_SOURCES: tuple[str, ...] = (GRPC, HTTP)
-
-# Status codes after which a call may succeed when tried again (as the device SDK retries them).
-_RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.CANCELLED,
-    }
-)
 
 
 # The call's server is gone (connection refused or cut): a device with another server fails over to it.
@@ -76,7 +63,7 @@ def call_error(exc: grpc.aio.AioRpcError, what: str) -> CallError:
     code = exc.code()
     metadata: Any = exc.trailing_metadata() or ()
     named = next((str(value) for key, value in metadata if key == ERROR_METADATA_KEY), None)
-    transient = code in _RETRYABLE and named is None
+    transient = code in RETRYABLE_CODES and named is None
     label = f"{code.name} ({named})" if named else code.name
     return CallError(f"{what}: {label}: {exc.details()}", label, transient=transient)
 

@@ -77,8 +77,11 @@ function applyBsdiff(body, old, targetSize) {
     const y = offt(control, k + 8);
     const z = offt(control, k + 16);
     if (x < 0 || y < 0) throw new PatchError('bsdiff4: negative control length');
-    if (x > targetSize - w || x > diff.length - dp || o < 0 || x > old.length - o) throw new PatchError('bsdiff4: control entry out of bounds');
-    for (let i = 0; i < x; i++) out[w + i] = (old[o + i] + diff[dp + i]) & 0xff;
+    if (x > targetSize - w || x > diff.length - dp) throw new PatchError('bsdiff4: control entry out of bounds');
+    for (let i = 0; i < x; i++) {
+      const at = o + i;
+      out[w + i] = ((at >= 0 && at < old.length ? old[at] : 0) + diff[dp + i]) & 0xff; // bspatch: outside old reads 0
+    }
     w += x;
     o += x;
     dp += x;
@@ -88,7 +91,7 @@ function applyBsdiff(body, old, targetSize) {
     ep += y;
     o += z;
   }
-  if (w !== targetSize) throw new PatchError('bsdiff4: output shorter than the target');
+  if (w !== targetSize || dp !== diff.length || ep !== extra.length) throw new PatchError('bsdiff4: output, diff or extra not used up exactly');
   return out;
 }
 

@@ -139,20 +139,24 @@ function applyPayload(data, { codec, size, sha256: want, base }) {
   return out;
 }
 
-/** A `full` body: zstd frames (one, as edgerec writes) decoding to exactly `size` bytes. */
+/** A `full` body: zstd frames decoding to exactly `size` bytes (edgerec writes one, with its content size). */
 function decodeFull(body, size) {
   const parts = [];
   let pos = 0;
   let got = 0;
-  do {
+  while (pos < body.length) {
     const rest = body.subarray(pos);
+    const skip = zstd.skippableLength(rest);
+    if (skip !== null) {
+      pos += skip;
+      continue;
+    }
     const len = zstd.frameLength(rest);
-    const h = zstd.frameHeader(rest);
-    if (h.contentSize === null || h.contentSize > size - got) throw new PatchError('full: frame content size past the target');
-    parts.push(zstd.decodeFrame(rest.subarray(0, len), { windowMax: 2 ** 27, expectSize: h.contentSize }));
-    got += h.contentSize;
+    const out = zstd.decodeFrameUnsized(rest.subarray(0, len), { windowMax: 2 ** 27, maxSize: size - got });
+    parts.push(out);
+    got += out.length;
     pos += len;
-  } while (pos < body.length);
+  }
   if (got !== size) throw new PatchError('full: output shorter than the target');
   return Buffer.concat(parts);
 }

@@ -17,28 +17,28 @@ function define(name, parent) {
   return cls;
 }
 
-const IntegrityError = define('IntegrityError', EdgerecError);
+define('IntegrityError', EdgerecError);
 const PatchError = define('PatchError', EdgerecError);
-define('WrongBaseError', IntegrityError);
-const ManifestError = define('ManifestError', EdgerecError);
+define('WrongBaseError', PatchError);
+define('ManifestError', EdgerecError);
 const TrustError = define('TrustError', EdgerecError);
 define('SignatureError', TrustError);
 define('UnknownKeyError', TrustError);
 define('NoTrustedKeysError', TrustError);
 define('FreshnessError', TrustError);
-define('StaleAnswerError', TrustError);
+define('StaleAnswerError', classes.FreshnessError);
 define('ExpiredError', TrustError);
 define('RollbackError', TrustError);
-define('WrongModelError', ManifestError);
-define('RecipeNotAllowedError', ManifestError);
+define('WrongModelError', TrustError);
+define('RecipeNotAllowedError', TrustError);
 define('PayloadBudgetError', EdgerecError);
 const TransportError = define('TransportError', EdgerecError);
 define('NotFoundError', EdgerecError);
 define('InvalidInputError', EdgerecError);
 define('UnknownBaseVersionError', EdgerecError);
-define('AuthenticationError', EdgerecError);
-define('PermissionDeniedError', EdgerecError);
-define('ResourceLimitError', TransportError);
+const AuthenticationError = define('AuthenticationError', EdgerecError);
+define('PermissionDeniedError', AuthenticationError);
+define('ResourceLimitError', EdgerecError);
 define('InterruptedError', TransportError);
 
 module.exports = classes;

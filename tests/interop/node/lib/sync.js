@@ -85,6 +85,19 @@ class Store {
   }
 }
 
+/** §5: at most 2048 bytes of printable ASCII; http(s) with a host, a port 0-65535 if any, no user info. */
+function validUrl(url) {
+  if (Buffer.byteLength(url) > MAX_URL_BYTES || !/^[!-~]*$/.test(url)) return false;
+  const m = /^([A-Za-z][A-Za-z0-9+.-]*):\/\/([^/?#]*)/.exec(url);
+  if (!m || !['http', 'https'].includes(m[1].toLowerCase())) return false;
+  const netloc = m[2];
+  if (netloc.includes('@')) return false;
+  const hp = /^(\[[^\]]*\]|[^:]*)(?::(.*))?$/.exec(netloc);
+  if (!hp || hp[1] === '' || hp[1] === '[]') return false;
+  if (hp[2] !== undefined && hp[2] !== '' && !(/^[0-9]+$/.test(hp[2]) && Number(hp[2]) <= 65535)) return false;
+  return true;
+}
+
 /** §7: the unsigned plan against the signed artifact; returns the entries in manifest file order. */
 function checkPlan(response, artifact, current, offeredCodecs, budget) {
   const bad = (why) => {
@@ -123,7 +136,8 @@ function checkPlan(response, artifact, current, offeredCodecs, budget) {
       if (!base || base.sha256 !== p.base_sha256) bad(`${file.path}: base ${p.base_path} is not a verified file of the active version`);
       if (p.codec === 'copy' && (base.sha256 !== file.sha256 || base.size !== file.size)) bad(`${file.path}: copy of another file`);
     }
-    if (p.urls.length > MAX_URLS || p.urls.some((u) => Buffer.byteLength(u) > MAX_URL_BYTES)) bad(`${file.path}: urls`);
+    const maxUrls = p.codec === 'copy' ? 0 : MAX_URLS;
+    if (p.urls.length > maxUrls || !p.urls.every(validUrl)) bad(`${file.path}: urls`);
     entries.push({ file, payload: p, size, base });
   }
   if (budget && total > budget) throw new E.PayloadBudgetError(`plan needs ${total} bytes, budget ${budget}`);
@@ -242,7 +256,8 @@ function httpInto(url, fd, have, entry, cutAt) {
           reject(new E.InterruptedError(`download cut at ${at} bytes`));
         }
       });
-      res.on('end', () => resolve(at));
+      res.on('end', () => (res.complete ? resolve(at) : reject(new Error('HTTP body cut short'))));
+      res.on('close', () => reject(new Error('HTTP connection closed')));
       res.on('error', reject);
     });
     req.on('error', reject);
@@ -288,7 +303,7 @@ async function sync(conn, opts, log = () => {}) {
       throw err;
     }
     const { response, sizes } = answer;
-    const floor = current ? highest : highest > 0n ? highest - 1n : 0n;
+    const floor = trustLib.versionFloor(highest, request.current_version);
     const verdict = trustLib.verifyAnswer(request, response, sizes, { trust, floor });
     if (!verdict.update) return { updated: false, version: current ? String(current.version) : null };
     const entries = checkPlan(response, verdict.artifact, current, request.codecs, opts.budget);

@@ -133,13 +133,14 @@ function parseManifest(bytes) {
 }
 
 /** §6.6 steps 1-6 for a SignedManifest {manifest, signatures}; returns the parsed manifest. */
-function verifyManifest(signed, { model, floor, trust, encodedSize }) {
+function verifyManifest(signed, { model, floor, trust, encodedSize, now = nowUs(), reinstallable = null }) {
   if (encodedSize > MAX_SIGNED_MANIFEST) throw new E.ManifestError('signed manifest above 4 MiB');
   if (!trust.insecure) checkSignatures(signed.manifest, signed.signatures, trust);
   const m = parseManifest(signed.manifest);
   if (m.model !== model) throw new E.WrongModelError(`manifest is for model ${m.model}`);
-  if (m.version <= floor) throw new E.RollbackError(`version ${m.version} is not above ${floor}`);
-  if (m.expires_at !== '' && parseRfc3339(m.expires_at) <= nowUs()) throw new E.ExpiredError('manifest expired');
+  const again = reinstallable !== null && m.version === BigInt(reinstallable); // §6.7: held back, not installed
+  if (m.version <= floor && !again) throw new E.RollbackError(`version ${m.version} is not above ${floor}`);
+  if (m.expires_at !== '' && parseRfc3339(m.expires_at) <= now) throw new E.ExpiredError('manifest expired');
   return m;
 }
 
@@ -149,7 +150,7 @@ function sameLabels(a, b) {
 }
 
 /** §6.4 A: the signed freshness statement against the request sent; returns the statement. */
-function verifyFreshness(sf, encodedSize, request, trust) {
+function verifyFreshness(sf, encodedSize, request, trust, { now = nowUs(), skewUs = CLOCK_SKEW_US } = {}) {
   if (!sf) throw new E.FreshnessError('no freshness statement');
   if (encodedSize > MAX_SIGNED_FRESHNESS) throw new E.FreshnessError('freshness statement above 16 KiB');
   checkSignatures(Buffer.concat([FRESHNESS_DOMAIN, sf.freshness]), sf.signatures, trust);
@@ -165,8 +166,7 @@ function verifyFreshness(sf, encodedSize, request, trust) {
   const issued = parseRfc3339(f.issued_at);
   const expires = parseRfc3339(f.expires_at);
   if (issued === null || expires === null) throw new E.FreshnessError('times are not RFC 3339');
-  const now = nowUs();
-  if (issued > now + CLOCK_SKEW_US) throw new E.FreshnessError('issued in the future');
+  if (issued > now + skewUs) throw new E.FreshnessError('issued in the future');
   if (expires <= issued) throw new E.FreshnessError('expires before it was issued');
   if (expires <= now) throw new E.FreshnessError('statement expired');
   const target = BigInt(request.target_version);
@@ -183,9 +183,9 @@ function verifyFreshness(sf, encodedSize, request, trust) {
  * §6.4 in order for a CheckUpdate answer: returns {update: false} or {update: true, manifest, artifact}.
  * `sizes` are the encoded lengths of response.manifest and response.freshness.
  */
-function verifyAnswer(request, response, sizes, { trust, floor }) {
+function verifyAnswer(request, response, sizes, { trust, floor, now = nowUs(), reinstallable = null }) {
   if (!trust.insecure && !trust.keys.length) throw new E.NoTrustedKeysError('no trusted keys');
-  const fresh = trust.insecure ? null : verifyFreshness(response.freshness, sizes.freshness, request, trust);
+  const fresh = trust.insecure ? null : verifyFreshness(response.freshness, sizes.freshness, request, trust, { now });
   const current = BigInt(request.current_version);
   if (!response.update_available) {
     if (current === 0n) throw new E.StaleAnswerError('"no update" to a device that runs nothing');
@@ -193,7 +193,7 @@ function verifyAnswer(request, response, sizes, { trust, floor }) {
     return { update: false };
   }
   if (!response.manifest) throw new E.ManifestError('no manifest');
-  const m = verifyManifest(response.manifest, { model: request.model, floor, trust, encodedSize: sizes.manifest });
+  const m = verifyManifest(response.manifest, { model: request.model, floor, trust, encodedSize: sizes.manifest, now, reinstallable });
   if (fresh && m.version !== fresh.target_version) throw new E.StaleAnswerError('manifest is not the version the statement names');
   const recipes = request.recipes.length ? request.recipes : ['int8', 'fp32'];
   if (!recipes.includes(response.recipe)) throw new E.RecipeNotAllowedError(`recipe ${response.recipe} was not asked for`);
@@ -204,8 +204,16 @@ function verifyAnswer(request, response, sizes, { trust, floor }) {
   return { update: true, manifest: m, artifact };
 }
 
+/** §6.7: the version floor for a device whose highest activated version is `highest`. */
+function versionFloor(highest, currentVersion) {
+  const h = BigInt(highest);
+  if (BigInt(currentVersion) !== 0n) return h;
+  return h > 0n ? h - 1n : 0n;
+}
+
 module.exports = {
   FRESHNESS_DOMAIN,
+  versionFloor,
   loadPublicKey,
   rawPublicKey,
   checkSignatures,

@@ -117,4 +117,28 @@ function decodeFrame(frame, { prefix = null, windowMax, expectSize }) {
   return Buffer.from(out.buffer, out.byteOffset, out.length);
 }
 
-module.exports = { ready, frameHeader, frameLength, decodeFrame };
+/** A skippable frame (magic 0x184D2A50-5F) at data[0]: its whole length; null when data[0] starts another frame. */
+function skippableLength(data) {
+  if (data.length < 8 || (data.readUInt32LE(0) & 0xfffffff0) !== 0x184d2a50) return null;
+  const n = 8 + data.readUInt32LE(4);
+  if (n > data.length) throw new PatchError('skippable zstd frame truncated');
+  return n;
+}
+
+/** Decode one frame that may lack a content size (streaming), to at most `maxSize` bytes. */
+function decodeFrameUnsized(frame, { windowMax, maxSize }) {
+  const h = frameHeader(frame);
+  if (h.contentSize !== null) {
+    if (h.contentSize > maxSize) throw new PatchError('zstd frame content size past the target size');
+    return decodeFrame(frame, { windowMax, expectSize: h.contentSize });
+  }
+  if (h.dictId !== 0) throw new PatchError('zstd frame names a dictionary id');
+  if (h.windowSize > windowMax) throw new PatchError(`zstd window ${h.windowSize} above ${windowMax}`);
+  if (frameLength(frame) !== frame.length) throw new PatchError('bytes after the zstd frame');
+  const out = new codec.Streaming().decompress(frame, 65536);
+  if (!out) throw new PatchError('zstd frame failed to decode');
+  if (out.length > maxSize) throw new PatchError('zstd frame decodes past the target size');
+  return Buffer.from(out.buffer, out.byteOffset, out.length);
+}
+
+module.exports = { ready, frameHeader, frameLength, decodeFrame, decodeFrameUnsized, skippableLength };

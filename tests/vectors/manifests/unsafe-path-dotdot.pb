@@ -1,0 +1,16 @@
+
+õctr"2026-01-01T00:00:00.000000Z*&
+dense_featuresfloat32ÿÿÿÿÿÿÿÿÿ* 
+
+sparse_idsint64ÿÿÿÿÿÿÿÿÿ2
+scorefloat32
+ÿÿÿÿÿÿÿÿÿ:Š
+fp32onnxruntime
+model.onnx"Q
+
+model.onnxì@4a098a19cab892cefb257ad1c32fa31e6157072baa6fc2e97365ece30fdf20ef"T
+../model.onnx€@2475375b4341d931ac3d5a66c36277e03c893f356eb02c56ef7d35a62ddb9585*@5ee9d11cf3862874edad970ca160b5e0b77690e5903ac5e357fd40ed9e67c829:º
+tflite_fp32litertmodel.tflite"S
+model.tfliteè@ae9ceb7b199d7d52286814693793f11eaa50eaca1d636820bef91c93bd91a587*@85252dbcf5beb303e86b55f9dc8bbf8941e807f5eaf765f414e1d2a128c38a2cB2026-01-08T00:00:00.000000Z„
+@6cef6b2eedeedd085967b5f8d9b5d8791b52406c9151d3a8234e7089a6a95e0d@ÒÚ0ô®ym`Àòö^Èö	Ë Ü®Ø 5	5`;¨
+M|uÞñU·½¯óÐu¬W–Ôƒ`„öˆoXcH•‡¼
