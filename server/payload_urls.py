@@ -9,6 +9,9 @@ bytes against the signed sha256), bounded as update.proto says.
 from __future__ import annotations
 
 import logging
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
@@ -22,6 +25,10 @@ __all__ = ["DEFAULT_URL_TTL_S", "PayloadUrls", "check_base_urls"]
 
 DEFAULT_URL_TTL_S = 900
 """How long a presigned payload link lives: long enough to fetch a big file, short enough to leak little."""
+REUSE_FRACTION = 0.1
+"""A presigned link is handed out again for this part of its life: signing one per plan would cost more CPU
+than the rest of the plan, and every link a device gets still has at least 90% of its life ahead."""
+MAX_CACHED_LINKS = 4096
 
 
 @runtime_checkable
@@ -46,12 +53,35 @@ def check_base_urls(base_urls: Sequence[str]) -> tuple[str, ...]:
 
 
 class PayloadUrls:
-    """Lists the HTTP sources of a payload: plain base URLs first, then a presigned link (if any)."""
+    """Lists the HTTP sources of a payload: plain base URLs first, then a presigned link (if any).
+
+    The registry signs a payload's link once per ``REUSE_FRACTION`` of ``ttl_s``; meanwhile plans
+    reuse it (thread-safe; at most MAX_CACHED_LINKS links are kept).
+    """
 
     def __init__(self, registry: ModelRegistry, *, ttl_s: int = DEFAULT_URL_TTL_S, base_urls: Sequence[str] = ()):
         self.registry = registry
         self.ttl_s = ttl_s
         self.base_urls = check_base_urls(base_urls)
+        self._links: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def presigned(self, model: str, payload_id: str) -> str | None:
+        """The registry's presigned link to the payload (None: it has none), signed anew once it is stale."""
+        key = (model, payload_id)
+        now = time.monotonic()
+        with self._lock:
+            cached = self._links.get(key)
+            if cached is not None and now < cached[0]:
+                self._links.move_to_end(key)
+                return cached[1]
+        link = self.registry.payload_url(model, payload_id, self.ttl_s)
+        with self._lock:
+            self._links[key] = (now + self.ttl_s * REUSE_FRACTION, link)
+            self._links.move_to_end(key)
+            while len(self._links) > MAX_CACHED_LINKS:
+                self._links.popitem(last=False)
+        return link
 
     def urls(self, model: str, payload_id: str) -> list[str]:
         """At most MAX_PAYLOAD_URLS URLs of at most MAX_PAYLOAD_URL_BYTES each (longer ones are left out)."""
@@ -59,7 +89,7 @@ class PayloadUrls:
         if self.base_urls and isinstance(self.registry, KeyedBlobs):
             key = self.registry.blob_key(payload_id)
             found.extend(f"{base}/{key}" for base in self.base_urls)
-        presigned = self.registry.payload_url(model, payload_id, self.ttl_s)
+        presigned = self.presigned(model, payload_id)
         if presigned is not None:
             found.append(presigned)
         fitting = [url for url in found if len(url.encode()) <= MAX_PAYLOAD_URL_BYTES]

@@ -308,6 +308,28 @@ def test_plans_list_base_urls_then_a_presigned_one(s3_env: dict[str, str], tmp_p
     assert all(len(u.encode()) <= MAX_PAYLOAD_URL_BYTES for u in long.urls(MODEL, payload.payload_id))
 
 
+class CountingLinks(LocalRegistry):
+    """A folder registry that "presigns" numbered links, so a test sees each signing."""
+
+    signed = 0
+
+    def payload_url(self, model: str, payload_id: str, expires_s: int) -> str | None:
+        self.signed += 1
+        return f"https://bucket.example/{payload_id}?expires={expires_s}&n={self.signed}"
+
+
+def test_a_presigned_link_is_reused_for_a_tenth_of_its_life_then_signed_anew(tmp_path: Path) -> None:
+    registry = CountingLinks(tmp_path / "registry")
+    urls = PayloadUrls(registry, ttl_s=600)  # reused for 60 s
+    first = urls.urls(MODEL, "a" * 64)
+    assert [urls.urls(MODEL, "a" * 64) for _ in range(50)] == [first] * 50 and registry.signed == 1
+    assert urls.urls(MODEL, "b" * 64) != first and registry.signed == 2  # another payload, a link of its own
+    short = PayloadUrls(registry, ttl_s=1)  # reused for 0.1 s
+    first = short.urls(MODEL, "a" * 64)
+    wait_for(lambda: short.urls(MODEL, "a" * 64) != first, "a fresh link")
+    assert registry.signed >= 4 and "expires=1&" in short.urls(MODEL, "a" * 64)[0]
+
+
 def test_a_local_registry_plans_no_urls(tmp_path: Path) -> None:
     registry = LocalRegistry(tmp_path / "registry")
     from edgerec.server.publish import PublishOptions, publish

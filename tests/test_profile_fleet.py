@@ -387,9 +387,21 @@ def test_bench_targets_are_met_only_when_every_figure_is_within_its_limit() -> N
 
     # 10 devices, 16 MB delivered, ramp 10 s: ideal 109 s
     good = _synthetic(finished=10, failed=0, end_s=120.0, server_cpu_s=0.2, peak_rss=200 * 10**6)
-    assert [t.met for t in compute_targets(good)] == [True, True, True, True]
+    assert [t.met for t in compute_targets({"target": good})] == [True, True, True, True]
     slow = _synthetic(finished=10, failed=0, end_s=130.0, server_cpu_s=0.3, peak_rss=301 * 10**6)
-    assert [t.met for t in compute_targets(slow)] == [True, False, False, False]
+    assert [t.met for t in compute_targets({"target": slow})] == [True, False, False, False]
     # Within the ratio, but a device failed: neither completion target is met.
     failing = _synthetic(finished=9, failed=1, end_s=100.0, server_cpu_s=0.1, peak_rss=100 * 10**6)
-    assert [t.met for t in compute_targets(failing)] == [False, False, True, True]
+    assert [t.met for t in compute_targets({"target": failing})] == [False, False, True, True]
+    # Over HTTP the server's CPU per GB must stay within 1 s (16 MB delivered: 0.016 s).
+    assert [t.met for t in compute_targets({"http": good})] == [True, False]
+    cheap = _synthetic(finished=10, failed=0, end_s=120.0, server_cpu_s=0.01, peak_rss=200 * 10**6)
+    assert [t.met for t in compute_targets({"http": cheap})] == [True, True]
+    # A kill run must show failovers, each costing at most one chunk twice.
+    assert [t.met for t in compute_targets({"kill": good})] == [True, True, False]
+    for r in good.results:
+        r.failovers = 1
+    good.results[0].bytes_by_source["grpc"] += good.settings.chunk_bytes()
+    assert [t.met for t in compute_targets({"kill": good})] == [True, True, True]
+    good.results[1].bytes_by_source["grpc"] += 10 * good.settings.chunk_bytes()
+    assert [t.met for t in compute_targets({"kill": good})] == [True, True, False]

@@ -663,3 +663,31 @@ def test_two_hosts_publishing_at_once_use_each_number_once(s3_env: SeaweedS3, tm
 @pytest.mark.slow
 def test_two_hosts_with_fifty_concurrent_publishes_each(s3_env: SeaweedS3, tmp_path: Path) -> None:
     _two_hosts_race(tmp_path, per_host=50, threads=50)
+
+
+def test_a_burst_of_requests_lists_a_stale_model_once(s3_env: SeaweedS3, tmp_path: Path) -> None:
+    """While one thread lists a model's versions again, the others answer from what it listed before."""
+    from edgerec.registry.s3 import S3Registry
+
+    reg = open_registry(_s3_url(), cache_dir=tmp_path / "cache")
+    assert isinstance(reg, S3Registry)
+    publish(reg, tmp_path, b"one")
+    reg.listing_ttl_s = 0.0  # every call finds the listing stale
+    listings: list[str] = []
+    entered, release = threading.Event(), threading.Event()
+
+    def hold_the_first(**_: object) -> None:
+        listings.append(threading.current_thread().name)
+        if len(listings) == 1:
+            entered.set()
+            release.wait(DEADLINE_S)
+
+    reg.client.meta.events.register("before-call.s3.ListObjectsV2", hold_the_first)
+    first = threading.Thread(target=reg.versions, args=(MODEL,), name="first")
+    first.start()
+    assert entered.wait(DEADLINE_S)
+    assert [reg.versions(MODEL) for _ in range(5)] == [[1]] * 5  # answered while "first" lists
+    release.set()
+    first.join(DEADLINE_S)
+    assert listings == ["first"]
+    assert reg.versions(MODEL) == [1] and len(listings) == 2  # stale again, and nobody listing: it lists

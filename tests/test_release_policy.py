@@ -296,3 +296,38 @@ def test_a_revert_moves_the_devices_of_the_bad_version() -> None:
     decision = decide(policy, Device("a", current_version=3), [1, 2, 3, 4], 4)
     assert (decision.version, decision.rule) == (4, "revert")
     assert decide(policy, Device("b", current_version=2), [1, 2, 3, 4], 4).version == 2
+
+
+def test_a_stale_policy_is_read_again_by_one_request_while_the_others_keep_theirs(tmp_path: Path) -> None:
+    from edgerec.registry import Document
+    from edgerec.server.release.policy_cache import PolicyCache
+
+    class HeldRegistry(Registry):
+        """Counts document reads; the one after ``hold.set()`` waits for ``release``."""
+
+        def __init__(self, root: Path) -> None:
+            super().__init__(root)
+            self.reads = 0
+            self.hold, self.entered, self.release = threading.Event(), threading.Event(), threading.Event()
+
+        def get_document(self, key: str) -> Document | None:
+            self.reads += 1
+            if self.hold.is_set() and not self.entered.is_set():
+                self.entered.set()
+                self.release.wait(60)
+            return super().get_document(key)
+
+    registry = HeldRegistry(tmp_path / "registry")
+    now = [0.0]
+    cache = PolicyCache(registry, refresh_s=1.0, clock=lambda: now[0])
+    assert cache.get("ctr") is None and registry.reads == 1
+    now[0] = 5.0  # stale
+    registry.hold.set()
+    reader = threading.Thread(target=cache.get, args=("ctr",))
+    reader.start()
+    assert registry.entered.wait(60)
+    assert [cache.get("ctr") for _ in range(5)] == [None] * 5 and registry.reads == 2  # kept, not read again
+    registry.release.set()
+    reader.join(60)
+    now[0] = 10.0
+    assert cache.get("ctr") is None and registry.reads == 3

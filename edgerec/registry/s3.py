@@ -174,6 +174,7 @@ class _Listing:
     numbers: set[int] = field(default_factory=set)
     last_key: str = ""
     checked_at: float = -float("inf")
+    listing: bool = False  # a thread is asking the bucket now
 
 
 class _Lru:
@@ -449,29 +450,39 @@ class S3Registry:
             listing.numbers.add(version)
 
     def _version_numbers(self, model: str, *, refresh: bool = False) -> list[int]:
-        """Every committed version number of ``model`` (including unreadable records), ascending."""
+        """Every committed version number of ``model`` (including unreadable records), ascending.
+
+        One thread asks the bucket when the listing is stale; meanwhile the others answer from it, so a
+        burst of requests lists once, not once each.
+        """
         with self._lock:
             listing = self._listings.setdefault(model, _Listing())
-            if not refresh and time.monotonic() - listing.checked_at < self.listing_ttl_s:
+            fresh = time.monotonic() - listing.checked_at < self.listing_ttl_s
+            if not refresh and (fresh or (listing.listing and listing.numbers)):
                 return sorted(listing.numbers)
             start_after = listing.last_key
-        prefix = self.versions_prefix(model)
-        checked_at = time.monotonic()
-        found: list[int] = []
-        last_key = start_after
-        for key in self._list(prefix, start_after=start_after):
-            match = _VERSION_NAME.match(key[len(prefix) :])
-            if match and 1 <= int(match.group(1)) <= MAX_VERSION:
-                found.append(int(match.group(1)))
-                last_key = max(last_key, key)  # only record names: a stray key may sort after all of them
-            else:
-                log.warning("ignoring %s: not a version record name", key)
+            listing.listing = True
+        try:
+            prefix = self.versions_prefix(model)
+            checked_at = time.monotonic()
+            found: list[int] = []
+            last_key = start_after
+            for key in self._list(prefix, start_after=start_after):
+                match = _VERSION_NAME.match(key[len(prefix) :])
+                if match and 1 <= int(match.group(1)) <= MAX_VERSION:
+                    found.append(int(match.group(1)))
+                    last_key = max(last_key, key)  # only record names: a stray key may sort after all of them
+                else:
+                    log.warning("ignoring %s: not a version record name", key)
+        finally:
+            with self._lock:
+                listing.listing = False
         with self._lock:
             listing.numbers.update(found)
             listing.last_key = max(listing.last_key, last_key)
             listing.checked_at = max(listing.checked_at, checked_at)
-            if not listing.numbers:  # names devices ask for are not kept unless they exist
-                self._listings.pop(model, None)
+            if not listing.numbers and self._listings.get(model) is listing:
+                self._listings.pop(model, None)  # names devices ask for are not kept unless they exist
             return sorted(listing.numbers)
 
     def _partial_info(self, model: str, version: int) -> tuple[int | None, int | None] | None:

@@ -40,14 +40,17 @@ class PolicyCache:
         self._clock = clock
         self._lock = threading.Lock()
         self._cached: dict[str, tuple[float, ReleasePolicy | None]] = {}
+        self._reading: set[str] = set()  # models whose policy a thread is reading now
 
     def get(self, model: str) -> ReleasePolicy | None:
         """``model``'s policy (None: it has none and tracks its latest version)."""
         now = self._clock()
         with self._lock:
             hit = self._cached.get(model)
-        if hit is not None and now - hit[0] < self.refresh_s:
-            return hit[1]
+            # One thread reads a stale policy again; meanwhile the others keep the one they have.
+            if hit is not None and (now - hit[0] < self.refresh_s or model in self._reading):
+                return hit[1]
+            self._reading.add(model)
         try:
             policy, _ = load_policy(self.registry, model)
         except ReleasePolicyError as exc:
@@ -55,6 +58,9 @@ class PolicyCache:
                 raise
             _unreadable.warning("keeping the last readable release policy of %s: %s", model[:80], exc)
             policy = hit[1]
+        finally:
+            with self._lock:
+                self._reading.discard(model)
         with self._lock:
             if len(self._cached) >= MAX_CACHED_MODELS and model not in self._cached:
                 self._cached.pop(next(iter(self._cached)))

@@ -14,8 +14,17 @@ its own so its CPU and memory are its own) runs two fleets, each against a fresh
 - a comparison run: ``--compare-devices`` at ``--compare-rate``, all at once (the fleet issue measured
   64 devices at 1 Mbit/s taking 194 s instead of the 11 s their links allow).
 
-Every device comes from 127.0.0.1 without a token: to the server they are one device (carrier NAT),
-and they verify the manifest's signature, every chunk and every payload's sha256.
+and, on a registry in SeaweedFS (``weed mini`` on loopback, started by the benchmark, telemetry off;
+the model published to it as well):
+
+- ``http``: the target fleet fetching payloads over HTTP (Range GETs of the plan's presigned URLs)
+  straight from SeaweedFS: the edgerec server only plans;
+- ``kill``: ``--kill-devices`` devices (gRPC payloads) spread over two replicas on that registry; one
+  replica is killed with SIGKILL while they download, and every device must finish through the other.
+
+``--scenarios`` picks which run (default: all four). Every device comes from 127.0.0.1 without a token:
+to the server they are one device (carrier NAT), and they verify the manifest's signature, every chunk
+and every payload's sha256.
 """
 
 from __future__ import annotations
@@ -25,21 +34,26 @@ import json
 import logging
 import os
 import platform
+import signal
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
+from edgerec.registry import ModelRegistry
 from edgerec.tools.bench.servers import serve
 from edgerec.tools.links.profiles import format_bitrate, parse_duration
 from edgerec.tools.profile.fleet import FleetReport, FleetSettings, run_fleet
 from edgerec.tools.profile.fleet import report as out
+from edgerec.tools.seaweed import ACCESS_KEY, SECRET_KEY, seaweed_s3
 from edgerec.units import format_bytes, parse_rate
 
 MODULE: Final = "edgerec.tools.bench.fleet"
@@ -50,6 +64,11 @@ MODEL_NAME: Final = "ctr"
 MAX_RATIO: Final = 1.15
 MAX_SERVER_PEAK_RSS_BYTES: Final = 300 * 10**6
 MAX_SERVER_CPU_S_PER_GB: Final = 15.0
+MAX_HTTP_SERVER_CPU_S_PER_GB: Final = 1.0
+SCENARIOS: Final = ("target", "compare", "http", "kill")
+BUCKET: Final = "edgerec-bench"
+# The kill run's replica dies when its devices are this far into their downloads (at the link rate).
+KILL_AT_FRACTION: Final = 0.4
 # What the issue measured for 64 devices at 1 Mbit/s (default server), shown beside the comparison run.
 ISSUE_COMPARISON: Final = "194 s instead of 11 s (17.6x), 765 RESOURCE_EXHAUSTED retries"
 
@@ -62,9 +81,11 @@ class Settings:
     devices: int
     rate: str
     ramp_s: float
-    compare_devices: int  # 0: no comparison run
+    compare_devices: int
     compare_rate: str
+    kill_devices: int
     deadline_s: float  # each device's, from its start
+    scenarios: tuple[str, ...] = SCENARIOS
 
 
 @dataclass(frozen=True)
@@ -78,8 +99,24 @@ class Target:
 # --- the registry and the server ----------------------------------------------------------------
 
 
-def build(settings: Settings, work: Path) -> tuple[Path, Path, Path]:
-    """Train and publish the reference model (default recipes); return the registry and a key pair."""
+@dataclass(frozen=True)
+class Built:
+    """The trained reference model, its local registry and the server's key pair."""
+
+    program: Path
+    validation: dict[str, Any]  # held-out inputs and labels for the accuracy gate
+    registry: Path
+    private_key: Path
+    public_key: Path
+
+    def publish_to(self, registry: ModelRegistry) -> None:
+        from edgerec.server.publish import PublishOptions, publish
+
+        publish(self.program, MODEL_NAME, registry, PublishOptions(validation=self.validation))
+
+
+def build(settings: Settings, work: Path) -> Built:
+    """Train and publish the reference model (default recipes) to a local registry; make a key pair."""
     from edgerec.reference.data import ClickGenerator, ReferenceConfig
     from edgerec.reference.train import build_and_train, export_program
     from edgerec.registry import Registry
@@ -92,12 +129,12 @@ def build(settings: Settings, work: Path) -> tuple[Path, Path, Path]:
     model = build_and_train(config, generator, day=0, num_samples=settings.train_samples, epochs=1)
     program = export_program(model, work / "model.pt2", generator.day(99, 4))
     held_out = generator.day(3, 5_000)
-    options = PublishOptions(validation={**held_out.inputs(), "labels": held_out.labels})
+    validation = {**held_out.inputs(), "labels": held_out.labels}
     registry = Registry(work / "registry")
-    publish(program, MODEL_NAME, registry, options)
+    publish(program, MODEL_NAME, registry, PublishOptions(validation=validation))
     generate_keypair(work / "server.pem", work / "server.pub")
     logger.info("trained and published %s in %.1f s", settings.size, time.perf_counter() - started)
-    return registry.root, work / "server.pem", work / "server.pub"
+    return Built(program, validation, registry.root, work / "server.pem", work / "server.pub")
 
 
 # --- the fleets ---------------------------------------------------------------------------------
@@ -126,8 +163,9 @@ def _run_in_child(settings: FleetSettings, label: str) -> FleetReport:
 
 @dataclass(frozen=True)
 class Scenario:
-    """One fleet: ``devices`` at ``rate`` each, started over ``ramp_s``."""
+    """One fleet: ``devices`` at ``rate`` each, started over ``ramp_s``; ``name`` is one of SCENARIOS."""
 
+    name: str
     devices: int
     rate: str
     ramp_s: float
@@ -135,59 +173,190 @@ class Scenario:
     @property
     def label(self) -> str:
         at_once = ", at once" if self.ramp_s == 0 else f", ramp {self.ramp_s:g} s"
-        return f"{self.devices} devices at {format_bitrate(parse_rate(self.rate))}{at_once}"
+        where = {
+            "http": ", payloads over HTTP from SeaweedFS",
+            "kill": ", two replicas on SeaweedFS, one killed (SIGKILL) mid-download",
+        }.get(self.name, "")
+        return f"{self.name}: {self.devices} devices at {format_bitrate(parse_rate(self.rate))}{at_once}{where}"
 
-
-def run_scenario(
-    scenario: Scenario, registry: Path, keys: tuple[Path, Path], work: Path, deadline_s: float
-) -> FleetReport:
-    """One fleet against a freshly started server; the simulator runs in a fresh process of its own."""
-    private, public = keys
-    with serve(registry, private, work / f"serve-{scenario.devices}.log") as (address, pid):
-        settings = FleetSettings(
-            server=address,
+    def fleet(self, server: tuple[str, int], deadline_s: float, public_key: Path, **more: object) -> FleetSettings:
+        """The fleet's settings against ``server`` (its address and process id, which is sampled)."""
+        return FleetSettings(
+            server=server[0],
             model=MODEL_NAME,
-            devices=scenario.devices,
-            rate_bytes_per_s=parse_rate(scenario.rate),
-            ramp_s=scenario.ramp_s,
+            devices=self.devices,
+            rate_bytes_per_s=parse_rate(self.rate),
+            ramp_s=self.ramp_s,
             deadline_s=deadline_s,
-            trusted_keys=(public,),
-            server_pid=pid,
+            trusted_keys=(public_key,),
+            server_pid=server[1],
+            **more,  # type: ignore[arg-type]
         )
-        logger.info("%s, against edgerec serve (pid %d)", scenario.label, pid)
-        with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-            return pool.submit(_run_in_child, settings, scenario.label).result()
 
 
-def compute_targets(report: FleetReport) -> list[Target]:
-    """The issue's targets, judged on the target run."""
+def _simulate(settings: FleetSettings, label: str) -> FleetReport:
+    """The fleet in a fresh process of its own, so its CPU and memory are its own."""
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_run_in_child, settings, label).result()
+
+
+def run_local(scenario: Scenario, built: Built, work: Path, deadline_s: float) -> FleetReport:
+    """One fleet against a freshly started server on the local registry."""
+    with serve(built.registry, built.private_key, work / f"serve-{scenario.name}.log") as server:
+        logger.info("%s, against edgerec serve (pid %d)", scenario.label, server[1])
+        return _simulate(scenario.fleet(server, deadline_s, built.public_key), scenario.label)
+
+
+@contextmanager
+def seaweed_registry(built: Built, work: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """SeaweedFS on loopback with the model published to a bucket in it; yields the registry's URL and the
+    environment (credentials, endpoint) a server needs for it."""
+    from edgerec.registry.s3 import S3Registry
+
+    with seaweed_s3(work / "seaweed") as s3:
+        s3.make_bucket(BUCKET)
+        started = time.perf_counter()
+        built.publish_to(S3Registry(BUCKET, "fleet", client=s3.client(), cache_dir=work / "publish-cache"))
+        logger.info("published to SeaweedFS (%s) in %.1f s", s3.endpoint, time.perf_counter() - started)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env |= {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": s3.endpoint}
+        yield f"s3://{BUCKET}/fleet", env
+
+
+def run_http(
+    scenario: Scenario, built: Built, url: str, env: Mapping[str, str], work: Path, deadline_s: float
+) -> FleetReport:
+    """The fleet against a server on the SeaweedFS registry, fetching payloads from the plan's URLs."""
+    extra = ["--registry-cache", str(work / "cache-http")]
+    with serve(url, built.private_key, work / "serve-http.log", extra, env) as server:
+        logger.info("%s, against edgerec serve (pid %d)", scenario.label, server[1])
+        return _simulate(scenario.fleet(server, deadline_s, built.public_key, http=True), scenario.label)
+
+
+def run_kill(
+    scenario: Scenario, built: Built, url: str, env: Mapping[str, str], work: Path, deadline_s: float
+) -> FleetReport:
+    """The fleet over two replicas on the SeaweedFS registry; the first is killed mid-download.
+
+    Devices alternate which replica they start on; the survivor is the one sampled.
+    """
+    with (
+        serve(url, built.private_key, work / "serve-a.log", ["--registry-cache", str(work / "cache-a")], env) as doomed,
+        serve(
+            url, built.private_key, work / "serve-b.log", ["--registry-cache", str(work / "cache-b")], env
+        ) as survivor,
+    ):
+        settings = scenario.fleet(survivor, deadline_s, built.public_key, also=(doomed[0],))
+        plan_bytes = _plan_bytes(survivor[0])
+        # The child takes a few seconds to start; then each device downloads for plan / rate seconds.
+        kill_after = 5.0 + scenario.ramp_s + KILL_AT_FRACTION * plan_bytes / settings.rate_bytes_per_s
+        killer = threading.Timer(kill_after, _kill, (doomed,))
+        logger.info("%s: replica pid %d dies in %.0f s", scenario.label, doomed[1], kill_after)
+        killer.start()
+        try:
+            return _simulate(settings, scenario.label)
+        finally:
+            killer.cancel()
+
+
+def _kill(server: tuple[str, int]) -> None:
+    logger.info("kill -9 replica %s (pid %d)", *server)
+    os.kill(server[1], signal.SIGKILL)
+
+
+def _plan_bytes(address: str) -> int:
+    import grpc
+
+    from edgerec.artifacts import DEFAULT_RECIPES
+    from edgerec.tools.profile.fleet.device import check_update_request
+    from edgerec.v1 import update_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
+        response = stub.CheckUpdate(check_update_request(MODEL_NAME, DEFAULT_RECIPES, "bench-probe"), timeout=60)
+    return int(response.payload_bytes)
+
+
+def compute_targets(reports: Mapping[str, FleetReport]) -> list[Target]:
+    """The fleet issue's targets, for each scenario that ran."""
+    targets: list[Target] = []
+    if "target" in reports:
+        targets += _grpc_targets(reports["target"])
+    if "http" in reports:
+        targets += _http_targets(reports["http"])
+    if "kill" in reports:
+        targets += _kill_targets(reports["kill"])
+    return targets
+
+
+def _all_finished(s: Mapping[str, object], what: str) -> Target:
+    return Target(
+        f"{what}: every device finishes, none fails",
+        f"{s['finished']} of {s['devices']} finished, {s['failed']} failed",
+        f"{s['devices']} finished, 0 failed",
+        s["failed"] == 0,
+    )
+
+
+def _grpc_targets(report: FleetReport) -> list[Target]:
     s = report.summary()
     rss, per_gb = s["server_peak_rss_bytes"], s["server_cpu_s_per_gb"]
     return [
+        _all_finished(s, "gRPC"),
         Target(
-            "every device finishes, none fails",
-            f"{s['finished']} of {s['devices']} finished, {s['failed']} failed",
-            f"{s['devices']} finished, 0 failed",
-            s["failed"] == 0,
-        ),
-        Target(
-            "fleet completion vs the link-limited ideal",
+            "gRPC: fleet completion vs the link-limited ideal",
             f"{s['completion_s']:.1f} s / {s['ideal_s']:.1f} s = {s['ratio']:.2f}x"
             + ("" if s["all_finished"] else " (not every device finished)"),
             f"<= {MAX_RATIO:g}x, every device finished",
             s["all_finished"] and s["ratio"] <= MAX_RATIO,
         ),
         Target(
-            "server peak RSS",
+            "gRPC: server peak RSS",
             format_bytes(rss) if rss is not None else "-",
             f"<= {format_bytes(MAX_SERVER_PEAK_RSS_BYTES)}",
             rss is not None and rss <= MAX_SERVER_PEAK_RSS_BYTES,
         ),
         Target(
-            "server CPU-seconds per GB delivered (gRPC path)",
+            "gRPC: server CPU-seconds per GB delivered",
             f"{per_gb:.1f} s/GB" if per_gb is not None else "- (nothing delivered)",
             f"<= {MAX_SERVER_CPU_S_PER_GB:g} s/GB",
             per_gb is not None and per_gb <= MAX_SERVER_CPU_S_PER_GB,
+        ),
+    ]
+
+
+def _http_targets(report: FleetReport) -> list[Target]:
+    s = report.summary()
+    per_gb, delivered = s["server_cpu_s_per_gb"], s["bytes_delivered"]
+    share = s["bytes_http"] / delivered if delivered else 0.0
+    return [
+        _all_finished(s, "HTTP"),
+        Target(
+            "HTTP: edgerec server CPU-seconds per GB delivered",
+            (f"{per_gb:.2f} s/GB" if per_gb is not None else "-") + f" ({share:.0%} of the bytes over HTTP)",
+            f"<= {MAX_HTTP_SERVER_CPU_S_PER_GB:g} s/GB",
+            per_gb is not None and per_gb <= MAX_HTTP_SERVER_CPU_S_PER_GB,
+        ),
+    ]
+
+
+def _kill_targets(report: FleetReport) -> list[Target]:
+    s = report.summary()
+    chunk = report.settings.chunk_bytes()
+    corrupt = report.errors_by_code().get("IntegrityError", 0)
+    return [
+        _all_finished(s, "kill -9 of a replica"),
+        Target(
+            "kill -9: no corrupt payload",
+            f"{corrupt} integrity errors (every payload's sha256 checked)",
+            "0",
+            corrupt == 0,
+        ),
+        Target(
+            "kill -9: no byte taken twice beyond one chunk per cut",
+            f"{format_bytes(s['redundant_bytes'])} taken twice over {s['failovers']} failovers",
+            f"<= {format_bytes(chunk)} per failover",
+            s["redundant_bytes"] <= chunk * s["failovers"] and s["failovers"] > 0,
         ),
     ]
 
@@ -198,18 +367,20 @@ def compute_targets(report: FleetReport) -> list[Target]:
 def render_markdown(reports: Sequence[FleetReport], targets: Sequence[Target], context: Mapping[str, str]) -> str:
     lines = ["# Fleet benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in context.items()]
-    lines += ["", f"## Targets ({reports[0].label})", "", "| target | measured | limit | met |", "|---|---|---|---|"]
+    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
     lines += [f"| {t.name} | {t.measured} | {t.limit} | {'met' if t.met else 'NOT met'} |" for t in targets]
     for report in reports:
         lines += ["", f"## {report.label}", "", "| what | value |", "|---|---|"]
         lines += [f"| {what} | {value} |" for what, value in out.summary_rows(report)]
-        if report is not reports[0]:
+        if report.label.startswith("compare:"):
             lines += [f"| the fleet issue measured | {ISSUE_COMPARISON} |"]
     lines += [
         "",
         "Ideal: the last device's start plus the plan's payload bytes at the device rate. Device times: finished "
-        "devices, from their start. Server CPU: user + system seconds of the server process while the fleet ran, "
-        "over the payload bytes the devices received. Errors by code: every failed call, by gRPC status.",
+        "devices, from their start. Server CPU: user + system seconds of the server process (the surviving "
+        "replica in the kill run) while the fleet ran, over the payload bytes the devices received from any "
+        "source. Errors by code: every failed call, by gRPC status (HTTP_UNAVAILABLE: a payload URL failed and "
+        "the device moved on). Bytes taken twice: a finished device's received bytes beyond its plan.",
         "",
         f"![devices done over time]({out.PLOT_NAME})",
         "",
@@ -255,16 +426,21 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     parser.add_argument("--size", default="small", choices=["tiny", "small", "large"])
     parser.add_argument("--out", type=Path, default=Path("bench-out/fleet"))
-    parser.add_argument("--devices", type=int, default=1000)
-    parser.add_argument("--rate", default="128kbit", help="each device's link rate")
-    parser.add_argument("--ramp", default="10s", help="the target run's devices start over this time")
-    parser.add_argument("--compare-devices", type=int, default=64, help="0: no comparison run")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    parser.add_argument("--devices", type=int, default=1000, help="devices of the target and http runs")
+    parser.add_argument("--rate", default="128kbit", help="each device's link rate (target, http and kill runs)")
+    parser.add_argument("--ramp", default="10s", help="devices start over this time (target, http and kill runs)")
+    parser.add_argument("--compare-devices", type=int, default=64)
     parser.add_argument("--compare-rate", default="1mbit")
+    parser.add_argument("--kill-devices", type=int, default=500)
     parser.add_argument("--deadline", default="300s", help="each device's time to finish, from its start")
     parser.add_argument("--train-samples", type=int, default=20_000)
     args = parser.parse_args(argv)
-    if args.devices < 1 or args.compare_devices < 0:
-        parser.error("need --devices >= 1 and --compare-devices >= 0")
+    chosen = tuple(name.strip() for name in args.scenarios.split(",") if name.strip())
+    if not chosen or any(name not in SCENARIOS for name in chosen):
+        parser.error(f"--scenarios: give some of {', '.join(SCENARIOS)}")
+    if min(args.devices, args.compare_devices, args.kill_devices) < 1:
+        parser.error("need --devices, --compare-devices and --kill-devices >= 1")
     for rate in (args.rate, args.compare_rate):
         parse_rate(rate)  # a bad rate fails now, not after training
     return Settings(
@@ -276,27 +452,40 @@ def parse_args(argv: Sequence[str] | None) -> Settings:
         ramp_s=parse_duration(args.ramp),
         compare_devices=args.compare_devices,
         compare_rate=args.compare_rate,
+        kill_devices=args.kill_devices,
         deadline_s=parse_duration(args.deadline),
+        scenarios=tuple(name for name in SCENARIOS if name in chosen),
     )
 
 
 def scenarios(settings: Settings) -> list[Scenario]:
-    """The target run first, then the comparison run (if any)."""
-    runs = [Scenario(settings.devices, settings.rate, settings.ramp_s)]
-    if settings.compare_devices:
-        runs.append(Scenario(settings.compare_devices, settings.compare_rate, 0.0))
-    return runs
+    """The chosen runs, in the order of SCENARIOS."""
+    every = {
+        "target": Scenario("target", settings.devices, settings.rate, settings.ramp_s),
+        "compare": Scenario("compare", settings.compare_devices, settings.compare_rate, 0.0),
+        "http": Scenario("http", settings.devices, settings.rate, settings.ramp_s),
+        "kill": Scenario("kill", settings.kill_devices, settings.rate, settings.ramp_s),
+    }
+    return [every[name] for name in settings.scenarios]
 
 
 def run(settings: Settings) -> tuple[list[FleetReport], list[Target]]:
+    runs = scenarios(settings)
+    reports: dict[str, FleetReport] = {}
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
-        registry, private, public = build(settings, work)
-        reports = [
-            run_scenario(scenario, registry, (private, public), work, settings.deadline_s)
-            for scenario in scenarios(settings)
-        ]
-    return reports, compute_targets(reports[0])
+        built = build(settings, work)
+        for scenario in runs:
+            if scenario.name in ("target", "compare"):
+                reports[scenario.name] = run_local(scenario, built, work, settings.deadline_s)
+        on_s3 = [scenario for scenario in runs if scenario.name in ("http", "kill")]
+        if on_s3:
+            with seaweed_registry(built, work) as (url, env):
+                for scenario in on_s3:
+                    runner = run_http if scenario.name == "http" else run_kill
+                    reports[scenario.name] = runner(scenario, built, url, env, work, settings.deadline_s)
+    ordered = [reports[scenario.name] for scenario in runs]
+    return ordered, compute_targets(reports)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
