@@ -7,7 +7,6 @@ examples); pick one with ``HYPOTHESIS_PROFILE=thorough pytest``.
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from hypothesis import settings
 from servertools import registry_server
 
 from edgerec.reference.data import ClickGenerator, ReferenceConfig
-from edgerec.registry import Registry
+from edgerec.registry import Registry, copy_registry
 
 settings.register_profile("ci", max_examples=25, deadline=timedelta(seconds=5), print_blob=True)
 settings.register_profile("thorough", max_examples=2000, deadline=timedelta(seconds=30), print_blob=True)
@@ -74,7 +73,7 @@ def served(published_registry: Registry) -> Iterator[tuple[Registry, str]]:
 def served_copy(published_registry: Registry, tmp_path: Path) -> Iterator[tuple[Registry, str]]:
     """A server over a private copy of the registry, for tests that tamper with it."""
     copy = tmp_path / "registry-copy"
-    shutil.copytree(published_registry.root, copy)
+    copy_registry(published_registry.root, copy)
     yield from _serve(Registry(copy))
 
 

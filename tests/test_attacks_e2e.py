@@ -40,7 +40,7 @@ from edgerec.errors import (
 )
 from edgerec.hashing import sha256_file
 from edgerec.manifest import Manifest, SignedManifest, parse_manifest
-from edgerec.registry import PayloadRecord, Registry
+from edgerec.registry import PayloadRecord, Registry, copy_registry
 from edgerec.server.freshness import FreshnessSigner
 from edgerec.server.payloads import PayloadStore
 from edgerec.server.planner import UpdatePlanner
@@ -158,7 +158,7 @@ def attack(
 def registry_copy(published_registry: Registry, tmp_path: Path) -> Registry:
     """A private copy of the published registry, to tamper with."""
     copy = tmp_path / "registry-copy"
-    shutil.copytree(published_registry.root, copy)
+    copy_registry(published_registry.root, copy)
     return Registry(copy)
 
 

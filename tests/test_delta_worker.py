@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections.abc import Callable
@@ -13,7 +12,7 @@ import pytest
 from servertools import registry_server
 
 from edgerec.manifest import find_artifact
-from edgerec.registry import PayloadRecord, Registry
+from edgerec.registry import PayloadRecord, Registry, copy_registry
 from edgerec.server.delta_worker import DeltaJob, DeltaWorker
 from edgerec.server.payloads import DELTA_CODECS, FULL, LocalFile, PayloadStore
 from edgerec.server.planner import UpdatePlanner
@@ -55,7 +54,7 @@ def _changed(response: update_pb2.CheckUpdateResponse) -> list[update_pb2.Payloa
 @pytest.fixture
 def registry_copy(published_registry: Registry, tmp_path: Path) -> Registry:
     copy = tmp_path / "registry"
-    shutil.copytree(published_registry.root, copy)
+    copy_registry(published_registry.root, copy)
     return Registry(copy)
 
 

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from test_policy import RELAXED, SAFE, _model
 
 from edgerec.device import EdgeClient
-from edgerec.registry import Registry
+from edgerec.registry import Registry, copy_registry
 from edgerec.server.app import RunningServer, ServerConfig, start_server
 from edgerec.server.release.fleet_doc import (
     decode_index,
@@ -57,9 +57,8 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
 @pytest.fixture
 def fresh_registry(registry: Registry, tmp_path: Path) -> Registry:
     """A copy of the published registry with no fleet documents yet."""
-    import shutil
 
-    shutil.copytree(registry.root, tmp_path / "registry")
+    copy_registry(registry.root, tmp_path / "registry")
     return Registry(tmp_path / "registry")
 
 

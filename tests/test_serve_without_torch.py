@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from edgerec.device import EdgeClient
 from edgerec.device.transport import RetryPolicy, ServerConnection, TransportConfig
-from edgerec.registry import Registry
+from edgerec.registry import Registry, copy_registry
 from edgerec.signing import generate_keypair
 
 pytestmark = pytest.mark.torch  # the registry is published with torch, in the test's own environment
@@ -37,7 +36,7 @@ def serve_only_server(published_registry: Registry, tmp_path: Path) -> Iterator[
     """`edgerec serve` from the serve-only environment over a copy of the registry; yields (address, public key)."""
     python = _serve_python()
     registry = tmp_path / "registry"
-    shutil.copytree(published_registry.root, registry)
+    copy_registry(published_registry.root, registry)
     generate_keypair(tmp_path / "server.pem", tmp_path / "server.pub")
     edgerec, key = python.parent / "edgerec", tmp_path / "server.pem"
     process = subprocess.Popen(

@@ -15,7 +15,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from edgerec.errors import IntegrityError
+from edgerec.errors import IntegrityError, TransportError
 from edgerec.fsutil import fsync_dir, make_private_dirs, open_private
 from edgerec.hashing import sha256_file
 from edgerec.ratelimit import TokenBucket
@@ -64,8 +64,9 @@ class PartFile:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        empty = os.fstat(self._fd).st_size == 0
-        os.close(self._fd)
+        fd, self._fd = self._open_fd(), -1
+        empty = os.fstat(fd).st_size == 0
+        os.close(fd)
         if empty:  # nothing to resume: leave no empty file behind
             self.path.unlink(missing_ok=True)
 
@@ -77,7 +78,7 @@ class PartFile:
             self._bucket.consume(len(data))
         view, offset = memoryview(data), self.offset
         while view:
-            written = os.pwrite(self._fd, view, offset)
+            written = os.pwrite(self._open_fd(), view, offset)
             if written == 0:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
             view = view[written:]
@@ -90,13 +91,20 @@ class PartFile:
 
     def restart(self) -> None:
         """Drop every byte written so far: the next write goes to offset 0."""
-        os.ftruncate(self._fd, 0)
+        os.ftruncate(self._open_fd(), 0)
         self.offset = self.resumed = 0
 
     def sha256(self) -> str:
         """The sha256 of the bytes written, once they are durable."""
-        os.fsync(self._fd)
+        os.fsync(self._open_fd())
         return sha256_file(self.path)
+
+    def _open_fd(self) -> int:
+        # A transport thread that outlives its deadline may still call in after the file was closed;
+        # its descriptor number may by then belong to another file (a database), which it must never touch.
+        if self._fd < 0:
+            raise TransportError(f"{self.path.name} is closed: late write refused")
+        return self._fd
 
     def finish(self) -> Path:
         """Rename the complete, checked ``.part`` to its ``.payload`` name (durably); returns that path."""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from edgerec.errors import RegistryUnavailableError
 from edgerec.registry.base import Document, ManifestFactory, ModelRegistry, PayloadRecord, VersionFile
-from edgerec.registry.local import LocalRegistry
+from edgerec.registry.local import LocalRegistry, copy_registry
 
 Registry = LocalRegistry
 """The local folder registry, under the name callers have always used."""
@@ -24,6 +24,7 @@ __all__ = [
     "PayloadRecord",
     "Registry",
     "VersionFile",
+    "copy_registry",
     "open_registry",
 ]
 

@@ -98,6 +98,23 @@ CREATE TABLE IF NOT EXISTS changes (
 """
 
 
+def copy_registry(source: Path | str, destination: Path | str) -> Path:
+    """Copy the local registry at ``source`` to a new folder ``destination``; returns it.
+
+    The index is copied through SQLite's backup API, never by opening its files: closing any other
+    descriptor of a database file drops the locks this process's open connections hold on it (POSIX
+    record locks are per process), which can corrupt a registry that is in use.
+    """
+    source, destination = Path(source), Path(destination)
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("index.sqlite*"))
+    with (
+        closing(sqlite3.connect(source / "index.sqlite", timeout=30.0)) as src,
+        closing(sqlite3.connect(destination / "index.sqlite")) as dst,
+    ):
+        src.backup(dst)
+    return destination
+
+
 class LocalRegistry:
     """A registry rooted at a folder; safe to share between threads and processes on one machine."""
 
