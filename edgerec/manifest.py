@@ -71,8 +71,13 @@ def make_artifact(recipe: str, runtime: str, entrypoint: str, files: Sequence[Ar
     return artifact
 
 
+def rfc3339(moment: datetime) -> str:
+    """``moment`` as the UTC timestamp manifests and freshness statements carry (microseconds, ``Z``)."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now_rfc3339() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return rfc3339(datetime.now(UTC))
 
 
 def sign_nothing(manifest: Manifest) -> SignedManifest:

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from edgerec.errors import SigningKeyError
 from edgerec.fsutil import fsync_dir
-from edgerec.manifest import Manifest, SignedManifest, check_manifest, parse_manifest
+from edgerec.manifest import Manifest, SignedManifest, check_manifest, parse_manifest, rfc3339
 from edgerec.v1 import manifest_pb2, update_pb2
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ def sign_manifest(
         start = datetime.now(UTC) if now is None else now
         if start.tzinfo is None:
             raise ValueError("now must be timezone-aware")
-        to_sign.expires_at = (start + expires_in).astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        to_sign.expires_at = rfc3339(start + expires_in)
     check_manifest(to_sign)
     data = to_sign.SerializeToString(deterministic=True)
     signature = _sign(data, private_key)

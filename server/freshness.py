@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edgerec.errors import InvalidInputError
+from edgerec.manifest import rfc3339
 from edgerec.signing import MAX_NONCE_BYTES, sign_freshness
 from edgerec.v1 import update_pb2
 
@@ -46,22 +47,32 @@ class FreshnessSigner:
     ) -> update_pb2.SignedFreshness:
         """The signed statement answering ``request``: run ``target_version``; ``latest_version`` is the newest."""
         check_nonce(request)
-        issued = datetime.now(UTC) if now is None else now.astimezone(UTC)
-        statement = update_pb2.Freshness(
-            model=request.model,
-            latest_version=latest_version,
-            target_version=target_version,
-            device_id=request.device_id,
-            nonce=request.nonce,
-            requested_version=request.target_version,
-            channel=request.channel,
-            labels=request.labels,
-            app_version=request.app_version,
-            issued_at=_rfc3339(issued),
-            expires_at=_rfc3339(issued + self.ttl),
+        issued = datetime.now(UTC) if now is None else now
+        statement = freshness_statement(
+            request, latest_version=latest_version, target_version=target_version, issued=issued, ttl=self.ttl
         )
         return sign_freshness(statement, self.private_key)
 
 
-def _rfc3339(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+def freshness_statement(
+    request: update_pb2.CheckUpdateRequest,
+    *,
+    latest_version: int,
+    target_version: int,
+    issued: datetime,
+    ttl: timedelta,
+) -> update_pb2.Freshness:
+    """The unsigned statement answering ``request``: it echoes the question and lives ``ttl`` from ``issued``."""
+    return update_pb2.Freshness(
+        model=request.model,
+        latest_version=latest_version,
+        target_version=target_version,
+        device_id=request.device_id,
+        nonce=request.nonce,
+        requested_version=request.target_version,
+        channel=request.channel,
+        labels=request.labels,
+        app_version=request.app_version,
+        issued_at=rfc3339(issued),
+        expires_at=rfc3339(issued + ttl),
+    )

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 from edgerec import errors
+from edgerec.manifest import rfc3339
 from edgerec.tools.vectors import payloads, plan_vectors, trust_vectors
 from edgerec.tools.vectors.index import IndexWriter, Json
 from edgerec.tools.vectors.keys import write_keys
@@ -47,8 +48,8 @@ def generate(out: Path) -> Json:
         "warning": "TEST KEYS ONLY: the private keys below are public; never trust them outside tests.",
         "errors": error_parents(),
         "clock": {
-            "statements_issued_at": trust_vectors.rfc3339(trust_vectors.ISSUED),
-            "default_now": trust_vectors.rfc3339(trust_vectors.NOW),
+            "statements_issued_at": rfc3339(trust_vectors.ISSUED),
+            "default_now": rfc3339(trust_vectors.NOW),
             "note": "verify every vector at its params.now, never at the real time: the vectors never expire",
         },
     }

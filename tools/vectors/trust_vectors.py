@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from edgerec.manifest import ArtifactFile, Manifest, SignedManifest, TensorSpec, make_artifact
+from edgerec.manifest import ArtifactFile, Manifest, SignedManifest, TensorSpec, make_artifact, rfc3339
+from edgerec.server.freshness import freshness_statement
 from edgerec.signing import FRESHNESS_DOMAIN
 from edgerec.tools.vectors.index import IndexWriter, Json
 from edgerec.tools.vectors.keys import VectorKey, vector_key
@@ -28,10 +29,6 @@ MANIFEST_EXPIRES = "2026-01-08T00:00:00.000000Z"
 CLOCK_SKEW_S = 300
 TRUSTED = ("root-a", "root-b")
 CODECS = ("full", "bsdiff4", "zstd-patch-from", "tensor")
-
-
-def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _key(name: str) -> VectorKey:
@@ -82,18 +79,8 @@ def statement(
 ) -> update_pb2.Freshness:
     """A statement answering ``request`` (the base request by default), as the server makes it."""
     req = request if request is not None else base_request()
-    out = update_pb2.Freshness(
-        model=req.model,
-        latest_version=target if latest is None else latest,
-        target_version=target,
-        device_id=req.device_id,
-        nonce=req.nonce,
-        requested_version=req.target_version,
-        channel=req.channel,
-        labels=req.labels,
-        app_version=req.app_version,
-        issued_at=rfc3339(issued),
-        expires_at=rfc3339(issued + ttl),
+    out = freshness_statement(
+        req, latest_version=target if latest is None else latest, target_version=target, issued=issued, ttl=ttl
     )
     for name, value in fields.items():
         if name == "labels":
