@@ -33,7 +33,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import signal
 import sys
 import tempfile
@@ -43,12 +42,12 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Final
 
 from edgerec.registry import ModelRegistry
+from edgerec.tools.bench.report import Target, loadavg, machine_context, targets_table
 from edgerec.tools.bench.servers import serve
 from edgerec.tools.links.profiles import format_bitrate, parse_duration
 from edgerec.tools.profile.fleet import FleetReport, FleetSettings, run_fleet
@@ -86,14 +85,6 @@ class Settings:
     kill_devices: int
     deadline_s: float  # each device's, from its start
     scenarios: tuple[str, ...] = SCENARIOS
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    measured: str
-    limit: str
-    met: bool
 
 
 # --- the registry and the server ----------------------------------------------------------------
@@ -367,8 +358,7 @@ def _kill_targets(report: FleetReport) -> list[Target]:
 def render_markdown(reports: Sequence[FleetReport], targets: Sequence[Target], context: Mapping[str, str]) -> str:
     lines = ["# Fleet benchmark", ""]
     lines += [f"- {key}: {value}" for key, value in context.items()]
-    lines += ["", "## Targets", "", "| target | measured | limit | met |", "|---|---|---|---|"]
-    lines += [f"| {t.name} | {t.measured} | {t.limit} | {'met' if t.met else 'NOT met'} |" for t in targets]
+    lines += ["", "## Targets", "", *targets_table(targets)]
     for report in reports:
         lines += ["", f"## {report.label}", "", "| what | value |", "|---|---|"]
         lines += [f"| {what} | {value} |" for what, value in out.summary_rows(report)]
@@ -403,23 +393,14 @@ def _context(settings: Settings, load_before: str, plan_bytes: int) -> dict[str,
     import grpc
 
     return {
-        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+        **machine_context(load_before),
         "versions": f"grpcio {grpc.__version__}",
-        "load average before / after": f"{load_before} / {_loadavg()}",
         "settings": (
             f"reference model {settings.size} (int8 plan of {format_bytes(plan_bytes)} for a fresh device), "
             f"default `edgerec serve` with a signing key in a subprocess, devices from 127.0.0.1 without tokens, "
             f"each verifying signatures, chunks and sha256; device deadline {settings.deadline_s:g} s"
         ),
     }
-
-
-def _loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def parse_args(argv: Sequence[str] | None) -> Settings:
@@ -493,7 +474,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("edgerec").setLevel(logging.WARNING)
     logger.setLevel(logging.INFO)
     settings = parse_args(argv)
-    load_before = _loadavg()
+    load_before = loadavg()
     reports, targets = run(settings)
     write_outputs(reports, targets, _context(settings, load_before, reports[0].plan_bytes), settings.out)
     logger.info("%s", (settings.out / "fleet.md").read_text())
