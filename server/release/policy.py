@@ -206,15 +206,17 @@ def _policy_json(policy: ReleasePolicy) -> dict[str, Any]:
             "labels": [{"where": p.where, "version": p.version} for p in policy.label_pins],
         },
         "rollouts": [rollout_json(r) for r in policy.rollouts],
-        "reverts": [
-            {
-                "version": r.version,
-                "to_version": r.to_version,
-                "bad_versions": list(r.bad_versions),
-                "at_unix_s": r.at_unix_s,
-            }
-            for r in policy.reverts
-        ],
+        "reverts": [revert_json(r) for r in policy.reverts],
+    }
+
+
+def revert_json(r: Revert) -> dict[str, Any]:
+    """One revert as the policy document stores it."""
+    return {
+        "version": r.version,
+        "to_version": r.to_version,
+        "bad_versions": list(r.bad_versions),
+        "at_unix_s": r.at_unix_s,
     }
 
 

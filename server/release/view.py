@@ -11,7 +11,7 @@ from typing import Any
 from edgerec.server.release import cohorts
 from edgerec.server.release.controller import attributes_of, split_cohorts
 from edgerec.server.release.decide import targets
-from edgerec.server.release.policy import ReleasePolicy, Rollout, rollout_json
+from edgerec.server.release.policy import ReleasePolicy, Rollout, revert_json, rollout_json
 from edgerec.server.release.records import DeviceRecord
 
 __all__ = ["policy_view", "rollout_view"]
@@ -73,14 +73,6 @@ def policy_view(policy: ReleasePolicy, devices: Sequence[DeviceRecord]) -> dict[
         "channels": dict(sorted(policy.channels.items())),
         "device_pins": len(policy.device_pins),
         "label_pins": [{"where": p.where, "version": p.version} for p in policy.label_pins],
-        "reverts": [
-            {
-                "version": r.version,
-                "to_version": r.to_version,
-                "bad_versions": list(r.bad_versions),
-                "at_unix_s": r.at_unix_s,
-            }
-            for r in policy.reverts
-        ],
+        "reverts": [revert_json(r) for r in policy.reverts],
         "rollouts": [rollout_view(r, devices) for r in reversed(policy.rollouts)],
     }
