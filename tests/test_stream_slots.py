@@ -269,12 +269,15 @@ def test_without_tokens_devices_behind_one_address_have_their_own_limits_and_ref
         ServerConfig(registry=published_registry.root, listen="127.0.0.1:0", max_streams=3, max_streams_per_device=1)
     )
     address = f"127.0.0.1:{server.port}"
-    streams = [HostileStream(address, payload, device) for device in ("a", "b", "a")]
+    streams: list[HostileStream] = []
     try:
-        streams[0].first_chunk()
-        streams[1].first_chunk()  # another device behind the same address gets its own slot
+        # One at a time: a stream asks for its slot when it opens, so opening them together races.
+        for device in ("a", "b"):  # b, behind the same address, gets a slot of its own
+            streams.append(HostileStream(address, payload, device))
+            streams[-1].first_chunk()
+        streams.append(HostileStream(address, payload, "a"))
         with pytest.raises(grpc.RpcError) as refused:
-            streams[2].first_chunk()  # a second stream of device a is over its limit
+            streams[-1].first_chunk()  # a second stream of device a is over its limit
         error: Any = refused.value
         assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         hints = [value for key, value in error.trailing_metadata() or () if key == RETRY_AFTER_KEY]

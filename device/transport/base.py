@@ -23,6 +23,7 @@ start on one and finish on another; the sha256 at the end decides.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -164,5 +165,6 @@ class StallWatch:
                 self.fired = "the download's deadline passed"
             else:
                 continue
-            self._cancel()
+            with contextlib.suppress(OSError):  # the reader's own timeout may have closed the transfer first
+                self._cancel()
             return
