@@ -415,6 +415,54 @@ def test_the_blob_cache_stops_a_fetch_that_runs_long(tmp_path: Path) -> None:
     assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]  # no temporary file left
 
 
+def test_callers_asking_for_one_missing_blob_at_once_share_one_fetch(tmp_path: Path) -> None:
+    from edgerec.registry.cache import BlobCache
+
+    cache = BlobCache(tmp_path / "cache")
+    data = os.urandom(1000)
+    sha = hashlib.sha256(data).hexdigest()
+    fetches: list[int] = []
+    release = threading.Event()
+
+    def slow_fetch() -> Iterator[bytes]:
+        fetches.append(1)
+        release.wait(60)
+        yield data
+
+    asking = threading.Semaphore(0)
+
+    def ask() -> Path:
+        asking.release()
+        return cache.get(sha, len(data), slow_fetch)
+
+    with ThreadPoolExecutor(8) as pool:
+        results = [pool.submit(ask) for _ in range(8)]
+        for _ in range(8):
+            assert asking.acquire(timeout=60)
+        time.sleep(0.2)  # lets the callers reach the fetch; the outcome does not depend on it
+        release.set()
+        paths = {future.result(timeout=60) for future in results}
+    assert paths == {cache.path_for(sha)} and cache.path_for(sha).read_bytes() == data
+    assert len(fetches) == 1
+
+
+def test_s3_payloads_are_served_from_a_checked_local_copy(s3_registry: S3Registry, tmp_path: Path) -> None:
+    data = os.urandom(50_000)
+    record, path = staged_payload(tmp_path, data)
+    s3_registry.add_payload(record, path)
+    with s3_registry.open_payload(MODEL, record.payload_id) as f:
+        assert f.read() == data
+    forged = bytes(b ^ 0xFF for b in data)  # the same size, other bytes
+    s3_registry.client.put_object(Bucket=BUCKET, Key=s3_registry.blob_key(record.payload_id), Body=forged)
+    with s3_registry.open_payload(MODEL, record.payload_id) as f:
+        assert f.read() == data  # the checked copy, not the bucket's bytes
+    from edgerec.registry.s3 import S3Registry
+
+    another = S3Registry(s3_registry.bucket, s3_registry.prefix, client=s3_registry.client, cache_dir=tmp_path / "b")
+    with pytest.raises(IntegrityError):
+        another.open_payload(MODEL, record.payload_id)  # a replica without the copy checks the bucket's bytes
+
+
 # --- records read from a bucket: parsed or refused with a typed error, never anything else ---
 
 _json_values = st.recursive(

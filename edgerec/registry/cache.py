@@ -7,6 +7,9 @@ checked while it was written, so a bucket that serves other bytes is caught at t
 The bound is kept by evicting the least recently used copies after each insert, sparing
 copies used within the last ``grace_s`` seconds: a caller holding a fresh path finds it.
 So the cache may overshoot its bound while many large files are in use.
+
+Callers asking for the same missing blob at once share one fetch: a fleet's first requests for
+a new payload cost the bucket one download, not one each.
 """
 
 from __future__ import annotations
@@ -41,6 +44,8 @@ class BlobCache:
         self.grace_s = grace_s
         self.root.mkdir(parents=True, exist_ok=True)
         self._evicting = threading.Lock()
+        self._fetching: dict[str, threading.Lock] = {}
+        self._fetching_guard = threading.Lock()
 
     def path_for(self, sha256: str) -> Path:
         validate_sha256(sha256)
@@ -49,13 +54,36 @@ class BlobCache:
     def get(self, sha256: str, size: int, fetch: Fetch) -> Path:
         """A local copy of the blob of ``size`` bytes and ``sha256``, fetched and verified if missing."""
         path = self.path_for(sha256)
+        if self._present(path, size):
+            return path
+        with self._fetching_guard:
+            lock = self._fetching.setdefault(sha256, threading.Lock())
+        try:
+            with lock:
+                if self._present(path, size):  # another caller fetched it meanwhile
+                    return path
+                self._fetch(path, sha256, size, fetch)
+        finally:
+            with self._fetching_guard:
+                if not lock.locked():
+                    self._fetching.pop(sha256, None)
+        self.evict()
+        return path
+
+    @staticmethod
+    def _present(path: Path, size: int) -> bool:
+        """Whether ``path`` holds a copy of ``size`` bytes (marked recently used); one of another size is removed."""
         try:
             if path.stat().st_size == size:
-                os.utime(path)  # marks it recently used
-                return path
+                os.utime(path)
+                return True
             path.unlink(missing_ok=True)  # a copy of another size is not this blob
         except FileNotFoundError:
             pass
+        return False
+
+    @staticmethod
+    def _fetch(path: Path, sha256: str, size: int, fetch: Fetch) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_output(path) as out:
             digest = hashlib.sha256()
@@ -70,8 +98,6 @@ class BlobCache:
                 raise IntegrityError(f"blob {sha256[:16]} has {written} bytes, the manifest says {size}")
             if digest.hexdigest() != sha256:
                 raise IntegrityError(f"blob {sha256[:16]} does not match its sha256 (got {digest.hexdigest()[:16]})")
-        self.evict()
-        return path
 
     def evict(self) -> None:
         """Remove least recently used copies until the cache fits its bound (sparing fresh ones)."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import io
 import json
 import logging
 import os
@@ -103,7 +102,6 @@ DEFAULT_LISTING_TTL_S = 1.0
 DEFAULT_MAX_COMMIT_ATTEMPTS = 200
 DEFAULT_MANIFEST_CACHE_BYTES = 64 * 1024 * 1024
 PAYLOAD_CACHE_ENTRIES = 50_000
-PAYLOAD_READ_BUFFER = 1024 * 1024
 _CHUNK = 1024 * 1024
 _MAX_LIST_PAGES = 10_000
 _PARALLEL_READS = 16
@@ -660,12 +658,11 @@ class S3Registry:
         self._changed(f"payload {record.model}/{record.payload_id}")
 
     def open_payload(self, model: str, payload_id: str) -> BinaryIO:
+        """The payload from the local blob cache, fetched and checked against its sha256 on first use: the
+        bucket is read once per payload, not once per stream, and no unchecked byte is served."""
         record = self.payload(model, payload_id)
         key = self.blob_key(record.payload_id)
-        size = self._head_size(key)
-        if size != record.size:
-            raise IntegrityError(f"payload {payload_id[:16]} has {size} bytes in the bucket, its record {record.size}")
-        return io.BufferedReader(_RangeReader(self.client, self.bucket, key, size), buffer_size=PAYLOAD_READ_BUFFER)
+        return self.blobs.get(record.payload_id, record.size, lambda: self._stream(key, record.size)).open("rb")
 
     def payload_url(self, model: str, payload_id: str, expires_s: int) -> str | None:
         """A presigned GET of the payload's blob, valid for ``expires_s`` seconds (1 s to 7 days)."""
@@ -710,52 +707,6 @@ class S3Registry:
         path = self.cache_dir / "tmp"
         path.mkdir(parents=True, exist_ok=True)
         return path
-
-
-class _RangeReader(io.RawIOBase):
-    """A seekable read-only view of one object: each read is one ranged GET."""
-
-    def __init__(self, client: S3Client, bucket: str, key: str, size: int) -> None:
-        super().__init__()
-        self._client, self._bucket, self._key, self._size = client, bucket, key, size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        if base + offset < 0:
-            raise ValueError(f"negative seek position {base + offset}")
-        self._pos = base + offset
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        view = memoryview(buffer).cast("B")
-        want = min(len(view), self._size - self._pos)
-        if want <= 0:
-            return 0
-        byte_range = f"bytes={self._pos}-{self._pos + want - 1}"
-        try:
-            response = self._client.get_object(Bucket=self._bucket, Key=self._key, Range=byte_range)
-            body = response["Body"]
-            try:
-                data = _read_at_most(body.iter_chunks(_CHUNK), want, self._key)
-            finally:
-                body.close()
-        except (ClientError, BotoCoreError) as exc:
-            raise _unavailable(f"GET {byte_range}", self._key, exc) from exc
-        if len(data) != want:
-            raise IntegrityError(f"{self._key} {byte_range} gave {len(data)} bytes")
-        view[:want] = data
-        self._pos += want
-        return want
 
 
 # --- records -------------------------------------------------------------------------
