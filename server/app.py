@@ -354,7 +354,12 @@ def start_server(config: ServerConfig, *, fleet: RegistryFleet | None = None) ->
             metrics.interceptor(),
             MessageSizeLimits({REPORT_STATUS: telemetry.max_report_bytes}),
         ],
-        options=[("grpc.max_receive_message_length", config.max_receive_bytes)],
+        options=[
+            ("grpc.max_receive_message_length", config.max_receive_bytes),
+            # Probing sizes only what the server receives (small requests); each new connection's
+            # probe pings are pure cost on a control plane that a fleet connects to once per check.
+            ("grpc.http2.bdp_probe", 0),
+        ],
     )
     update_pb2_grpc.add_ModelUpdateServicer_to_server(  # type: ignore[no-untyped-call]
         ModelUpdateService(

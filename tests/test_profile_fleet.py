@@ -397,6 +397,11 @@ def test_bench_targets_are_met_only_when_every_figure_is_within_its_limit() -> N
     assert [t.met for t in compute_targets({"http": good})] == [True, False]
     cheap = _synthetic(finished=10, failed=0, end_s=120.0, server_cpu_s=0.01, peak_rss=200 * 10**6)
     assert [t.met for t in compute_targets({"http": cheap})] == [True, True]
+    # Against the do-nothing server of the same run: at most 1.5 times its CPU per device.
+    floor = _synthetic(finished=10, failed=0, end_s=120.0, server_cpu_s=0.006, peak_rss=50 * 10**6)
+    assert [t.met for t in compute_targets({"http": cheap, "http-floor": floor})] == [True, True, False]
+    floor = _synthetic(finished=10, failed=0, end_s=120.0, server_cpu_s=0.007, peak_rss=50 * 10**6)
+    assert [t.met for t in compute_targets({"http": cheap, "http-floor": floor})] == [True, True, True]
     # A kill run must show failovers, each costing at most one chunk twice.
     assert [t.met for t in compute_targets({"kill": good})] == [True, True, False]
     for r in good.results:

@@ -18,7 +18,9 @@ and, on a registry in SeaweedFS (``weed mini`` on loopback, started by the bench
 the model published to it as well):
 
 - ``http``: the target fleet fetching payloads over HTTP (Range GETs of the plan's presigned URLs)
-  straight from SeaweedFS: the edgerec server only plans;
+  straight from SeaweedFS: the edgerec server only plans. The same fleet then runs against a
+  do-nothing gRPC server that answers every CheckUpdate with one stored answer of the edgerec
+  server (the floor: what gRPC alone costs a fleet's connections and checks);
 - ``kill``: ``--kill-devices`` devices (gRPC payloads) spread over two replicas on that registry; one
   replica is killed with SIGKILL while they download, and every device must finish through the other.
 
@@ -48,7 +50,7 @@ from typing import Any, Final
 
 from edgerec.registry import ModelRegistry
 from edgerec.tools.bench.report import Target, loadavg, machine_context, targets_table
-from edgerec.tools.bench.servers import serve
+from edgerec.tools.bench.servers import serve, serving
 from edgerec.tools.links.profiles import format_bitrate, parse_duration
 from edgerec.tools.profile.fleet import FleetReport, FleetSettings, run_fleet
 from edgerec.tools.profile.fleet import report as out
@@ -58,13 +60,18 @@ from edgerec.units import format_bytes, parse_rate
 MODULE: Final = "edgerec.tools.bench.fleet"
 logger = logging.getLogger(MODULE)
 MODEL_NAME: Final = "ctr"
+SERVICE: Final = "edgerec.v1.ModelUpdate"
 
 # Targets (the fleet issue), for the target run.
 MAX_RATIO: Final = 1.15
 MAX_SERVER_PEAK_RSS_BYTES: Final = 300 * 10**6
 MAX_SERVER_CPU_S_PER_GB: Final = 15.0
 MAX_HTTP_SERVER_CPU_S_PER_GB: Final = 1.0
+# The edgerec control plane against a gRPC server that does nothing but answer (same fleet, same run).
+MAX_FLOOR_RATIO: Final = 1.5
 SCENARIOS: Final = ("target", "compare", "http", "kill")
+FLOOR_SERVER_FLAG: Final = "--floor-server"
+FLOOR: Final = "http-floor"  # the http fleet against a do-nothing gRPC server (a report, not a scenario)
 BUCKET: Final = "edgerec-bench"
 # The kill run's replica dies when its devices are this far into their downloads (at the link rate).
 KILL_AT_FRACTION: Final = 0.4
@@ -216,12 +223,39 @@ def seaweed_registry(built: Built, work: Path) -> Iterator[tuple[str, dict[str, 
 
 def run_http(
     scenario: Scenario, built: Built, url: str, env: Mapping[str, str], work: Path, deadline_s: float
-) -> FleetReport:
-    """The fleet against a server on the SeaweedFS registry, fetching payloads from the plan's URLs."""
+) -> tuple[FleetReport, FleetReport]:
+    """The fleet against a server on the SeaweedFS registry, fetching payloads from the plan's URLs; then
+    the same fleet against the floor server answering with that server's answer."""
     extra = ["--registry-cache", str(work / "cache-http")]
+    answer = work / "floor-answer.bin"
     with serve(url, built.private_key, work / "serve-http.log", extra, env) as server:
         logger.info("%s, against edgerec serve (pid %d)", scenario.label, server[1])
-        return _simulate(scenario.fleet(server, deadline_s, built.public_key, http=True), scenario.label)
+        report = _simulate(scenario.fleet(server, deadline_s, built.public_key, http=True), scenario.label)
+        answer.write_bytes(_check_update(server[0]))
+    label = f"{scenario.label}; the floor: a do-nothing gRPC server"
+    command = [sys.executable, "-m", MODULE, FLOOR_SERVER_FLAG, str(answer)]
+    with serving(command, work / "serve-floor.log") as floor:
+        logger.info("%s (pid %d)", label, floor[1])
+        return report, _simulate(scenario.fleet(floor, deadline_s, built.public_key, http=True), label)
+
+
+def run_floor_server(answer_file: Path) -> None:
+    """A ModelUpdate server that does nothing: every CheckUpdate gets the bytes of ``answer_file`` (the
+    request is not even parsed), on a thread pool as large as ``edgerec serve``'s."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+
+    from edgerec.server.app import DEFAULT_WORKERS
+
+    answer = answer_file.read_bytes()
+    check = grpc.unary_unary_rpc_method_handler(lambda request, context: answer)
+    service = grpc.method_handlers_generic_handler(SERVICE, {"CheckUpdate": check})
+    server = grpc.server(ThreadPoolExecutor(max_workers=DEFAULT_WORKERS), handlers=[service])
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    print(f"serving the floor on 127.0.0.1:{port}", flush=True)
+    server.wait_for_termination()
 
 
 def run_kill(
@@ -255,17 +289,23 @@ def _kill(server: tuple[str, int]) -> None:
     os.kill(server[1], signal.SIGKILL)
 
 
-def _plan_bytes(address: str) -> int:
+def _check_update(address: str) -> bytes:
+    """A fresh device's CheckUpdate answer from the server at ``address``, as the bytes it sent."""
     import grpc
 
     from edgerec.artifacts import DEFAULT_RECIPES
     from edgerec.tools.profile.fleet.device import check_update_request
-    from edgerec.v1 import update_pb2_grpc
 
+    request = check_update_request(MODEL_NAME, DEFAULT_RECIPES, "bench-probe").SerializeToString()
     with grpc.insecure_channel(address) as channel:
-        stub = update_pb2_grpc.ModelUpdateStub(channel)  # type: ignore[no-untyped-call]
-        response = stub.CheckUpdate(check_update_request(MODEL_NAME, DEFAULT_RECIPES, "bench-probe"), timeout=60)
-    return int(response.payload_bytes)
+        answer: bytes = channel.unary_unary(f"/{SERVICE}/CheckUpdate", None, None)(request, timeout=60)
+    return answer
+
+
+def _plan_bytes(address: str) -> int:
+    from edgerec.v1 import update_pb2
+
+    return int(update_pb2.CheckUpdateResponse.FromString(_check_update(address)).payload_bytes)
 
 
 def compute_targets(reports: Mapping[str, FleetReport]) -> list[Target]:
@@ -274,7 +314,7 @@ def compute_targets(reports: Mapping[str, FleetReport]) -> list[Target]:
     if "target" in reports:
         targets += _grpc_targets(reports["target"])
     if "http" in reports:
-        targets += _http_targets(reports["http"])
+        targets += _http_targets(reports["http"], reports.get(FLOOR))
     if "kill" in reports:
         targets += _kill_targets(reports["kill"])
     return targets
@@ -316,11 +356,11 @@ def _grpc_targets(report: FleetReport) -> list[Target]:
     ]
 
 
-def _http_targets(report: FleetReport) -> list[Target]:
+def _http_targets(report: FleetReport, floor: FleetReport | None) -> list[Target]:
     s = report.summary()
     per_gb, delivered = s["server_cpu_s_per_gb"], s["bytes_delivered"]
     share = s["bytes_http"] / delivered if delivered else 0.0
-    return [
+    targets = [
         _all_finished(s, "HTTP"),
         Target(
             "HTTP: edgerec server CPU-seconds per GB delivered",
@@ -329,6 +369,26 @@ def _http_targets(report: FleetReport) -> list[Target]:
             per_gb is not None and per_gb <= MAX_HTTP_SERVER_CPU_S_PER_GB,
         ),
     ]
+    if floor is not None:
+        f = floor.summary()
+        ours, nothing = _cpu_ms_per_device(s), _cpu_ms_per_device(f)
+        ratio = ours / nothing if ours is not None and nothing else None
+        targets.append(
+            Target(
+                "HTTP: server CPU per device against a do-nothing gRPC server (same fleet)",
+                f"{ours:.2f} ms vs {nothing:.2f} ms ({ratio:.2f}x; floor {f['server_cpu_s_per_gb']:.2f} s/GB)"
+                if ratio is not None and ours is not None and nothing is not None
+                else "-",
+                f"<= {MAX_FLOOR_RATIO:g}x",
+                ratio is not None and ratio <= MAX_FLOOR_RATIO,
+            )
+        )
+    return targets
+
+
+def _cpu_ms_per_device(summary: Mapping[str, Any]) -> float | None:
+    cpu = summary["server_cpu_s"]
+    return None if cpu is None else 1000 * cpu / summary["devices"]
 
 
 def _kill_targets(report: FleetReport) -> list[Target]:
@@ -463,13 +523,19 @@ def run(settings: Settings) -> tuple[list[FleetReport], list[Target]]:
         if on_s3:
             with seaweed_registry(built, work) as (url, env):
                 for scenario in on_s3:
-                    runner = run_http if scenario.name == "http" else run_kill
-                    reports[scenario.name] = runner(scenario, built, url, env, work, settings.deadline_s)
-    ordered = [reports[scenario.name] for scenario in runs]
+                    if scenario.name == "http":
+                        reports["http"], reports[FLOOR] = run_http(scenario, built, url, env, work, settings.deadline_s)
+                    else:
+                        reports["kill"] = run_kill(scenario, built, url, env, work, settings.deadline_s)
+    ordered = [reports[name] for scenario in runs for name in (scenario.name, FLOOR) if name in reports]
     return ordered, compute_targets(reports)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args[:1] == [FLOOR_SERVER_FLAG] and len(args) == 2:  # how run_http starts the floor server
+        run_floor_server(Path(args[1]))
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("edgerec").setLevel(logging.WARNING)
     logger.setLevel(logging.INFO)
