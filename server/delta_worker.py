@@ -63,6 +63,8 @@ class DeltaWorker:
         self._keys: set[tuple[str, str, str, str]] = set()  # queued or running
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        # Jobs ended (made or failed): a plan made before this moved may lack a delta made since.
+        self.finished = 0
         self._threads = [
             threading.Thread(target=self._run, name=f"edgerec-delta-{i}", daemon=True) for i in range(workers)
         ]
@@ -132,6 +134,7 @@ class DeltaWorker:
             finally:
                 with self._idle:
                     self._keys.discard(job.key)
+                    self.finished += 1
                     self._idle.notify_all()
 
 

@@ -9,14 +9,12 @@ bytes against the signed sha256), bounded as update.proto says.
 from __future__ import annotations
 
 import logging
-import threading
-import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Protocol, runtime_checkable
 
 from edgerec.errors import ConfigError
 from edgerec.registry import ModelRegistry
+from edgerec.server.memo import ExpiringMemo
 from edgerec.trust import MAX_PAYLOAD_URL_BYTES, MAX_PAYLOAD_URLS
 
 log = logging.getLogger(__name__)
@@ -63,25 +61,11 @@ class PayloadUrls:
         self.registry = registry
         self.ttl_s = ttl_s
         self.base_urls = check_base_urls(base_urls)
-        self._links: OrderedDict[tuple[str, str], tuple[float, str | None]] = OrderedDict()
-        self._lock = threading.Lock()
+        self._links: ExpiringMemo[tuple[str, str], str | None] = ExpiringMemo(ttl_s * REUSE_FRACTION, MAX_CACHED_LINKS)
 
     def presigned(self, model: str, payload_id: str) -> str | None:
         """The registry's presigned link to the payload (None: it has none), signed anew once it is stale."""
-        key = (model, payload_id)
-        now = time.monotonic()
-        with self._lock:
-            cached = self._links.get(key)
-            if cached is not None and now < cached[0]:
-                self._links.move_to_end(key)
-                return cached[1]
-        link = self.registry.payload_url(model, payload_id, self.ttl_s)
-        with self._lock:
-            self._links[key] = (now + self.ttl_s * REUSE_FRACTION, link)
-            self._links.move_to_end(key)
-            while len(self._links) > MAX_CACHED_LINKS:
-                self._links.popitem(last=False)
-        return link
+        return self._links.get((model, payload_id), lambda: self.registry.payload_url(model, payload_id, self.ttl_s))
 
     def urls(self, model: str, payload_id: str) -> list[str]:
         """At most MAX_PAYLOAD_URLS URLs of at most MAX_PAYLOAD_URL_BYTES each (longer ones are left out)."""

@@ -16,6 +16,7 @@ from edgerec.manifest import PARTIAL_OF, Artifact, ArtifactFile, find_artifact
 from edgerec.registry import ModelRegistry, PayloadRecord
 from edgerec.server.delta_worker import DeltaJob, DeltaWorker
 from edgerec.server.freshness import FreshnessSigner, check_nonce
+from edgerec.server.memo import ExpiringMemo
 from edgerec.server.payload_urls import PayloadUrls
 from edgerec.server.payloads import DELTA_CODECS, FULL, PayloadStore, version_file
 from edgerec.server.release.decide import decide, device_of_request
@@ -25,6 +26,9 @@ from edgerec.server.signer import ManifestSigner
 from edgerec.v1 import update_pb2
 
 log = logging.getLogger(__name__)
+
+PLAN_KEEP_S = 1.0
+MAX_KEPT_PLANS = 1024
 
 __all__ = ["DEFAULT_RECIPES", "DEFAULT_RUNTIMES", "Base", "UpdatePlanner", "choose_artifact"]
 
@@ -47,6 +51,11 @@ class UpdatePlanner:
     ``observer`` is told of every answered request and the version the answer has the device run.
     ``policies`` hold each model's release policy (``edgerec.server.release``): a device that asks for
     no particular version is offered the one its policy decides; without, the latest.
+
+    Devices that ask alike (the same target, base and offers) share one plan for ``PLAN_KEEP_S``: a
+    fleet checking in at once is planned once per kind of device. A delta this server's worker builds
+    shows up at once; one another replica builds, at most that much later. Each answer still gets its
+    own freshness statement.
     """
 
     def __init__(
@@ -69,6 +78,9 @@ class UpdatePlanner:
         self.freshness = freshness
         self.urls = urls
         self.deltas = deltas
+        self._plans: ExpiringMemo[tuple[object, ...], update_pb2.CheckUpdateResponse] = ExpiringMemo(
+            PLAN_KEEP_S, MAX_KEPT_PLANS
+        )
 
     def plan(self, request: update_pb2.CheckUpdateRequest) -> update_pb2.CheckUpdateResponse:
         check_nonce(request)
@@ -127,6 +139,23 @@ class UpdatePlanner:
         return decision.version
 
     def _plan_to(
+        self, request: update_pb2.CheckUpdateRequest, target_version: int, base: Base | None
+    ) -> update_pb2.CheckUpdateResponse:
+        """The plan from ``base`` to ``target_version`` for what the device offers (a copy of the kept one)."""
+        key = (
+            request.model,
+            target_version,
+            (base.version, base.artifact.digest) if base is not None else None,
+            tuple(request.recipes),
+            tuple(request.runtimes),
+            frozenset(request.codecs),
+            self.deltas.finished if self.deltas is not None else 0,
+        )
+        response = update_pb2.CheckUpdateResponse()
+        response.CopyFrom(self._plans.get(key, lambda: self._make_plan(request, target_version, base)))
+        return response
+
+    def _make_plan(
         self, request: update_pb2.CheckUpdateRequest, target_version: int, base: Base | None
     ) -> update_pb2.CheckUpdateResponse:
         signed, manifest = self.registry.load_manifest(request.model, target_version)
