@@ -527,7 +527,10 @@ def run(settings: Settings) -> tuple[list[FleetReport], list[Target]]:
                         reports["http"], reports[FLOOR] = run_http(scenario, built, url, env, work, settings.deadline_s)
                     else:
                         reports["kill"] = run_kill(scenario, built, url, env, work, settings.deadline_s)
-    ordered = [reports[name] for scenario in runs for name in (scenario.name, FLOOR) if name in reports]
+    names = [
+        name for scenario in runs for name in ((scenario.name, FLOOR) if scenario.name == "http" else (scenario.name,))
+    ]
+    ordered = [reports[name] for name in names]
     return ordered, compute_targets(reports)
 
 
