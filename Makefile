@@ -69,6 +69,7 @@ bench-predict: $(STAMP)
 # `edgerec serve` (a subprocess), and 64 at 1 Mbit/s; completion vs the link-limited ideal, server CPU and RSS.
 bench-fleet: $(STAMP)
 	$(BIN)/python -m edgerec.tools.bench.fleet --out bench-out/fleet
+	$(BIN)/python -m edgerec.tools.bench.check_latency --out bench-out/fleet
 
 # A staged rollout of v3 to 1,000 simulated devices against a real server, three ways: a v3 that fails its
 # golden cases on 30% of devices, one 2 AUC points worse, a good one (docs/rollout-simulation.md).

@@ -113,7 +113,7 @@ class Built:
         publish(self.program, MODEL_NAME, registry, PublishOptions(validation=self.validation))
 
 
-def build(settings: Settings, work: Path) -> Built:
+def build(size: str, train_samples: int, work: Path) -> Built:
     """Train and publish the reference model (default recipes) to a local registry; make a key pair."""
     from edgerec.reference.data import ClickGenerator, ReferenceConfig
     from edgerec.reference.train import build_and_train, export_program
@@ -121,17 +121,17 @@ def build(settings: Settings, work: Path) -> Built:
     from edgerec.server.publish import PublishOptions, publish
     from edgerec.signing import generate_keypair
 
-    config = ReferenceConfig.from_name(settings.size)
+    config = ReferenceConfig.from_name(size)
     generator = ClickGenerator(config, seed=0)
     started = time.perf_counter()
-    model = build_and_train(config, generator, day=0, num_samples=settings.train_samples, epochs=1)
+    model = build_and_train(config, generator, day=0, num_samples=train_samples, epochs=1)
     program = export_program(model, work / "model.pt2", generator.day(99, 4))
     held_out = generator.day(3, 5_000)
     validation = {**held_out.inputs(), "labels": held_out.labels}
     registry = Registry(work / "registry")
     publish(program, MODEL_NAME, registry, PublishOptions(validation=validation))
     generate_keypair(work / "server.pem", work / "server.pub")
-    logger.info("trained and published %s in %.1f s", settings.size, time.perf_counter() - started)
+    logger.info("trained and published %s in %.1f s", size, time.perf_counter() - started)
     return Built(program, validation, registry.root, work / "server.pem", work / "server.pub")
 
 
@@ -515,7 +515,7 @@ def run(settings: Settings) -> tuple[list[FleetReport], list[Target]]:
     reports: dict[str, FleetReport] = {}
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         work = Path(tmp)
-        built = build(settings, work)
+        built = build(settings.size, settings.train_samples, work)
         for scenario in runs:
             if scenario.name in ("target", "compare"):
                 reports[scenario.name] = run_local(scenario, built, work, settings.deadline_s)
