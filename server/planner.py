@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 
 PLAN_KEEP_S = 1.0
 MAX_KEPT_PLANS = 1024
+# A device names a few short recipes, runtimes and codecs; longer offers are planned but not kept,
+# so what a caller sends never sizes the memo.
+MAX_KEPT_OFFER_CHARS = 256
 
 __all__ = ["DEFAULT_RECIPES", "DEFAULT_RUNTIMES", "Base", "UpdatePlanner", "choose_artifact"]
 
@@ -142,13 +145,14 @@ class UpdatePlanner:
         self, request: update_pb2.CheckUpdateRequest, target_version: int, base: Base | None
     ) -> update_pb2.CheckUpdateResponse:
         """The plan from ``base`` to ``target_version`` for what the device offers (a copy of the kept one)."""
+        offers = (tuple(request.recipes), tuple(request.runtimes), frozenset(request.codecs))
+        if sum(len(name) for names in offers for name in names) > MAX_KEPT_OFFER_CHARS:
+            return self._make_plan(request, target_version, base)  # kept plans are not the place for odd offers
         key = (
             request.model,
             target_version,
             (base.version, base.artifact.digest) if base is not None else None,
-            tuple(request.recipes),
-            tuple(request.runtimes),
-            frozenset(request.codecs),
+            offers,
             self.deltas.finished if self.deltas is not None else 0,
         )
         response = update_pb2.CheckUpdateResponse()
