@@ -4,11 +4,13 @@ bad version back to the good bytes (a new version, so its anti-rollback floor st
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from click.testing import CliRunner
 from test_release_server import MODEL, _serve, copy_of, offered, publish_three
@@ -17,9 +19,11 @@ from edgerec.cli.main import cli
 from edgerec.device import EdgeClient
 from edgerec.registry import Registry
 from edgerec.server.release import cohorts
-from edgerec.server.release.gates import GateThresholds
+from edgerec.server.release.controller import split_cohorts
+from edgerec.server.release.gates import GateThresholds, evaluate_wave
 from edgerec.server.release.policy import load_policy
 from edgerec.signing import generate_keypair
+from edgerec.v1 import telemetry_pb2, telemetry_pb2_grpc
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +100,102 @@ def test_devices_that_go_silent_fail_the_wave(registry: Registry) -> None:
         gate = halted.gate(0)
         assert gate is not None and gate.verdict == "fail" and gate.treatment == len(inside)
         assert any("silent" in name for name in gate.numbers)
+    finally:
+        server.stop(grace=0)
+
+
+def test_gate_options_are_checked_before_anything_is_written(registry: Registry) -> None:
+    run(registry, "channel", "set", "--version", "2")
+    for bad, says in (
+        ("max_install_failure=0.01", "max_install_failure_rate"),  # unknown: the known names are listed
+        ("max_install_failure_rate", "NAME=VALUE"),
+        ("max_install_failure_rate=lots", "a number"),
+        ("max_install_failure_rate=1.5", "0..1"),
+        ("min_devices=2.5", "an integer"),
+        ("min_devices=0", ">= 1"),
+        ("require_control=maybe", "true or false"),
+        ("silent_after_s=inf", "finite"),
+    ):
+        args = ["rollout", "start", "--version", "3", "--gate", bad, "--registry", str(registry.root)]
+        result = CliRunner().invoke(cli, [*args, "--model", MODEL])
+        assert result.exit_code == 2 and "--gate" in result.output and says in result.output, (bad, result.output)
+        assert "Traceback" not in result.output
+    twice = ["--gate", "min_devices=3", "--gate", "min_devices=4"]
+    result = CliRunner().invoke(
+        cli, ["rollout", "start", "--version", "3", *twice, "--registry", str(registry.root), "--model", MODEL]
+    )
+    assert result.exit_code == 2 and "twice" in result.output
+    policy, _ = load_policy(registry, MODEL)
+    assert policy is not None and policy.rollouts == (), "a refused start writes nothing"
+    started = run(
+        registry, "rollout", "start", "--version", "3", "--gate", "max_install_failure_rate=0.01",
+        "--gate", "min_devices=20", "--gate", "require_control=false",
+    )["rollout"]  # fmt: skip
+    expected = {"max_install_failure_rate": 0.01, "min_devices": 20, "require_control": False}
+    assert started["gate_thresholds"] == expected
+    assert [type(v) for v in started["gate_thresholds"].values()] == [float, int, bool]
+    (shown,) = run(registry, "rollout", "status")["rollouts"]
+    assert shown["gate_thresholds"] == expected
+    table = CliRunner().invoke(cli, ["rollout", "status", "--registry", str(registry.root), "--model", MODEL])
+    assert table.exit_code == 0 and "max_install_failure_rate=0.01" in table.output, table.output
+
+
+def test_a_rollouts_strict_install_failure_bound_halts_what_the_servers_would_pass(registry: Registry) -> None:
+    run(registry, "channel", "set", "--version", "2")
+    # Every targeted device is in the one wave: no control is needed, the treatment's health decides.
+    run(registry, "rollout", "start", "--version", "3", "--waves", "100", "--gate", "max_install_failure_rate=0.01")
+    server = _serve(registry)
+    try:
+        assert server.rollouts is not None and server.fleet is not None
+        ids = [f"strict-{i}" for i in range(20)]
+        assert {offered(server, d, current=2) for d in ids} == {3}
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = telemetry_pb2_grpc.TelemetryStub(channel)  # type: ignore[no-untyped-call]
+            for i, device_id in enumerate(ids):
+                failed = i == 0  # 1 of 20 (5%): within the server's 5%, above the rollout's 1%
+                active = 2 if failed else 3
+                stub.ReportStatus(
+                    telemetry_pb2.StatusReport(
+                        device_id=device_id,
+                        model=MODEL,
+                        active_version=active,
+                        install_failures=[telemetry_pb2.InstallFailure(version=3, error="HealthCheckError")]
+                        if failed
+                        else [],
+                        outcomes=[telemetry_pb2.VersionOutcomes(version=active, predictions=50)],
+                    ),
+                    timeout=30,
+                )
+        server.fleet.flush()
+        now = time.time() + 1
+        policy, _ = load_policy(registry, MODEL)
+        assert policy is not None
+        running = policy.rollouts[-1]
+        wave = split_cohorts(running, server.fleet.devices(MODEL))
+        assert len(wave.treatment) == len(ids)
+
+        def verdict(thresholds: GateThresholds) -> str:
+            return evaluate_wave(
+                version=3,
+                baseline_version=2,
+                treatment=wave.treatment,
+                control=wave.control,
+                wave_started_unix_s=running.wave_started_unix_s,
+                now_unix_s=now,
+                thresholds=thresholds,
+            ).verdict
+
+        servers = server.rollouts.wave_thresholds(dataclasses.replace(running, gate_thresholds={}))
+        assert verdict(servers) == "pass", "the server's own thresholds pass this wave"
+        assert verdict(server.rollouts.wave_thresholds(running)) == "fail"
+        (move,) = server.rollouts.tick(now=now)
+        assert move.after == ("halted", 0)
+        policy, _ = load_policy(registry, MODEL)
+        assert policy is not None
+        halted = policy.rollouts[-1]
+        assert "install_failure_rate" in halted.reason and "1.0%" in halted.reason, halted.reason
+        gate = halted.gate(0)
+        assert gate is not None and gate.verdict == "fail" and gate.numbers["install_failure_rate"] == 0.05
     finally:
         server.stop(grace=0)
 

@@ -19,6 +19,7 @@ from edgerec.errors import InvalidInputError, ReleasePolicyError, TargetingError
 from edgerec.registry import Registry
 from edgerec.server.release import cohorts, targeting
 from edgerec.server.release.decide import Device, decide
+from edgerec.server.release.gates import OVERRIDABLE, GateThresholds
 from edgerec.server.release.policy import (
     LabelPin,
     ReleasePolicy,
@@ -30,6 +31,7 @@ from edgerec.server.release.policy import (
     policy_key,
     update_policy,
 )
+from edgerec.server.release.rollouts import start_rollout
 
 EU_ORT = targeting.Attributes(
     runtimes=("onnxruntime", "tflite"), recipes=("int8", "fp32"), app_version="5.1", channel="stable",
@@ -196,6 +198,25 @@ def test_a_policy_round_trips_through_its_document() -> None:
         lambda d: d["rollouts"][0].update(gates=[{"wave": 9, "verdict": "pass", "at_unix_s": 1}]),
         lambda d: d.update(rollouts=[{}] * 1000),
         lambda d: d.update(reverts=[{"version": 4}]),
+        # A rollout's own gate thresholds: only known names, their types, their ranges, a bounded object.
+        lambda d: d["rollouts"][0].update(gate_thresholds=[["max_install_failure_rate", 0.01]]),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_install_failure": 0.01}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"__class__": 1}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_install_failure_rate": "0.01"}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_install_failure_rate": True}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_install_failure_rate": None}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"min_devices": 2.5}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"min_devices": 10.0}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"min_devices": 10**30}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"require_control": 0}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_install_failure_rate": 1.5}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_rollback_rate": -0.1}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"min_devices": 0}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"ctr_alpha": 0}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_p99_ratio": 0.5}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"silent_after_s": float("inf")}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={"max_silent_rate": float("nan")}),
+        lambda d: d["rollouts"][0].update(gate_thresholds={f"t{i}": 0.1 for i in range(10_000)}),
     ],
 )
 def test_a_garbled_policy_is_a_typed_error(mutate: object) -> None:
@@ -203,6 +224,67 @@ def test_a_garbled_policy_is_a_typed_error(mutate: object) -> None:
     mutate(doc)  # type: ignore[operator]
     with pytest.raises(ReleasePolicyError):
         decode_policy(json.dumps(doc).encode(), "ctr")
+
+
+def test_a_rollouts_gate_thresholds_round_trip_typed() -> None:
+    overrides = {"max_install_failure_rate": 0.01, "min_devices": 3, "require_control": False}
+    policy = _policy(rollouts=(_rollout(gate_thresholds=overrides),))
+    decoded = decode_policy(encode_policy(policy), "ctr")
+    assert decoded == policy
+    (stored,) = json.loads(encode_policy(policy))["rollouts"]
+    assert stored["gate_thresholds"] == overrides
+    # An integer written for a rate is read as the float it is; an integer threshold stays an integer.
+    stored["gate_thresholds"]["max_install_failure_rate"] = 0
+    doc = {**json.loads(encode_policy(policy)), "rollouts": [stored]}
+    read = decode_policy(json.dumps(doc).encode(), "ctr").rollouts[0].gate_thresholds
+    assert read == {"max_install_failure_rate": 0.0, "min_devices": 3, "require_control": False}
+    assert [type(v) for v in read.values()] == [float, int, bool]
+
+
+def test_a_document_without_gate_thresholds_is_rewritten_byte_identical() -> None:
+    data = encode_policy(_policy())
+    assert b"gate_thresholds" not in data, "a rollout without overrides is stored as before"
+    decoded = decode_policy(data, "ctr")
+    assert decoded.rollouts[0].gate_thresholds == {}
+    assert encode_policy(decoded) == data
+    # The same document with an explicit empty object reads the same and is written without it.
+    doc = json.loads(data)
+    doc["rollouts"][0]["gate_thresholds"] = {}
+    assert encode_policy(decode_policy(json.dumps(doc).encode(), "ctr")) == data
+
+
+def test_a_rollout_starts_with_checked_gate_thresholds() -> None:
+    base = ReleasePolicy("ctr", channels={"stable": 2})
+    started = start_rollout(base, version=3, published=[1, 2, 3], now=0.0, gate_thresholds={"min_devices": 4})
+    assert started.rollouts[0].gate_thresholds == {"min_devices": 4}
+    for bad in ({"nope": 1}, {"min_devices": "4"}, {"max_silent_rate": 2.0}):
+        with pytest.raises(ReleasePolicyError, match="gate threshold"):
+            start_rollout(base, version=3, published=[1, 2, 3], now=0.0, gate_thresholds=bad)
+
+
+_gate_values = st.one_of(
+    st.booleans(),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=4),
+    st.none(),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.one_of(st.sampled_from(sorted(OVERRIDABLE)), st.text(max_size=8)), _gate_values, max_size=6))
+def test_any_gate_thresholds_read_as_valid_thresholds_or_a_typed_error(overrides: dict[str, object]) -> None:
+    doc = json.loads(encode_policy(_policy()))
+    doc["rollouts"][0]["gate_thresholds"] = overrides
+    try:
+        policy = decode_policy(json.dumps(doc).encode(), "ctr")
+    except ReleasePolicyError:
+        return
+    read = policy.rollouts[0].gate_thresholds
+    assert set(read) == set(overrides) <= set(OVERRIDABLE)
+    assert all(type(v) is OVERRIDABLE[k] and v == overrides[k] for k, v in read.items())
+    GateThresholds().overridden(read)  # in range, so the controller can apply them
+    assert decode_policy(encode_policy(policy), "ctr") == policy
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ controller judges it by the treatment's own health instead of waiting for a cont
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from edgerec.registry import Registry
@@ -63,3 +64,19 @@ def test_the_last_wave_is_judged_without_a_control(tmp_path: Path) -> None:
     assert evaluate_wave(treatment=healthy, thresholds=last, **common).verdict == "pass"  # type: ignore[arg-type]
     failing = healthy[:40] + [_device(i, install_failed=True) for i in range(40, 50)]
     assert evaluate_wave(treatment=failing, thresholds=last, **common).verdict == "fail"  # type: ignore[arg-type]
+
+
+def test_a_rollouts_own_thresholds_replace_the_servers_and_the_last_wave_rule_holds(tmp_path: Path) -> None:
+    registry = Registry(tmp_path / "registry")
+    fleet = RegistryFleet(registry)
+    try:
+        server = GateThresholds(min_devices=20, max_install_failure_rate=0.1)
+        controller = RolloutController(registry, fleet, thresholds=server)
+        overrides = {"max_install_failure_rate": 0.01, "require_control": True}
+        middle = controller.wave_thresholds(dataclasses.replace(_rollout(2), gate_thresholds=overrides))
+        last = controller.wave_thresholds(dataclasses.replace(_rollout(3), gate_thresholds=overrides))
+    finally:
+        fleet.stop()
+    assert middle == dataclasses.replace(server, max_install_failure_rate=0.01)
+    assert last == dataclasses.replace(server, max_install_failure_rate=0.01, require_control=False)
+    assert controller.wave_thresholds(_rollout(1)) == server

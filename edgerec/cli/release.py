@@ -21,6 +21,7 @@ from edgerec.errors import ReleasePolicyError
 from edgerec.registry import ModelRegistry
 from edgerec.server.release import rollouts as moves
 from edgerec.server.release import targeting
+from edgerec.server.release.gates import OVERRIDABLE, GateValue, check_overrides
 from edgerec.server.release.policy import LabelPin, ReleasePolicy, load_policy, rollout_json, update_policy
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhd]?)\s*$")
@@ -41,6 +42,38 @@ def parse_waves(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise click.BadParameter(f"{text!r} is not a list of percentages such as 1,10,50,100") from None
+
+
+_BOOLS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+
+def parse_gates(items: tuple[str, ...]) -> dict[str, GateValue]:
+    """Gate thresholds in ``NAME=VALUE`` items (``--gate``), checked as the policy document checks them."""
+    known = ", ".join(OVERRIDABLE)
+    raw: dict[str, GateValue] = {}
+    for item in items:
+        name, sep, text = (part.strip() for part in item.partition("="))
+        kind = OVERRIDABLE.get(name)
+        if not sep or kind is None:
+            raise click.BadParameter(f"{item!r} is not NAME=VALUE with NAME one of: {known}", param_hint="'--gate'")
+        if name in raw:
+            raise click.BadParameter(f"{name} is given twice", param_hint="'--gate'")
+        try:
+            if kind is bool:
+                raw[name] = _BOOLS[text.lower()]
+            else:
+                raw[name] = int(text) if kind is int else float(text)
+        except (KeyError, ValueError):
+            wanted = {bool: "true or false", int: "an integer", float: "a number"}[kind]
+            raise click.BadParameter(f"{name} must be {wanted}, got {text[:40]!r}", param_hint="'--gate'") from None
+    try:
+        return check_overrides(raw)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="'--gate'") from None
+
+
+def _gates_text(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the server's"
 
 
 def _model_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,6 +107,7 @@ def _print_rollout(model: str, rollout: dict[str, Any]) -> None:
         ("wave", f"{rollout['wave_index'] + 1} of {len(rollout['waves'])} ({waves})"),
         ("wave started", _when(rollout["wave_started_unix_s"])),
         ("wave min time", f"{rollout['wave_min_time_s']:g} s"),
+        ("gate thresholds", _gates_text(rollout["gate_thresholds"])),
         ("reason", rollout["reason"]),
     ]
     print_table(f"Rollout of {model} version {rollout['version']}", ["field", "value"], rows)
@@ -98,6 +132,14 @@ def rollout() -> None:
 )
 @click.option("--channel", default="stable", show_default=True, help="The channel rolled out to.")
 @click.option("--require-approval", is_flag=True, help="Wait for `rollout approve` after each passed wave.")
+@click.option(
+    "--gate",
+    "gates",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="This rollout's own gate threshold in place of the server's, e.g. max_install_failure_rate=0.01 "
+    f"(repeatable; names: {', '.join(OVERRIDABLE)}).",
+)
 @_json_option
 def start(
     registry_spec: str,
@@ -109,11 +151,13 @@ def start(
     where: str,
     channel: str,
     require_approval: bool,
+    gates: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Start a staged rollout of VERSION; the devices outside its waves stay on the channel's version."""
     wave_list = parse_waves(waves)
     min_time = parse_duration(wave_min_time)
+    overrides = parse_gates(gates)
     if where:
         targeting.parse(where)
     registry = _open(registry_spec, s3_endpoint, model)
@@ -131,6 +175,7 @@ def start(
             where=where,
             channel=channel,
             require_approval=require_approval,
+            gate_thresholds=overrides,
         ),
     )
     started = moves.find_rollout(policy, states=("running",))

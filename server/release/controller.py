@@ -132,11 +132,14 @@ class RolloutController:
         return moves
 
     def wave_thresholds(self, rollout: Rollout) -> GateThresholds:
-        """The thresholds of ``rollout``'s current wave: a wave of every targeted device leaves no control
-        cohort, so its comparisons are skipped instead of waited for (its own health rates still decide)."""
+        """The thresholds of ``rollout``'s current wave: the server's, with the rollout's own overrides
+        (``Rollout.gate_thresholds``) in their place. A wave of every targeted device leaves no control
+        cohort, so its comparisons are skipped instead of waited for (its own health rates still decide),
+        whatever the rollout set."""
+        thresholds = self.thresholds.overridden(rollout.gate_thresholds)
         if rollout.percent >= 100:
-            return dataclasses.replace(self.thresholds, require_control=False)
-        return self.thresholds
+            return dataclasses.replace(thresholds, require_control=False)
+        return thresholds
 
     def _apply(self, model: str, rollout: Rollout, report: GateReport, sizes: Cohorts, now: float) -> Move | None:
         """Write ``rollout``'s step for ``report`` unless it moved meanwhile; the move, if this call made one."""

@@ -17,16 +17,25 @@ A gate without enough samples keeps the wave waiting; a fail beats a wait.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from edgerec.server.release.records import DeviceRecord, VersionRecord
 from edgerec.server.release.stats import proportion_drop_p, rate_ratio_p
 
-__all__ = ["GateReport", "GateThresholds", "Verdict", "evaluate_wave"]
+__all__ = [
+    "OVERRIDABLE",
+    "GateReport",
+    "GateThresholds",
+    "GateValue",
+    "Verdict",
+    "check_overrides",
+    "evaluate_wave",
+]
 
 Verdict = Literal["pass", "wait", "fail"]
 
@@ -84,6 +93,52 @@ class GateThresholds:
         for name in ("silent_after_s", "fallback_slack", "local_error_slack", "min_ctr_drop", "max_calibration_drift"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    def overridden(self, overrides: Mapping[str, GateValue]) -> GateThresholds:
+        """These thresholds with the named ones of ``overrides`` in their place (ValueError when out of range)."""
+        values: dict[str, Any] = dict(overrides)
+        return dataclasses.replace(self, **values)
+
+
+GateValue = int | float | bool
+"""The value of one threshold a rollout may set."""
+
+_KINDS: dict[str, type] = {"int": int, "float": float, "bool": bool}
+OVERRIDABLE: Mapping[str, type] = {
+    f.name: _KINDS[str(f.type)] for f in dataclasses.fields(GateThresholds) if str(f.type) in _KINDS
+}
+"""The ``GateThresholds`` fields a rollout may set, and each one's type."""
+MAX_INT_THRESHOLD = 2**53
+
+
+def check_overrides(overrides: Mapping[str, Any]) -> dict[str, GateValue]:
+    """``overrides`` of named thresholds, checked and typed (floats as floats), sorted by name.
+
+    Raises ValueError on an unknown name, a value of the wrong type or out of its range. Each
+    threshold's range does not depend on the others, so overrides that are valid on the defaults are
+    valid on any other valid thresholds too.
+    """
+    if len(overrides) > len(OVERRIDABLE):
+        raise ValueError(f"{len(overrides)} gate thresholds; at most {len(OVERRIDABLE)}")
+    checked: dict[str, GateValue] = {}
+    for name, value in sorted(overrides.items()):
+        kind = OVERRIDABLE.get(name)
+        if kind is None:
+            raise ValueError(f"no gate threshold named {str(name)[:64]!r} (known: {', '.join(OVERRIDABLE)})")
+        if kind is bool:
+            if not isinstance(value, bool):
+                raise ValueError(f"gate threshold {name} must be true or false, got {str(value)[:40]}")
+            checked[name] = value
+        elif kind is int:
+            if not isinstance(value, int) or isinstance(value, bool) or abs(value) > MAX_INT_THRESHOLD:
+                raise ValueError(f"gate threshold {name} must be an integer, got {str(value)[:40]}")
+            checked[name] = value
+        else:
+            if not isinstance(value, int | float) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"gate threshold {name} must be a finite number, got {str(value)[:40]}")
+            checked[name] = float(value)
+    GateThresholds().overridden(checked)  # each threshold's own range check
+    return checked
 
 
 @dataclass(frozen=True)

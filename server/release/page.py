@@ -65,6 +65,10 @@ def _cell(value: object, css: str = "") -> str:
     return f"<td{attr}>{_e(value)}</td>"
 
 
+def _overrides(overrides: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "the server's"
+
+
 def _rollout_html(r: dict[str, Any]) -> str:
     wave_text = "{} of {} ({:g}%)".format(r["current_wave"], len(r["waves"]), r["percent"])
     arms = "{} / {}".format(r["treatment_devices"], r["control_devices"])
@@ -79,6 +83,7 @@ def _rollout_html(r: dict[str, Any]) -> str:
         f"<tr><th>wave started</th>{_cell(_when(r['wave_started_unix_s']))}</tr>",
         f"<tr><th>treatment / control</th>{_cell(arms)}</tr>",
         f"<tr><th>reason</th>{_cell(r['reason'])}</tr>",
+        f"<tr><th>gate thresholds</th>{_cell(_overrides(r['gate_thresholds']))}</tr>",
         "</tbody></table>",
         '<table class="waves"><thead><tr><th>wave</th><th>share</th><th>devices</th>'
         f"<th>on v{_e(r['version'])}</th><th>status</th><th>gate</th></tr></thead><tbody>",

@@ -27,6 +27,7 @@ from edgerec.errors import EdgerecError, RegistryConflictError, ReleasePolicyErr
 from edgerec.registry import ModelRegistry
 from edgerec.registry.base import MAX_DOCUMENT_BYTES, MAX_VERSION
 from edgerec.server.release import targeting
+from edgerec.server.release.gates import GateValue, check_overrides
 from edgerec.tokens import DEVICE_ID_PATTERN
 
 log = logging.getLogger(__name__)
@@ -94,6 +95,8 @@ class Rollout:
 
     Wave ``wave_index`` is current: devices whose cohort bucket (``cohorts.py``, by ``seed``) is below
     ``waves[wave_index]`` percent are offered ``version``; the others stay on ``baseline_version``.
+    ``gate_thresholds`` overrides named ``GateThresholds`` fields of the server's for this rollout's gates
+    (``gates`` holds the verdicts).
     """
 
     id: str
@@ -112,6 +115,7 @@ class Rollout:
     reason: str = ""
     gates: tuple[GateRecord, ...] = ()
     events: tuple[RolloutEvent, ...] = ()
+    gate_thresholds: Mapping[str, GateValue] = field(default_factory=dict)
 
     @property
     def percent(self) -> float:
@@ -205,7 +209,7 @@ def _policy_json(policy: ReleasePolicy) -> dict[str, Any]:
             "devices": dict(sorted(policy.device_pins.items())),
             "labels": [{"where": p.where, "version": p.version} for p in policy.label_pins],
         },
-        "rollouts": [rollout_json(r) for r in policy.rollouts],
+        "rollouts": [_stored_rollout(r) for r in policy.rollouts],
         "reverts": [revert_json(r) for r in policy.reverts],
     }
 
@@ -220,8 +224,16 @@ def revert_json(r: Revert) -> dict[str, Any]:
     }
 
 
+def _stored_rollout(r: Rollout) -> dict[str, Any]:
+    # A rollout without overrides is stored without the key, as before rollouts could set thresholds.
+    data = rollout_json(r)
+    if not r.gate_thresholds:
+        del data["gate_thresholds"]
+    return data
+
+
 def rollout_json(r: Rollout) -> dict[str, Any]:
-    """One rollout as JSON-ready data."""
+    """One rollout as JSON-ready data (``gate_thresholds`` always present, ``{}`` without overrides)."""
     return {
         "id": r.id,
         "version": r.version,
@@ -250,6 +262,7 @@ def rollout_json(r: Rollout) -> dict[str, Any]:
             for g in r.gates
         ],
         "events": [{"at_unix_s": e.at_unix_s, "state": e.state, "wave": e.wave, "reason": e.reason} for e in r.events],
+        "gate_thresholds": dict(sorted(r.gate_thresholds.items())),
     }
 
 
@@ -342,6 +355,7 @@ def _rollout(obj: dict[str, Any]) -> Rollout:
         reason=_text(obj.get("reason", ""), "reason"),
         gates=gates,
         events=events,
+        gate_thresholds=check_overrides(_object(obj.get("gate_thresholds", {}), "gate_thresholds")),
     )
 
 

@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from edgerec.errors import ReleasePolicyError
 from edgerec.server.release import cohorts, targeting
-from edgerec.server.release.gates import GateReport
+from edgerec.server.release.gates import GateReport, GateValue, check_overrides
 from edgerec.server.release.policy import (
     MAX_EVENTS,
     GateRecord,
@@ -35,6 +36,7 @@ __all__ = [
     "GATE_RECORD_EVERY_S",
     "approve",
     "find_rollout",
+    "gate_overrides",
     "halt",
     "pause",
     "resume",
@@ -60,11 +62,14 @@ def start_rollout(
     channel: str = "stable",
     require_approval: bool = False,
     seed: str | None = None,
+    gate_thresholds: Mapping[str, Any] | None = None,
 ) -> ReleasePolicy:
     """``policy`` with a new running rollout of ``version`` to ``channel``, in its first wave.
 
     Its baseline is the channel's version, or the newest published version below ``version`` when the
     channel names none (the channel is then pointed at it, so devices outside the waves stay there).
+    ``gate_thresholds`` overrides named gate thresholds of the server's for this rollout (ReleasePolicyError
+    on an unknown name, a wrong type or a value out of range).
     """
     if version not in published:
         raise ReleasePolicyError(f"{policy.model} has no version {version} (published: {list(published)[-10:]})")
@@ -73,6 +78,7 @@ def start_rollout(
         raise ReleasePolicyError(f"wave minimum time must be 0..366 days, got {wave_min_time_s} s")
     if where:
         targeting.parse(where)
+    overrides = gate_overrides(gate_thresholds or {})
     busy = next((r for r in policy.rollouts if r.active and r.channel == channel), None)
     if busy is not None:
         raise ReleasePolicyError(
@@ -103,9 +109,18 @@ def start_rollout(
         require_approval=require_approval,
         reason="started",
         events=(RolloutEvent(now, "running", 0, "started"),),
+        gate_thresholds=overrides,
     )
     channels = {**policy.channels, channel: baseline}
     return dataclasses.replace(policy, channels=channels).with_rollout(rollout)
+
+
+def gate_overrides(overrides: Mapping[str, Any]) -> dict[str, GateValue]:
+    """``overrides`` of named gate thresholds, checked (``gates.check_overrides``); ReleasePolicyError if not."""
+    try:
+        return check_overrides(overrides)
+    except ValueError as exc:
+        raise ReleasePolicyError(f"bad gate thresholds: {exc}") from None
 
 
 def find_rollout(policy: ReleasePolicy, rollout_id: str = "", *, states: Sequence[str] = ()) -> Rollout:
