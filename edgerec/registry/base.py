@@ -223,7 +223,7 @@ class ModelRegistry(Protocol):
         ...
 
     def open_payload(self, model: str, payload_id: str) -> BinaryIO:
-        """The payload's bytes, seekable (a remote backend reads ranges on demand). Close it after use."""
+        """The payload's bytes, seekable (a remote backend serves a checked local copy). Close it after use."""
         ...
 
     def payload_url(self, model: str, payload_id: str, expires_s: int) -> str | None:
