@@ -18,6 +18,7 @@ from test_release_server import MODEL, _serve, copy_of, offered, publish_three
 from edgerec.registry import Registry
 from edgerec.server.release import rollouts
 from edgerec.server.release.gates import GateThresholds
+from edgerec.server.release.page import render_rollouts
 from edgerec.server.release.policy import update_policy
 
 HOSTILE = "<img src=x onerror=alert(1)></td><script>document.title='owned'</script>"
@@ -104,3 +105,18 @@ def test_the_page_shows_waves_devices_and_gates_and_runs_nothing(published: Regi
         assert f'edgerec_rollout_percent{{model="{MODEL}",rollout="{rollout.id}"}} 50.0' in metrics
     finally:
         server.stop(grace=0)
+
+
+def test_the_page_shows_a_rollouts_own_gate_thresholds(published: Registry, tmp_path: Path) -> None:
+    registry = copy_of(published, tmp_path)
+    update_policy(registry, MODEL, lambda p: dataclasses.replace(p, channels={"stable": 2}))
+    update_policy(
+        registry,
+        MODEL,
+        lambda p: rollouts.start_rollout(
+            p, version=3, published=[1, 2, 3], now=time.time(), gate_thresholds={"max_install_failure_rate": 0.01}
+        ),
+    )
+    dom = _Dom()
+    dom.feed(render_rollouts(registry, None).decode())
+    assert "max_install_failure_rate=0.01" in dom.text
